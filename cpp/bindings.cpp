@@ -1,0 +1,240 @@
+// pybind11 module fpmatch._core. This layer only converts and validates
+// arguments (dtype, shape, strides) and releases the GIL; all logic lives in
+// the headers it includes.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "hamming_scan.h"
+#include "index_io.h"
+#include "projection_hash.h"
+
+namespace py = pybind11;
+using namespace fpmatch;
+
+namespace {
+
+template <class T>
+struct Rows {
+  const T* data;
+  size_t n, cols, row_stride;  // row_stride in elements
+};
+
+template <class T>
+const char* dtype_name();
+template <> const char* dtype_name<float>() { return "float32"; }
+template <> const char* dtype_name<uint8_t>() { return "uint8"; }
+template <> const char* dtype_name<int64_t>() { return "int64"; }
+
+template <class T>
+void check_dtype(const py::array& a, const char* what) {
+  if (!py::isinstance<py::array_t<T>>(a))
+    throw py::type_error(std::string(what) + " must have dtype " + dtype_name<T>() + ", got " +
+                         std::string(py::str(a.dtype())) + "; convert explicitly with np.asarray(x, dtype=np." +
+                         dtype_name<T>() + ")");
+}
+
+// A 2-D array whose rows may be strided but whose elements within a row are
+// contiguous: such arrays are read in place, without a copy.
+template <class T>
+Rows<T> as_rows(const py::array& a, const char* what, size_t cols) {
+  check_dtype<T>(a, what);
+  if (a.ndim() != 2)
+    throw py::value_error(std::string(what) + " must be a 2-D array of shape (n, " + std::to_string(cols) +
+                          "), got " + std::to_string(a.ndim()) + " dimension(s)");
+  if (size_t(a.shape(1)) != cols)
+    throw py::value_error(std::string(what) + " must have " + std::to_string(cols) + " columns, got " +
+                          std::to_string(a.shape(1)));
+  if (a.shape(0) > 1 && (a.strides(0) <= 0 || a.strides(0) % ssize_t(sizeof(T)) != 0))
+    throw py::value_error(std::string(what) + " rows must be laid out forwards in memory; pass np.ascontiguousarray(x)");
+  if (cols > 1 && a.strides(1) != ssize_t(sizeof(T)))
+    throw py::value_error(std::string(what) + " must be contiguous within each row; pass np.ascontiguousarray(x)");
+  size_t stride = a.shape(0) > 1 ? size_t(a.strides(0)) / sizeof(T) : cols;
+  return {static_cast<const T*>(a.data()), size_t(a.shape(0)), cols, stride};
+}
+
+const int64_t* as_ids(const py::array& a, size_t n) {
+  check_dtype<int64_t>(a, "ids");
+  if (a.ndim() != 1 || size_t(a.shape(0)) != n)
+    throw py::value_error("ids must be a 1-D array with one id per code (" + std::to_string(n) + ")");
+  if (n > 1 && a.strides(0) != ssize_t(sizeof(int64_t)))
+    throw py::value_error("ids must be contiguous; pass np.ascontiguousarray(ids)");
+  return static_cast<const int64_t*>(a.data());
+}
+
+std::vector<uint8_t> as_key(const py::bytes& key) {
+  std::string s = key;
+  return std::vector<uint8_t>(s.begin(), s.end());
+}
+
+CodeBatch as_codes(const py::array& a, const ProtectedIndex& index, const char* what) {
+  Rows<uint8_t> rows = as_rows<uint8_t>(a, what, index.code_size());
+  return {rows.data, rows.n, rows.row_stride};
+}
+
+py::bytes to_bytes(const std::vector<uint8_t>& v) {
+  return py::bytes(reinterpret_cast<const char*>(v.data()), v.size());
+}
+
+void translate_errors() {
+  // Leaked on purpose: it must outlive interpreter shutdown.
+  static py::handle errors = py::module_::import("fpmatch.errors").release();
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const AuthenticationFailed& e) {
+      PyErr_SetString(errors.attr("AuthenticationError").ptr(), e.what());
+    } catch (const IdConflict& e) {
+      PyErr_SetString(errors.attr("IdConflictError").ptr(), e.what());
+    } catch (const InvalidInput& e) {
+      PyErr_SetString(errors.attr("InvalidInputError").ptr(), e.what());
+    } catch (const faiss::FaissException& e) {
+      PyErr_SetString(errors.attr("IndexFormatError").ptr(), e.what());
+    }
+  });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "fpmatch native core: keyed hashing, protected binary indexes, authenticated serialisation";
+  translate_errors();
+
+  m.def("sha256", [](const py::bytes& data) {
+    std::string s = data;
+    Digest d = Sha256().update(s.data(), s.size()).finish();
+    return py::bytes(reinterpret_cast<const char*>(d.data()), d.size());
+  }, py::arg("data"));
+  m.def("hmac_sha256", [](const py::bytes& key, const py::bytes& msg) {
+    std::string k = key, s = msg;
+    Digest d = hmac_sha256(reinterpret_cast<const uint8_t*>(k.data()), k.size(), s.data(), s.size());
+    return py::bytes(reinterpret_cast<const char*>(d.data()), d.size());
+  }, py::arg("key"), py::arg("message"));
+  m.def("derive_subkey", [](const py::bytes& master, const std::string& purpose) {
+    return to_bytes(derive_subkey(as_key(master), purpose));
+  }, py::arg("master_key"), py::arg("purpose"));
+  m.def("scan_kernel", &scan::kernel_name, "The Hamming scan kernel chosen for this CPU.");
+
+  py::class_<ProjectionHasher>(m, "ProjectionHasher")
+      .def(py::init([](const py::bytes& key, size_t dim, size_t bits, std::optional<py::array> offset) {
+             std::vector<float> off;
+             if (offset) {
+               check_dtype<float>(*offset, "offset");
+               if (offset->ndim() != 1 || size_t(offset->shape(0)) != dim)
+                 throw py::value_error("offset must be a 1-D array of length dim");
+               py::array_t<float> flat = py::array_t<float>::ensure(*offset);
+               off.assign(flat.data(), flat.data() + dim);
+             }
+             return std::make_unique<ProjectionHasher>(as_key(key), dim, bits, std::move(off));
+           }),
+           py::arg("key"), py::arg("dim"), py::arg("bits"), py::arg("offset") = py::none())
+      .def_property_readonly("dim", &ProjectionHasher::dim)
+      .def_property_readonly("bits", &ProjectionHasher::bits)
+      .def_property_readonly("code_size", &ProjectionHasher::code_size)
+      .def_property_readonly_static("scheme", [](py::object) { return ProjectionHasher::kScheme; })
+      .def("hash", [](const ProjectionHasher& h, const py::array& x, int n_threads) {
+             Rows<float> rows = as_rows<float>(x, "templates", h.dim());
+             py::array_t<uint8_t> out({rows.n, h.code_size()});
+             uint8_t* dst = out.mutable_data();
+             {
+               py::gil_scoped_release release;
+               h.hash(rows.data, rows.n, rows.row_stride, dst, n_threads);
+             }
+             return out;
+           },
+           py::arg("templates"), py::arg("n_threads") = 0)
+      .def("weights", [](const ProjectionHasher& h) {
+             py::array_t<float> out({h.dim(), h.bits()});
+             std::copy(h.weights().begin(), h.weights().end(), out.mutable_data());
+             return out;
+           },
+           "The secret projection matrix (dim x bits). Whoever holds it can approximately invert codes.");
+
+  py::class_<ProtectedIndex>(m, "ProtectedIndex")
+      .def_property_readonly("bits", &ProtectedIndex::bits)
+      .def_property_readonly("code_size", &ProtectedIndex::code_size)
+      .def_property_readonly("kind", [](const ProtectedIndex& i) {
+        return i.kind() == ProtectedIndex::Kind::Flat ? "flat" : "hnsw";
+      })
+      .def("__len__", &ProtectedIndex::size)
+      .def("__contains__", &ProtectedIndex::contains)
+      .def("ids", [](const ProtectedIndex& i) {
+        std::vector<int64_t> ids = i.ids();
+        return py::array_t<int64_t>(ids.size(), ids.data());
+      })
+      .def("add", [](ProtectedIndex& i, const py::array& codes, const py::array& ids, int n_threads) {
+             CodeBatch batch = as_codes(codes, i, "codes");
+             const int64_t* id_ptr = as_ids(ids, batch.n);
+             py::gil_scoped_release release;
+             i.add(batch, id_ptr, n_threads);
+           },
+           py::arg("codes"), py::arg("ids"), py::arg("n_threads") = 0)
+      .def("remove", [](ProtectedIndex& i, const py::array& ids) {
+             check_dtype<int64_t>(ids, "ids");
+             if (ids.ndim() != 1) throw py::value_error("ids must be 1-D");
+             const int64_t* id_ptr = as_ids(ids, size_t(ids.shape(0)));
+             py::gil_scoped_release release;
+             return i.remove(size_t(ids.shape(0)), id_ptr);
+           },
+           py::arg("ids"))
+      .def("search", [](const ProtectedIndex& i, const py::array& queries, size_t k, int n_threads) {
+             CodeBatch batch = as_codes(queries, i, "queries");
+             py::array_t<int32_t> distances({batch.n, k});
+             py::array_t<int64_t> labels({batch.n, k});
+             int32_t* d = distances.mutable_data();
+             int64_t* l = labels.mutable_data();
+             {
+               py::gil_scoped_release release;
+               i.search(batch, k, d, l, n_threads);
+             }
+             return py::make_tuple(distances, labels);
+           },
+           py::arg("queries"), py::arg("k"), py::arg("n_threads") = 0)
+      .def("range_search", [](const ProtectedIndex& i, const py::array& queries, int32_t radius, int n_threads) {
+             CodeBatch batch = as_codes(queries, i, "queries");
+             RangeResult r;
+             {
+               py::gil_scoped_release release;
+               r = i.range_search(batch, radius, n_threads);
+             }
+             return py::make_tuple(py::array_t<int64_t>(r.lims.size(), reinterpret_cast<const int64_t*>(r.lims.data())),
+                                   py::array_t<int32_t>(r.distances.size(), r.distances.data()),
+                                   py::array_t<int64_t>(r.labels.size(), r.labels.data()));
+           },
+           py::arg("queries"), py::arg("radius"), py::arg("n_threads") = 0)
+      .def("serialize", [](const ProtectedIndex& i, const py::bytes& mac_key) {
+             std::vector<uint8_t> key = as_key(mac_key), out;
+             {
+               py::gil_scoped_release release;
+               out = serialize_index(i, key);
+             }
+             return to_bytes(out);
+           },
+           py::arg("mac_key"));
+
+  py::class_<FlatIndex, ProtectedIndex>(m, "FlatIndex").def(py::init<size_t>(), py::arg("bits"));
+
+  py::class_<HnswIndex, ProtectedIndex>(m, "HnswIndex")
+      .def(py::init<size_t, int, int, int>(), py::arg("bits"), py::arg("m") = 32,
+           py::arg("ef_construction") = 80, py::arg("ef_search") = 64)
+      .def_property("ef_search", &HnswIndex::ef_search, &HnswIndex::set_ef_search)
+      .def_property_readonly("m", &HnswIndex::m)
+      .def_property_readonly("tombstones", &HnswIndex::tombstones)
+      .def("compact", &HnswIndex::compact, py::arg("n_threads") = 0, py::call_guard<py::gil_scoped_release>());
+
+  m.def("deserialize_index", [](const py::buffer& data, const py::bytes& mac_key) {
+          // Copy first: a mutable buffer could change between authentication and parsing.
+          py::buffer_info info = data.request();
+          if (info.itemsize != 1 || info.ndim != 1) throw py::type_error("data must be a bytes-like object");
+          const uint8_t* p = static_cast<const uint8_t*>(info.ptr);
+          std::vector<uint8_t> copy(p, p + info.size);
+          std::vector<uint8_t> key = as_key(mac_key);
+          py::gil_scoped_release release;
+          return deserialize_index(copy.data(), copy.size(), key);
+        },
+        py::arg("data"), py::arg("mac_key"));
+}

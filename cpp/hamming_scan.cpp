@@ -1,0 +1,50 @@
+#include "hamming_scan.h"
+
+namespace fpmatch {
+
+#define FPMATCH_DECLARE_KERNELS(ns)                                                          \
+  namespace ns {                                                                             \
+  void knn(const uint8_t*, const uint8_t*, size_t, size_t, size_t, size_t, int32_t*,         \
+           int64_t*);                                                                        \
+  void within(const uint8_t*, const uint8_t*, size_t, size_t, int32_t, std::vector<int32_t>&, \
+              std::vector<int64_t>&);                                                        \
+  }
+FPMATCH_DECLARE_KERNELS(baseline_impl)
+#if defined(FPMATCH_HAVE_POPCNT_KERNEL)
+FPMATCH_DECLARE_KERNELS(popcnt_impl)
+#endif
+
+namespace scan {
+namespace {
+
+bool use_popcnt() {
+#if defined(FPMATCH_HAVE_POPCNT_KERNEL)
+  static const bool has = __builtin_cpu_supports("popcnt");
+  return has;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+void knn(const uint8_t* query, const uint8_t* codes, size_t begin, size_t end,
+         size_t code_size, size_t k, int32_t* distances, int64_t* positions) {
+#if defined(FPMATCH_HAVE_POPCNT_KERNEL)
+  if (use_popcnt()) return popcnt_impl::knn(query, codes, begin, end, code_size, k, distances, positions);
+#endif
+  baseline_impl::knn(query, codes, begin, end, code_size, k, distances, positions);
+}
+
+void within(const uint8_t* query, const uint8_t* codes, size_t n, size_t code_size,
+            int32_t radius, std::vector<int32_t>& distances, std::vector<int64_t>& positions) {
+#if defined(FPMATCH_HAVE_POPCNT_KERNEL)
+  if (use_popcnt()) return popcnt_impl::within(query, codes, n, code_size, radius, distances, positions);
+#endif
+  baseline_impl::within(query, codes, n, code_size, radius, distances, positions);
+}
+
+const char* kernel_name() { return use_popcnt() ? "popcnt" : "baseline"; }
+
+}  // namespace scan
+}  // namespace fpmatch

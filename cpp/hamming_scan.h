@@ -1,0 +1,29 @@
+// Exhaustive Hamming scans over a contiguous array of codes.
+//
+// Debian's libfaiss.a is built for baseline x86-64 and its compiled Hamming
+// loops use no POPCNT instruction (about 8x slower). FAISS's Hamming computers
+// and heaps are header templates, so the same loop is compiled here twice, once
+// with -mpopcnt, and the faster one is chosen at run time.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace fpmatch {
+namespace scan {
+
+// The k nearest of codes[begin, end) to query, ascending by (distance, position).
+// Slots beyond the number of codes hold distance INT32_MAX and position -1.
+void knn(const uint8_t* query, const uint8_t* codes, size_t begin, size_t end,
+         size_t code_size, size_t k, int32_t* distances, int64_t* positions);
+
+// Every position in codes[0, n) within Hamming distance radius of query (inclusive).
+void within(const uint8_t* query, const uint8_t* codes, size_t n, size_t code_size,
+            int32_t radius, std::vector<int32_t>& distances, std::vector<int64_t>& positions);
+
+// "popcnt" or "baseline": the kernel knn/within dispatch to on this CPU.
+const char* kernel_name();
+
+}  // namespace scan
+}  // namespace fpmatch

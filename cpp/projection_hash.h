@@ -1,0 +1,132 @@
+// Keyed cancellable hash "srp-v1": sign of a secret random projection.
+//
+//   code_j = [ w_j . x' > 0 ],  j = 0 .. bits-1
+//
+// x' is the template with an optional shared offset direction u removed
+// (x' = x - (x.u) u). Face models often place every template in a narrow cone
+// around u; hyperplanes through the origin then barely cut the cone and most
+// bits carry no information. Projecting u out keeps every hyperplane cutting
+// through the data (measured: see README).
+//
+// The projection matrix W comes from the key alone: each entry is the sum of
+// the four 16-bit lanes of one key-stream word minus 131070 (an integer whose
+// distribution is close to Gaussian), so W is bit-identical everywhere. Bits are
+// generated output-major, so a longer code extends a shorter one. Sums run in
+// a fixed order in float32 with FMA contraction disabled (-ffp-contract=off),
+// so codes do not depend on SIMD width or compiler.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "errors.h"
+#include "key_stream.h"
+#include "parallel.h"
+
+namespace fpmatch {
+
+class ProjectionHasher {
+ public:
+  static constexpr const char* kScheme = "srp-v1";
+  static constexpr size_t kMinKeyBytes = 16;
+
+  ProjectionHasher(const std::vector<uint8_t>& master_key, size_t dim, size_t bits,
+                   std::vector<float> offset = {})
+      : dim_(dim), bits_(bits), offset_(std::move(offset)) {
+    if (master_key.size() < kMinKeyBytes)
+      throw InvalidInput("key must be at least 16 bytes");
+    if (dim < 2 || dim > 65536) throw InvalidInput("dim must be in [2, 65536]");
+    if (bits < 64 || bits > 8192 || bits % 64 != 0)
+      throw InvalidInput("bits must be a multiple of 64 in [64, 8192]");
+    if (!offset_.empty()) check_offset();
+    KeyStream stream(derive_subkey(master_key, "transform"),
+                     std::string("fpmatch.srp.v1.dim=") + std::to_string(dim));
+    weights_.resize(dim * bits);
+    for (size_t j = 0; j < bits; ++j)
+      for (size_t i = 0; i < dim; ++i) weights_[i * bits + j] = entry(stream.next_u64());
+  }
+
+  size_t dim() const { return dim_; }
+  size_t bits() const { return bits_; }
+  size_t code_size() const { return bits_ / 8; }
+  const std::vector<float>& weights() const { return weights_; }  // dim x bits, row-major
+  const std::vector<float>& offset() const { return offset_; }
+
+  // x: n rows of dim floats, row i at x + i * row_stride. out: n * code_size bytes.
+  // Bit j of a code is bit (j % 8) of byte j / 8 (least significant first).
+  void hash(const float* x, size_t n, size_t row_stride, uint8_t* out, int n_threads) const {
+    const size_t n_blocks = (n + kBlock - 1) / kBlock;
+    parallel_for(n_blocks, n_threads, [&](size_t b) {
+      size_t first = b * kBlock, rows = std::min(kBlock, n - first);
+      hash_block(x + first * row_stride, rows, row_stride, first, out + first * code_size());
+    });
+  }
+
+ private:
+  static constexpr size_t kBlock = 8;  // rows sharing one pass over W
+
+  static float entry(uint64_t word) {
+    int64_t s = int64_t(word & 0xffff) + int64_t((word >> 16) & 0xffff) +
+                int64_t((word >> 32) & 0xffff) + int64_t(word >> 48);
+    return float(s - 131070);
+  }
+
+  void check_offset() const {
+    if (offset_.size() != dim_) throw InvalidInput("offset must have length dim");
+    double norm2 = 0;
+    for (float v : offset_) {
+      if (!std::isfinite(v)) throw InvalidInput("offset contains NaN or Inf");
+      norm2 += double(v) * v;
+    }
+    if (std::fabs(norm2 - 1.0) > 1e-3) throw InvalidInput("offset must be a unit vector");
+  }
+
+  void hash_block(const float* x, size_t rows, size_t row_stride, size_t first_row, uint8_t* out) const {
+    std::vector<float> input(rows * dim_), acc(rows * bits_, 0.0f);
+    for (size_t r = 0; r < rows; ++r) {
+      const float* row = x + r * row_stride;
+      float* dst = input.data() + r * dim_;
+      bool nonzero = false;
+      for (size_t i = 0; i < dim_; ++i) {
+        if (!std::isfinite(row[i]))
+          throw InvalidInput("template " + std::to_string(first_row + r) + " contains NaN or Inf");
+        nonzero |= row[i] != 0.0f;
+        dst[i] = row[i];
+      }
+      if (!nonzero) throw InvalidInput("template " + std::to_string(first_row + r) + " is a zero vector");
+      if (!offset_.empty()) remove_offset(dst);
+    }
+    for (size_t i = 0; i < dim_; ++i) {
+      const float* w = weights_.data() + i * bits_;
+      for (size_t r = 0; r < rows; ++r) {
+        const float xi = input[r * dim_ + i];
+        float* a = acc.data() + r * bits_;
+        for (size_t j = 0; j < bits_; ++j) a[j] += xi * w[j];
+      }
+    }
+    for (size_t r = 0; r < rows; ++r) {
+      const float* a = acc.data() + r * bits_;
+      uint8_t* code = out + r * code_size();
+      for (size_t byte = 0; byte < code_size(); ++byte) {
+        uint8_t v = 0;
+        for (int bit = 0; bit < 8; ++bit) v |= uint8_t(a[byte * 8 + bit] > 0.0f) << bit;
+        code[byte] = v;
+      }
+    }
+  }
+
+  void remove_offset(float* v) const {
+    float dot = 0.0f;
+    for (size_t i = 0; i < dim_; ++i) dot += v[i] * offset_[i];
+    for (size_t i = 0; i < dim_; ++i) v[i] -= dot * offset_[i];
+  }
+
+  size_t dim_, bits_;
+  std::vector<float> offset_;
+  std::vector<float> weights_;
+};
+
+}  // namespace fpmatch

@@ -1,0 +1,174 @@
+// ProtectedIndex: the one abstraction over stored binary codes. Concrete
+// indexes (flat_index.h, hnsw_index.h) keep codes in a FAISS binary index and
+// share the id bookkeeping and locking defined here.
+//
+// Concurrency model: any number of searches run at once (shared lock); add,
+// remove and maintenance take the lock exclusively, so a write waits for running
+// searches and new searches wait for the write.
+#pragma once
+
+#include <faiss/IndexBinaryFlat.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "errors.h"
+#include "hamming_scan.h"
+#include "parallel.h"
+
+namespace fpmatch {
+
+struct RangeResult {
+  std::vector<size_t> lims;  // query i owns entries [lims[i], lims[i+1])
+  std::vector<int32_t> distances;
+  std::vector<int64_t> labels;
+};
+
+// A batch of codes: n rows of code_size bytes, row i at data + i * row_stride.
+struct CodeBatch {
+  const uint8_t* data;
+  size_t n;
+  size_t row_stride;
+  const uint8_t* row(size_t i) const { return data + i * row_stride; }
+};
+
+class ProtectedIndex {
+ public:
+  enum class Kind : uint32_t { Flat = 1, Hnsw = 2 };
+  static constexpr int64_t kNoLabel = -1;
+
+  virtual ~ProtectedIndex() = default;
+  virtual Kind kind() const = 0;
+
+  size_t bits() const { return bits_; }
+  size_t code_size() const { return bits_ / 8; }
+
+  size_t size() const {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    return positions_.size();
+  }
+
+  bool contains(int64_t id) const {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    return positions_.count(id) != 0;
+  }
+
+  std::vector<int64_t> ids() const {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    std::vector<int64_t> out;
+    out.reserve(positions_.size());
+    for (int64_t label : labels_)
+      if (label != kNoLabel) out.push_back(label);
+    return out;
+  }
+
+  // All-or-nothing: every id is checked before any code is stored.
+  void add(const CodeBatch& codes, const int64_t* ids, int n_threads) {
+    std::unique_lock<std::shared_mutex> lock(mutex_);
+    std::unordered_set<int64_t> batch;
+    for (size_t i = 0; i < codes.n; ++i) {
+      if (ids[i] < 0) throw IdConflict("ids must be non-negative, got " + std::to_string(ids[i]));
+      if (positions_.count(ids[i]) || !batch.insert(ids[i]).second)
+        throw IdConflict("id " + std::to_string(ids[i]) + " is already in the index");
+    }
+    size_t first = labels_.size();
+    store_codes(codes, n_threads);
+    for (size_t i = 0; i < codes.n; ++i) {
+      labels_.push_back(ids[i]);
+      positions_[ids[i]] = first + i;
+    }
+  }
+
+  // Removes the ids that are present and returns how many were removed. The
+  // removed codes are overwritten in memory, not only unlinked.
+  size_t remove(size_t n, const int64_t* ids) {
+    std::unique_lock<std::shared_mutex> lock(mutex_);
+    size_t removed = 0;
+    for (size_t i = 0; i < n; ++i) {
+      auto it = positions_.find(ids[i]);
+      if (it == positions_.end()) continue;
+      size_t pos = it->second;
+      positions_.erase(it);
+      erase_position(pos);
+      ++removed;
+    }
+    return removed;
+  }
+
+  // k nearest per query, ascending Hamming distance; missing slots hold
+  // label -1 and distance INT32_MAX (as FAISS does).
+  void search(const CodeBatch& queries, size_t k, int32_t* distances, int64_t* labels,
+              int n_threads) const {
+    if (k == 0) throw InvalidInput("k must be at least 1");
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    knn(queries, k, distances, labels, n_threads);
+  }
+
+  // Exact on every index kind: an exhaustive scan of the stored codes.
+  RangeResult range_search(const CodeBatch& queries, int32_t radius, int n_threads) const {
+    if (radius < 0) throw InvalidInput("radius must be non-negative");
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    std::vector<std::vector<int32_t>> dist(queries.n);
+    std::vector<std::vector<int64_t>> pos(queries.n);
+    const faiss::IndexBinaryFlat& store = storage();
+    parallel_for(queries.n, n_threads, [&](size_t q) {
+      scan::within(queries.row(q), store.xb.data(), size_t(store.ntotal), code_size(), radius,
+                   dist[q], pos[q]);
+    });
+    RangeResult out;
+    out.lims.push_back(0);
+    for (size_t q = 0; q < queries.n; ++q) {
+      for (size_t i = 0; i < pos[q].size(); ++i) {
+        int64_t label = labels_[size_t(pos[q][i])];
+        if (label == kNoLabel) continue;
+        out.distances.push_back(dist[q][i]);
+        out.labels.push_back(label);
+      }
+      out.lims.push_back(out.labels.size());
+    }
+    return out;
+  }
+
+  // The FAISS index holding the codes, and position -> label (-1: removed).
+  virtual const faiss::IndexBinary& faiss_index() const = 0;
+  const std::vector<int64_t>& labels_by_position() const { return labels_; }
+  std::shared_mutex& mutex() const { return mutex_; }
+
+ protected:
+  ProtectedIndex(size_t bits, std::vector<int64_t> labels) : bits_(bits), labels_(std::move(labels)) {
+    if (bits < 8 || bits % 64 != 0) throw InvalidInput("bits must be a positive multiple of 64");
+    for (size_t pos = 0; pos < labels_.size(); ++pos) {
+      if (labels_[pos] == kNoLabel) continue;
+      if (labels_[pos] < 0 || !positions_.emplace(labels_[pos], pos).second)
+        throw InvalidInput("stored labels are not unique non-negative ids");
+    }
+  }
+
+  virtual const faiss::IndexBinaryFlat& storage() const = 0;
+  virtual void store_codes(const CodeBatch& codes, int n_threads) = 0;
+  virtual void erase_position(size_t pos) = 0;
+  virtual void knn(const CodeBatch& queries, size_t k, int32_t* distances, int64_t* labels,
+                   int n_threads) const = 0;
+
+  // Contiguous copy of a strided batch (FAISS takes only contiguous codes).
+  std::vector<uint8_t> contiguous(const CodeBatch& codes) const {
+    std::vector<uint8_t> out(codes.n * code_size());
+    for (size_t i = 0; i < codes.n; ++i)
+      std::memcpy(out.data() + i * code_size(), codes.row(i), code_size());
+    return out;
+  }
+
+  const size_t bits_;
+  std::vector<int64_t> labels_;
+  std::unordered_map<int64_t, size_t> positions_;
+  mutable std::shared_mutex mutex_;
+};
+
+}  // namespace fpmatch

@@ -1,0 +1,2 @@
+from . import errors
+from . import _core

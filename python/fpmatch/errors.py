@@ -1,0 +1,51 @@
+"""Typed errors raised by fpmatch.
+
+Every error derives from :class:`FpmatchError` and also from the built-in
+exception a caller would expect (``ValueError``, ``TypeError``, ``KeyError``),
+so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class FpmatchError(Exception):
+    """Base class of every fpmatch error."""
+
+
+class InvalidInputError(FpmatchError, ValueError):
+    """A template, code or parameter cannot be used: wrong shape, NaN/Inf, zero vector."""
+
+
+class DtypeError(FpmatchError, TypeError):
+    """An array has the wrong dtype. fpmatch never casts silently."""
+
+
+class AuthenticationError(FpmatchError, ValueError):
+    """Serialised bytes failed authentication: tampered, truncated, or another key."""
+
+
+class IndexFormatError(FpmatchError, ValueError):
+    """Authenticated index bytes that FAISS could not parse (a version mismatch)."""
+
+
+class IdConflictError(FpmatchError, ValueError):
+    """An id or subject is already enrolled."""
+
+
+class UnknownSubjectError(FpmatchError, KeyError):
+    """The subject is not enrolled (never enrolled, or removed)."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else "unknown subject"
+
+
+class KeyMismatchError(FpmatchError, ValueError):
+    """Data was protected under a different key or scheme than the one supplied."""
+
+
+class KeyFileError(FpmatchError, ValueError):
+    """A key file is unreadable, malformed, or stored where it must not be."""
+
+
+class NotCalibratedError(FpmatchError, RuntimeError):
+    """No decision threshold is available yet; call calibrate() or pass one."""
