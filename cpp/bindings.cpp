@@ -33,7 +33,7 @@ template <> const char* dtype_name<int64_t>() { return "int64"; }
 template <class T>
 void check_dtype(const py::array& a, const char* what) {
   if (!py::isinstance<py::array_t<T>>(a))
-    throw py::type_error(std::string(what) + " must have dtype " + dtype_name<T>() + ", got " +
+    throw WrongDtype(std::string(what) + " must have dtype " + dtype_name<T>() + ", got " +
                          std::string(py::str(a.dtype())) + "; convert explicitly with np.asarray(x, dtype=np." +
                          dtype_name<T>() + ")");
 }
@@ -44,15 +44,15 @@ template <class T>
 Rows<T> as_rows(const py::array& a, const char* what, size_t cols) {
   check_dtype<T>(a, what);
   if (a.ndim() != 2)
-    throw py::value_error(std::string(what) + " must be a 2-D array of shape (n, " + std::to_string(cols) +
+    throw InvalidInput(std::string(what) + " must be a 2-D array of shape (n, " + std::to_string(cols) +
                           "), got " + std::to_string(a.ndim()) + " dimension(s)");
   if (size_t(a.shape(1)) != cols)
-    throw py::value_error(std::string(what) + " must have " + std::to_string(cols) + " columns, got " +
+    throw InvalidInput(std::string(what) + " must have " + std::to_string(cols) + " columns, got " +
                           std::to_string(a.shape(1)));
   if (a.shape(0) > 1 && (a.strides(0) <= 0 || a.strides(0) % ssize_t(sizeof(T)) != 0))
-    throw py::value_error(std::string(what) + " rows must be laid out forwards in memory; pass np.ascontiguousarray(x)");
+    throw InvalidInput(std::string(what) + " rows must be laid out forwards in memory; pass np.ascontiguousarray(x)");
   if (cols > 1 && a.strides(1) != ssize_t(sizeof(T)))
-    throw py::value_error(std::string(what) + " must be contiguous within each row; pass np.ascontiguousarray(x)");
+    throw InvalidInput(std::string(what) + " must be contiguous within each row; pass np.ascontiguousarray(x)");
   size_t stride = a.shape(0) > 1 ? size_t(a.strides(0)) / sizeof(T) : cols;
   return {static_cast<const T*>(a.data()), size_t(a.shape(0)), cols, stride};
 }
@@ -60,9 +60,9 @@ Rows<T> as_rows(const py::array& a, const char* what, size_t cols) {
 const int64_t* as_ids(const py::array& a, size_t n) {
   check_dtype<int64_t>(a, "ids");
   if (a.ndim() != 1 || size_t(a.shape(0)) != n)
-    throw py::value_error("ids must be a 1-D array with one id per code (" + std::to_string(n) + ")");
+    throw InvalidInput("ids must be a 1-D array with one id per code (" + std::to_string(n) + ")");
   if (n > 1 && a.strides(0) != ssize_t(sizeof(int64_t)))
-    throw py::value_error("ids must be contiguous; pass np.ascontiguousarray(ids)");
+    throw InvalidInput("ids must be contiguous; pass np.ascontiguousarray(ids)");
   return static_cast<const int64_t*>(a.data());
 }
 
@@ -90,6 +90,8 @@ void translate_errors() {
       PyErr_SetString(errors.attr("AuthenticationError").ptr(), e.what());
     } catch (const IdConflict& e) {
       PyErr_SetString(errors.attr("IdConflictError").ptr(), e.what());
+    } catch (const WrongDtype& e) {
+      PyErr_SetString(errors.attr("DtypeError").ptr(), e.what());
     } catch (const InvalidInput& e) {
       PyErr_SetString(errors.attr("InvalidInputError").ptr(), e.what());
     } catch (const faiss::FaissException& e) {
@@ -125,7 +127,7 @@ PYBIND11_MODULE(_core, m) {
              if (offset) {
                check_dtype<float>(*offset, "offset");
                if (offset->ndim() != 1 || size_t(offset->shape(0)) != dim)
-                 throw py::value_error("offset must be a 1-D array of length dim");
+                 throw InvalidInput("offset must be a 1-D array of length dim");
                py::array_t<float> flat = py::array_t<float>::ensure(*offset);
                off.assign(flat.data(), flat.data() + dim);
              }
@@ -175,12 +177,26 @@ PYBIND11_MODULE(_core, m) {
            py::arg("codes"), py::arg("ids"), py::arg("n_threads") = 0)
       .def("remove", [](ProtectedIndex& i, const py::array& ids) {
              check_dtype<int64_t>(ids, "ids");
-             if (ids.ndim() != 1) throw py::value_error("ids must be 1-D");
+             if (ids.ndim() != 1) throw InvalidInput("ids must be 1-D");
              const int64_t* id_ptr = as_ids(ids, size_t(ids.shape(0)));
              py::gil_scoped_release release;
              return i.remove(size_t(ids.shape(0)), id_ptr);
            },
            py::arg("ids"))
+      .def("reconstruct", [](const ProtectedIndex& i, const py::array& ids) {
+             check_dtype<int64_t>(ids, "ids");
+             if (ids.ndim() != 1) throw InvalidInput("ids must be 1-D");
+             const size_t n = size_t(ids.shape(0));
+             const int64_t* id_ptr = as_ids(ids, n);
+             py::array_t<uint8_t> out({n, i.code_size()});
+             uint8_t* dst = out.mutable_data();
+             {
+               py::gil_scoped_release release;
+               i.reconstruct(n, id_ptr, dst);
+             }
+             return out;
+           },
+           py::arg("ids"), "Stored codes of the given ids (each must be present).")
       .def("search", [](const ProtectedIndex& i, const py::array& queries, size_t k, int n_threads) {
              CodeBatch batch = as_codes(queries, i, "queries");
              py::array_t<int32_t> distances({batch.n, k});
@@ -229,7 +245,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("deserialize_index", [](const py::buffer& data, const py::bytes& mac_key) {
           // Copy first: a mutable buffer could change between authentication and parsing.
           py::buffer_info info = data.request();
-          if (info.itemsize != 1 || info.ndim != 1) throw py::type_error("data must be a bytes-like object");
+          if (info.itemsize != 1 || info.ndim != 1) throw WrongDtype("data must be a bytes-like object");
           const uint8_t* p = static_cast<const uint8_t*>(info.ptr);
           std::vector<uint8_t> copy(p, p + info.size);
           std::vector<uint8_t> key = as_key(mac_key);

@@ -10,6 +10,11 @@ struct InvalidInput : std::invalid_argument {
   using std::invalid_argument::invalid_argument;
 };
 
+// An array of the wrong dtype. Never cast silently: the caller converts.
+struct WrongDtype : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
 // Serialised bytes whose authentication tag does not verify: tampered,
 // truncated, or written under another key.
 struct AuthenticationFailed : std::runtime_error {

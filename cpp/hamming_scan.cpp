@@ -1,5 +1,7 @@
 #include "hamming_scan.h"
 
+#include <faiss/impl/DistanceComputer.h>
+
 namespace fpmatch {
 
 #define FPMATCH_DECLARE_KERNELS(ns)                                                          \
@@ -8,6 +10,7 @@ namespace fpmatch {
            int64_t*);                                                                        \
   void within(const uint8_t*, const uint8_t*, size_t, size_t, int32_t, std::vector<int32_t>&, \
               std::vector<int64_t>&);                                                        \
+  std::unique_ptr<faiss::DistanceComputer> hamming_distance(const uint8_t*, size_t);          \
   }
 FPMATCH_DECLARE_KERNELS(baseline_impl)
 #if defined(FPMATCH_HAVE_POPCNT_KERNEL)
@@ -42,6 +45,13 @@ void within(const uint8_t* query, const uint8_t* codes, size_t n, size_t code_si
   if (use_popcnt()) return popcnt_impl::within(query, codes, n, code_size, radius, distances, positions);
 #endif
   baseline_impl::within(query, codes, n, code_size, radius, distances, positions);
+}
+
+std::unique_ptr<faiss::DistanceComputer> hamming_distance(const uint8_t* codes, size_t code_size) {
+#if defined(FPMATCH_HAVE_POPCNT_KERNEL)
+  if (use_popcnt()) return popcnt_impl::hamming_distance(codes, code_size);
+#endif
+  return baseline_impl::hamming_distance(codes, code_size);
 }
 
 const char* kernel_name() { return use_popcnt() ? "popcnt" : "baseline"; }

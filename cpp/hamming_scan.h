@@ -8,7 +8,12 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
+
+namespace faiss {
+struct DistanceComputer;
+}
 
 namespace fpmatch {
 namespace scan {
@@ -21,6 +26,10 @@ void knn(const uint8_t* query, const uint8_t* codes, size_t begin, size_t end,
 // Every position in codes[0, n) within Hamming distance radius of query (inclusive).
 void within(const uint8_t* query, const uint8_t* codes, size_t n, size_t code_size,
             int32_t radius, std::vector<int32_t>& distances, std::vector<int64_t>& positions);
+
+// Distances between a query code and codes[i], for faiss::HNSW graph routines.
+// codes must stay valid (not reallocated) while the computer is used.
+std::unique_ptr<faiss::DistanceComputer> hamming_distance(const uint8_t* codes, size_t code_size);
 
 // "popcnt" or "baseline": the kernel knn/within dispatch to on this CPU.
 const char* kernel_name();

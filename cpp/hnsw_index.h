@@ -1,10 +1,19 @@
-// Approximate search for large galleries: a faiss::IndexBinaryHNSW graph over
-// the codes. FAISS cannot delete from HNSW, so removal leaves a tombstone: the
-// code is zeroed in storage, its label set to -1, and searches skip it. The
-// graph keeps the node for routing until compact() rebuilds it from live codes.
+// Approximate search for large galleries: a FAISS HNSW graph over the codes.
+//
+// The graph and its storage live in a faiss::IndexBinaryHNSW (for its file
+// format), but insertion and search drive faiss::HNSW directly with our own
+// distance computer, because the one compiled into Debian's libfaiss.a has no
+// POPCNT and makes building and searching several times slower.
+//
+// FAISS cannot delete from HNSW, so removal leaves a tombstone: the code is
+// zeroed in storage, its label set to -1, and searches skip it. The node stays
+// in the graph for routing until compact() rebuilds it from live codes.
 #pragma once
 
 #include <faiss/IndexBinaryHNSW.h>
+#include <faiss/impl/AuxIndexStructures.h>
+#include <faiss/impl/DistanceComputer.h>
+#include <faiss/utils/random.h>
 #include <omp.h>
 
 #include <limits>
@@ -24,8 +33,9 @@ class HnswIndex : public ProtectedIndex {
       : ProtectedIndex(size_t(index->d), std::move(labels)), index_(std::move(index)) {
     if (!dynamic_cast<faiss::IndexBinaryFlat*>(index_->storage))
       throw InvalidInput("HNSW storage is not a flat binary index");
-    if (size_t(index_->ntotal) != labels_.size() || storage().xb.size() != labels_.size() * code_size())
-      throw InvalidInput("HNSW index and labels disagree in size");
+    if (size_t(index_->ntotal) != labels_.size() || storage().xb.size() != labels_.size() * code_size() ||
+        index_->hnsw.levels.size() != labels_.size())
+      throw InvalidInput("HNSW graph, storage and labels disagree in size");
   }
 
   Kind kind() const override { return Kind::Hnsw; }
@@ -63,8 +73,7 @@ class HnswIndex : public ProtectedIndex {
       live.insert(live.end(), code, code + code_size());
       live_labels.push_back(labels_[pos]);
     }
-    omp_set_num_threads(resolve_threads(n_threads));
-    fresh->add(int64_t(live_labels.size()), live.data());
+    insert(*fresh, {live.data(), live_labels.size(), code_size()}, n_threads);
     std::fill(live.begin(), live.end(), 0);
     index_ = std::move(fresh);
     labels_ = std::move(live_labels);
@@ -77,11 +86,7 @@ class HnswIndex : public ProtectedIndex {
     return *static_cast<const faiss::IndexBinaryFlat*>(index_->storage);
   }
 
-  void store_codes(const CodeBatch& codes, int n_threads) override {
-    std::vector<uint8_t> packed = contiguous(codes);
-    omp_set_num_threads(resolve_threads(n_threads));
-    index_->add(int64_t(codes.n), packed.data());
-  }
+  void store_codes(const CodeBatch& codes, int n_threads) override { insert(*index_, codes, n_threads); }
 
   void erase_position(size_t pos) override {
     auto* flat = static_cast<faiss::IndexBinaryFlat*>(index_->storage);
@@ -93,26 +98,29 @@ class HnswIndex : public ProtectedIndex {
            int n_threads) const override {
     const size_t stored = labels_.size();
     const size_t dead = stored - positions_.size();
+    const faiss::HNSW& graph = index_->hnsw;
     parallel_for(queries.n, n_threads, [&](size_t q) {
-      omp_set_num_threads(1);  // parallelism is ours; keep FAISS from nesting teams
-      size_t want = std::min(stored, k + dead);
-      std::vector<int32_t> d;
-      std::vector<int64_t> p;
-      size_t found = 0;
-      while (true) {
-        want = std::max<size_t>(want, 1);
-        d.assign(want, 0);
+      std::unique_ptr<faiss::DistanceComputer> dis = scan::hamming_distance(storage().xb.data(), code_size());
+      dis->set_query(reinterpret_cast<const float*>(queries.row(q)));
+      faiss::VisitedTable& visited = visited_table(stored);
+      std::vector<float> d;
+      std::vector<faiss::HNSW::idx_t> p;
+      size_t found = 0, want = std::min(stored, k + dead);
+      while (stored > 0) {
+        d.assign(want, 0.0f);
         p.assign(want, -1);
-        if (stored > 0) index_->search(1, queries.row(q), int64_t(want), d.data(), p.data());
+        faiss::SearchParametersHNSW params;
+        params.efSearch = std::max(graph.efSearch, int(want));
+        graph.search(*dis, int(want), p.data(), d.data(), visited, &params);
         found = 0;
         for (size_t i = 0; i < want && found < k; ++i) {
           if (p[i] < 0 || labels_[size_t(p[i])] == kNoLabel) continue;
-          distances[q * k + found] = d[i];
+          distances[q * k + found] = int32_t(d[i]);
           labels[q * k + found] = labels_[size_t(p[i])];
           ++found;
         }
         // Tombstones crowded out live results: widen the search.
-        if (found == k || want >= stored || found == positions_.size()) break;
+        if (found == k || found == positions_.size() || want >= stored) break;
         want = std::min(stored, want * 2);
       }
       for (size_t i = found; i < k; ++i) {
@@ -131,6 +139,59 @@ class HnswIndex : public ProtectedIndex {
     index->hnsw.efConstruction = ef_construction;
     index->hnsw.efSearch = ef_search;
     return index;
+  }
+
+  // One reusable table per thread: allocating ntotal bytes per query would
+  // dominate search time on large galleries. A table only grows.
+  static faiss::VisitedTable& visited_table(size_t size) {
+    thread_local std::unique_ptr<faiss::VisitedTable> table;
+    if (!table || table->visited.size() < size) table = std::make_unique<faiss::VisitedTable>(int(size));
+    return *table;
+  }
+
+  // Appends codes to storage and links them into the graph: levels are drawn,
+  // then points are inserted from the top level down, each level in parallel
+  // (the same order FAISS uses, with per-node locks from faiss::HNSW).
+  static void insert(faiss::IndexBinaryHNSW& index, const CodeBatch& codes, int n_threads) {
+    auto* flat = static_cast<faiss::IndexBinaryFlat*>(index.storage);
+    const size_t n0 = size_t(flat->ntotal), n = codes.n, code_size = size_t(flat->code_size);
+    if (n0 + n > size_t(std::numeric_limits<int>::max()))
+      throw InvalidInput("an HNSW index holds at most 2^31-1 codes");
+    flat->xb.resize((n0 + n) * code_size);
+    for (size_t i = 0; i < n; ++i) std::memcpy(flat->xb.data() + (n0 + i) * code_size, codes.row(i), code_size);
+    flat->ntotal = int64_t(n0 + n);
+    index.ntotal = flat->ntotal;
+    if (n == 0) return;
+
+    faiss::HNSW& graph = index.hnsw;
+    int max_level = graph.prepare_level_tab(n, false);
+    std::vector<std::vector<int>> by_level(size_t(max_level) + 1);
+    for (size_t i = 0; i < n; ++i) by_level[size_t(graph.levels[n0 + i] - 1)].push_back(int(n0 + i));
+
+    const size_t total = n0 + n;
+    std::vector<omp_lock_t> locks(total);
+    for (auto& l : locks) omp_init_lock(&l);
+    const size_t threads = size_t(resolve_threads(n_threads));
+    faiss::RandomGenerator shuffle(789);
+    try {
+      for (int level = max_level; level >= 0; --level) {
+        std::vector<int>& points = by_level[size_t(level)];
+        for (size_t j = 0; j + 1 < points.size(); ++j)  // drop any ordering bias of the input
+          std::swap(points[j], points[j + size_t(shuffle.rand_int(int(points.size() - j)))]);
+        parallel_for(threads, int(threads), [&](size_t t) {
+          faiss::VisitedTable visited{int(total)};
+          std::unique_ptr<faiss::DistanceComputer> dis = scan::hamming_distance(flat->xb.data(), code_size);
+          for (size_t j = t; j < points.size(); j += threads) {
+            dis->set_query(reinterpret_cast<const float*>(flat->xb.data() + size_t(points[j]) * code_size));
+            graph.add_with_locks(*dis, level, points[j], locks, visited);
+          }
+        });
+      }
+    } catch (...) {
+      for (auto& l : locks) omp_destroy_lock(&l);
+      throw;
+    }
+    for (auto& l : locks) omp_destroy_lock(&l);
   }
 
   std::unique_ptr<faiss::IndexBinaryHNSW> index_;

@@ -102,6 +102,16 @@ class ProtectedIndex {
     return removed;
   }
 
+  // Copies the stored codes of ids (each must be present) into out.
+  void reconstruct(size_t n, const int64_t* ids, uint8_t* out) const {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    for (size_t i = 0; i < n; ++i) {
+      auto it = positions_.find(ids[i]);
+      if (it == positions_.end()) throw IdConflict("id " + std::to_string(ids[i]) + " is not in the index");
+      std::memcpy(out + i * code_size(), storage().xb.data() + it->second * code_size(), code_size());
+    }
+  }
+
   // k nearest per query, ascending Hamming distance; missing slots hold
   // label -1 and distance INT32_MAX (as FAISS does).
   void search(const CodeBatch& queries, size_t k, int32_t* distances, int64_t* labels,

@@ -1,0 +1,40 @@
+"""Checks shared by the public API before arrays reach the native core."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .errors import DtypeError, InvalidInputError
+
+
+def as_template_rows(templates: object, dim: int, what: str = "templates") -> np.ndarray:
+    """A 2-D float32 view of one template (1-D) or a batch (2-D); never a copy or a cast."""
+    if not isinstance(templates, np.ndarray):
+        raise DtypeError(
+            f"{what} must be a numpy array, got {type(templates).__name__}; "
+            "use np.asarray(x, dtype=np.float32)"
+        )
+    if templates.dtype != np.float32:
+        raise DtypeError(
+            f"{what} must have dtype float32, got {templates.dtype}; "
+            "convert explicitly with np.asarray(x, dtype=np.float32)"
+        )
+    rows = templates[None, :] if templates.ndim == 1 else templates
+    if rows.ndim != 2 or rows.shape[1] != dim:
+        raise InvalidInputError(f"{what} must have shape ({dim},) or (n, {dim}), got {templates.shape}")
+    return rows
+
+
+def as_subject_list(subjects: str | Sequence[str], n: int) -> list[str]:
+    """Subject names as a list of n distinct non-empty strings."""
+    names = [subjects] if isinstance(subjects, str) else list(subjects)
+    if len(names) != n:
+        raise InvalidInputError(f"got {len(names)} subject name(s) for {n} template(s)")
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise InvalidInputError(f"subject names must be non-empty strings, got {name!r}")
+    if len(set(names)) != len(names):
+        raise InvalidInputError("subject names in one call must be distinct")
+    return names

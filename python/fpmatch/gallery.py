@@ -1,0 +1,331 @@
+"""Gallery: enrol, verify (1:1) and identify (1:N) subjects over protected codes.
+
+Only hash codes are stored; templates and probes pass through ``protect`` and
+are dropped. Decisions use a threshold calibrated for a target false-match rate
+(FMR): from impostor pairs among the enrolled subjects themselves, or from
+labelled embeddings passed to :meth:`Gallery.calibrate`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ._validate import as_subject_list, as_template_rows
+from .errors import (
+    AuthenticationError,
+    IdConflictError,
+    InvalidInputError,
+    KeyMismatchError,
+    NotCalibratedError,
+    UnknownSubjectError,
+)
+from .hashing import CancellableHash
+from .index import FlatIndex, HNSWIndex, Index, load_index
+from .keys import HashKey, ensure_outside
+
+DEFAULT_TARGET_FMR = 1e-4
+_MAGIC = b"FPMATCHG"
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint16)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of a 1:1 comparison. ``verified`` is ``score >= threshold``."""
+
+    subject: str
+    verified: bool
+    score: float  # estimated cosine similarity, cos(pi * distance / bits)
+    threshold: float  # score threshold used, calibrated for a target FMR unless given
+    distance: int  # Hamming distance between the codes
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One identification candidate, best first (rank 1)."""
+
+    subject: str
+    score: float
+    distance: int
+    rank: int
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise Hamming distances between two uint8 code arrays of equal shape."""
+    return _POPCOUNT[np.bitwise_xor(a, b)].sum(axis=-1, dtype=np.int64)
+
+
+class Gallery:
+    """Protected templates of enrolled subjects, searchable by Hamming distance.
+
+    ``index="flat"`` searches exactly; ``"hnsw"`` scales to millions approximately.
+    Searches may run from several threads at once; writes wait for them.
+    """
+
+    def __init__(
+        self,
+        scheme: CancellableHash,
+        index: str = "flat",
+        *,
+        target_fmr: float = DEFAULT_TARGET_FMR,
+        hnsw_m: int = 32,
+        ef_construction: int = 80,
+        ef_search: int = 64,
+    ) -> None:
+        _check_fmr(target_fmr)
+        self.scheme = scheme
+        self.target_fmr = target_fmr
+        self._index: Index
+        if index == "flat":
+            self._index = FlatIndex(scheme.bits)
+        elif index == "hnsw":
+            self._index = HNSWIndex(scheme.bits, hnsw_m, ef_construction, ef_search)
+        else:
+            raise InvalidInputError(f"index must be 'flat' or 'hnsw', got {index!r}")
+        self._ids: dict[str, int] = {}
+        self._names: dict[int, str] = {}
+        self._next_id = 0
+        self._threshold_distance: int | None = None
+
+    # -- membership -----------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, subject: object) -> bool:
+        return subject in self._ids
+
+    def subjects(self) -> list[str]:
+        return list(self._ids)
+
+    @property
+    def index(self) -> Index:
+        return self._index
+
+    def enrol(self, subjects: str | Sequence[str], templates: np.ndarray) -> None:
+        """Protect and store one template per subject. All or nothing: on any error nothing is stored."""
+        rows = as_template_rows(templates, self.scheme.dim)
+        names = as_subject_list(subjects, len(rows))
+        taken = [name for name in names if name in self._ids]
+        if taken:
+            raise IdConflictError(f"already enrolled: {', '.join(taken[:5])}")
+        codes = self.scheme.protect(rows)
+        ids = np.arange(self._next_id, self._next_id + len(names), dtype=np.int64)
+        self._index.add(codes, ids)
+        self._next_id += len(names)
+        for name, id_ in zip(names, ids.tolist()):
+            self._ids[name] = id_
+            self._names[id_] = name
+
+    def remove(self, subject: str) -> None:
+        """Delete the subject's code from the index; afterwards they match nothing."""
+        id_ = self._id_of(subject)
+        self._index.remove(np.array([id_], dtype=np.int64))
+        del self._ids[subject]
+        del self._names[id_]
+
+    # -- decisions ------------------------------------------------------------
+
+    @property
+    def threshold(self) -> float | None:
+        """The calibrated score threshold, or None before calibration."""
+        if self._threshold_distance is None:
+            return None
+        return float(self.scheme.score(self._threshold_distance))
+
+    def verify(self, subject: str, probe: np.ndarray, threshold: float | None = None) -> VerifyResult:
+        """1:1: does ``probe`` belong to ``subject``? The probe is not stored."""
+        limit = self._distance_limit(threshold)
+        code = self.scheme.protect(as_template_rows(probe, self.scheme.dim, "probe"))
+        if len(code) != 1:
+            raise InvalidInputError("verify takes one probe")
+        stored = self._index.reconstruct(np.array([self._id_of(subject)], dtype=np.int64))
+        distance = int(hamming(code, stored)[0])
+        return VerifyResult(
+            subject=subject,
+            verified=distance <= limit,
+            score=float(self.scheme.score(distance)),
+            threshold=self._score_of_limit(limit, threshold),
+            distance=distance,
+        )
+
+    def identify(self, probe: np.ndarray, k: int = 5, threshold: float | None = None) -> list[Candidate]:
+        """1:N: up to ``k`` subjects whose score reaches the threshold, best first. Empty: no match."""
+        return self.identify_many(as_template_rows(probe, self.scheme.dim, "probe")[:1], k, threshold)[0]
+
+    def identify_many(
+        self, probes: np.ndarray, k: int = 5, threshold: float | None = None
+    ) -> list[list[Candidate]]:
+        """:meth:`identify` for a batch of probes (n, dim)."""
+        if k < 1:
+            raise InvalidInputError("k must be at least 1")
+        limit = self._distance_limit(threshold)
+        codes = self.scheme.protect(as_template_rows(probes, self.scheme.dim, "probes"))
+        result = self._index.search(codes, k)
+        out: list[list[Candidate]] = []
+        for distances, labels in zip(result.distances.tolist(), result.labels.tolist()):
+            matches = [(d, l) for d, l in zip(distances, labels) if l >= 0 and d <= limit]
+            out.append(
+                [
+                    Candidate(self._names[l], float(self.scheme.score(d)), d, rank)
+                    for rank, (d, l) in enumerate(matches, start=1)
+                ]
+            )
+        return out
+
+    def calibrate(
+        self,
+        target_fmr: float | None = None,
+        templates: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        *,
+        max_pairs: int = 2_000_000,
+        seed: int = 0,
+    ) -> float:
+        """Set the threshold so that the false-match rate is at most ``target_fmr``.
+
+        With ``templates`` and ``labels`` (labelled embeddings from the same model,
+        not necessarily enrolled), impostor pairs are drawn from them; otherwise
+        from pairs of distinct enrolled subjects, using stored codes only. Returns
+        the score threshold.
+        """
+        fmr = self.target_fmr if target_fmr is None else target_fmr
+        _check_fmr(fmr)
+        needed = math.ceil(10 / fmr)
+        rng = np.random.default_rng(seed)
+        if templates is not None or labels is not None:
+            distances = self._labelled_impostors(templates, labels, max(needed, max_pairs), rng)
+        else:
+            distances = self._gallery_impostors(max(needed, max_pairs), rng)
+        if len(distances) < needed:
+            raise NotCalibratedError(
+                f"{len(distances)} impostor pairs cannot estimate FMR {fmr:g} (need {needed}); "
+                "enrol more subjects or pass labelled templates to calibrate()"
+            )
+        counts = np.bincount(distances, minlength=self.scheme.bits + 1)
+        fmr_at = np.cumsum(counts) / len(distances)  # FMR if distances <= h are accepted
+        allowed = np.flatnonzero(fmr_at <= fmr)
+        if len(allowed) == 0:
+            raise NotCalibratedError(f"even identical codes exceed FMR {fmr:g} on this data")
+        self._threshold_distance = int(allowed[-1])
+        self.target_fmr = fmr
+        return float(self.scheme.score(self._threshold_distance))
+
+    # -- persistence ----------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the gallery (codes, subject names, threshold) authenticated under the key."""
+        target = Path(path)
+        ensure_outside(self.scheme.key, target.parent)
+        meta = {
+            "format": 1,
+            "scheme": self.scheme.scheme,
+            "key_id": self.scheme.key.key_id,
+            "dim": self.scheme.dim,
+            "bits": self.scheme.bits,
+            "offset": None if self.scheme.offset is None else np.asarray(self.scheme.offset).tolist(),
+            "target_fmr": self.target_fmr,
+            "threshold_distance": self._threshold_distance,
+            "next_id": self._next_id,
+            "subjects": self._ids,
+        }
+        meta_bytes = json.dumps(meta).encode()
+        index_bytes = self._index.serialize(self.scheme.key.subkey("index-mac"))
+        body = _MAGIC + struct.pack("<Q", len(meta_bytes)) + meta_bytes + index_bytes
+        tag = hmac.new(self.scheme.key.subkey("gallery-mac"), body, "sha256").digest()
+        tmp = target.with_name(target.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(body + tag)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], key: HashKey, n_threads: int = 0) -> "Gallery":
+        """Authenticate and load a gallery written by :meth:`save`."""
+        source = Path(path)
+        ensure_outside(key, source.parent)
+        data = source.read_bytes()
+        if len(data) < len(_MAGIC) + 8 + 32 or not data.startswith(_MAGIC):
+            raise AuthenticationError(f"{source} is not an fpmatch gallery file (or is truncated)")
+        body, tag = data[:-32], data[-32:]
+        if not hmac.compare_digest(hmac.new(key.subkey("gallery-mac"), body, "sha256").digest(), tag):
+            raise AuthenticationError(
+                f"{source} failed authentication: modified, truncated, or saved under another key"
+            )
+        (meta_len,) = struct.unpack_from("<Q", body, len(_MAGIC))
+        start = len(_MAGIC) + 8
+        meta = json.loads(body[start : start + meta_len])
+        if meta["key_id"] != key.key_id:
+            raise KeyMismatchError("the gallery was saved under a different key")
+        offset = None if meta["offset"] is None else np.asarray(meta["offset"], dtype=np.float32)
+        scheme = CancellableHash(key, meta["dim"], meta["bits"], offset, n_threads)
+        gallery = cls(scheme, target_fmr=meta["target_fmr"])
+        gallery._index = load_index(body[start + meta_len :], key.subkey("index-mac"))
+        gallery._ids = {str(k): int(v) for k, v in meta["subjects"].items()}
+        gallery._names = {v: k for k, v in gallery._ids.items()}
+        gallery._next_id = int(meta["next_id"])
+        gallery._threshold_distance = meta["threshold_distance"]
+        if sorted(gallery._names) != sorted(gallery._index.ids().tolist()):
+            raise AuthenticationError(f"{source}: subject table and index disagree")
+        return gallery
+
+    # -- internals ------------------------------------------------------------
+
+    def _id_of(self, subject: str) -> int:
+        try:
+            return self._ids[subject]
+        except (KeyError, TypeError):
+            raise UnknownSubjectError(f"subject {subject!r} is not enrolled") from None
+
+    def _distance_limit(self, threshold: float | None) -> int:
+        if threshold is not None:
+            return self.scheme.distance_for_score(threshold)
+        if self._threshold_distance is None:
+            self.calibrate()
+        assert self._threshold_distance is not None
+        return self._threshold_distance
+
+    def _score_of_limit(self, limit: int, threshold: float | None) -> float:
+        return float(threshold) if threshold is not None else float(self.scheme.score(limit))
+
+    def _gallery_impostors(self, max_pairs: int, rng: np.random.Generator) -> np.ndarray:
+        ids = self._index.ids()
+        n = len(ids)
+        if n < 2:
+            return np.zeros(0, dtype=np.int64)
+        queries = rng.permutation(ids)[: max(1, min(n, math.ceil(max_pairs / (n - 1))))]
+        found = self._index.range_search(self._index.reconstruct(queries), self.scheme.bits)
+        self_match = np.repeat(queries, np.diff(found.lims))
+        return found.distances[found.labels != self_match].astype(np.int64)
+
+    def _labelled_impostors(
+        self, templates: np.ndarray | None, labels: np.ndarray | None, max_pairs: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        if templates is None or labels is None:
+            raise InvalidInputError("calibrate needs both templates and labels, or neither")
+        codes = self.scheme.protect(templates)
+        labels = np.asarray(labels)
+        if labels.shape != (len(codes),):
+            raise InvalidInputError("labels must be 1-D with one label per template")
+        a = rng.integers(0, len(codes), max_pairs)
+        b = rng.integers(0, len(codes), max_pairs)
+        keep = labels[a] != labels[b]
+        a, b = a[keep], b[keep]
+        return np.concatenate(
+            [hamming(codes[a[i : i + 65536]], codes[b[i : i + 65536]]) for i in range(0, len(a), 65536)]
+            or [np.zeros(0, dtype=np.int64)]
+        )
+
+
+def _check_fmr(fmr: float) -> None:
+    if not 0.0 < fmr < 1.0:
+        raise InvalidInputError(f"target FMR must lie in (0, 1), got {fmr}")

@@ -1,0 +1,102 @@
+"""The ``hash`` protection scheme: keyed cancellable binary codes.
+
+``srp-v1`` maps a template x to ``bits`` bits, bit j = [w_j . x' > 0], where the
+w_j are a secret projection derived from the key and x' is x with an optional
+shared offset direction projected out. Hamming distance h between two codes
+estimates the angle between the templates (angle ~ pi * h / bits), so
+``cos(pi * h / bits)`` is reported as the score, on the familiar cosine scale.
+
+Why the offset: many face models (dlib's among them) put every template in a
+narrow cone around one direction. Hyperplanes through the origin then barely
+cut the cone and most bits say nothing. Estimating that direction once, from
+sample embeddings that need not be enrolled, and projecting it out restored
+rank-1 agreement with plain cosine from 0.88 to 0.98 at 1024 bits on our
+dlib-like synthetic profile (100k gallery), and changed nothing on centred data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _core
+from ._validate import as_template_rows
+from .errors import InvalidInputError
+from .keys import HashKey
+
+SCHEME = "srp-v1"
+DEFAULT_BITS = 1024
+
+
+def estimate_offset(samples: np.ndarray, min_norm: float = 0.3) -> np.ndarray | None:
+    """The shared offset direction of a model's templates, or None if there is none.
+
+    ``samples`` are L2-normalised float32 embeddings from the same model (they need
+    not be enrolled). When the norm of their mean is below ``min_norm`` the model
+    is already centred and no offset is used.
+    """
+    if not isinstance(samples, np.ndarray) or samples.ndim != 2:
+        raise InvalidInputError("samples must be a 2-D array (n, dim) of embeddings")
+    rows = as_template_rows(samples, samples.shape[1], "samples")
+    if len(rows) < 2:
+        raise InvalidInputError("need at least 2 samples to estimate an offset")
+    if not np.isfinite(rows).all():
+        raise InvalidInputError("samples contain NaN or Inf")
+    norms = np.linalg.norm(rows.astype(np.float64), axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise InvalidInputError("samples contain a zero vector")
+    mean = (rows / norms).mean(axis=0)
+    norm = float(np.linalg.norm(mean))
+    if norm < min_norm:
+        return None
+    return (mean / norm).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class CancellableHash:
+    """Keyed cancellable hashing of templates of one dimension into ``bits``-bit codes.
+
+    Re-keying (a new :class:`HashKey`) gives unrelated codes: old codes stop matching.
+    """
+
+    key: HashKey = field(repr=False)
+    dim: int
+    bits: int = DEFAULT_BITS
+    offset: np.ndarray | None = field(default=None, repr=False, compare=False)
+    n_threads: int = 0
+    _hasher: _core.ProjectionHasher = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        hasher = _core.ProjectionHasher(self.key.secret, self.dim, self.bits, self.offset)
+        object.__setattr__(self, "_hasher", hasher)
+
+    @property
+    def scheme(self) -> str:
+        return SCHEME
+
+    @property
+    def code_size(self) -> int:
+        """Bytes per code."""
+        return self.bits // 8
+
+    def protect(self, templates: np.ndarray) -> np.ndarray:
+        """Codes (n, bits/8) uint8 for float32 templates (d,) or (n, d). Raw values are not kept."""
+        return self._hasher.hash(as_template_rows(templates, self.dim), self.n_threads)
+
+    def score(self, distances: np.ndarray | int) -> np.ndarray | float:
+        """Hamming distance -> estimated cosine similarity, cos(pi * h / bits)."""
+        if isinstance(distances, (int, np.integer)):
+            return math.cos(math.pi * int(distances) / self.bits)
+        return np.cos(np.pi * np.asarray(distances, dtype=np.float64) / self.bits)
+
+    def distance_for_score(self, score: float) -> int:
+        """The largest Hamming distance whose score is at least ``score``."""
+        if not -1.0 <= score <= 1.0:
+            raise InvalidInputError(f"a score threshold must lie in [-1, 1], got {score}")
+        return int(math.floor(self.bits * math.acos(score) / math.pi + 1e-9))
+
+    def projection_matrix(self) -> np.ndarray:
+        """The secret (dim, bits) projection. For security evaluation only: it inverts codes."""
+        return self._hasher.weights()

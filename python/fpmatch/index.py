@@ -1,0 +1,127 @@
+"""Protected binary indexes: Hamming search over hash codes in the native core.
+
+``FlatIndex`` is exact. ``HNSWIndex`` is approximate and scales to millions;
+removal there leaves a tombstone until :meth:`HNSWIndex.compact`. Both are safe
+for concurrent searches; a write waits for running searches.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Union
+
+import numpy as np
+
+from . import _core
+
+
+class SearchResult(NamedTuple):
+    """k nearest per query, ascending distance. Missing slots: label -1, distance 2**31-1."""
+
+    distances: np.ndarray  # (nq, k) int32 Hamming distances
+    labels: np.ndarray  # (nq, k) int64 ids
+
+
+class RangeResult(NamedTuple):
+    """Query i's matches are ``labels[lims[i]:lims[i+1]]``."""
+
+    lims: np.ndarray
+    distances: np.ndarray
+    labels: np.ndarray
+
+
+class _IndexBase:
+    _native: _core.ProtectedIndex
+
+    @property
+    def bits(self) -> int:
+        return self._native.bits
+
+    @property
+    def code_size(self) -> int:
+        return self._native.code_size
+
+    def __len__(self) -> int:
+        return len(self._native)
+
+    def __contains__(self, id_: int) -> bool:
+        return int(id_) in self._native
+
+    def ids(self) -> np.ndarray:
+        """Live ids, int64."""
+        return self._native.ids()
+
+    def add(self, codes: np.ndarray, ids: np.ndarray, n_threads: int = 0) -> None:
+        """Add (n, code_size) uint8 codes under distinct non-negative int64 ids (all or nothing)."""
+        self._native.add(codes, ids, n_threads)
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove ids; returns how many were present. Removed codes are overwritten in memory."""
+        return self._native.remove(ids)
+
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        """The stored codes of ``ids`` (int64, each present), shape (n, code_size)."""
+        return self._native.reconstruct(ids)
+
+    def search(self, queries: np.ndarray, k: int, n_threads: int = 0) -> SearchResult:
+        """The k nearest codes per query row."""
+        distances, labels = self._native.search(queries, k, n_threads)
+        return SearchResult(distances, labels)
+
+    def range_search(self, queries: np.ndarray, radius: int, n_threads: int = 0) -> RangeResult:
+        """Every code within Hamming distance ``radius`` (inclusive); exact on every index."""
+        lims, distances, labels = self._native.range_search(queries, radius, n_threads)
+        return RangeResult(lims, distances, labels)
+
+    def serialize(self, mac_key: bytes) -> bytes:
+        """Bytes authenticated with HMAC-SHA256 under ``mac_key`` (at least 16 bytes)."""
+        return self._native.serialize(mac_key)
+
+
+class FlatIndex(_IndexBase):
+    """Exact Hamming search over every stored code."""
+
+    def __init__(self, bits: int) -> None:
+        self._native = _core.FlatIndex(bits)
+
+
+class HNSWIndex(_IndexBase):
+    """Approximate Hamming search on an HNSW graph.
+
+    ``m`` links per node, ``ef_construction`` build beam, ``ef_search`` search beam
+    (raise it for recall, lower it for speed).
+    """
+
+    def __init__(self, bits: int, m: int = 32, ef_construction: int = 80, ef_search: int = 64) -> None:
+        self._native = _core.HnswIndex(bits, m, ef_construction, ef_search)
+
+    @property
+    def ef_search(self) -> int:
+        return self._native.ef_search
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        self._native.ef_search = value
+
+    @property
+    def tombstones(self) -> int:
+        """Removed entries still present as graph nodes (their codes are zeroed)."""
+        return self._native.tombstones
+
+    def compact(self, n_threads: int = 0) -> None:
+        """Rebuild the graph from live codes, dropping tombstones."""
+        self._native.compact(n_threads)
+
+
+Index = Union[FlatIndex, HNSWIndex]
+
+
+def load_index(data: bytes, mac_key: bytes) -> Index:
+    """Authenticate then load bytes from :meth:`serialize`.
+
+    Raises :class:`~fpmatch.errors.AuthenticationError` for tampered, truncated or
+    foreign bytes; nothing is parsed before the tag verifies.
+    """
+    native = _core.deserialize_index(data, mac_key)
+    wrapper: Index = FlatIndex.__new__(FlatIndex) if native.kind == "flat" else HNSWIndex.__new__(HNSWIndex)
+    wrapper._native = native
+    return wrapper
