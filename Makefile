@@ -1,0 +1,37 @@
+# make demo : install what is missing, build, run the end-to-end demo
+# make test : the same set-up, then the test suite
+# make bench: the search benchmark at 1M templates (slow; run by hand)
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+SOURCES := $(wildcard cpp/*.h cpp/*.cpp python/fpmatch/*.py python/fpmatch/*.pyi) CMakeLists.txt pyproject.toml
+
+.PHONY: demo test bench system-deps clean
+
+demo: $(VENV)/.built
+	$(PY) -m fpmatch demo
+
+test: $(VENV)/.built
+	@$(PY) -m pytest tests -q; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+bench: $(VENV)/.built
+	$(PY) benchmarks/bench_search.py --n 1000000 --profile centred --json reports/search_centred_1m.json
+	$(PY) benchmarks/bench_search.py --n 1000000 --profile offset --json reports/search_offset_1m.json
+
+system-deps:
+	bash scripts/system-deps.sh
+
+$(VENV)/.deps: requirements-dev.txt | system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -r requirements-dev.txt
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+	$(PIP) install -q --no-build-isolation --no-deps .
+	touch $@
+
+clean:
+	rm -rf build $(VENV)
