@@ -26,7 +26,7 @@ def run(n_subjects: int = 5000, n_probes: int = 500, seed: int = 7) -> dict[str,
         key = HashKey.generate()
         key_path = key.save(Path(keys_dir) / "hash.key")
         key = HashKey.load(key_path)
-        print(f"fpmatch demo: {n_subjects} opted-in subjects, 512-D synthetic templates, hash scheme")
+        print(f"fpmatch demo: {n_subjects} opted-in subjects per profile, synthetic templates, hash scheme")
         _line("key id (key file kept apart)", key.key_id)
 
         for profile in ("centred", "offset"):
