@@ -49,6 +49,7 @@ Rows<T> as_rows(const py::array& a, const char* what, size_t cols) {
   if (size_t(a.shape(1)) != cols)
     throw InvalidInput(std::string(what) + " must have " + std::to_string(cols) + " columns, got " +
                           std::to_string(a.shape(1)));
+  if (a.shape(0) == 0) return {static_cast<const T*>(a.data()), 0, cols, cols};
   if (a.shape(0) > 1 && (a.strides(0) <= 0 || a.strides(0) % ssize_t(sizeof(T)) != 0))
     throw InvalidInput(std::string(what) + " rows must be laid out forwards in memory; pass np.ascontiguousarray(x)");
   if (cols > 1 && a.strides(1) != ssize_t(sizeof(T)))
@@ -128,7 +129,7 @@ PYBIND11_MODULE(_core, m) {
                check_dtype<float>(*offset, "offset");
                if (offset->ndim() != 1 || size_t(offset->shape(0)) != dim)
                  throw InvalidInput("offset must be a 1-D array of length dim");
-               py::array_t<float> flat = py::array_t<float>::ensure(*offset);
+               auto flat = py::array_t<float, py::array::c_style>::ensure(*offset);  // same dtype: a layout copy only
                off.assign(flat.data(), flat.data() + dim);
              }
              return std::make_unique<ProjectionHasher>(as_key(key), dim, bits, std::move(off));

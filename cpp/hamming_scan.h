@@ -1,9 +1,9 @@
 // Exhaustive Hamming scans over a contiguous array of codes.
 //
 // Debian's libfaiss.a is built for baseline x86-64 and its compiled Hamming
-// loops use no POPCNT instruction (about 8x slower). FAISS's Hamming computers
-// and heaps are header templates, so the same loop is compiled here twice, once
-// with -mpopcnt, and the faster one is chosen at run time.
+// loops use no POPCNT instruction (about 8x slower). The loops here are
+// compiled twice, once with -mpopcnt, and the faster one is chosen at run time.
+// Codes must be a multiple of 8 bytes and 8-byte aligned.
 #pragma once
 
 #include <cstddef>

@@ -1,10 +1,14 @@
 // Kernel bodies for hamming_scan.h. Included by one translation unit per
 // instruction set, each wrapping it in its own namespace FPMATCH_SCAN_NS.
+//
+// Distances run over 64-bit words with four independent accumulators; for the
+// common code widths the word count is a template constant, so the query stays
+// in registers and the loop unrolls fully.
 #include <faiss/impl/DistanceComputer.h>
 #include <faiss/utils/Heap.h>
-#include <faiss/utils/hamming.h>
 
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -13,24 +17,67 @@ namespace FPMATCH_SCAN_NS {
 
 using MaxHeap = faiss::CMax<int32_t, int64_t>;
 
-void knn(const uint8_t* query, const uint8_t* codes, size_t begin, size_t end,
-         size_t code_size, size_t k, int32_t* distances, int64_t* positions) {
-  faiss::heap_heapify<MaxHeap>(k, distances, positions);
-  faiss::HammingComputerDefault hc(query, int(code_size));
-  const uint8_t* code = codes + begin * code_size;
-  for (size_t i = begin; i < end; ++i, code += code_size) {
-    int32_t d = hc.hamming(code);
+inline int32_t popcount_words(const uint64_t* a, const uint64_t* b, size_t words) {
+  int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  size_t i = 0;
+  for (; i + 4 <= words; i += 4) {
+    s0 += __builtin_popcountll(a[i] ^ b[i]);
+    s1 += __builtin_popcountll(a[i + 1] ^ b[i + 1]);
+    s2 += __builtin_popcountll(a[i + 2] ^ b[i + 2]);
+    s3 += __builtin_popcountll(a[i + 3] ^ b[i + 3]);
+  }
+  for (; i < words; ++i) s0 += __builtin_popcountll(a[i] ^ b[i]);
+  return s0 + s1 + s2 + s3;
+}
+
+// W > 0: compile-time word count; W == 0: run-time word count.
+template <size_t W>
+struct Words {
+  size_t n;
+  size_t count() const { return W > 0 ? W : n; }
+};
+
+template <size_t W>
+void knn_words(const uint64_t* query, const uint8_t* codes, size_t begin, size_t end, Words<W> words,
+               size_t k, int32_t* distances, int64_t* positions) {
+  const size_t stride = words.count();
+  uint64_t q[W > 0 ? W : 1];
+  const uint64_t* qp = query;
+  if (W > 0) {
+    std::memcpy(q, query, W * 8);
+    qp = q;
+  }
+  const uint64_t* code = reinterpret_cast<const uint64_t*>(codes) + begin * stride;
+  for (size_t i = begin; i < end; ++i, code += stride) {
+    int32_t d = popcount_words(qp, code, words.count());
     if (d < distances[0]) faiss::heap_replace_top<MaxHeap>(k, distances, positions, d, int64_t(i));
+  }
+}
+
+// Codes are multiples of 8 bytes and 8-byte aligned (FAISS storage vectors).
+void knn(const uint8_t* query, const uint8_t* codes, size_t begin, size_t end, size_t code_size,
+         size_t k, int32_t* distances, int64_t* positions) {
+  faiss::heap_heapify<MaxHeap>(k, distances, positions);
+  std::vector<uint64_t> q(code_size / 8);
+  std::memcpy(q.data(), query, code_size);
+  switch (code_size / 8) {
+    case 4: knn_words(q.data(), codes, begin, end, Words<4>{4}, k, distances, positions); break;
+    case 8: knn_words(q.data(), codes, begin, end, Words<8>{8}, k, distances, positions); break;
+    case 16: knn_words(q.data(), codes, begin, end, Words<16>{16}, k, distances, positions); break;
+    case 32: knn_words(q.data(), codes, begin, end, Words<32>{32}, k, distances, positions); break;
+    default: knn_words(q.data(), codes, begin, end, Words<0>{code_size / 8}, k, distances, positions);
   }
   faiss::heap_reorder<MaxHeap>(k, distances, positions);
 }
 
-void within(const uint8_t* query, const uint8_t* codes, size_t n, size_t code_size,
-            int32_t radius, std::vector<int32_t>& distances, std::vector<int64_t>& positions) {
-  faiss::HammingComputerDefault hc(query, int(code_size));
-  const uint8_t* code = codes;
-  for (size_t i = 0; i < n; ++i, code += code_size) {
-    int32_t d = hc.hamming(code);
+void within(const uint8_t* query, const uint8_t* codes, size_t n, size_t code_size, int32_t radius,
+            std::vector<int32_t>& distances, std::vector<int64_t>& positions) {
+  const size_t words = code_size / 8;
+  std::vector<uint64_t> q(words);
+  std::memcpy(q.data(), query, code_size);
+  const uint64_t* code = reinterpret_cast<const uint64_t*>(codes);
+  for (size_t i = 0; i < n; ++i, code += words) {
+    int32_t d = popcount_words(q.data(), code, words);
     if (d <= radius) {
       distances.push_back(d);
       positions.push_back(int64_t(i));
@@ -38,30 +85,24 @@ void within(const uint8_t* query, const uint8_t* codes, size_t n, size_t code_si
   }
 }
 
-}  // namespace FPMATCH_SCAN_NS
-}  // namespace fpmatch
-
-namespace fpmatch {
-namespace FPMATCH_SCAN_NS {
-
 // Hamming distance for faiss::HNSW graph routines. FAISS passes binary
 // queries through set_query as a float pointer; they are codes.
 struct HammingDistance : faiss::DistanceComputer {
-  HammingDistance(const uint8_t* codes, size_t code_size) : codes_(codes), code_size_(code_size) {}
+  HammingDistance(const uint8_t* codes, size_t code_size)
+      : codes_(reinterpret_cast<const uint64_t*>(codes)), words_(code_size / 8), query_(words_) {}
 
-  void set_query(const float* x) override {
-    query_.set(reinterpret_cast<const uint8_t*>(x), int(code_size_));
+  void set_query(const float* x) override { std::memcpy(query_.data(), x, words_ * 8); }
+  float operator()(idx_t i) override {
+    return float(popcount_words(query_.data(), codes_ + size_t(i) * words_, words_));
   }
-  float operator()(idx_t i) override { return float(query_.hamming(codes_ + size_t(i) * code_size_)); }
   float symmetric_dis(idx_t i, idx_t j) override {
-    faiss::HammingComputerDefault a(codes_ + size_t(i) * code_size_, int(code_size_));
-    return float(a.hamming(codes_ + size_t(j) * code_size_));
+    return float(popcount_words(codes_ + size_t(i) * words_, codes_ + size_t(j) * words_, words_));
   }
 
  private:
-  const uint8_t* codes_;
-  size_t code_size_;
-  faiss::HammingComputerDefault query_;
+  const uint64_t* codes_;
+  size_t words_;
+  std::vector<uint64_t> query_;
 };
 
 std::unique_ptr<faiss::DistanceComputer> hamming_distance(const uint8_t* codes, size_t code_size) {

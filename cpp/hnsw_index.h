@@ -13,6 +13,7 @@
 #include <faiss/IndexBinaryHNSW.h>
 #include <faiss/impl/AuxIndexStructures.h>
 #include <faiss/impl/DistanceComputer.h>
+#include <faiss/utils/Heap.h>
 #include <faiss/utils/random.h>
 #include <omp.h>
 
@@ -107,11 +108,14 @@ class HnswIndex : public ProtectedIndex {
       std::vector<faiss::HNSW::idx_t> p;
       size_t found = 0, want = std::min(stored, k + dead);
       while (stored > 0) {
-        d.assign(want, 0.0f);
-        p.assign(want, -1);
+        d.resize(want);
+        p.resize(want);
         faiss::SearchParametersHNSW params;
         params.efSearch = std::max(graph.efSearch, int(want));
+        // faiss::HNSW fills a max-heap; sort it nearest-first.
+        faiss::maxheap_heapify(want, d.data(), p.data());
         graph.search(*dis, int(want), p.data(), d.data(), visited, &params);
+        faiss::maxheap_reorder(want, d.data(), p.data());
         found = 0;
         for (size_t i = 0; i < want && found < k; ++i) {
           if (p[i] < 0 || labels_[size_t(p[i])] == kNoLabel) continue;

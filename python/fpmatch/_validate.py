@@ -9,13 +9,16 @@ import numpy as np
 from .errors import DtypeError, InvalidInputError
 
 
+def require_array(value: object, what: str) -> np.ndarray:
+    """``value`` itself if it is a numpy array; otherwise a DtypeError naming the fix."""
+    if not isinstance(value, np.ndarray):
+        raise DtypeError(f"{what} must be a numpy array, got {type(value).__name__}; use np.asarray(...)")
+    return value
+
+
 def as_template_rows(templates: object, dim: int, what: str = "templates") -> np.ndarray:
     """A 2-D float32 view of one template (1-D) or a batch (2-D); never a copy or a cast."""
-    if not isinstance(templates, np.ndarray):
-        raise DtypeError(
-            f"{what} must be a numpy array, got {type(templates).__name__}; "
-            "use np.asarray(x, dtype=np.float32)"
-        )
+    templates = require_array(templates, what)
     if templates.dtype != np.float32:
         raise DtypeError(
             f"{what} must have dtype float32, got {templates.dtype}; "

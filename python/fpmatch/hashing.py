@@ -92,10 +92,14 @@ class CancellableHash:
         return np.cos(np.pi * np.asarray(distances, dtype=np.float64) / self.bits)
 
     def distance_for_score(self, score: float) -> int:
-        """The largest Hamming distance whose score is at least ``score``."""
+        """The largest Hamming distance whose score is at least ``score`` (-1 if none)."""
         if not -1.0 <= score <= 1.0:
             raise InvalidInputError(f"a score threshold must lie in [-1, 1], got {score}")
-        return int(math.floor(self.bits * math.acos(score) / math.pi + 1e-9))
+        # acos may round either way; settle the boundary with the same score() users see.
+        limit = min(self.bits, int(math.floor(self.bits * math.acos(score) / math.pi)) + 1)
+        while limit >= 0 and self.score(limit) < score:
+            limit -= 1
+        return limit
 
     def projection_matrix(self) -> np.ndarray:
         """The secret (dim, bits) projection. For security evaluation only: it inverts codes."""

@@ -12,6 +12,7 @@ from typing import NamedTuple, Union
 import numpy as np
 
 from . import _core
+from ._validate import require_array
 
 
 class SearchResult(NamedTuple):
@@ -52,24 +53,24 @@ class _IndexBase:
 
     def add(self, codes: np.ndarray, ids: np.ndarray, n_threads: int = 0) -> None:
         """Add (n, code_size) uint8 codes under distinct non-negative int64 ids (all or nothing)."""
-        self._native.add(codes, ids, n_threads)
+        self._native.add(require_array(codes, "codes"), require_array(ids, "ids"), n_threads)
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove ids; returns how many were present. Removed codes are overwritten in memory."""
-        return self._native.remove(ids)
+        return self._native.remove(require_array(ids, "ids"))
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         """The stored codes of ``ids`` (int64, each present), shape (n, code_size)."""
-        return self._native.reconstruct(ids)
+        return self._native.reconstruct(require_array(ids, "ids"))
 
     def search(self, queries: np.ndarray, k: int, n_threads: int = 0) -> SearchResult:
         """The k nearest codes per query row."""
-        distances, labels = self._native.search(queries, k, n_threads)
+        distances, labels = self._native.search(require_array(queries, "queries"), k, n_threads)
         return SearchResult(distances, labels)
 
     def range_search(self, queries: np.ndarray, radius: int, n_threads: int = 0) -> RangeResult:
         """Every code within Hamming distance ``radius`` (inclusive); exact on every index."""
-        lims, distances, labels = self._native.range_search(queries, radius, n_threads)
+        lims, distances, labels = self._native.range_search(require_array(queries, "queries"), radius, n_threads)
         return RangeResult(lims, distances, labels)
 
     def serialize(self, mac_key: bytes) -> bytes:

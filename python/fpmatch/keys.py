@@ -68,7 +68,7 @@ class HashKey:
         source = Path(path)
         try:
             body = json.loads(source.read_text())
-            if body.get("format") != _FORMAT or body.get("version") != 1:
+            if not isinstance(body, dict) or body.get("format") != _FORMAT or body.get("version") != 1:
                 raise KeyFileError(f"{source} is not an fpmatch hash key file")
             key = cls(base64.b64decode(body["secret"], validate=True), path=source.resolve())
         except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -1,0 +1,549 @@
+#!/usr/bin/env python3
+"""Search benchmark: plain cosine search vs. the protected ``hash`` scheme.
+
+On synthetic face embeddings with identity structure
+(:class:`fpmatch.synthetic.FaceGenerator`), one run measures, on the same
+gallery and the same probes:
+
+* the unprotected baseline: exact inner-product search with faiss
+  ``IndexFlatIP`` over the raw float32 gallery;
+* the ``hash`` scheme: keyed cancellable codes (offset estimated on
+  embeddings of *other*, non-enrolled identities), searched exactly with
+  :class:`fpmatch.FlatIndex` and approximately with :class:`fpmatch.HNSWIndex`.
+
+Data:
+
+* gallery: one sample of each of ``n`` identities (row i is identity i);
+* probes: a fresh sample of each of ``queries`` randomly chosen enrolled
+  identities (mated probes);
+* verification set: ``max(queries, 20000)`` genuine pairs (the mated probes,
+  then fresh samples of further enrolled identities, each against its enrolled
+  sample) and 2,000,000 impostor pairs (random pairs of distinct gallery rows).
+
+Latency is measured the way a single request is served: queries are issued one
+at a time, on one thread, after a few warm-up queries; every search (plain and
+hashed) asks for the same ``k``. Hashing the probe is timed separately and the
+hashed latencies are reported both without and with it.
+
+Usage::
+
+    python benchmarks/bench_search.py --n 1000000 --profile centred --json out.json
+    python benchmarks/bench_search.py --quick --profile offset --json quick.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import fpmatch
+from fpmatch.synthetic import PROFILES, FaceGenerator
+
+try:
+    import faiss
+except ImportError:  # pragma: no cover - reported to the user
+    sys.exit("bench_search.py needs faiss-cpu for the plain baseline: pip install faiss-cpu")
+
+TARGET_FAR = 1e-4
+FAR_KEY = "tar_at_far_1e-4"
+#: Rows drawn (identities, samples) or scored per step; bounds temporary memory.
+CHUNK = 65536
+
+REQUIRED_KEYS = (
+    "n",
+    "dim",
+    "profile",
+    "code_bits",
+    "plain_ms_per_query",
+    "hash_flat_ms_per_query",
+    "hash_scalable_ms_per_query",
+    "rank1_agreement_flat",
+    "rank1_agreement_scalable",
+    "shortlist_recall_at_32",
+    FAR_KEY,
+    "bytes_per_template",
+    "enrol_per_s",
+)
+
+
+# -- helpers -----------------------------------------------------------------
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _stats(samples_ns: list[int] | np.ndarray) -> dict[str, float]:
+    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    return {
+        "mean": float(ms.mean()),
+        "p50": float(np.percentile(ms, 50)),
+        "p99": float(np.percentile(ms, 99)),
+    }
+
+
+if hasattr(np, "bitwise_count"):
+
+    def _popcount_rows(x: np.ndarray) -> np.ndarray:
+        return np.bitwise_count(x).sum(axis=1, dtype=np.int64)
+
+else:  # numpy < 2.0
+    _POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+    def _popcount_rows(x: np.ndarray) -> np.ndarray:
+        return _POP8[x.view(np.uint8)].sum(axis=1, dtype=np.int64)
+
+
+def _words(codes: np.ndarray) -> np.ndarray:
+    """Codes viewed as uint64 words when the code size allows it (faster popcount)."""
+    codes = np.ascontiguousarray(codes)
+    return codes.view(np.uint64) if codes.shape[1] % 8 == 0 else codes
+
+
+def _pair_hamming(a_codes: np.ndarray, a: np.ndarray, b_codes: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamming distances between rows a_codes[a[i]] and b_codes[b[i]]."""
+    wa, wb = _words(a_codes), _words(b_codes)
+    out = np.empty(len(a), dtype=np.int32)
+    for s in range(0, len(a), CHUNK):
+        e = min(s + CHUNK, len(a))
+        out[s:e] = _popcount_rows(np.bitwise_xor(wa[a[s:e]], wb[b[s:e]]))
+    return out
+
+
+def _pair_dots(x: np.ndarray, a: np.ndarray, y: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Inner products x[a[i]] . y[b[i]] (cosines for unit rows), in chunks."""
+    out = np.empty(len(a), dtype=np.float32)
+    for s in range(0, len(a), CHUNK):
+        e = min(s + CHUNK, len(a))
+        out[s:e] = np.einsum("ij,ij->i", x[a[s:e]], y[b[s:e]])
+    return out
+
+
+def _tar_plain(genuine: np.ndarray, impostor: np.ndarray, far: float) -> dict[str, float]:
+    """Similarity scores, accept iff score >= threshold.
+
+    The threshold is the lowest one whose FAR on the impostor scores is at most
+    ``far``: just above the (floor(far * M) + 1)-th highest impostor score, so
+    ties at that score are rejected (conservative).
+    """
+    m = len(impostor)
+    allowed = int(math.floor(far * m + 1e-9))
+    if allowed >= m:
+        threshold = float(impostor.min())
+    else:
+        kth = float(np.partition(impostor, m - 1 - allowed)[m - 1 - allowed])
+        threshold = float(np.nextafter(np.float32(kth), np.float32(np.inf)))
+    return {
+        "threshold": threshold,
+        "tar": float(np.mean(genuine >= threshold)),
+        "far": float(np.mean(impostor >= threshold)),
+        "impostor_pairs": m,
+        "genuine_pairs": len(genuine),
+    }
+
+
+def _tar_hash(genuine: np.ndarray, impostor: np.ndarray, far: float, bits: int) -> dict[str, float]:
+    """Hamming distances, accept iff distance <= threshold.
+
+    The threshold is the largest distance whose FAR (share of impostor pairs at
+    or below it) is at most ``far``; -1 (accept nothing) if there is none.
+    """
+    counts = np.bincount(impostor, minlength=bits + 1)
+    far_at = np.cumsum(counts) / len(impostor)
+    ok = np.flatnonzero(far_at <= far)
+    threshold = int(ok[-1]) if len(ok) else -1
+    return {
+        "threshold_distance": threshold,
+        "threshold_score": float(math.cos(math.pi * threshold / bits)) if threshold >= 0 else None,
+        "tar": float(np.mean(genuine <= threshold)),
+        "far": float(np.mean(impostor <= threshold)),
+        "impostor_pairs": len(impostor),
+        "genuine_pairs": len(genuine),
+    }
+
+
+def _nearest_first(labels: np.ndarray, distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ordered by ascending distance (stable: equal distances keep their order)."""
+    order = np.argsort(distances, axis=1, kind="stable")
+    return np.take_along_axis(labels, order, axis=1), np.take_along_axis(distances, order, axis=1)
+
+
+# -- timed search loops --------------------------------------------------------
+
+
+def _time_plain(index, probes: np.ndarray, k: int, warmup: int):
+    nq = len(probes)
+    for i in range(warmup):
+        index.search(probes[i % nq : i % nq + 1], k)
+    labels = np.empty((nq, k), dtype=np.int64)
+    times = np.empty(nq, dtype=np.int64)
+    clock = time.perf_counter_ns
+    for i in range(nq):
+        q = probes[i : i + 1]
+        t0 = clock()
+        _, lab = index.search(q, k)
+        times[i] = clock() - t0
+        labels[i] = lab[0]
+    return labels, times
+
+
+def _time_hashed(index, scheme, probes: np.ndarray, k: int, warmup: int):
+    """Per query: hash the probe, then search; both on one thread."""
+    nq = len(probes)
+    for i in range(warmup):
+        index.search(scheme.protect(probes[i % nq : i % nq + 1]), k, n_threads=1)
+    labels = np.empty((nq, k), dtype=np.int64)
+    distances = np.empty((nq, k), dtype=np.int32)
+    hash_ns = np.empty(nq, dtype=np.int64)
+    search_ns = np.empty(nq, dtype=np.int64)
+    clock = time.perf_counter_ns
+    for i in range(nq):
+        q = probes[i : i + 1]
+        t0 = clock()
+        code = scheme.protect(q)
+        t1 = clock()
+        res = index.search(code, k, n_threads=1)
+        t2 = clock()
+        hash_ns[i] = t1 - t0
+        search_ns[i] = t2 - t1
+        labels[i] = res.labels[0]
+        distances[i] = res.distances[0]
+    return labels, distances, hash_ns, search_ns
+
+
+# -- the benchmark ---------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict:
+    t_start = time.perf_counter()
+    phases: dict[str, float] = {}
+    n, nq, k = args.n, args.queries, args.k
+    if k < 32:
+        raise SystemExit("--k must be at least 32 (shortlist recall at 32 is reported)")
+    if n < max(k, 2):
+        raise SystemExit(f"--n must be at least {max(k, 2)}")
+    rng = np.random.default_rng(np.random.SeedSequence([args.seed, 0xBE7C]))
+    gen = FaceGenerator(args.profile, args.seed)
+    dim = gen.profile.dim
+
+    # Which enrolled identities are probed, and which give the extra genuine pairs.
+    probe_ids = rng.choice(n, nq, replace=nq > n)
+    n_genuine = max(nq, args.genuine_pairs)
+    extra = n_genuine - nq
+    genuine_ids = np.concatenate([probe_ids, rng.choice(n, extra, replace=extra > n)]).astype(np.int64)
+    needed, inverse = np.unique(genuine_ids, return_inverse=True)
+
+    # Gallery: identities and their enrolled samples, drawn in chunks; only the
+    # identity vectors needed for fresh samples are kept.
+    _log(f"generating gallery: {n:,} identities, profile {args.profile} ({dim}-D)")
+    t = time.perf_counter()
+    gallery = np.empty((n, dim), dtype=np.float32)
+    kept = np.empty((len(needed), dim), dtype=np.float32)
+    for s in range(0, n, CHUNK):
+        e = min(s + CHUNK, n)
+        ident = gen.identities(e - s)
+        gallery[s:e] = gen.samples(ident)
+        lo, hi = np.searchsorted(needed, [s, e])
+        kept[lo:hi] = ident[needed[lo:hi] - s]
+        del ident
+    # Fresh (non-gallery) samples: mated probes first, then the extra genuine ones.
+    genuine_probes = gen.samples(kept[inverse])
+    del kept
+    probes = np.ascontiguousarray(genuine_probes[:nq])
+    # Enrolment-free offset estimate: samples of other identities, never enrolled.
+    other = gen.samples(gen.identities(args.offset_samples))
+    phases["generate_s"] = time.perf_counter() - t
+
+    offset = fpmatch.estimate_offset(other)
+    other_mean_norm = float(np.linalg.norm(other.astype(np.float64).mean(axis=0)))
+    del other
+
+    # -- verification pairs (plain scores) ----------------------------------
+    _log(f"plain verification scores: {n_genuine:,} genuine, {args.impostor_pairs:,} impostor pairs")
+    t = time.perf_counter()
+    imp_a = rng.integers(0, n, args.impostor_pairs)
+    imp_b = rng.integers(0, n - 1, args.impostor_pairs)
+    imp_b += imp_b >= imp_a  # a distinct row, i.e. a different identity
+    gen_idx = np.arange(n_genuine)
+    plain_gen = _pair_dots(genuine_probes, gen_idx, gallery, genuine_ids)
+    plain_imp = _pair_dots(gallery, imp_a, gallery, imp_b)
+    plain_tar = _tar_plain(plain_gen, plain_imp, TARGET_FAR)
+    del plain_gen, plain_imp
+    phases["plain_verification_s"] = time.perf_counter() - t
+
+    # -- hash scheme: enrolment (hash + add to the flat index) ----------------
+    key = fpmatch.HashKey.generate()
+    enrol_scheme = fpmatch.CancellableHash(key, dim, args.bits, offset=offset, n_threads=args.threads)
+    probe_scheme = fpmatch.CancellableHash(key, dim, args.bits, offset=offset, n_threads=1)
+    ids = np.arange(n, dtype=np.int64)
+    _log(f"enrolling {n:,} templates ({args.bits} bits, {args.threads} threads)")
+    flat = fpmatch.FlatIndex(args.bits)
+    t = time.perf_counter()
+    codes = enrol_scheme.protect(gallery)
+    flat.add(codes, ids, n_threads=args.threads)
+    enrol_s = time.perf_counter() - t
+    phases["enrol_s"] = enrol_s
+
+    # Hash verification scores.
+    t = time.perf_counter()
+    genuine_codes = enrol_scheme.protect(genuine_probes)
+    hash_gen = _pair_hamming(genuine_codes, gen_idx, codes, genuine_ids)
+    hash_imp = _pair_hamming(codes, imp_a, codes, imp_b)
+    hash_tar = _tar_hash(hash_gen, hash_imp, TARGET_FAR, args.bits)
+    del hash_gen, hash_imp, genuine_codes, genuine_probes, imp_a, imp_b
+    phases["hash_verification_s"] = time.perf_counter() - t
+
+    # -- plain baseline index ---------------------------------------------------
+    faiss.omp_set_num_threads(1)
+    _log("building plain IndexFlatIP")
+    t = time.perf_counter()
+    plain = faiss.IndexFlatIP(dim)
+    plain.add(gallery)
+    phases["plain_build_s"] = time.perf_counter() - t
+    del gallery  # the index holds its own copy
+    gc.collect()
+
+    # -- HNSW over codes ------------------------------------------------------------
+    _log(f"building HNSW (m={args.hnsw_m}, ef_construction={args.ef_construction}, {args.threads} threads)")
+    hnsw = fpmatch.HNSWIndex(args.bits, args.hnsw_m, args.ef_construction, args.ef_search)
+    t = time.perf_counter()
+    hnsw.add(codes, ids, n_threads=args.threads)
+    hnsw_build_s = time.perf_counter() - t
+    phases["hnsw_build_s"] = hnsw_build_s
+    mac = os.urandom(32)
+    hnsw_bytes = len(hnsw.serialize(mac))
+    flat_bytes = len(flat.serialize(mac))
+    del codes
+    gc.collect()
+
+    # -- timed searches, one query at a time, one thread ----------------------------
+    _log(f"timing {nq} queries one at a time (k={k}, 1 thread)")
+    t = time.perf_counter()
+    plain_labels, plain_ns = _time_plain(plain, probes, k, args.warmup)
+    flat_labels, flat_dist, flat_hash_ns, flat_ns = _time_hashed(flat, probe_scheme, probes, k, args.warmup)
+    hnsw_labels, hnsw_dist, hnsw_hash_ns, hnsw_ns = _time_hashed(hnsw, probe_scheme, probes, k, args.warmup)
+    phases["timed_search_s"] = time.perf_counter() - t
+
+    # Results are meant to come back nearest first; check, and order them if not,
+    # so that rank-based figures do not depend on it (outside the timed region).
+    flat_sorted = bool((np.diff(flat_dist, axis=1) >= 0).all())
+    hnsw_sorted = bool((np.diff(hnsw_dist, axis=1) >= 0).all())
+    flat_labels, flat_dist = _nearest_first(flat_labels, flat_dist)
+    hnsw_labels, hnsw_dist = _nearest_first(hnsw_labels, hnsw_dist)
+
+    # -- accuracy ---------------------------------------------------------------------
+    plain_top1 = plain_labels[:, 0]
+    shortlist = min(32, k)
+    res: dict = {}
+    res["n"] = n
+    res["dim"] = dim
+    res["profile"] = args.profile
+    res["code_bits"] = args.bits
+    res["queries"] = nq
+    res["search_k"] = k
+
+    plain_t = _stats(plain_ns)
+    flat_t = _stats(flat_ns)
+    hnsw_t = _stats(hnsw_ns)
+    hash_ns = np.concatenate([flat_hash_ns, hnsw_hash_ns])
+    hash_t = _stats(hash_ns)
+    flat_incl = _stats(flat_hash_ns + flat_ns)
+    hnsw_incl = _stats(hnsw_hash_ns + hnsw_ns)
+
+    res["plain_ms_per_query"] = plain_t["mean"]
+    res["plain_ms_p50"] = plain_t["p50"]
+    res["plain_ms_p99"] = plain_t["p99"]
+    res["hash_probe_ms"] = hash_t["mean"]
+    res["hash_probe_ms_p50"] = hash_t["p50"]
+    res["hash_probe_ms_p99"] = hash_t["p99"]
+    res["hash_flat_ms_per_query"] = flat_t["mean"]
+    res["hash_flat_ms_p50"] = flat_t["p50"]
+    res["hash_flat_ms_p99"] = flat_t["p99"]
+    res["hash_flat_ms_per_query_incl_hashing"] = flat_incl["mean"]
+    res["hash_flat_ms_p50_incl_hashing"] = flat_incl["p50"]
+    res["hash_flat_ms_p99_incl_hashing"] = flat_incl["p99"]
+    res["hash_scalable_ms_per_query"] = hnsw_t["mean"]
+    res["hash_scalable_ms_p50"] = hnsw_t["p50"]
+    res["hash_scalable_ms_p99"] = hnsw_t["p99"]
+    res["hash_scalable_ms_per_query_incl_hashing"] = hnsw_incl["mean"]
+    res["hash_scalable_ms_p50_incl_hashing"] = hnsw_incl["p50"]
+    res["hash_scalable_ms_p99_incl_hashing"] = hnsw_incl["p99"]
+    res["flat_speedup_vs_plain"] = plain_t["mean"] / flat_t["mean"]
+    res["scalable_speedup_vs_plain"] = plain_t["mean"] / hnsw_t["mean"]
+    res["flat_speedup_vs_plain_incl_hashing"] = plain_t["mean"] / flat_incl["mean"]
+    res["scalable_speedup_vs_plain_incl_hashing"] = plain_t["mean"] / hnsw_incl["mean"]
+
+    res["rank1_agreement_flat"] = float(np.mean(flat_labels[:, 0] == plain_top1))
+    res["rank1_agreement_scalable"] = float(np.mean(hnsw_labels[:, 0] == plain_top1))
+    res["shortlist_recall_at_32"] = float(
+        np.mean((flat_labels[:, :shortlist] == plain_top1[:, None]).any(axis=1))
+    )
+    res["shortlist_recall_at_32_scalable"] = float(
+        np.mean((hnsw_labels[:, :shortlist] == plain_top1[:, None]).any(axis=1))
+    )
+    res["plain_rank1_accuracy"] = float(np.mean(plain_top1 == probe_ids))
+    res["hash_flat_rank1_accuracy"] = float(np.mean(flat_labels[:, 0] == probe_ids))
+    res["hash_scalable_rank1_accuracy"] = float(np.mean(hnsw_labels[:, 0] == probe_ids))
+    # HNSW against exact Hamming search: top-1 found at the exact best distance.
+    res["scalable_recall_at_1_vs_flat"] = float(np.mean(hnsw_dist[:, 0] == flat_dist[:, 0]))
+    res["flat_results_sorted"] = flat_sorted
+    res["scalable_results_sorted"] = hnsw_sorted
+
+    res[FAR_KEY] = {"plain": plain_tar["tar"], "hash": hash_tar["tar"]}
+    res[f"{FAR_KEY}_plain"] = plain_tar["tar"]
+    res[f"{FAR_KEY}_hash"] = hash_tar["tar"]
+    res["far_achieved"] = {"plain": plain_tar["far"], "hash": hash_tar["far"]}
+    res["far_achieved_plain"] = plain_tar["far"]
+    res["far_achieved_hash"] = hash_tar["far"]
+    res["verification"] = {"target_far": TARGET_FAR, "plain": plain_tar, "hash": hash_tar}
+
+    res["bytes_per_template"] = probe_scheme.code_size
+    res["plain_bytes_per_template"] = 4 * dim
+    res["hnsw_serialized_bytes_per_template"] = hnsw_bytes / n
+    res["flat_serialized_bytes_per_template"] = flat_bytes / n
+    res["enrol_per_s"] = n / enrol_s
+    res["enrol_threads"] = args.threads
+    res["hnsw_build_s"] = hnsw_build_s
+
+    res["offset_used"] = offset is not None
+    res["offset_sample_mean_norm"] = other_mean_norm
+    res["parameters"] = {
+        "n": n,
+        "profile": args.profile,
+        "queries": nq,
+        "bits": args.bits,
+        "seed": args.seed,
+        "hnsw_m": args.hnsw_m,
+        "ef_construction": args.ef_construction,
+        "ef_search": args.ef_search,
+        "threads": args.threads,
+        "k": k,
+        "warmup": args.warmup,
+        "genuine_pairs": n_genuine,
+        "impostor_pairs": args.impostor_pairs,
+        "offset_samples": args.offset_samples,
+        "quick": args.quick,
+    }
+    res["scan_kernel"] = fpmatch.scan_kernel()
+    res["cpu_model"] = _cpu_model()
+    res["cpu_count"] = os.cpu_count()
+    res["numpy_version"] = np.__version__
+    res["faiss_version"] = getattr(faiss, "__version__", "unknown")
+    res["fpmatch_version"] = fpmatch.__version__
+    res["python_version"] = platform.python_version()
+    res["platform"] = platform.platform()
+    res["timestamp"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    res["phases_s"] = phases
+    res["peak_rss_mb"] = _peak_rss_mb()
+    res["runtime_s"] = time.perf_counter() - t_start
+    return res
+
+
+def _table(r: dict) -> str:
+    lines = [
+        f"fpmatch search benchmark: n={r['n']:,}  profile={r['profile']} ({r['dim']}-D)  "
+        f"bits={r['code_bits']}  queries={r['queries']}  k={r['search_k']}  "
+        f"offset={'removed' if r['offset_used'] else 'none'}  kernel={r['scan_kernel']}",
+        "",
+        f"{'':<26}{'ms/query':>10}{'p50':>9}{'p99':>9}{'+hash ms':>10}{'speedup':>9}"
+        f"{'rank-1 agr':>12}{'recall@32':>11}{'rank-1 acc':>12}",
+        f"{'plain IndexFlatIP':<26}{r['plain_ms_per_query']:>10.3f}{r['plain_ms_p50']:>9.3f}"
+        f"{r['plain_ms_p99']:>9.3f}{'-':>10}{1.0:>9.2f}{'-':>12}{'-':>11}{r['plain_rank1_accuracy']:>12.4f}",
+        f"{'hash FlatIndex (exact)':<26}{r['hash_flat_ms_per_query']:>10.3f}{r['hash_flat_ms_p50']:>9.3f}"
+        f"{r['hash_flat_ms_p99']:>9.3f}{r['hash_flat_ms_per_query_incl_hashing']:>10.3f}"
+        f"{r['flat_speedup_vs_plain']:>9.2f}{r['rank1_agreement_flat']:>12.4f}"
+        f"{r['shortlist_recall_at_32']:>11.4f}{r['hash_flat_rank1_accuracy']:>12.4f}",
+        f"{'hash HNSWIndex':<26}{r['hash_scalable_ms_per_query']:>10.3f}{r['hash_scalable_ms_p50']:>9.3f}"
+        f"{r['hash_scalable_ms_p99']:>9.3f}{r['hash_scalable_ms_per_query_incl_hashing']:>10.3f}"
+        f"{r['scalable_speedup_vs_plain']:>9.2f}{r['rank1_agreement_scalable']:>12.4f}"
+        f"{r['shortlist_recall_at_32_scalable']:>11.4f}{r['hash_scalable_rank1_accuracy']:>12.4f}",
+        "",
+        f"probe hashing: {r['hash_probe_ms']:.3f} ms mean (p99 {r['hash_probe_ms_p99']:.3f})",
+        f"TAR @ FAR 1e-4: plain {r[f'{FAR_KEY}_plain']:.4f} (FAR {r['far_achieved_plain']:.2e})   "
+        f"hash {r[f'{FAR_KEY}_hash']:.4f} (FAR {r['far_achieved_hash']:.2e})",
+        f"bytes/template: plain {r['plain_bytes_per_template']}   hash code {r['bytes_per_template']}   "
+        f"HNSW serialised {r['hnsw_serialized_bytes_per_template']:.1f}",
+        f"enrolment: {r['enrol_per_s']:,.0f} templates/s ({r['enrol_threads']} threads)   "
+        f"HNSW build: {r['hnsw_build_s']:.2f} s",
+        f"runtime {r['runtime_s']:.1f} s   peak RSS {r['peak_rss_mb']:,.0f} MB",
+    ]
+    for name, key in (("FlatIndex", "flat_results_sorted"), ("HNSWIndex", "scalable_results_sorted")):
+        if not r[key]:
+            lines.append(f"note: {name}.search returned neighbours out of distance order; re-ordered here")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--n", type=int, help="gallery size (enrolled identities)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="centred")
+    p.add_argument("--queries", type=int, default=1000, help="mated probes, searched one at a time")
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--bits", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hnsw-m", type=int, default=16)
+    p.add_argument("--ef-construction", type=int, default=40)
+    p.add_argument("--ef-search", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2, help="threads for enrolment and the HNSW build")
+    p.add_argument("--k", type=int, default=32, help="neighbours per search (>= 32), same for every index")
+    p.add_argument("--warmup", type=int, default=10, help="untimed queries before each timed loop")
+    p.add_argument("--genuine-pairs", type=int, default=20000, help="genuine pairs: max(queries, this)")
+    p.add_argument("--impostor-pairs", type=int, default=2_000_000)
+    p.add_argument("--offset-samples", type=int, default=2000, help="non-enrolled samples for the offset")
+    p.add_argument("--quick", action="store_true", help="smoke test: n=20000, queries=200 (overrides both)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n, args.queries = 20000, 200
+    if args.n is None:
+        p.error("--n is required (or --quick)")
+    if args.queries < 1 or args.impostor_pairs < 1 or args.threads < 1 or args.offset_samples < 2:
+        p.error("--queries, --impostor-pairs, --threads must be >= 1 and --offset-samples >= 2")
+    if args.impostor_pairs * TARGET_FAR < 1:
+        _log(f"warning: {args.impostor_pairs} impostor pairs cannot resolve FAR {TARGET_FAR:g}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    missing = [key for key in REQUIRED_KEYS if key not in result]
+    assert not missing, missing
+    print(_table(result))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
