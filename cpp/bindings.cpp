@@ -161,7 +161,12 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("bits", &ProtectedIndex::bits)
       .def_property_readonly("code_size", &ProtectedIndex::code_size)
       .def_property_readonly("kind", [](const ProtectedIndex& i) {
-        return i.kind() == ProtectedIndex::Kind::Flat ? "flat" : "hnsw";
+        switch (i.kind()) {
+          case ProtectedIndex::Kind::Flat: return "flat";
+          case ProtectedIndex::Kind::Hnsw: return "hnsw";
+          case ProtectedIndex::Kind::Ivf: return "ivf";
+        }
+        return "unknown";
       })
       .def("__len__", &ProtectedIndex::size)
       .def("__contains__", &ProtectedIndex::contains)
@@ -242,6 +247,21 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("m", &HnswIndex::m)
       .def_property_readonly("tombstones", &HnswIndex::tombstones)
       .def("compact", &HnswIndex::compact, py::arg("n_threads") = 0, py::call_guard<py::gil_scoped_release>());
+
+  py::class_<IvfIndex, ProtectedIndex>(m, "IvfIndex")
+      .def(py::init<size_t, size_t, size_t, size_t, size_t>(), py::arg("bits"), py::arg("nlist") = 1024,
+           py::arg("prefix_bits") = 256, py::arg("nprobe") = 512, py::arg("rerank") = 256)
+      .def("train", [](IvfIndex& i, const py::array& codes, int n_threads) {
+             CodeBatch batch = as_codes(codes, i, "codes");
+             py::gil_scoped_release release;
+             i.train(batch, n_threads);
+           },
+           py::arg("codes"), py::arg("n_threads") = 0)
+      .def_property_readonly("is_trained", &IvfIndex::is_trained)
+      .def_property_readonly("nlist", &IvfIndex::nlist)
+      .def_property_readonly("prefix_bits", &IvfIndex::prefix_bits)
+      .def_property("nprobe", &IvfIndex::nprobe, &IvfIndex::set_nprobe)
+      .def_property("rerank", &IvfIndex::rerank, &IvfIndex::set_rerank);
 
   m.def("deserialize_index", [](const py::buffer& data, const py::bytes& mac_key) {
           // Copy first: a mutable buffer could change between authentication and parsing.

@@ -31,28 +31,9 @@ class FlatIndex : public ProtectedIndex {
  protected:
   const faiss::IndexBinaryFlat& storage() const override { return *index_; }
 
-  void store_codes(const CodeBatch& codes, int) override {
-    std::vector<uint8_t>& xb = index_->xb;
-    size_t old = xb.size();
-    xb.resize(old + codes.n * code_size());
-    for (size_t i = 0; i < codes.n; ++i)
-      std::memcpy(xb.data() + old + i * code_size(), codes.row(i), code_size());
-    index_->ntotal += int64_t(codes.n);
-  }
+  void store_codes(const CodeBatch& codes, int) override { append(*index_, codes); }
 
-  void erase_position(size_t pos) override {
-    std::vector<uint8_t>& xb = index_->xb;
-    size_t last = labels_.size() - 1;
-    if (pos != last) {
-      std::memcpy(xb.data() + pos * code_size(), xb.data() + last * code_size(), code_size());
-      labels_[pos] = labels_[last];
-      positions_[labels_[pos]] = pos;
-    }
-    std::memset(xb.data() + last * code_size(), 0, code_size());
-    xb.resize(last * code_size());
-    labels_.pop_back();
-    index_->ntotal -= 1;
-  }
+  void erase_position(size_t pos) override { swap_remove(*index_, pos); }
 
   void knn(const CodeBatch& queries, size_t k, int32_t* distances, int64_t* labels,
            int n_threads) const override {

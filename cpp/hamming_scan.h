@@ -23,6 +23,14 @@ namespace scan {
 void knn(const uint8_t* query, const uint8_t* codes, size_t begin, size_t end,
          size_t code_size, size_t k, int32_t* distances, int64_t* positions);
 
+// Offers n codes to a k-slot max-heap of (distance, id) that the caller set up
+// with faiss::heap_heapify; code i carries id ids[i], or id_base + i if ids is null.
+void scan_into_heap(const uint8_t* query, const uint8_t* codes, size_t n, size_t code_size,
+                    const int64_t* ids, int64_t id_base, size_t k, int32_t* heap_distances,
+                    int64_t* heap_ids);
+
+int32_t distance(const uint8_t* a, const uint8_t* b, size_t code_size);
+
 // Every position in codes[0, n) within Hamming distance radius of query (inclusive).
 void within(const uint8_t* query, const uint8_t* codes, size_t n, size_t code_size,
             int32_t radius, std::vector<int32_t>& distances, std::vector<int64_t>& positions);

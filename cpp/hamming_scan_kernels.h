@@ -38,8 +38,8 @@ struct Words {
 };
 
 template <size_t W>
-void knn_words(const uint64_t* query, const uint8_t* codes, size_t begin, size_t end, Words<W> words,
-               size_t k, int32_t* distances, int64_t* positions) {
+void scan_words(const uint64_t* query, const uint8_t* codes, size_t n, Words<W> words, const int64_t* ids,
+                int64_t id_base, size_t k, int32_t* heap_distances, int64_t* heap_ids) {
   const size_t stride = words.count();
   uint64_t q[W > 0 ? W : 1];
   const uint64_t* qp = query;
@@ -47,27 +47,35 @@ void knn_words(const uint64_t* query, const uint8_t* codes, size_t begin, size_t
     std::memcpy(q, query, W * 8);
     qp = q;
   }
-  const uint64_t* code = reinterpret_cast<const uint64_t*>(codes) + begin * stride;
-  for (size_t i = begin; i < end; ++i, code += stride) {
+  const uint64_t* code = reinterpret_cast<const uint64_t*>(codes);
+  for (size_t i = 0; i < n; ++i, code += stride) {
     int32_t d = popcount_words(qp, code, words.count());
-    if (d < distances[0]) faiss::heap_replace_top<MaxHeap>(k, distances, positions, d, int64_t(i));
+    if (d < heap_distances[0])
+      faiss::heap_replace_top<MaxHeap>(k, heap_distances, heap_ids, d, ids ? ids[i] : id_base + int64_t(i));
   }
 }
 
 // Codes are multiples of 8 bytes and 8-byte aligned (FAISS storage vectors).
-void knn(const uint8_t* query, const uint8_t* codes, size_t begin, size_t end, size_t code_size,
-         size_t k, int32_t* distances, int64_t* positions) {
-  faiss::heap_heapify<MaxHeap>(k, distances, positions);
+void scan_into_heap(const uint8_t* query, const uint8_t* codes, size_t n, size_t code_size,
+                    const int64_t* ids, int64_t id_base, size_t k, int32_t* heap_distances,
+                    int64_t* heap_ids) {
   std::vector<uint64_t> q(code_size / 8);
   std::memcpy(q.data(), query, code_size);
   switch (code_size / 8) {
-    case 4: knn_words(q.data(), codes, begin, end, Words<4>{4}, k, distances, positions); break;
-    case 8: knn_words(q.data(), codes, begin, end, Words<8>{8}, k, distances, positions); break;
-    case 16: knn_words(q.data(), codes, begin, end, Words<16>{16}, k, distances, positions); break;
-    case 32: knn_words(q.data(), codes, begin, end, Words<32>{32}, k, distances, positions); break;
-    default: knn_words(q.data(), codes, begin, end, Words<0>{code_size / 8}, k, distances, positions);
+    case 4: scan_words(q.data(), codes, n, Words<4>{4}, ids, id_base, k, heap_distances, heap_ids); break;
+    case 8: scan_words(q.data(), codes, n, Words<8>{8}, ids, id_base, k, heap_distances, heap_ids); break;
+    case 16: scan_words(q.data(), codes, n, Words<16>{16}, ids, id_base, k, heap_distances, heap_ids); break;
+    case 32: scan_words(q.data(), codes, n, Words<32>{32}, ids, id_base, k, heap_distances, heap_ids); break;
+    default:
+      scan_words(q.data(), codes, n, Words<0>{code_size / 8}, ids, id_base, k, heap_distances, heap_ids);
   }
-  faiss::heap_reorder<MaxHeap>(k, distances, positions);
+}
+
+int32_t distance(const uint8_t* a, const uint8_t* b, size_t code_size) {
+  std::vector<uint64_t> wa(code_size / 8), wb(code_size / 8);
+  std::memcpy(wa.data(), a, code_size);
+  std::memcpy(wb.data(), b, code_size);
+  return popcount_words(wa.data(), wb.data(), code_size / 8);
 }
 
 void within(const uint8_t* query, const uint8_t* codes, size_t n, size_t code_size, int32_t radius,

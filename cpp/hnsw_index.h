@@ -58,13 +58,17 @@ class HnswIndex : public ProtectedIndex {
     index_->hnsw.efSearch = ef;
   }
 
-  int m() const { return int(index_->hnsw.nb_neighbors(1)); }
+  int m() const {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    return int(index_->hnsw.nb_neighbors(1));
+  }
 
   // Rebuilds the graph from live codes only, dropping every tombstone.
   void compact(int n_threads) {
     std::unique_lock<std::shared_mutex> lock(mutex_);
     if (positions_.size() == labels_.size()) return;
-    auto fresh = make_graph(bits_, m(), index_->hnsw.efConstruction, index_->hnsw.efSearch);
+    auto fresh = make_graph(bits_, int(index_->hnsw.nb_neighbors(1)), index_->hnsw.efConstruction,
+                            index_->hnsw.efSearch);
     std::vector<uint8_t> live;
     std::vector<int64_t> live_labels;
     live.reserve(positions_.size() * code_size());

@@ -1,7 +1,8 @@
 // Serialised form of a ProtectedIndex, authenticated before anything parses it:
 //
 //   "FPMATCHI" | u32 format | u32 kind | u64 bits | u64 n | FAISS bytes (n)
-//   | u64 count | count x i64 labels | HMAC-SHA256 tag (32 bytes)
+//   | u64 count | count x i64 labels | u64 m | kind-specific bytes (m)
+//   | HMAC-SHA256 tag (32 bytes)
 //
 // Integers are little-endian. The tag covers every byte before it. FAISS 1.7.3
 // has no limits when it reads an index, so hostile or truncated bytes must
@@ -17,8 +18,10 @@
 #include <string>
 #include <vector>
 
+#include "byte_io.h"
 #include "flat_index.h"
 #include "hnsw_index.h"
+#include "ivf_index.h"
 #include "sha256.h"
 
 namespace fpmatch {
@@ -29,34 +32,6 @@ constexpr char kMagic[8] = {'F', 'P', 'M', 'A', 'T', 'C', 'H', 'I'};
 constexpr uint32_t kFormat = 1;
 constexpr size_t kTagBytes = 32;
 constexpr size_t kMinKeyBytes = 16;
-
-inline void put_u64(std::vector<uint8_t>& out, uint64_t v) {
-  for (int i = 0; i < 8; ++i) out.push_back(uint8_t(v >> (8 * i)));
-}
-
-class Reader {
- public:
-  Reader(const uint8_t* data, size_t len) : data_(data), len_(len) {}
-  uint64_t u64() {
-    take(8);
-    return value(8);
-  }
-  const uint8_t* bytes(size_t n) { take(n); return data_ + pos_ - n; }
-  size_t remaining() const { return len_ - pos_; }
-
- private:
-  void take(size_t n) {
-    if (n > len_ - pos_) throw AuthenticationFailed("index bytes are truncated");
-    pos_ += n;
-  }
-  uint64_t value(size_t n) const {
-    uint64_t v = 0;
-    for (size_t i = 0; i < n; ++i) v |= uint64_t(data_[pos_ - n + i]) << (8 * i);
-    return v;
-  }
-  const uint8_t* data_;
-  size_t len_, pos_ = 0;
-};
 
 inline void check_key(const std::vector<uint8_t>& key) {
   if (key.size() < kMinKeyBytes) throw InvalidInput("MAC key must be at least 16 bytes");
@@ -80,6 +55,10 @@ inline std::vector<uint8_t> serialize_index(const ProtectedIndex& index, const s
   out.insert(out.end(), faiss_bytes.data.begin(), faiss_bytes.data.end());
   put_u64(out, labels.size());
   for (int64_t label : labels) put_u64(out, uint64_t(label));
+  std::vector<uint8_t> extra;
+  index.write_extra(extra);
+  put_u64(out, extra.size());
+  out.insert(out.end(), extra.begin(), extra.end());
   Digest tag = hmac_sha256(mac_key.data(), mac_key.size(), out.data(), out.size());
   out.insert(out.end(), tag.begin(), tag.end());
   return out;
@@ -99,7 +78,7 @@ inline std::unique_ptr<ProtectedIndex> deserialize_index(const uint8_t* data, si
         "index authentication failed: the bytes were modified, truncated, or written under another key");
 
   // Authenticated: these bytes were written by serialize_index under this key.
-  Reader in(data + 8, body - 8);
+  ByteReader in(data + 8, body - 8);
   uint64_t header = in.u64();
   uint32_t format = uint32_t(header), kind = uint32_t(header >> 32);
   if (format != kFormat) throw InvalidInput("unsupported index format " + std::to_string(format));
@@ -112,15 +91,20 @@ inline std::unique_ptr<ProtectedIndex> deserialize_index(const uint8_t* data, si
   if (count > in.remaining() / 8) throw AuthenticationFailed("index bytes are truncated");
   std::vector<int64_t> labels(count);
   for (auto& label : labels) label = int64_t(in.u64());
-  if (in.remaining() != 0) throw InvalidInput("trailing bytes after index labels");
+  uint64_t extra_len = in.u64();
+  const uint8_t* extra = in.bytes(size_t(extra_len));
+  if (in.remaining() != 0) throw InvalidInput("trailing bytes after the index");
 
   std::unique_ptr<faiss::IndexBinary> parsed(faiss::read_index_binary(&faiss_in));
   if (size_t(parsed->d) != bits) throw InvalidInput("index code width does not match its header");
-  if (kind == uint32_t(ProtectedIndex::Kind::Flat)) {
+  if (kind == uint32_t(ProtectedIndex::Kind::Flat) || kind == uint32_t(ProtectedIndex::Kind::Ivf)) {
     auto* flat = dynamic_cast<faiss::IndexBinaryFlat*>(parsed.get());
-    if (!flat) throw InvalidInput("header says flat index but FAISS payload is not IndexBinaryFlat");
+    if (!flat) throw InvalidInput("FAISS payload is not the IndexBinaryFlat the header names");
     parsed.release();
-    return std::make_unique<FlatIndex>(std::unique_ptr<faiss::IndexBinaryFlat>(flat), std::move(labels));
+    std::unique_ptr<faiss::IndexBinaryFlat> storage(flat);
+    if (kind == uint32_t(ProtectedIndex::Kind::Ivf))
+      return std::make_unique<IvfIndex>(std::move(storage), std::move(labels), ByteReader(extra, extra_len));
+    return std::make_unique<FlatIndex>(std::move(storage), std::move(labels));
   }
   if (kind == uint32_t(ProtectedIndex::Kind::Hnsw)) {
     auto* hnsw = dynamic_cast<faiss::IndexBinaryHNSW*>(parsed.get());

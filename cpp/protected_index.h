@@ -41,7 +41,7 @@ struct CodeBatch {
 
 class ProtectedIndex {
  public:
-  enum class Kind : uint32_t { Flat = 1, Hnsw = 2 };
+  enum class Kind : uint32_t { Flat = 1, Hnsw = 2, Ivf = 3 };
   static constexpr int64_t kNoLabel = -1;
 
   virtual ~ProtectedIndex() = default;
@@ -148,6 +148,8 @@ class ProtectedIndex {
 
   // The FAISS index holding the codes, and position -> label (-1: removed).
   virtual const faiss::IndexBinary& faiss_index() const = 0;
+  // Anything else a kind must save (appended after the labels); caller holds the lock.
+  virtual void write_extra(std::vector<uint8_t>&) const {}
   const std::vector<int64_t>& labels_by_position() const { return labels_; }
   std::shared_mutex& mutex() const { return mutex_; }
 
@@ -166,6 +168,34 @@ class ProtectedIndex {
   virtual void erase_position(size_t pos) = 0;
   virtual void knn(const CodeBatch& queries, size_t k, int32_t* distances, int64_t* labels,
                    int n_threads) const = 0;
+
+  // Moves the last stored code into the freed slot pos and zeroes the old tail
+  // (for kinds whose storage is a dense faiss::IndexBinaryFlat). Returns the
+  // position the moved code came from.
+  size_t swap_remove(faiss::IndexBinaryFlat& store, size_t pos) {
+    std::vector<uint8_t>& xb = store.xb;
+    size_t last = labels_.size() - 1;
+    if (pos != last) {
+      std::memcpy(xb.data() + pos * code_size(), xb.data() + last * code_size(), code_size());
+      labels_[pos] = labels_[last];
+      positions_[labels_[pos]] = pos;
+    }
+    std::memset(xb.data() + last * code_size(), 0, code_size());
+    xb.resize(last * code_size());
+    labels_.pop_back();
+    store.ntotal -= 1;
+    return last;
+  }
+
+  // Appends a batch of codes to a dense faiss::IndexBinaryFlat.
+  void append(faiss::IndexBinaryFlat& store, const CodeBatch& codes) const {
+    std::vector<uint8_t>& xb = store.xb;
+    size_t old = xb.size();
+    xb.resize(old + codes.n * code_size());
+    for (size_t i = 0; i < codes.n; ++i)
+      std::memcpy(xb.data() + old + i * code_size(), codes.row(i), code_size());
+    store.ntotal += int64_t(codes.n);
+  }
 
   // Contiguous copy of a strided batch (FAISS takes only contiguous codes).
   std::vector<uint8_t> contiguous(const CodeBatch& codes) const {

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+import fpmatch
 import pytest
 
 from fpmatch import (
@@ -311,8 +313,11 @@ def test_bad_target_fmr(faces: dict, fmr: float) -> None:
 
 def test_bad_index_kind() -> None:
     with pytest.raises(InvalidInputError):
-        Gallery(CancellableHash(KEY_A, DIM), index="ivf")
+        Gallery(CancellableHash(KEY_A, DIM), index="annoy")
+    with pytest.raises(InvalidInputError):  # an index of another code width
+        Gallery(CancellableHash(KEY_A, DIM), index=fpmatch.FlatIndex(512))
     assert isinstance(Gallery(CancellableHash(KEY_A, DIM), index="hnsw").index, HNSWIndex)
+    assert isinstance(Gallery(CancellableHash(KEY_A, DIM), index="ivf").index, fpmatch.IVFIndex)
 
 
 def test_calibrate_from_labelled_templates(gallery: Gallery, faces: dict) -> None:

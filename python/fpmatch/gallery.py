@@ -15,11 +15,11 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from ._validate import as_subject_list, as_template_rows
+from ._validate import as_subject_list, as_template_rows, require_array
 from .errors import (
     AuthenticationError,
     IdConflictError,
@@ -29,7 +29,7 @@ from .errors import (
     UnknownSubjectError,
 )
 from .hashing import CancellableHash
-from .index import FlatIndex, HNSWIndex, Index, load_index
+from .index import FlatIndex, HNSWIndex, Index, IVFIndex, load_index
 from .keys import HashKey, ensure_outside
 
 DEFAULT_TARGET_FMR = 1e-4
@@ -66,14 +66,17 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class Gallery:
     """Protected templates of enrolled subjects, searchable by Hamming distance.
 
-    ``index="flat"`` searches exactly; ``"hnsw"`` scales to millions approximately.
+    ``index="flat"`` searches exactly; ``"ivf"`` scales to millions approximately
+    (it learns its lists from the first enrolment batch, which must hold at least
+    ``nlist`` subjects, unless the index passed in is already trained); ``"hnsw"``
+    is the graph alternative.
     Searches may run from several threads at once; writes wait for them.
     """
 
     def __init__(
         self,
         scheme: CancellableHash,
-        index: str = "flat",
+        index: str | Index = "flat",
         *,
         target_fmr: float = DEFAULT_TARGET_FMR,
         hnsw_m: int = 32,
@@ -84,12 +87,18 @@ class Gallery:
         self.scheme = scheme
         self.target_fmr = target_fmr
         self._index: Index
-        if index == "flat":
+        if isinstance(index, (FlatIndex, IVFIndex, HNSWIndex)):
+            if index.bits != scheme.bits or len(index):
+                raise InvalidInputError("a gallery needs an empty index of the scheme's code width")
+            self._index = index
+        elif index == "flat":
             self._index = FlatIndex(scheme.bits)
+        elif index == "ivf":
+            self._index = IVFIndex(scheme.bits)
         elif index == "hnsw":
             self._index = HNSWIndex(scheme.bits, hnsw_m, ef_construction, ef_search)
         else:
-            raise InvalidInputError(f"index must be 'flat' or 'hnsw', got {index!r}")
+            raise InvalidInputError(f"index must be 'flat', 'ivf', 'hnsw' or an index object, got {index!r}")
         self._ids: dict[str, int] = {}
         self._names: dict[int, str] = {}
         self._next_id = 0
@@ -118,12 +127,27 @@ class Gallery:
         if taken:
             raise IdConflictError(f"already enrolled: {', '.join(taken[:5])}")
         codes = self.scheme.protect(rows)
+        if isinstance(self._index, IVFIndex) and not self._index.is_trained:
+            if len(codes) < self._index.nlist:
+                raise InvalidInputError(
+                    f"an IVF gallery learns its lists from the first enrolment: enrol at least "
+                    f"{self._index.nlist} subjects at once, or pass a trained IVFIndex"
+                )
+            self._index.train(codes)
         ids = np.arange(self._next_id, self._next_id + len(names), dtype=np.int64)
-        self._index.add(codes, ids)
+        # Names first, index second (and the reverse on removal): a concurrent
+        # search never returns an id whose name is unknown.
+        for name, id_ in zip(names, ids.tolist()):
+            self._names[id_] = name
+        try:
+            self._index.add(codes, ids)
+        except Exception:
+            for id_ in ids.tolist():
+                del self._names[id_]
+            raise
         self._next_id += len(names)
         for name, id_ in zip(names, ids.tolist()):
             self._ids[name] = id_
-            self._names[id_] = name
 
     def remove(self, subject: str) -> None:
         """Delete the subject's code from the index; afterwards they match nothing."""
@@ -147,7 +171,10 @@ class Gallery:
         code = self.scheme.protect(as_template_rows(probe, self.scheme.dim, "probe"))
         if len(code) != 1:
             raise InvalidInputError("verify takes one probe")
-        stored = self._index.reconstruct(np.array([self._id_of(subject)], dtype=np.int64))
+        try:
+            stored = self._index.reconstruct(np.array([self._id_of(subject)], dtype=np.int64))
+        except IdConflictError:  # removed by another thread since the lookup
+            raise UnknownSubjectError(f"subject {subject!r} is not enrolled") from None
         distance = int(hamming(code, stored)[0])
         return VerifyResult(
             subject=subject,
@@ -276,6 +303,69 @@ class Gallery:
         gallery._threshold_distance = meta["threshold_distance"]
         if sorted(gallery._names) != sorted(gallery._index.ids().tolist()):
             raise AuthenticationError(f"{source}: subject table and index disagree")
+        return gallery
+
+    # -- for stores that keep codes and ids themselves -------------------------
+
+    def add_codes(self, subjects: str | Sequence[str], codes: np.ndarray, ids: np.ndarray) -> None:
+        """Add codes already made by ``scheme.protect`` under the given distinct ids. All or nothing."""
+        codes = require_array(codes, "codes")
+        ids = require_array(ids, "ids")
+        names = as_subject_list(subjects, len(codes))
+        taken = [name for name in names if name in self._ids]
+        if taken:
+            raise IdConflictError(f"already enrolled: {', '.join(taken[:5])}")
+        if ids.shape != (len(names),):
+            raise InvalidInputError(f"need one id per code, got ids of shape {ids.shape}")
+        for name, id_ in zip(names, ids.tolist()):
+            self._names[id_] = name
+        try:
+            self._index.add(codes, ids)
+        except Exception:
+            for id_ in ids.tolist():
+                del self._names[id_]
+            raise
+        self._next_id = max([self._next_id, *(id_ + 1 for id_ in ids.tolist())])
+        for name, id_ in zip(names, ids.tolist()):
+            self._ids[name] = id_
+
+    def id_of(self, subject: str) -> int:
+        """The index id of an enrolled subject."""
+        return self._id_of(subject)
+
+    @property
+    def threshold_distance(self) -> int | None:
+        """The calibrated Hamming-distance limit (accept when distance <= it), or None."""
+        return self._threshold_distance
+
+    @threshold_distance.setter
+    def threshold_distance(self, value: int | None) -> None:
+        if value is not None and not 0 <= int(value) <= self.scheme.bits:
+            raise InvalidInputError(f"a distance threshold must lie in [0, {self.scheme.bits}], got {value}")
+        self._threshold_distance = None if value is None else int(value)
+
+    @classmethod
+    def from_index(
+        cls,
+        scheme: CancellableHash,
+        index: Index,
+        subjects: Mapping[str, int],
+        *,
+        target_fmr: float = DEFAULT_TARGET_FMR,
+        threshold_distance: int | None = None,
+    ) -> "Gallery":
+        """A gallery over an existing index whose ids are exactly the values of ``subjects``."""
+        if index.bits != scheme.bits:
+            raise KeyMismatchError(f"the index holds {index.bits}-bit codes, the scheme makes {scheme.bits}")
+        ids = sorted(int(id_) for id_ in subjects.values())
+        if ids != sorted(index.ids().tolist()) or len(set(ids)) != len(ids):
+            raise InvalidInputError("the subject table and the index hold different ids")
+        gallery = cls(scheme, target_fmr=target_fmr)
+        gallery._index = index
+        gallery._ids = {str(name): int(id_) for name, id_ in subjects.items()}
+        gallery._names = {id_: name for name, id_ in gallery._ids.items()}
+        gallery._next_id = ids[-1] + 1 if ids else 0
+        gallery.threshold_distance = threshold_distance
         return gallery
 
     # -- internals ------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Protected binary indexes: Hamming search over hash codes in the native core.
 
-``FlatIndex`` is exact. ``HNSWIndex`` is approximate and scales to millions;
-removal there leaves a tombstone until :meth:`HNSWIndex.compact`. Both are safe
-for concurrent searches; a write waits for running searches.
+``FlatIndex`` is exact. ``IVFIndex`` is approximate and scales to millions: it
+scans code prefixes in the lists nearest the query and re-ranks by full codes.
+``HNSWIndex`` is approximate too; removal there leaves a tombstone until
+:meth:`HNSWIndex.compact`. All are safe for concurrent searches; a write waits
+for running searches.
 """
 
 from __future__ import annotations
@@ -113,7 +115,50 @@ class HNSWIndex(_IndexBase):
         self._native.compact(n_threads)
 
 
-Index = Union[FlatIndex, HNSWIndex]
+class IVFIndex(_IndexBase):
+    """Inverted-file search: k-means lists over codes, prefix scan, full-code re-rank.
+
+    ``nlist`` lists; a query scans the ``nprobe`` nearest, comparing the first
+    ``prefix_bits`` of each code, and orders the best ``rerank`` by full codes.
+    Train on a representative sample (at least ``nlist`` codes) before adding.
+    """
+
+    def __init__(
+        self, bits: int, nlist: int = 1024, prefix_bits: int = 256, nprobe: int = 512, rerank: int = 256
+    ) -> None:
+        self._native = _core.IvfIndex(bits, nlist, prefix_bits, nprobe, rerank)
+
+    def train(self, codes: np.ndarray, n_threads: int = 0) -> None:
+        """Learn the lists from codes (only while the index is empty)."""
+        self._native.train(require_array(codes, "codes"), n_threads)
+
+    @property
+    def is_trained(self) -> bool:
+        return self._native.is_trained
+
+    @property
+    def nlist(self) -> int:
+        return self._native.nlist
+
+    @property
+    def nprobe(self) -> int:
+        return self._native.nprobe
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        self._native.nprobe = value
+
+    @property
+    def rerank(self) -> int:
+        return self._native.rerank
+
+    @rerank.setter
+    def rerank(self, value: int) -> None:
+        self._native.rerank = value
+
+
+Index = Union[FlatIndex, IVFIndex, HNSWIndex]
+_WRAPPERS = {"flat": FlatIndex, "ivf": IVFIndex, "hnsw": HNSWIndex}
 
 
 def load_index(data: bytes, mac_key: bytes) -> Index:
@@ -123,6 +168,7 @@ def load_index(data: bytes, mac_key: bytes) -> Index:
     foreign bytes; nothing is parsed before the tag verifies.
     """
     native = _core.deserialize_index(data, mac_key)
-    wrapper: Index = FlatIndex.__new__(FlatIndex) if native.kind == "flat" else HNSWIndex.__new__(HNSWIndex)
+    cls = _WRAPPERS[native.kind]
+    wrapper: Index = cls.__new__(cls)
     wrapper._native = native
     return wrapper
