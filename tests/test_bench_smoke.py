@@ -37,9 +37,9 @@ REQUIRED = [
     "far_achieved_hash",
     "bytes_per_template",
     "plain_bytes_per_template",
-    "hnsw_serialized_bytes_per_template",
+    "scalable_serialized_bytes_per_template",
     "enrol_per_s",
-    "hnsw_build_s",
+    "scalable_build_s",
     "flat_speedup_vs_plain",
     "scalable_speedup_vs_plain",
     "parameters",
@@ -76,6 +76,7 @@ def test_bench_search_small(tmp_path: Path, profile: str) -> None:
         "--profile", profile,
         "--impostor-pairs", "200000",
         "--genuine-pairs", "2000",
+        "--nlist", "64",
         "--json", str(out),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
