@@ -258,6 +258,10 @@ PYBIND11_MODULE(_core, m) {
            },
            py::arg("codes"), py::arg("n_threads") = 0)
       .def_property_readonly("is_trained", &IvfIndex::is_trained)
+      .def("list_sizes", [](const IvfIndex& i) {
+        std::vector<size_t> sizes = i.list_sizes();
+        return py::array_t<uint64_t>(sizes.size(), reinterpret_cast<const uint64_t*>(sizes.data()));
+      })
       .def_property_readonly("nlist", &IvfIndex::nlist)
       .def_property_readonly("prefix_bits", &IvfIndex::prefix_bits)
       .def_property("nprobe", &IvfIndex::nprobe, &IvfIndex::set_nprobe)

@@ -25,6 +25,7 @@ void knn(const uint8_t* query, const uint8_t* codes, size_t begin, size_t end,
 
 // Offers n codes to a k-slot max-heap of (distance, id) that the caller set up
 // with faiss::heap_heapify; code i carries id ids[i], or id_base + i if ids is null.
+// The heap ends holding the k smallest (distance, id) pairs, whatever the order.
 void scan_into_heap(const uint8_t* query, const uint8_t* codes, size_t n, size_t code_size,
                     const int64_t* ids, int64_t id_base, size_t k, int32_t* heap_distances,
                     int64_t* heap_ids);

@@ -50,8 +50,11 @@ void scan_words(const uint64_t* query, const uint8_t* codes, size_t n, Words<W> 
   const uint64_t* code = reinterpret_cast<const uint64_t*>(codes);
   for (size_t i = 0; i < n; ++i, code += stride) {
     int32_t d = popcount_words(qp, code, words.count());
-    if (d < heap_distances[0])
-      faiss::heap_replace_top<MaxHeap>(k, heap_distances, heap_ids, d, ids ? ids[i] : id_base + int64_t(i));
+    if (d > heap_distances[0]) continue;
+    // Ties go to the smaller id, so the kept set does not depend on scan order.
+    int64_t id = ids ? ids[i] : id_base + int64_t(i);
+    if (d < heap_distances[0] || id < heap_ids[0])
+      faiss::heap_replace_top<MaxHeap>(k, heap_distances, heap_ids, d, id);
   }
 }
 

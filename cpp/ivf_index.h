@@ -91,6 +91,13 @@ class IvfIndex : public ProtectedIndex {
     set_rerank_unlocked(rerank);
   }
 
+  std::vector<size_t> list_sizes() const {
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    std::vector<size_t> sizes;
+    for (const InvertedList& l : lists_) sizes.push_back(l.positions.size());
+    return sizes;
+  }
+
   // Binary k-means on (a deterministic sample of) codes. Only before any add.
   void train(const CodeBatch& codes, int n_threads) {
     std::unique_lock<std::shared_mutex> lock(mutex_);

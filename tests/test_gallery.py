@@ -77,8 +77,18 @@ def gallery(faces: dict) -> Gallery:
     return g
 
 
+IVF_NLIST = 32
+
+
+def small_ivf() -> fpmatch.IVFIndex:
+    """An untrained IVF index small enough for these galleries (the default nlist is 1024)."""
+    return fpmatch.IVFIndex(1024, nlist=IVF_NLIST, nprobe=IVF_NLIST // 2)
+
+
 def small_gallery(faces: dict, n: int = 400, index: str = "flat", key: HashKey = KEY_A) -> Gallery:
-    g = Gallery(CancellableHash(key, DIM), index=index, target_fmr=TARGET_FMR)
+    """``index="ivf"`` means :func:`small_ivf`, trained by the gallery on its first enrolment."""
+    chosen = small_ivf() if index == "ivf" else index
+    g = Gallery(CancellableHash(key, DIM), index=chosen, target_fmr=TARGET_FMR)
     g.enrol(faces["names"][:n], faces["enrol"][:n])
     return g
 
@@ -205,7 +215,7 @@ def test_verify_input_checks(gallery: Gallery, faces: dict) -> None:
 # --------------------------------------------------------------------------- membership
 
 
-@pytest.mark.parametrize("index", ["flat", "hnsw"])
+@pytest.mark.parametrize("index", ["flat", "hnsw", "ivf"])
 def test_remove_subject(faces: dict, index: str) -> None:
     g = small_gallery(faces, index=index)
     names = faces["names"]
@@ -231,8 +241,9 @@ def test_remove_subject(faces: dict, index: str) -> None:
     assert g.verify(gone[0], faces["genuine"][0]).verified
 
 
-def test_hnsw_gallery_identifies_after_a_removal(faces: dict) -> None:
-    g = small_gallery(faces, n=1000, index="hnsw")
+@pytest.mark.parametrize("index", ["hnsw", "ivf"])
+def test_approximate_gallery_identifies_after_a_removal(faces: dict, index: str) -> None:
+    g = small_gallery(faces, n=1000, index=index)
     g.calibrate(max_pairs=100_000)
     names = faces["names"]
     before = g.identify_many(faces["genuine"][1:201], k=1)
@@ -242,8 +253,9 @@ def test_hnsw_gallery_identifies_after_a_removal(faces: dict) -> None:
     assert np.mean([bool(c) and c[0].subject == names[i + 1] for i, c in enumerate(after)]) >= 0.95
 
 
-def test_enrol_conflicts_store_nothing(faces: dict) -> None:
-    g = small_gallery(faces, n=100)
+@pytest.mark.parametrize("index", ["flat", "ivf"])
+def test_enrol_conflicts_store_nothing(faces: dict, index: str) -> None:
+    g = small_gallery(faces, n=100, index=index)
     names = faces["names"]
     blob_before = g.index.serialize(KEY_A.subkey("index-mac"))
     batches = [
@@ -320,6 +332,88 @@ def test_bad_index_kind() -> None:
     assert isinstance(Gallery(CancellableHash(KEY_A, DIM), index="ivf").index, fpmatch.IVFIndex)
 
 
+def test_ivf_first_enrolment_smaller_than_nlist_stores_nothing(faces: dict) -> None:
+    names, enrol = faces["names"], faces["enrol"]
+    for index, nlist in ((small_ivf(), IVF_NLIST), ("ivf", 1024)):
+        g = Gallery(CancellableHash(KEY_A, DIM), index=index, target_fmr=TARGET_FMR)
+        blob = g.index.serialize(KEY_A.subkey("index-mac"))
+        for n in (1, nlist // 2, nlist - 1):
+            with pytest.raises(InvalidInputError):
+                g.enrol(names[:n], enrol[:n])
+            assert len(g) == 0 and len(g.index) == 0 and g.subjects() == []
+            assert names[0] not in g and not g.index.is_trained
+            assert g.index.serialize(KEY_A.subkey("index-mac")) == blob
+            with pytest.raises(UnknownSubjectError):
+                g.verify(names[0], enrol[0], threshold=0.5)
+            assert g.identify(enrol[0], k=3, threshold=-1.0) == []
+        assert g.index.nlist == nlist
+    # Exactly nlist subjects suffice, and the failed attempts used up no ids; later
+    # enrolments may be of any size.
+    g = Gallery(CancellableHash(KEY_A, DIM), index=small_ivf(), target_fmr=TARGET_FMR)
+    with pytest.raises(InvalidInputError):
+        g.enrol(names[: IVF_NLIST - 1], enrol[: IVF_NLIST - 1])
+    g.enrol(names[:IVF_NLIST], enrol[:IVF_NLIST])
+    assert g.index.is_trained and len(g) == len(g.index) == IVF_NLIST
+    assert sorted(g.index.ids().tolist()) == list(range(IVF_NLIST)) and g.id_of(names[0]) == 0
+    g.enrol(names[IVF_NLIST], enrol[IVF_NLIST])
+    g.enrol(names[IVF_NLIST + 1 : IVF_NLIST + 3], enrol[IVF_NLIST + 1 : IVF_NLIST + 3])
+    assert len(g) == IVF_NLIST + 3
+    for i in (0, IVF_NLIST, IVF_NLIST + 2):
+        assert g.verify(names[i], enrol[i], threshold=0.99).verified
+        assert g.identify(enrol[i], k=1, threshold=0.99)[0].subject == names[i]
+    # An index trained beforehand takes a first enrolment of any size.
+    trained = small_ivf()
+    trained.train(CancellableHash(KEY_A, DIM).protect(enrol[:400]))
+    g = Gallery(CancellableHash(KEY_A, DIM), index=trained, target_fmr=TARGET_FMR)
+    g.enrol(names[500], enrol[500])
+    assert g.index is trained and len(trained) == 1
+    assert g.identify(enrol[500], k=1, threshold=0.99)[0].subject == names[500]
+
+
+def test_empty_ivf_gallery_saved_and_loaded_still_trains_on_its_first_enrolment(tmp_path, faces: dict) -> None:
+    names, enrol = faces["names"], faces["enrol"]
+    Gallery(CancellableHash(KEY_A, DIM), index=small_ivf(), target_fmr=TARGET_FMR).save(tmp_path / "g.fpg")
+    loaded = Gallery.load(tmp_path / "g.fpg", KEY_A)
+    assert isinstance(loaded.index, fpmatch.IVFIndex) and not loaded.index.is_trained
+    assert loaded.index.nlist == IVF_NLIST and len(loaded) == 0
+    with pytest.raises(InvalidInputError):
+        loaded.enrol(names[:10], enrol[:10])
+    assert len(loaded) == len(loaded.index) == 0
+    loaded.enrol(names[:100], enrol[:100])
+    assert loaded.index.is_trained and len(loaded) == 100
+    assert loaded.identify(enrol[7], k=1, threshold=0.99)[0].subject == names[7]
+
+
+def test_ivf_index_object_must_be_empty_and_of_the_scheme_width(faces: dict) -> None:
+    with pytest.raises(InvalidInputError):
+        Gallery(CancellableHash(KEY_A, DIM), index=fpmatch.IVFIndex(512, nlist=IVF_NLIST))
+    used = small_ivf()
+    codes = CancellableHash(KEY_A, DIM).protect(faces["enrol"][:64])
+    used.train(codes)
+    used.add(codes, np.arange(64, dtype=np.int64))
+    with pytest.raises(InvalidInputError):
+        Gallery(CancellableHash(KEY_A, DIM), index=used)
+
+
+def test_default_ivf_gallery_trains_on_a_large_first_enrolment(faces: dict) -> None:
+    names = faces["names"]
+    g = Gallery(CancellableHash(KEY_A, DIM), index="ivf", target_fmr=TARGET_FMR)
+    g.enrol(names, faces["enrol"])  # 3000 subjects >= the default nlist of 1024
+    index = g.index
+    assert isinstance(index, fpmatch.IVFIndex) and index.is_trained
+    assert (index.nlist, index.nprobe, index.rerank) == (1024, 512, 256) and len(index) == N_SUBJECTS
+    g.calibrate(max_pairs=100_000)
+    found = g.identify_many(faces["genuine"][:1000], k=1)
+    assert np.mean([bool(c) and c[0].subject == names[i] for i, c in enumerate(found)]) >= 0.98
+    assert all(g.identify(faces["enrol"][i], k=1)[0].subject == names[i] for i in range(0, N_SUBJECTS, 97))
+
+
+def test_ivf_gallery_accepts_codes_narrower_than_the_default_prefix(faces: dict) -> None:
+    g = Gallery(CancellableHash(KEY_A, DIM, 128), index="ivf", target_fmr=TARGET_FMR)
+    g.enrol(faces["names"][:1024], faces["enrol"][:1024])
+    assert g.identify(faces["enrol"][0], k=1, threshold=0.99)[0].subject == faces["names"][0]
+
+
 def test_calibrate_from_labelled_templates(gallery: Gallery, faces: dict) -> None:
     g = small_gallery(faces, n=20)
     others = Faces(400, seed=9)
@@ -358,7 +452,7 @@ def _decisions(g: Gallery, faces: dict) -> tuple:
     return verify, g.identify_many(faces["genuine"][:150], k=3), g.identify_many(faces["strangers"][:50], k=3)
 
 
-@pytest.mark.parametrize("index", ["flat", "hnsw"])
+@pytest.mark.parametrize("index", ["flat", "hnsw", "ivf"])
 def test_save_load_round_trip(tmp_path, faces: dict, index: str) -> None:
     g = small_gallery(faces, n=500, index=index)
     g.calibrate(max_pairs=100_000)
@@ -373,6 +467,9 @@ def test_save_load_round_trip(tmp_path, faces: dict, index: str) -> None:
     assert _decisions(loaded, faces) == _decisions(g, faces)
     if index == "hnsw":
         assert loaded.index.tombstones == g.index.tombstones == 1
+    if index == "ivf":
+        assert loaded.index.is_trained and loaded.index.nlist == IVF_NLIST
+        assert (loaded.index.nprobe, loaded.index.rerank) == (g.index.nprobe, g.index.rerank)
     # Saving the loaded gallery writes the same bytes.
     loaded.save(tmp_path / "again.fpg")
     assert (tmp_path / "again.fpg").read_bytes() == path.read_bytes()

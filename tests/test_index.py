@@ -1,5 +1,5 @@
-"""FlatIndex and HNSWIndex: exactness against brute force and FAISS, input checks,
-removal, serialisation and concurrent use."""
+"""FlatIndex, HNSWIndex and IVFIndex: exactness against brute force and FAISS, input
+checks, removal, serialisation and concurrent use."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from fpmatch import (
     HNSWIndex,
     IdConflictError,
     InvalidInputError,
+    IVFIndex,
     load_index,
 )
 
@@ -53,10 +54,27 @@ def structured_templates(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.nd
     return first.astype(np.float32), second.astype(np.float32)
 
 
-def make_index(kind: str, bits: int, **kw):
+HNSW_PARAMS = {"m", "ef_construction", "ef_search"}
+IVF_PARAMS = {"nlist", "prefix_bits", "nprobe", "rerank"}
+# Matrix tests use a small IVF that probes a quarter of its lists, so that they
+# exercise the approximate path; tests that need every list pass nprobe=IVF_NLIST.
+IVF_NLIST = 32
+IVF_NPROBE = 8
+
+
+def make_index(kind: str, bits: int, train: np.ndarray | None = None, **kw):
+    """An empty index of a kind. Keyword arguments meant for another kind are ignored;
+    an IVF index is trained on ``train`` when given (other kinds ignore it)."""
     if kind == "flat":
         return FlatIndex(bits)
-    return HNSWIndex(bits, **kw)
+    if kind == "hnsw":
+        return HNSWIndex(bits, **{k: v for k, v in kw.items() if k in HNSW_PARAMS})
+    assert kind == "ivf", kind
+    params = {"nlist": IVF_NLIST, "nprobe": IVF_NPROBE, **{k: v for k, v in kw.items() if k in IVF_PARAMS}}
+    index = IVFIndex(bits, **params)
+    if train is not None:
+        index.train(train)
+    return index
 
 
 class Data:
@@ -110,12 +128,30 @@ def hashed() -> Data:
 
 
 def filled(kind: str, d: Data, **kw):
-    index = make_index(kind, d.bits, **kw)
+    index = make_index(kind, d.bits, train=d.codes, **kw)
     index.add(d.codes, d.ids)
     return index
 
 
-KINDS = ["flat", "hnsw"]
+KINDS = ["flat", "hnsw", "ivf"]
+
+
+def ivf_layout(index: IVFIndex) -> tuple[list[int], dict[int, int]]:
+    """(parameters, id -> list) of an IVF index, read from its serialised form:
+    the kind-specific section holds nlist, prefix_bits, nprobe, rerank, trained,
+    the centroids, then one list number per stored position."""
+    blob = index.serialize(MAC_KEY)
+    faiss_len = int.from_bytes(blob[24:32], "little")
+    labels_start = 32 + faiss_len + 8
+    count = int.from_bytes(blob[labels_start - 8 : labels_start], "little")
+    labels = np.frombuffer(blob, "<i8", count, labels_start)
+    extra_start = labels_start + 8 * count + 8
+    params = np.frombuffer(blob, "<u8", 5, extra_start).tolist()
+    nlist, trained = int(params[0]), bool(params[4])
+    lists_start = extra_start + 40 + (nlist * index.code_size if trained else 0)
+    lists = np.frombuffer(blob, "<u8", count, lists_start)
+    assert lists_start + 8 * count == len(blob) - 32
+    return params, dict(zip(labels.tolist(), lists.tolist()))
 
 
 # --------------------------------------------------------------------------- exact search
@@ -147,6 +183,39 @@ def test_flat_search_equals_faiss(data: Data) -> None:
         np.testing.assert_array_equal(np.take_along_axis(data.dist, ref_i, 1), ref_d)
 
 
+@pytest.mark.parametrize("k", [1, 10, 64])
+def test_ivf_probing_every_list_equals_brute_force(data: Data, k: int) -> None:
+    # Every list probed and every candidate re-ranked by its full code: the lists,
+    # the prefix scan and the re-rank may then lose nothing, on any of the data sets
+    # (random1024 has prefixes of a quarter of the code).
+    index = filled("ivf", data, nprobe=IVF_NLIST, rerank=len(data.codes))
+    assert index.nlist == IVF_NLIST and index.nprobe == IVF_NLIST
+    distances, labels = index.search(data.queries, k)
+    assert distances.shape == labels.shape == (len(data.queries), k)
+    assert distances.dtype == np.int32 and labels.dtype == np.int64
+    np.testing.assert_array_equal(distances, np.sort(data.dist, axis=1)[:, :k])
+    for q in range(len(data.queries)):
+        assert len(set(labels[q].tolist())) == k
+        assert [data.true_distance(q, l) for l in labels[q]] == distances[q].tolist()
+    # More probes than lists means every list, the same as nprobe = nlist.
+    index.nprobe = 10 * IVF_NLIST
+    again = index.search(data.queries, k)
+    np.testing.assert_array_equal(again.distances, distances)
+    np.testing.assert_array_equal(again.labels, labels)
+
+
+@pytest.mark.parametrize("k", [1, 10, 64])
+def test_ivf_whole_code_prefix_needs_no_wider_rerank(data: Data, k: int) -> None:
+    # With the prefix as wide as the code the scan ranks by true distance, so a
+    # shortlist of only k (rerank=1 < k) over every list is already exact.
+    index = filled("ivf", data, prefix_bits=data.bits, nprobe=IVF_NLIST, rerank=1)
+    distances, labels = index.search(data.queries, k)
+    np.testing.assert_array_equal(distances, np.sort(data.dist, axis=1)[:, :k])
+    for q in range(len(data.queries)):
+        assert len(set(labels[q].tolist())) == k
+        assert [data.true_distance(q, l) for l in labels[q]] == distances[q].tolist()
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_search_labels_have_their_distances(kind: str, data: Data) -> None:
     index = filled(kind, data, ef_search=128)
@@ -172,9 +241,31 @@ def test_flat_results_in_ascending_distance(hashed: Data) -> None:
     assert np.all(np.diff(distances, axis=1) >= 0)
 
 
+@pytest.mark.parametrize("nprobe, rerank", [(1, 1), (1, 256), (8, 10), (IVF_NLIST, 256)])
+def test_ivf_results_in_ascending_distance(hashed: Data, nprobe: int, rerank: int) -> None:
+    index = filled("ivf", hashed, nprobe=nprobe, rerank=rerank, prefix_bits=64)
+    distances, labels = index.search(hashed.queries, 10)
+    assert np.all(np.diff(distances, axis=1) >= 0)
+    for q in range(len(hashed.queries)):
+        live = labels[q] >= 0
+        # Padding only ever follows real results.
+        assert not np.any(live[1:] & ~live[:-1])
+        assert (distances[q][~live] == INT32_MAX).all()
+        assert len(set(labels[q][live].tolist())) == int(live.sum())
+        assert [hashed.true_distance(q, l) for l in labels[q][live]] == distances[q][live].tolist()
+    # A code is stored in the list nearest to it, which a query equal to it probes
+    # first: with one probe it is still found, at distance 0.
+    own = index.search(hashed.codes[:200], 1)
+    np.testing.assert_array_equal(own.distances[:, 0], 0)
+    np.testing.assert_array_equal(own.labels[:, 0], hashed.ids[:200])
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_hnsw_and_flat_find_same_neighbour_sets(kind: str, hashed: Data) -> None:
-    index = filled(kind, hashed, ef_search=200)
+    # Beyond the mate, a probe's five nearest are strangers near bits/2, spread over
+    # all IVF lists: IVF probes every list here (partial probing is measured by
+    # test_ivf_recall_at_1_on_hashed_faces); its 256-bit prefix is the whole code.
+    index = filled(kind, hashed, ef_search=200, nprobe=IVF_NLIST)
     distances, labels = index.search(hashed.queries, 5)
     truth = np.sort(hashed.dist, axis=1)[:, :5]
     agree = np.mean([sorted(d.tolist()) == t.tolist() for d, t in zip(distances, truth)])
@@ -201,7 +292,7 @@ def test_empty_index(kind: str, bits: int) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_k_larger_than_ntotal_pads(kind: str, hashed: Data) -> None:
-    index = make_index(kind, hashed.bits)
+    index = make_index(kind, hashed.bits, train=hashed.codes, nprobe=IVF_NLIST)
     index.add(hashed.codes[:3], hashed.ids[:3])
     distances, labels = index.search(hashed.queries[:5], 8)
     assert (labels[:, 3:] == -1).all() and (distances[:, 3:] == INT32_MAX).all()
@@ -285,8 +376,12 @@ def test_row_strided_views_accepted(kind: str, hashed: Data) -> None:
     wide[:, 1 : 1 + cs] = hashed.codes
     view = wide[:, 1 : 1 + cs]
     assert not view.flags.c_contiguous
-    index = make_index(kind, hashed.bits)
+    index = make_index(kind, hashed.bits, train=view)  # IVF trains on the strided view too
     index.add(view, hashed.ids)
+    if kind == "ivf":
+        trained_on_copy = make_index(kind, hashed.bits, train=hashed.codes.copy())
+        trained_on_copy.add(hashed.codes, hashed.ids)
+        assert trained_on_copy.serialize(MAC_KEY) == index.serialize(MAC_KEY)
     np.testing.assert_array_equal(index.reconstruct(hashed.ids), hashed.codes)
     reference = filled("flat", hashed)
     qwide = np.zeros((len(hashed.queries), cs + 3), dtype=np.uint8)
@@ -311,7 +406,7 @@ def test_row_strided_views_accepted(kind: str, hashed: Data) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_inner_strided_and_fortran_inputs_rejected(kind: str, hashed: Data) -> None:
-    index = make_index(kind, hashed.bits)
+    index = make_index(kind, hashed.bits, train=hashed.codes)
     cs = hashed.codes.shape[1]
     doubled = np.repeat(hashed.codes[:50], 2, axis=1)
     fortran = np.asfortranarray(hashed.codes[:50])
@@ -320,6 +415,9 @@ def test_inner_strided_and_fortran_inputs_rejected(kind: str, hashed: Data) -> N
         with pytest.raises(InvalidInputError):
             index.add(bad, hashed.ids[:50])
         assert len(index) == 0
+        if kind == "ivf":
+            with pytest.raises(InvalidInputError):
+                make_index(kind, hashed.bits, nlist=16).train(bad)
     index.add(hashed.codes[:50], hashed.ids[:50])
     for bad in (doubled[:, ::2], fortran):
         with pytest.raises(InvalidInputError):
@@ -332,12 +430,18 @@ def test_inner_strided_and_fortran_inputs_rejected(kind: str, hashed: Data) -> N
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_wrong_dtypes_rejected(kind: str, hashed: Data) -> None:
-    index = make_index(kind, hashed.bits)
+    index = make_index(kind, hashed.bits, train=hashed.codes)
     codes, ids = hashed.codes[:20], hashed.ids[:20]
     for bad in (codes.astype(np.int8), codes.astype(np.float32), codes.astype(np.uint16), codes.astype(bool)):
         with pytest.raises(DtypeError) as info:
             index.add(bad, ids)
         assert isinstance(info.value, TypeError)
+        if kind == "ivf":
+            with pytest.raises(DtypeError):
+                make_index(kind, hashed.bits, nlist=16).train(bad)
+    if kind == "ivf":
+        with pytest.raises(TypeError):
+            make_index(kind, hashed.bits, nlist=16).train(codes.tolist())
     for bad_ids in (ids.astype(np.int32), ids.astype(np.float64), ids.astype(np.uint64)):
         with pytest.raises(DtypeError):
             index.add(codes, bad_ids)
@@ -358,7 +462,7 @@ def test_wrong_dtypes_rejected(kind: str, hashed: Data) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_wrong_shapes_rejected(kind: str, hashed: Data) -> None:
-    index = make_index(kind, hashed.bits)
+    index = make_index(kind, hashed.bits, train=hashed.codes)
     codes, ids = hashed.codes[:20], hashed.ids[:20]
     cases = [
         (codes[:, :-1], ids),  # too narrow
@@ -378,6 +482,12 @@ def test_wrong_shapes_rejected(kind: str, hashed: Data) -> None:
             index.search(bad, 2)
     with pytest.raises(InvalidInputError):
         index.remove(ids.reshape(4, 5))
+    if kind == "ivf":
+        fresh = make_index(kind, hashed.bits, nlist=16)
+        for bad in (codes[:, :-1], np.hstack([codes, codes[:, :1]]), codes[0], codes[None]):
+            with pytest.raises(InvalidInputError):
+                fresh.train(bad)
+        assert not fresh.is_trained
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -387,7 +497,7 @@ def test_wrong_shapes_rejected(kind: str, hashed: Data) -> None:
     ids=["negative", "duplicate-in-batch", "already-present", "only-negative"],
 )
 def test_id_conflicts_are_all_or_nothing(kind: str, new_ids: list, hashed: Data) -> None:
-    index = make_index(kind, hashed.bits)
+    index = make_index(kind, hashed.bits, train=hashed.codes)
     index.add(hashed.codes[:100], hashed.ids[:100])
     before_bytes = index.serialize(MAC_KEY)
     before = index.search(hashed.queries, 5)
@@ -515,14 +625,14 @@ def test_removal(kind: str, hashed: Data) -> None:
     np.testing.assert_array_equal(index.reconstruct(removed[:1]), new_code)
     hit = index.range_search(new_code, 0)
     assert hit.labels.tolist() == [int(removed[0])] and hit.distances.tolist() == [0]
-    if kind == "flat":
+    if kind in ("flat", "ivf"):  # IVF stores it in the list that its own query probes first
         d, l = index.search(new_code, 1)
         assert l[0, 0] == removed[0] and d[0, 0] == 0
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_remove_everything(kind: str, hashed: Data) -> None:
-    index = filled(kind, hashed)
+    index = filled(kind, hashed, nprobe=IVF_NLIST)
     assert index.remove(hashed.ids) == len(hashed.ids)
     assert len(index) == 0 and index.ids().tolist() == []
     distances, labels = index.search(hashed.queries[:4], 3)
@@ -600,18 +710,249 @@ def test_hnsw_recall_at_1_on_hashed_faces() -> None:
         hnsw.ef_search = 0
 
 
+# --------------------------------------------------------------------------- IVF: parameters, training, removal
+
+
+def test_ivf_parameters_validated() -> None:
+    bad = [
+        {"nlist": 0},
+        {"nlist": 2**20 + 1},
+        {"prefix_bits": 0},
+        {"prefix_bits": 32},
+        {"prefix_bits": 100},
+        {"prefix_bits": 320},  # wider than the code
+        {"nprobe": 0},
+        {"rerank": 0},
+    ]
+    for kw in bad:
+        with pytest.raises(InvalidInputError):
+            IVFIndex(256, **kw)
+    with pytest.raises(InvalidInputError):
+        IVFIndex(100)
+    index = IVFIndex(1024, nlist=16, prefix_bits=128, nprobe=3, rerank=7)
+    assert (index.bits, index.code_size, index.nlist, index.nprobe, index.rerank) == (1024, 128, 16, 3, 7)
+    assert index._native.prefix_bits == 128 and not index.is_trained and len(index) == 0
+    default = IVFIndex(256)
+    assert (default.nlist, default.nprobe, default.rerank, default._native.prefix_bits) == (1024, 512, 256, 256)
+    assert IVFIndex(64, prefix_bits=64).code_size == 8
+
+
+def test_ivf_nprobe_and_rerank_setters(hashed: Data) -> None:
+    index = filled("ivf", hashed, prefix_bits=64)
+    before = index.search(hashed.queries, 5)
+    for name in ("nprobe", "rerank"):
+        with pytest.raises(InvalidInputError):
+            setattr(index, name, 0)
+    assert index.nprobe == IVF_NPROBE and index.rerank == 256  # a rejected value changes nothing
+    after = index.search(hashed.queries, 5)
+    np.testing.assert_array_equal(after.distances, before.distances)
+    np.testing.assert_array_equal(after.labels, before.labels)
+    # The settings take effect: every list and a full re-rank give brute force...
+    index.nprobe, index.rerank = IVF_NLIST, len(hashed.codes)
+    assert (index.nprobe, index.rerank) == (IVF_NLIST, len(hashed.codes))
+    np.testing.assert_array_equal(index.search(hashed.queries, 5).distances, np.sort(hashed.dist, axis=1)[:, :5])
+    # ...and one list with a one-entry shortlist over 64-bit prefixes finds less.
+    index.nprobe, index.rerank = 1, 1
+    narrow = index.search(hashed.queries, 5)
+    assert (narrow.distances >= np.sort(hashed.dist, axis=1)[:, :5]).all()
+    assert (narrow.distances > np.sort(hashed.dist, axis=1)[:, :5]).any()
+    # k larger than rerank widens the shortlist to k.
+    assert (index.search(hashed.queries, 5).labels >= 0).all()
+    index.nprobe = 7
+    assert index.nprobe == 7 and index.rerank == 1
+
+
+def test_ivf_negative_settings_raise_invalid_input() -> None:
+    index = IVFIndex(256, nlist=16)
+    with pytest.raises(InvalidInputError):
+        index.nprobe = -1
+    with pytest.raises(InvalidInputError):
+        index.rerank = -1
+    with pytest.raises(InvalidInputError):
+        IVFIndex(256, nprobe=-1)
+
+
+def test_ivf_add_before_training_raises(hashed: Data) -> None:
+    index = IVFIndex(hashed.bits, nlist=16)
+    assert not index.is_trained
+    with pytest.raises(InvalidInputError):
+        index.add(hashed.codes[:100], hashed.ids[:100])
+    assert len(index) == 0 and index.ids().tolist() == [] and int(hashed.ids[0]) not in index
+    empty_blob = IVFIndex(hashed.bits, nlist=16).serialize(MAC_KEY)
+    assert index.serialize(MAC_KEY) == empty_blob  # nothing was stored
+    distances, labels = index.search(hashed.queries[:3], 4)
+    assert (labels == -1).all() and (distances == INT32_MAX).all()
+    assert index.range_search(hashed.queries[:3], hashed.bits).lims.tolist() == [0] * 4
+    index.train(hashed.codes)
+    assert index.is_trained
+    index.add(hashed.codes[:100], hashed.ids[:100])
+    assert len(index) == 100 and sorted(index.ids().tolist()) == sorted(hashed.ids[:100].tolist())
+
+
+def test_ivf_training_needs_nlist_codes_and_an_empty_index(hashed: Data) -> None:
+    index = IVFIndex(hashed.bits, nlist=64, nprobe=64, rerank=len(hashed.codes))
+    for n in (0, 1, 63):
+        with pytest.raises(InvalidInputError):
+            index.train(hashed.codes[:n])
+        assert not index.is_trained
+    with pytest.raises(InvalidInputError):
+        index.add(hashed.codes[:10], hashed.ids[:10])
+    index.train(hashed.codes[:64])  # exactly nlist codes suffice
+    assert index.is_trained
+    index.add(hashed.codes[:500], hashed.ids[:500])
+    blob = index.serialize(MAC_KEY)
+    for codes in (hashed.codes, hashed.codes[:64], hashed.codes[:10]):
+        with pytest.raises(InvalidInputError):
+            index.train(codes)
+    assert index.serialize(MAC_KEY) == blob  # the lists were not relearnt under the stored codes
+    own = index.search(hashed.codes[:500], 1)
+    assert (own.distances[:, 0] == 0).all()
+    np.testing.assert_array_equal(own.labels[:, 0], hashed.ids[:500])
+    # Emptied, the index is untouched by a failed train and may be trained afresh.
+    assert index.remove(hashed.ids[:500]) == 500
+    with pytest.raises(InvalidInputError):
+        index.train(hashed.codes[:63])
+    assert index.is_trained
+    index.train(hashed.codes[500:])
+    index.add(hashed.codes[500:600], hashed.ids[500:600])
+    assert index.serialize(MAC_KEY) != blob
+    own = index.search(hashed.codes[500:600], 1)
+    assert (own.distances[:, 0] == 0).all()
+    np.testing.assert_array_equal(own.labels[:, 0], hashed.ids[500:600])
+
+
+def test_ivf_training_and_adding_do_not_depend_on_threads(hashed: Data) -> None:
+    blobs, results = set(), []
+    for n_threads in (1, 2, 3):
+        index = IVFIndex(hashed.bits, nlist=IVF_NLIST, nprobe=IVF_NPROBE)
+        index.train(hashed.codes, n_threads=n_threads)
+        index.add(hashed.codes, hashed.ids, n_threads=n_threads)
+        blobs.add(index.serialize(MAC_KEY))
+        results.append(index.search(hashed.queries, 5))
+    assert len(blobs) == 1
+    for other in results[1:]:
+        np.testing.assert_array_equal(other.labels, results[0].labels)
+    # Adding in two batches stores exactly what one batch does.
+    index = IVFIndex(hashed.bits, nlist=IVF_NLIST, nprobe=IVF_NPROBE)
+    index.train(hashed.codes)
+    index.add(hashed.codes[:1000], hashed.ids[:1000])
+    index.add(hashed.codes[1000:], hashed.ids[1000:])
+    assert index.serialize(MAC_KEY) in blobs
+
+
+@pytest.mark.parametrize("bits", [256, 1024])
+def test_ivf_recall_at_1_on_hashed_faces(bits: int) -> None:
+    n, nlist = 5000, 64
+    enrol, probes = structured_templates(n, 512, seed=31)
+    scheme = CancellableHash(HashKey(bytes(range(32))), 512, bits)
+    gallery, queries = scheme.protect(enrol), scheme.protect(probes)
+    ids = np.arange(n, dtype=np.int64)
+    flat = FlatIndex(bits)
+    flat.add(gallery, ids)
+    ivf = IVFIndex(bits, nlist=nlist, nprobe=nlist // 2)  # 256-bit prefixes: a quarter of 1024-bit codes
+    ivf.train(gallery)
+    ivf.add(gallery, ids)
+    fd, fl = flat.search(queries, 1)
+    assert np.mean(fl[:, 0] == ids) >= 0.99  # the data is identifiable at all
+    d, l = ivf.search(queries, 1)
+    recall = np.mean(d[:, 0] == fd[:, 0])
+    truth = hamming_matrix(queries[:200], gallery)
+    np.testing.assert_array_equal(truth[np.arange(200), l[:200, 0]], d[:200, 0])  # true distances
+    # As good as FAISS's own binary inverted file at the same nlist and nprobe.
+    reference = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, nlist)
+    reference.train(gallery)
+    reference.add(gallery)
+    reference.nprobe = nlist // 2
+    rd, _ = reference.search(queries, 1)
+    assert recall >= np.mean(rd[:, 0] == fd[:, 0]) - 0.02
+    if bits == 1024:  # the default code width
+        assert recall >= 0.95
+        assert np.mean(l[:, 0] == ids) >= 0.95
+    else:  # these identities have no cluster structure: half the lists of short codes miss ~6% of mates
+        assert recall >= 0.9
+        ivf.nprobe = 3 * nlist // 4
+        assert np.mean(ivf.search(queries, 1).distances[:, 0] == fd[:, 0]) >= 0.95
+        ivf.nprobe = nlist // 2
+    # Fewer probes find less; every list with a full re-rank is exact.
+    ivf.nprobe = 1
+    d1, _ = ivf.search(queries, 1)
+    assert (d1[:, 0] >= fd[:, 0]).all() and np.mean(d1[:, 0] == fd[:, 0]) < recall
+    ivf.nprobe, ivf.rerank = nlist, n
+    np.testing.assert_array_equal(ivf.search(queries[:500], 3).distances, flat.search(queries[:500], 3).distances)
+
+
+def test_ivf_removal_keeps_every_other_code_findable(hashed: Data) -> None:
+    n = len(hashed.codes)
+    assert len(np.unique(hashed.codes, axis=0)) == n  # so that each code's nearest is itself alone
+    index = filled("ivf", hashed, nlist=16, nprobe=16, rerank=n)
+    _, list_of = ivf_layout(index)
+    members: dict[int, list[int]] = {}
+    for id_, lst in list_of.items():
+        members.setdefault(lst, []).append(id_)
+    by_size = sorted(members, key=lambda lst: -len(members[lst]))
+    crowded, emptied = members[by_size[0]], members[by_size[1]]
+    assert len(crowded) > 20 and len(emptied) > 5
+    last_stored = int(hashed.ids[-1])
+    rounds = [
+        np.array([last_stored, int(hashed.ids[0])], dtype=np.int64),  # the last-stored and the first
+        np.array(crowded[1:], dtype=np.int64),  # all but one of the biggest list, in storage order
+        np.array(emptied[::-1] + hashed.ids[5::7].tolist(), dtype=np.int64),  # a whole list, and more
+        np.array([int(hashed.ids[-2]), int(hashed.ids[-3])], dtype=np.int64),  # the new last-stored
+    ]
+    gone: set[int] = set()
+    for batch in rounds:
+        batch = np.array([i for i in dict.fromkeys(batch.tolist()) if i not in gone], dtype=np.int64)
+        assert index.remove(batch) == len(batch)
+        gone |= set(batch.tolist())
+        live = np.array([i for i in hashed.ids.tolist() if i not in gone], dtype=np.int64)
+        assert len(index) == len(live) and set(index.ids().tolist()) == set(live.tolist())
+        # Each remaining id stays in the list it was stored in.
+        _, now = ivf_layout(index)
+        assert now == {i: list_of[i] for i in live.tolist()}
+        # Each remaining code's own query returns itself, at distance 0.
+        codes = hashed.codes[[hashed.pos[i] for i in live.tolist()]]
+        np.testing.assert_array_equal(index.reconstruct(live), codes)
+        distances, labels = index.search(codes, 2)
+        assert (distances[:, 0] == 0).all() and (distances[:, 1] > 0).all()
+        np.testing.assert_array_equal(labels[:, 0], live)
+        # The removed ones are gone from results and from the stored bytes.
+        removed_codes = hashed.codes[[hashed.pos[i] for i in sorted(gone)]]
+        _, labels = index.search(removed_codes, 5)
+        assert not set(labels.ravel().tolist()) & gone
+        blob = index.serialize(MAC_KEY)
+        assert not any(code.tobytes() in blob for code in removed_codes)
+    assert set(crowded[1:]) <= gone and set(emptied) <= gone
+    assert crowded[0] in index and int(hashed.ids[-4]) in index
+    # Re-added under new ids, removed codes go back into their lists and are found.
+    back = np.array(sorted(gone)[:50], dtype=np.int64)
+    index.add(hashed.codes[[hashed.pos[i] for i in back.tolist()]], back + 1)
+    _, now = ivf_layout(index)
+    assert all(now[int(i) + 1] == list_of[int(i)] for i in back)
+    distances, labels = index.search(hashed.codes[[hashed.pos[i] for i in back.tolist()]], 1)
+    assert (distances[:, 0] == 0).all()
+    np.testing.assert_array_equal(labels[:, 0], back + 1)
+    # All of it survives a round trip.
+    loaded = load_index(index.serialize(MAC_KEY), MAC_KEY)
+    assert loaded.serialize(MAC_KEY) == index.serialize(MAC_KEY)
+    live = index.ids()
+    distances, labels = loaded.search(loaded.reconstruct(live), 1)
+    assert (distances[:, 0] == 0).all()
+    np.testing.assert_array_equal(labels[:, 0], live)
+
+
 # --------------------------------------------------------------------------- serialisation
 
 
 def _prepared(kind: str, d: Data, tombstones: bool):
-    index = make_index(kind, d.bits, m=8) if kind == "hnsw" else make_index(kind, d.bits)
+    index = make_index(kind, d.bits, train=d.codes, m=8)
     index.add(d.codes[:300], d.ids[:300])
     if tombstones:
         index.remove(d.ids[:300:4].copy())
     return index
 
 
-@pytest.mark.parametrize("kind, tombstones", [("flat", False), ("flat", True), ("hnsw", False), ("hnsw", True)])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("tombstones", [False, True], ids=["intact", "after-removals"])
 def test_serialize_round_trip(kind: str, tombstones: bool, hashed: Data) -> None:
     index = _prepared(kind, hashed, tombstones)
     blob = index.serialize(MAC_KEY)
@@ -625,6 +966,11 @@ def test_serialize_round_trip(kind: str, tombstones: bool, hashed: Data) -> None
     if kind == "hnsw":
         assert loaded.tombstones == index.tombstones == (75 if tombstones else 0)
         assert loaded.ef_search == index.ef_search
+    if kind == "ivf":
+        assert loaded.is_trained and loaded.nlist == index.nlist == IVF_NLIST
+        assert loaded.nprobe == index.nprobe == IVF_NPROBE and loaded.rerank == index.rerank
+        assert loaded._native.prefix_bits == index._native.prefix_bits == 256
+        assert ivf_layout(loaded) == ivf_layout(index)
     for k in (1, 7):
         a, b = index.search(hashed.queries, k), loaded.search(hashed.queries, k)
         np.testing.assert_array_equal(a.distances, b.distances)
@@ -645,11 +991,16 @@ def test_tampered_bytes_raise_authentication_error(kind: str, hashed: Data) -> N
     index = _prepared(kind, hashed, tombstones=True)
     blob = index.serialize(MAC_KEY)
     n = len(blob)
-    labels_start = n - 32 - 8 * (300)
+    labels_start = 32 + int.from_bytes(blob[24:32], "little") + 8
+    extra_start = labels_start + 8 * int.from_bytes(blob[labels_start - 8 : labels_start], "little") + 8
     positions = set(np.linspace(0, n - 1, 200).astype(int).tolist())
     positions |= set(range(0, 40))  # magic, format, kind, bits, FAISS length
     positions |= set(range(labels_start - 8, labels_start + 24))  # label count and first labels
-    positions |= set(range(n - 40, n))  # last labels and the tag
+    positions |= set(range(extra_start - 24, min(extra_start + 48, n)))  # last labels, kind-specific length
+    positions |= set(range(n - 40, n))  # the end of the last section and the tag
+    if kind == "ivf":  # nlist, prefix_bits, nprobe, rerank, trained; centroids; list numbers
+        assert extra_start + 40 + IVF_NLIST * index.code_size + 8 * 225 == n - 32
+        positions |= set(range(extra_start + 40, extra_start + 40 + IVF_NLIST * index.code_size, 37))
     for i, pos in enumerate(sorted(positions)):
         damaged = bytearray(blob)
         damaged[pos] ^= (0x01, 0x80, 0xFF)[i % 3]
@@ -681,6 +1032,57 @@ def test_short_mac_key_rejected(kind: str, hashed: Data) -> None:
     assert len(load_index(blob, b"k" * 16)) == 300
 
 
+@pytest.mark.parametrize("trained", [False, True])
+def test_ivf_empty_round_trip(trained: bool, hashed: Data) -> None:
+    index = IVFIndex(hashed.bits, nlist=16, prefix_bits=128, nprobe=5, rerank=9)
+    if trained:
+        index.train(hashed.codes)
+    blob = index.serialize(MAC_KEY)
+    loaded = load_index(blob, MAC_KEY)
+    assert type(loaded) is IVFIndex and loaded.serialize(MAC_KEY) == blob
+    assert loaded.is_trained == trained and len(loaded) == 0
+    assert (loaded.nlist, loaded._native.prefix_bits, loaded.nprobe, loaded.rerank) == (16, 128, 5, 9)
+    distances, labels = loaded.search(hashed.queries[:3], 4)
+    assert (labels == -1).all() and (distances == INT32_MAX).all()
+    if trained:  # the lists came along: codes go straight in, exactly as in the original
+        loaded.add(hashed.codes, hashed.ids)
+        index.add(hashed.codes, hashed.ids)
+        assert loaded.serialize(MAC_KEY) == index.serialize(MAC_KEY)
+    else:
+        with pytest.raises(InvalidInputError):
+            loaded.add(hashed.codes[:5], hashed.ids[:5])
+        loaded.train(hashed.codes)
+        loaded.add(hashed.codes[:5], hashed.ids[:5])
+        assert len(loaded) == 5
+    # Settings are part of the authenticated bytes.
+    loaded.nprobe = 6
+    assert load_index(loaded.serialize(MAC_KEY), MAC_KEY).nprobe == 6
+
+
+def test_ivf_loaded_index_searches_like_the_saved_one_after_removals(hashed: Data) -> None:
+    # Hand-made: two lists (centroids all-zero and all-one); the query is all-one and
+    # b and d both differ from it by one prefix bit, d being nearer over the whole code.
+    zeros, ones = np.zeros(16, np.uint8), np.full(16, 0xFF, np.uint8)
+    a, b, c, d = zeros.copy(), ones.copy(), zeros.copy(), ones.copy()
+    b[0], b[8:12], c[0], d[0] = 0xFE, 0, 0x01, 0xFD
+    index = IVFIndex(128, nlist=2, prefix_bits=64, nprobe=1, rerank=1)
+    index.train(np.stack([zeros, ones]))
+    index.add(np.stack([a, b, c, d]), np.array([10, 11, 12, 13], dtype=np.int64))
+    index.remove(np.array([10], dtype=np.int64))  # d moves to storage position 0
+    blob = index.serialize(MAC_KEY)
+    loaded = load_index(blob, MAC_KEY)
+    assert loaded.serialize(MAC_KEY) == blob
+    before, after = index.search(ones[None], 1), loaded.search(ones[None], 1)
+    assert (after.labels.tolist(), after.distances.tolist()) == (before.labels.tolist(), before.distances.tolist())
+    # The same on hashed faces with short prefixes and a short shortlist.
+    index = filled("ivf", hashed, prefix_bits=64, rerank=5)
+    index.remove(hashed.ids[::3].copy())
+    loaded = load_index(index.serialize(MAC_KEY), MAC_KEY)
+    before, after = index.search(hashed.queries, 5), loaded.search(hashed.queries, 5)
+    np.testing.assert_array_equal(after.distances, before.distances)
+    np.testing.assert_array_equal(after.labels, before.labels)
+
+
 def test_authentication_error_is_value_error() -> None:
     assert issubclass(AuthenticationError, ValueError)
     assert issubclass(AuthenticationError, fpmatch.FpmatchError)
@@ -698,7 +1100,7 @@ def test_concurrent_search_while_writing(kind: str) -> None:
     def code_of(ids: np.ndarray) -> np.ndarray:
         return pool[ids % pool_n]
 
-    index = make_index(kind, bits)
+    index = make_index(kind, bits, train=pool)
     ever: set[int] = set(range(500))
     live: set[int] = set(range(500))
     index.add(code_of(np.arange(500, dtype=np.int64)), np.arange(500, dtype=np.int64))
@@ -747,6 +1149,9 @@ def test_concurrent_search_while_writing(kind: str) -> None:
                 removed += 10
                 if kind == "hnsw" and next_id % 1000 == 0:
                     index.compact()
+                if kind == "ivf":  # settings change under running searches too
+                    index.nprobe = int(r.integers(1, 2 * IVF_NLIST))
+                    index.rerank = int(r.integers(1, 300))
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -770,3 +1175,9 @@ def test_concurrent_search_while_writing(kind: str) -> None:
     if kind == "hnsw":
         index.compact()
         assert index.tombstones == 0 and len(index) == len(live)
+    if kind == "ivf":  # every live code still sits in the list that its own query probes first
+        live_ids = np.array(sorted(live), dtype=np.int64)
+        index.nprobe, index.rerank = 1, 1
+        distances, labels = index.search(code_of(live_ids), 1)
+        assert (distances[:, 0] == 0).all()
+        np.testing.assert_array_equal(code_of(labels[:, 0]), code_of(live_ids))  # ids >= pool_n share codes

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _core
 from ._validate import require_array
+from .errors import InvalidInputError
 
 
 class SearchResult(NamedTuple):
@@ -121,12 +122,15 @@ class IVFIndex(_IndexBase):
     ``nlist`` lists; a query scans the ``nprobe`` nearest, comparing the first
     ``prefix_bits`` of each code, and orders the best ``rerank`` by full codes.
     Train on a representative sample (at least ``nlist`` codes) before adding.
+    ``prefix_bits`` defaults to ``min(256, bits)``.
     """
 
     def __init__(
-        self, bits: int, nlist: int = 1024, prefix_bits: int = 256, nprobe: int = 512, rerank: int = 256
+        self, bits: int, nlist: int = 1024, prefix_bits: int | None = None, nprobe: int = 512, rerank: int = 256
     ) -> None:
-        self._native = _core.IvfIndex(bits, nlist, prefix_bits, nprobe, rerank)
+        prefix = min(256, bits) if prefix_bits is None else prefix_bits
+        _positive(nlist=nlist, prefix_bits=prefix, nprobe=nprobe, rerank=rerank)
+        self._native = _core.IvfIndex(bits, nlist, prefix, nprobe, rerank)
 
     def train(self, codes: np.ndarray, n_threads: int = 0) -> None:
         """Learn the lists from codes (only while the index is empty)."""
@@ -146,6 +150,7 @@ class IVFIndex(_IndexBase):
 
     @nprobe.setter
     def nprobe(self, value: int) -> None:
+        _positive(nprobe=value)
         self._native.nprobe = value
 
     @property
@@ -154,11 +159,27 @@ class IVFIndex(_IndexBase):
 
     @rerank.setter
     def rerank(self, value: int) -> None:
+        _positive(rerank=value)
         self._native.rerank = value
+
+    @property
+    def prefix_bits(self) -> int:
+        """Code bits compared while scanning lists."""
+        return self._native.prefix_bits
+
+    def list_sizes(self) -> np.ndarray:
+        """Entries per list (a very uneven spread means the lists fit the data poorly)."""
+        return self._native.list_sizes()
 
 
 Index = Union[FlatIndex, IVFIndex, HNSWIndex]
 _WRAPPERS = {"flat": FlatIndex, "ivf": IVFIndex, "hnsw": HNSWIndex}
+
+
+def _positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
 
 
 def load_index(data: bytes, mac_key: bytes) -> Index:
