@@ -123,7 +123,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("scan_kernel", &scan::kernel_name, "The Hamming scan kernel chosen for this CPU.");
 
   py::class_<ProjectionHasher>(m, "ProjectionHasher")
-      .def(py::init([](const py::bytes& key, size_t dim, size_t bits, std::optional<py::array> offset) {
+      .def(py::init([](const py::bytes& key, size_t dim, size_t bits, std::optional<py::array> offset,
+                       float offset_removal) {
              std::vector<float> off;
              if (offset) {
                check_dtype<float>(*offset, "offset");
@@ -132,12 +133,14 @@ PYBIND11_MODULE(_core, m) {
                auto flat = py::array_t<float, py::array::c_style>::ensure(*offset);  // same dtype: a layout copy only
                off.assign(flat.data(), flat.data() + dim);
              }
-             return std::make_unique<ProjectionHasher>(as_key(key), dim, bits, std::move(off));
+             return std::make_unique<ProjectionHasher>(as_key(key), dim, bits, std::move(off), offset_removal);
            }),
-           py::arg("key"), py::arg("dim"), py::arg("bits"), py::arg("offset") = py::none())
+           py::arg("key"), py::arg("dim"), py::arg("bits"), py::arg("offset") = py::none(),
+           py::arg("offset_removal") = 1.0f)
       .def_property_readonly("dim", &ProjectionHasher::dim)
       .def_property_readonly("bits", &ProjectionHasher::bits)
       .def_property_readonly("code_size", &ProjectionHasher::code_size)
+      .def_property_readonly("offset_removal", &ProjectionHasher::offset_removal)
       .def_property_readonly_static("scheme", [](py::object) { return ProjectionHasher::kScheme; })
       .def("hash", [](const ProjectionHasher& h, const py::array& x, int n_threads) {
              Rows<float> rows = as_rows<float>(x, "templates", h.dim());

@@ -2,11 +2,12 @@
 //
 //   code_j = [ w_j . x' > 0 ],  j = 0 .. bits-1
 //
-// x' is the template with an optional shared offset direction u removed
-// (x' = x - (x.u) u). Face models often place every template in a narrow cone
-// around u; hyperplanes through the origin then barely cut the cone and most
-// bits carry no information. Projecting u out keeps every hyperplane cutting
-// through the data (measured: see README).
+// x' is the template with a share a of its component along an optional shared
+// offset direction u removed: x' = x - a (x.u) u. Face models often place every
+// template in a narrow cone around u; hyperplanes through the origin then barely
+// cut the cone and most bits carry no information. Removing most of the u
+// component spreads the cone; keeping some of it keeps the cosine ranking of
+// templates that sit at different distances from the axis (measured: README).
 //
 // The projection matrix W comes from the key alone: each entry is the sum of
 // the four 16-bit lanes of one key-stream word minus 131070 (an integer whose
@@ -34,14 +35,15 @@ class ProjectionHasher {
   static constexpr size_t kMinKeyBytes = 16;
 
   ProjectionHasher(const std::vector<uint8_t>& master_key, size_t dim, size_t bits,
-                   std::vector<float> offset = {})
-      : dim_(dim), bits_(bits), offset_(std::move(offset)) {
+                   std::vector<float> offset = {}, float offset_removal = 1.0f)
+      : dim_(dim), bits_(bits), offset_(std::move(offset)), offset_removal_(offset_removal) {
     if (master_key.size() < kMinKeyBytes)
       throw InvalidInput("key must be at least 16 bytes");
     if (dim < 2 || dim > 65536) throw InvalidInput("dim must be in [2, 65536]");
     if (bits < 64 || bits > 8192 || bits % 64 != 0)
       throw InvalidInput("bits must be a multiple of 64 in [64, 8192]");
     if (!offset_.empty()) check_offset();
+    if (!(offset_removal > 0.0f && offset_removal <= 1.0f)) throw InvalidInput("offset_removal must be in (0, 1]");
     KeyStream stream(derive_subkey(master_key, "transform"),
                      std::string("fpmatch.srp.v1.dim=") + std::to_string(dim));
     weights_.resize(dim * bits);
@@ -54,6 +56,7 @@ class ProjectionHasher {
   size_t code_size() const { return bits_ / 8; }
   const std::vector<float>& weights() const { return weights_; }  // dim x bits, row-major
   const std::vector<float>& offset() const { return offset_; }
+  float offset_removal() const { return offset_removal_; }
 
   // x: n rows of dim floats, row i at x + i * row_stride. out: n * code_size bytes.
   // Bit j of a code is bit (j % 8) of byte j / 8 (least significant first).
@@ -121,11 +124,13 @@ class ProjectionHasher {
   void remove_offset(float* v) const {
     float dot = 0.0f;
     for (size_t i = 0; i < dim_; ++i) dot += v[i] * offset_[i];
-    for (size_t i = 0; i < dim_; ++i) v[i] -= dot * offset_[i];
+    const float share = offset_removal_ * dot;
+    for (size_t i = 0; i < dim_; ++i) v[i] -= share * offset_[i];
   }
 
   size_t dim_, bits_;
   std::vector<float> offset_;
+  float offset_removal_;
   std::vector<float> weights_;
 };
 

@@ -186,17 +186,24 @@ def test_positive_scale_invariance() -> None:
     np.testing.assert_array_equal(scheme.protect(-x), ~base)
 
 
-def test_offset_component_is_ignored() -> None:
+def test_offset_component_is_ignored_with_full_removal() -> None:
     rng = np.random.default_rng(8)
     u = _unit_rows(rng, 1, 128)[0]
     x = _unit_rows(rng, 100, 128)
     x -= np.outer(x @ u, u).astype(np.float32)
-    scheme = CancellableHash(KEY, 128, 512, offset=u)
+    scheme = CancellableHash(KEY, 128, 512, offset=u, offset_removal=1.0)
     shifted = x + np.float32(2.0) * u  # adding the offset direction changes nothing
     diff = np.unpackbits(scheme.protect(x) ^ scheme.protect(shifted)).mean()
     assert diff < 1e-3
+    # Partial removal keeps 30% of the u component: the shift then matters, less than without removal.
+    partial = CancellableHash(KEY, 128, 512, offset=u, offset_removal=0.7)
+    partial_diff = np.unpackbits(partial.protect(x) ^ partial.protect(shifted)).mean()
     plain = CancellableHash(KEY, 128, 512)
-    assert np.unpackbits(plain.protect(x) ^ plain.protect(shifted)).mean() > 0.05
+    plain_diff = np.unpackbits(plain.protect(x) ^ plain.protect(shifted)).mean()
+    assert plain_diff > 0.05
+    assert diff < partial_diff < plain_diff
+    with pytest.raises(InvalidInputError):
+        CancellableHash(KEY, 128, 512, offset=u, offset_removal=0.0)
 
 
 @pytest.mark.parametrize("n", [1, 7, 8, 9, 1001])

@@ -125,13 +125,31 @@ PINNED_CODES_128 = [
     "e4739e8b4652b4cfc35eafda691be868",
     "ac335acb8e7394cbd7bc2bf9cbd7a808",
 ]
-# The same with offset=FIXED_OFFSET
+# The same with offset=FIXED_OFFSET, offset_removal=1.0 (all of the offset removed)
 PINNED_CODES_128_OFFSET = [
     "acb35b498c393e2fb71f3bd949d7fc24",
     "9bc8adb650b56b22a8cac401a462d3b6",
     "e4739e8b4653b4cfc35eafda691be868",
     "ac33d84bee5394cf571d2ffa4b9fa809",
 ]
+
+# The same with offset=FIXED_OFFSET and the default offset_removal=0.7
+PINNED_CODES_128_OFFSET_DEFAULT = [
+    "acb35b498c393e2fb71f3bd949d7fc24",
+    "9bc8adb650b56b22a8cac401a462d3b6",
+    "e4739e8b4653b4cfc35eafda691be868",
+    "ac33da4bee7394cf571c2bfb4b97a809",
+]
+
+
+def test_pinned_codes_with_the_default_partial_offset_removal() -> None:
+    scheme = CancellableHash(HashKey(FIXED_KEY), dim=8, bits=128, offset=FIXED_OFFSET)
+    assert scheme.offset_removal == pytest.approx(0.7)
+    codes = scheme.protect(FIXED_TEMPLATES)
+    assert [row.tobytes().hex() for row in codes] == PINNED_CODES_128_OFFSET_DEFAULT
+    reference, margin = _numpy_codes(scheme, FIXED_TEMPLATES, FIXED_OFFSET, 0.7)
+    assert margin > 1e-3
+    np.testing.assert_array_equal(codes, reference)
 
 
 def test_pinned_subkeys_and_key_id() -> None:
@@ -149,13 +167,15 @@ def test_pinned_projection_weights() -> None:
     assert np.all(np.abs(w) <= 131070)
 
 
-def _numpy_codes(scheme: CancellableHash, x: np.ndarray, offset: np.ndarray | None) -> tuple[np.ndarray, float]:
+def _numpy_codes(
+    scheme: CancellableHash, x: np.ndarray, offset: np.ndarray | None, removal: float = 1.0
+) -> tuple[np.ndarray, float]:
     """Reference codes in float64 and the smallest |projection| relative to |x'| |w_j|."""
     w = scheme.projection_matrix().astype(np.float64)
     xs = x.astype(np.float64)
     if offset is not None:
         u = offset.astype(np.float64)
-        xs = xs - np.outer(xs @ u, u)
+        xs = xs - removal * np.outer(xs @ u, u)
     proj = xs @ w
     margin = np.abs(proj) / (np.linalg.norm(xs, axis=1)[:, None] * np.linalg.norm(w, axis=0)[None, :])
     return np.packbits(proj > 0, axis=1, bitorder="little"), float(margin.min())
@@ -165,7 +185,7 @@ def _numpy_codes(scheme: CancellableHash, x: np.ndarray, offset: np.ndarray | No
     "offset, pinned", [(None, PINNED_CODES_128), (FIXED_OFFSET, PINNED_CODES_128_OFFSET)], ids=["plain", "offset"]
 )
 def test_pinned_codes_and_numpy_reference(offset: np.ndarray | None, pinned: list[str]) -> None:
-    scheme = CancellableHash(HashKey(FIXED_KEY), dim=8, bits=128, offset=offset)
+    scheme = CancellableHash(HashKey(FIXED_KEY), dim=8, bits=128, offset=offset, offset_removal=1.0)
     codes = scheme.protect(FIXED_TEMPLATES)
     assert codes.shape == (4, 16) and codes.dtype == np.uint8
     assert [row.tobytes().hex() for row in codes] == pinned

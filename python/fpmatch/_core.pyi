@@ -13,8 +13,15 @@ def scan_kernel() -> str: ...
 class ProjectionHasher:
     scheme: str
     def __init__(
-        self, key: bytes, dim: int, bits: int, offset: Optional[npt.NDArray[np.float32]] = None
+        self,
+        key: bytes,
+        dim: int,
+        bits: int,
+        offset: Optional[npt.NDArray[np.float32]] = None,
+        offset_removal: float = 1.0,
     ) -> None: ...
+    @property
+    def offset_removal(self) -> float: ...
     @property
     def dim(self) -> int: ...
     @property

@@ -259,6 +259,7 @@ class Gallery:
             "dim": self.scheme.dim,
             "bits": self.scheme.bits,
             "offset": None if self.scheme.offset is None else np.asarray(self.scheme.offset).tolist(),
+            "offset_removal": self.scheme.offset_removal,
             "target_fmr": self.target_fmr,
             "threshold_distance": self._threshold_distance,
             "next_id": self._next_id,
@@ -294,7 +295,7 @@ class Gallery:
         if meta["key_id"] != key.key_id:
             raise KeyMismatchError("the gallery was saved under a different key")
         offset = None if meta["offset"] is None else np.asarray(meta["offset"], dtype=np.float32)
-        scheme = CancellableHash(key, meta["dim"], meta["bits"], offset, n_threads)
+        scheme = CancellableHash(key, meta["dim"], meta["bits"], offset, n_threads, meta["offset_removal"])
         gallery = cls(scheme, target_fmr=meta["target_fmr"])
         gallery._index = load_index(body[start + meta_len :], key.subkey("index-mac"))
         gallery._ids = {str(k): int(v) for k, v in meta["subjects"].items()}
