@@ -8,7 +8,11 @@
 // prefixes of half the lists costs a fraction of an exhaustive scan.
 //
 // Full codes live in a dense faiss::IndexBinaryFlat (for its file format) with
-// the flat index's swap-remove; lists hold code prefixes and storage positions.
+// the flat index's swap-remove. The lists are one contiguous array of code
+// prefixes grouped by list, rebuilt after every add or remove batch: a write
+// costs a pass over the gallery (milliseconds per million codes), and searches
+// stream memory instead of hopping between a thousand small allocations (which
+// measured twice as slow).
 #pragma once
 
 #include <faiss/IndexBinaryFlat.h>
@@ -32,7 +36,7 @@ class IvfIndex : public ProtectedIndex {
         nlist_(nlist),
         prefix_bytes_(prefix_bits / 8) {
     if (nlist < 1 || nlist > (1u << 20)) throw InvalidInput("nlist must be in [1, 2^20]");
-    lists_.resize(nlist);
+    list_start_.assign(nlist + 1, 0);
     if (prefix_bits < 64 || prefix_bits > bits || prefix_bits % 64 != 0)
       throw InvalidInput("prefix_bits must be a multiple of 64 in [64, bits]");
     set_nprobe_unlocked(nprobe);
@@ -56,13 +60,14 @@ class IvfIndex : public ProtectedIndex {
       const uint8_t* centroids = extra.bytes(nlist_ * code_size());
       centroids_.assign(centroids, centroids + nlist_ * code_size());
     }
-    lists_.assign(nlist_, {});
-    for (size_t pos = 0; pos < labels_.size(); ++pos) {
-      uint64_t list = extra.u64();
-      if (!trained_ || list >= nlist_) throw InvalidInput("IVF list assignment out of range");
-      link(pos, uint32_t(list));
+    list_of_.resize(labels_.size());
+    for (uint32_t& list : list_of_) {
+      uint64_t value = extra.u64();
+      if (!trained_ || value >= nlist_) throw InvalidInput("IVF list assignment out of range");
+      list = uint32_t(value);
     }
     if (extra.remaining() != 0) throw InvalidInput("trailing bytes after IVF lists");
+    written();
   }
 
   Kind kind() const override { return Kind::Ivf; }
@@ -93,8 +98,8 @@ class IvfIndex : public ProtectedIndex {
 
   std::vector<size_t> list_sizes() const {
     std::shared_lock<std::shared_mutex> lock(mutex_);
-    std::vector<size_t> sizes;
-    for (const InvertedList& l : lists_) sizes.push_back(l.positions.size());
+    std::vector<size_t> sizes(nlist_);
+    for (size_t l = 0; l < nlist_; ++l) sizes[l] = list_start_[l + 1] - list_start_[l];
     return sizes;
   }
 
@@ -162,21 +167,31 @@ class IvfIndex : public ProtectedIndex {
     std::vector<uint8_t> packed = contiguous(codes);
     std::vector<int64_t> lists(codes.n);
     nearest_centroids(centroids_, packed.data(), codes.n, 1, lists.data(), n_threads);
-    size_t first = labels_.size();
     append(*storage_, codes);
-    for (size_t i = 0; i < codes.n; ++i) link(first + i, uint32_t(lists[i]));
+    for (int64_t list : lists) list_of_.push_back(uint32_t(list));
   }
 
   void erase_position(size_t pos) override {
-    unlink(pos);
     size_t moved_from = swap_remove(*storage_, pos);
-    if (moved_from != pos) {  // the last code now lives at pos
-      list_of_[pos] = list_of_[moved_from];
-      slot_of_[pos] = slot_of_[moved_from];
-      lists_[list_of_[pos]].positions[slot_of_[pos]] = int64_t(pos);
-    }
+    list_of_[pos] = list_of_[moved_from];
     list_of_.pop_back();
-    slot_of_.pop_back();
+  }
+
+  // Regroups prefixes by list (a counting sort over storage order).
+  void written() override {
+    std::vector<size_t> start(nlist_ + 1, 0);
+    for (uint32_t list : list_of_) ++start[list + 1];
+    for (size_t l = 0; l < nlist_; ++l) start[l + 1] += start[l];
+    std::vector<size_t> cursor(start.begin(), start.end() - 1);
+    std::fill(packed_prefixes_.begin(), packed_prefixes_.end(), 0);
+    packed_prefixes_.assign(list_of_.size() * prefix_bytes_, 0);
+    packed_positions_.assign(list_of_.size(), 0);
+    for (size_t pos = 0; pos < list_of_.size(); ++pos) {
+      size_t slot = cursor[list_of_[pos]]++;
+      std::memcpy(&packed_prefixes_[slot * prefix_bytes_], storage_->xb.data() + pos * code_size(), prefix_bytes_);
+      packed_positions_[slot] = int64_t(pos);
+    }
+    list_start_ = std::move(start);
   }
 
   void knn(const CodeBatch& queries, size_t k, int32_t* distances, int64_t* labels,
@@ -190,11 +205,14 @@ class IvfIndex : public ProtectedIndex {
       std::vector<int32_t> heap_d(shortlist);
       std::vector<int64_t> heap_p(shortlist);
       faiss::heap_heapify<faiss::CMax<int32_t, int64_t>>(shortlist, heap_d.data(), heap_p.data());
+      // Visit the lists in memory order: the result does not depend on the
+      // order (ties go to the smaller position), and forward sweeps stream.
+      std::sort(lists.begin(), lists.end());
       for (int64_t l : lists) {
         if (labels_.empty() || l < 0) continue;
-        const InvertedList& list = lists_[size_t(l)];
-        scan::scan_into_heap(query, list.prefixes.data(), list.positions.size(), prefix_bytes_,
-                             list.positions.data(), 0, shortlist, heap_d.data(), heap_p.data());
+        size_t begin = list_start_[size_t(l)], end = list_start_[size_t(l) + 1];
+        scan::scan_into_heap(query, &packed_prefixes_[begin * prefix_bytes_], end - begin, prefix_bytes_,
+                             &packed_positions_[begin], 0, shortlist, heap_d.data(), heap_p.data());
       }
       // Order the shortlist by full-code distance.
       std::vector<std::pair<int32_t, int64_t>> best;
@@ -217,11 +235,6 @@ class IvfIndex : public ProtectedIndex {
   static constexpr size_t kTrainPerList = 64;
   static constexpr int kTrainIterations = 8;
 
-  struct InvertedList {
-    std::vector<uint8_t> prefixes;  // prefix_bytes per entry
-    std::vector<int64_t> positions;
-  };
-
   void set_nprobe_unlocked(size_t nprobe) {
     if (nprobe < 1) throw InvalidInput("nprobe must be at least 1");
     nprobe_ = nprobe;
@@ -240,39 +253,14 @@ class IvfIndex : public ProtectedIndex {
     });
   }
 
-  void link(size_t pos, uint32_t list) {
-    InvertedList& l = lists_[list];
-    const uint8_t* code = storage_->xb.data() + pos * code_size();
-    l.prefixes.insert(l.prefixes.end(), code, code + prefix_bytes_);
-    l.positions.push_back(int64_t(pos));
-    if (list_of_.size() <= pos) {
-      list_of_.resize(pos + 1);
-      slot_of_.resize(pos + 1);
-    }
-    list_of_[pos] = list;
-    slot_of_[pos] = uint32_t(l.positions.size() - 1);
-  }
-
-  // Removes pos from its list; the list's last entry takes its slot.
-  void unlink(size_t pos) {
-    InvertedList& l = lists_[list_of_[pos]];
-    size_t slot = slot_of_[pos], last = l.positions.size() - 1;
-    if (slot != last) {
-      std::memcpy(&l.prefixes[slot * prefix_bytes_], &l.prefixes[last * prefix_bytes_], prefix_bytes_);
-      l.positions[slot] = l.positions[last];
-      slot_of_[size_t(l.positions[slot])] = uint32_t(slot);
-    }
-    std::memset(&l.prefixes[last * prefix_bytes_], 0, prefix_bytes_);
-    l.prefixes.resize(last * prefix_bytes_);
-    l.positions.pop_back();
-  }
-
   std::unique_ptr<faiss::IndexBinaryFlat> storage_;
   size_t nlist_, prefix_bytes_, nprobe_ = 1, rerank_ = 1;
   bool trained_ = false;
-  std::vector<uint8_t> centroids_;  // nlist x code_size
-  std::vector<InvertedList> lists_;
-  std::vector<uint32_t> list_of_, slot_of_;  // by storage position
+  std::vector<uint8_t> centroids_;        // nlist x code_size
+  std::vector<uint32_t> list_of_;         // by storage position
+  std::vector<size_t> list_start_;        // list l owns packed entries [start[l], start[l+1])
+  std::vector<uint8_t> packed_prefixes_;  // prefix_bytes per entry, grouped by list
+  std::vector<int64_t> packed_positions_;
 };
 
 }  // namespace fpmatch

@@ -84,6 +84,7 @@ class ProtectedIndex {
       labels_.push_back(ids[i]);
       positions_[ids[i]] = first + i;
     }
+    written();
   }
 
   // Removes the ids that are present and returns how many were removed. The
@@ -99,6 +100,7 @@ class ProtectedIndex {
       erase_position(pos);
       ++removed;
     }
+    if (removed) written();
     return removed;
   }
 
@@ -166,6 +168,8 @@ class ProtectedIndex {
   virtual const faiss::IndexBinaryFlat& storage() const = 0;
   virtual void store_codes(const CodeBatch& codes, int n_threads) = 0;
   virtual void erase_position(size_t pos) = 0;
+  // Called at the end of every add or remove batch, still under the write lock.
+  virtual void written() {}
   virtual void knn(const CodeBatch& queries, size_t k, int32_t* distances, int64_t* labels,
                    int n_threads) const = 0;
 
