@@ -7,44 +7,76 @@ the native core).
 
 from . import errors
 from ._core import scan_kernel
+from .alternative import AlternativeVerifier, PinVerifier
+from .audit import AuditEntry, AuditEvent, AuditHead, AuditReport
+from .consent import ConsentRecord
 from .errors import (
+    AuditTamperedError,
     AuthenticationError,
+    BundledConsentError,
+    ConsentRequiredError,
     DtypeError,
     FpmatchError,
     IdConflictError,
     IndexFormatError,
+    InvalidConsentError,
     InvalidInputError,
     KeyFileError,
     KeyMismatchError,
     NotCalibratedError,
+    StoreClosedError,
+    StoreFormatError,
+    StoreLockedError,
+    TooManyAttemptsError,
     UnknownSubjectError,
 )
 from .gallery import Candidate, Gallery, VerifyResult
 from .hashing import CancellableHash, estimate_offset
-from .index import FlatIndex, HNSWIndex, RangeResult, SearchResult, load_index
+from .index import FlatIndex, HNSWIndex, IVFIndex, RangeResult, SearchResult, load_index
 from .keys import HashKey
+from .service import IntegrityReport, MatchingService, SubjectReport, VerificationOutcome
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlternativeVerifier",
+    "AuditEntry",
+    "AuditEvent",
+    "AuditHead",
+    "AuditReport",
+    "AuditTamperedError",
     "AuthenticationError",
+    "BundledConsentError",
     "CancellableHash",
     "Candidate",
+    "ConsentRecord",
+    "ConsentRequiredError",
     "DtypeError",
     "FlatIndex",
     "FpmatchError",
     "Gallery",
     "HNSWIndex",
+    "IVFIndex",
     "HashKey",
     "IdConflictError",
     "IndexFormatError",
+    "IntegrityReport",
+    "InvalidConsentError",
     "InvalidInputError",
     "KeyFileError",
     "KeyMismatchError",
+    "MatchingService",
     "NotCalibratedError",
+    "PinVerifier",
     "RangeResult",
     "SearchResult",
+    "StoreClosedError",
+    "StoreFormatError",
+    "StoreLockedError",
+    "SubjectReport",
+    "TooManyAttemptsError",
     "UnknownSubjectError",
+    "VerificationOutcome",
     "VerifyResult",
     "errors",
     "estimate_offset",

@@ -49,3 +49,35 @@ class KeyFileError(FpmatchError, ValueError):
 
 class NotCalibratedError(FpmatchError, RuntimeError):
     """No decision threshold is available yet; call calibrate() or pass one."""
+
+
+class InvalidConsentError(InvalidInputError):
+    """A consent record is malformed: unknown purpose name, naive time, expiry before grant."""
+
+
+class BundledConsentError(InvalidConsentError):
+    """The consent was not given separately (bundled with other terms); it cannot authorise biometrics."""
+
+
+class ConsentRequiredError(FpmatchError, PermissionError):
+    """No active consent record covers the requested processing."""
+
+
+class AuditTamperedError(FpmatchError, ValueError):
+    """The audit log's hash chain does not verify: an entry was edited, deleted, inserted or reordered."""
+
+
+class StoreFormatError(FpmatchError, ValueError):
+    """A store directory holds a database that is not a (compatible) fpmatch store."""
+
+
+class StoreLockedError(FpmatchError, RuntimeError):
+    """Another process holds the store open; one process at a time may own a store."""
+
+
+class StoreClosedError(FpmatchError, RuntimeError):
+    """The store or service was used after close()."""
+
+
+class TooManyAttemptsError(FpmatchError, PermissionError):
+    """Alternative verification is locked after repeated failures; try again later."""

@@ -134,20 +134,7 @@ class Gallery:
                     f"{self._index.nlist} subjects at once, or pass a trained IVFIndex"
                 )
             self._index.train(codes)
-        ids = np.arange(self._next_id, self._next_id + len(names), dtype=np.int64)
-        # Names first, index second (and the reverse on removal): a concurrent
-        # search never returns an id whose name is unknown.
-        for name, id_ in zip(names, ids.tolist()):
-            self._names[id_] = name
-        try:
-            self._index.add(codes, ids)
-        except Exception:
-            for id_ in ids.tolist():
-                del self._names[id_]
-            raise
-        self._next_id += len(names)
-        for name, id_ in zip(names, ids.tolist()):
-            self._ids[name] = id_
+        self.add_codes(names, codes, np.arange(self._next_id, self._next_id + len(names), dtype=np.int64))
 
     def remove(self, subject: str) -> None:
         """Delete the subject's code from the index; afterwards they match nothing."""
@@ -318,6 +305,8 @@ class Gallery:
             raise IdConflictError(f"already enrolled: {', '.join(taken[:5])}")
         if ids.shape != (len(names),):
             raise InvalidInputError(f"need one id per code, got ids of shape {ids.shape}")
+        # Names first, index second (and the reverse on removal): a concurrent
+        # search never returns an id whose name is unknown.
         for name, id_ in zip(names, ids.tolist()):
             self._names[id_] = name
         try:

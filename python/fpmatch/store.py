@@ -1,0 +1,572 @@
+"""The embedded store: one SQLite database in a directory, the single source of truth.
+
+The database holds the protected codes (never templates), consent records, the
+audit chain and the scheme settings. Every operation is one transaction, in WAL
+mode with ``synchronous=FULL``: after a crash the database holds each operation
+entirely or not at all. ``secure_delete`` makes SQLite overwrite deleted rows
+with zeros, and :meth:`Store.scrub` checkpoints and truncates the WAL, so a
+withdrawn subject's code survives in no file of the directory.
+
+The index file next to it (``index.cache``) is only a cache: authenticated under
+a key-derived MAC and stamped with the database's generation counter, it is
+used when it matches the database exactly and otherwise rebuilt from it.
+
+The database is opened in exclusive locking mode: one process owns a store at a
+time (SQLite then keeps its WAL index in private memory, so no ``-shm`` file).
+Keys never live in the directory.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import sqlite3
+import struct
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from .audit import AuditEntry, AuditEvent, AuditHead, head_mac, make_entry
+from .consent import ConsentRecord, parse_time
+from .errors import (
+    AuthenticationError,
+    IndexFormatError,
+    InvalidInputError,
+    KeyMismatchError,
+    StoreClosedError,
+    StoreFormatError,
+    StoreLockedError,
+)
+from .hashing import DEFAULT_BITS, DEFAULT_OFFSET_REMOVAL, SCHEME
+from .index import Index, load_index
+from .keys import HashKey, ensure_outside
+
+DATABASE = "store.sqlite"
+INDEX_CACHE = "index.cache"
+FORMAT = 1
+_CACHE_MAGIC = b"FPMATCHC"
+_TAG_BYTES = 32
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS subjects (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject TEXT NOT NULL UNIQUE,
+    code BLOB NOT NULL,
+    enrolled_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS consents (
+    consent_id TEXT PRIMARY KEY,
+    subject TEXT NOT NULL,
+    purposes TEXT NOT NULL,
+    granted_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    notice_version TEXT NOT NULL,
+    evidence_ref TEXT NOT NULL,
+    method TEXT NOT NULL,
+    separate INTEGER NOT NULL,
+    withdrawn_at TEXT
+);
+CREATE INDEX IF NOT EXISTS consents_by_subject ON consents (subject);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    time TEXT NOT NULL,
+    event TEXT NOT NULL,
+    subject TEXT,
+    purpose TEXT,
+    outcome TEXT,
+    detail TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_by_subject ON audit (subject);
+"""
+
+
+@dataclass(frozen=True)
+class StoredSubject:
+    """One enrolled subject's row: index id, protected code, enrolment time."""
+
+    subject: str
+    id: int
+    code: bytes
+    enrolled_at: str
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """The scheme a store's codes were made with; fixed when the store is created."""
+
+    key_id: str
+    scheme: str
+    dim: int
+    bits: int
+    offset: np.ndarray | None
+    offset_removal: float = DEFAULT_OFFSET_REMOVAL
+
+
+class Transaction:
+    """Writes inside one :meth:`Store.transaction`; all or nothing."""
+
+    def __init__(self, store: "Store", conn: sqlite3.Connection) -> None:
+        self._store = store
+        self._conn = conn
+        self.changed_subjects = False
+
+    def insert_subject(self, subject: str, code: bytes, enrolled_at: str) -> int:
+        """The new row's id; ids are never reused."""
+        cursor = self._conn.execute(
+            "INSERT INTO subjects (subject, code, enrolled_at) VALUES (?, ?, ?)", (subject, code, enrolled_at)
+        )
+        self.changed_subjects = True
+        assert cursor.lastrowid is not None
+        return int(cursor.lastrowid)
+
+    def delete_subject(self, subject: str) -> bool:
+        """Whether a row was deleted."""
+        deleted = self._conn.execute("DELETE FROM subjects WHERE subject = ?", (subject,)).rowcount > 0
+        self.changed_subjects = self.changed_subjects or deleted
+        return deleted
+
+    def put_consent(self, record: ConsentRecord) -> None:
+        """Insert or replace (e.g. to mark withdrawal) a consent record."""
+        d = record.to_dict()
+        self._conn.execute(
+            "INSERT OR REPLACE INTO consents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                d["consent_id"],
+                d["subject"],
+                json.dumps(d["purposes"]),
+                d["granted_at"],
+                d["expires_at"],
+                d["notice_version"],
+                d["evidence_ref"],
+                d["method"],
+                int(d["separate"]),
+                d["withdrawn_at"],
+            ),
+        )
+
+    def set_meta(self, name: str, value: Any) -> None:
+        self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, json.dumps(value)))
+
+    def audit(
+        self,
+        time: str,
+        event: AuditEvent,
+        *,
+        subject: str | None = None,
+        purpose: str | None = None,
+        outcome: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> AuditEntry:
+        """Append an audit entry, chained from the signed head (not the last row, so a cut tail stays cut)."""
+        head = self._store._head(self._conn)
+        entry = make_entry(
+            head, time=time, event=event, subject=subject, purpose=purpose, outcome=outcome, detail=detail
+        )
+        self._conn.execute(
+            "INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                entry.seq,
+                entry.time,
+                entry.event,
+                entry.subject,
+                entry.purpose,
+                entry.outcome,
+                json.dumps(entry.detail, sort_keys=True),
+                entry.prev_hash,
+                entry.hash,
+            ),
+        )
+        # A head that does not verify is never re-signed: the break stays visible.
+        intact = head is None or head.valid(self._store._audit_key)
+        mac = head_mac(self._store._audit_key, entry.seq, entry.hash) if intact else ""
+        self.set_meta("audit_head", {"seq": entry.seq, "hash": entry.hash, "mac": mac})
+        return entry
+
+
+class Store:
+    """A store directory: ``store.sqlite`` (source of truth) and ``index.cache``.
+
+    Use :meth:`open`. Methods may be called from several threads; they take turns
+    on one connection.
+    """
+
+    def __init__(self, directory: Path, key: HashKey, conn: sqlite3.Connection, settings: StoreSettings) -> None:
+        self.directory = directory
+        self.settings = settings
+        self._key = key
+        self._conn: sqlite3.Connection | None = conn
+        self._lock = threading.RLock()
+        self._audit_key = key.subkey("audit-head")
+        self._cache_key = key.subkey("store-cache-mac")
+        self._index_key = key.subkey("index-mac")
+
+    @classmethod
+    def open(
+        cls,
+        directory: str | os.PathLike[str],
+        key: HashKey,
+        *,
+        dim: int | None = None,
+        bits: int | None = None,
+        offset: np.ndarray | None = None,
+    ) -> "Store":
+        """Open a store directory, creating it (``dim`` needed then) if it holds no database.
+
+        Settings given for an existing store must equal the stored ones.
+        """
+        root = Path(directory)
+        ensure_outside(key, root)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = root / DATABASE
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        conn = sqlite3.connect(os.fspath(path), timeout=0.0, isolation_level=None, check_same_thread=False)
+        try:
+            settings = cls._prepare(conn, path, key, dim, bits, offset)
+        except BaseException:
+            conn.close()
+            raise
+        for leftover in root.glob(f"{INDEX_CACHE}.*.tmp"):  # a cache write cut short by a crash
+            leftover.unlink(missing_ok=True)
+        return cls(root, key, conn, settings)
+
+    @staticmethod
+    def _prepare(
+        conn: sqlite3.Connection,
+        path: Path,
+        key: HashKey,
+        dim: int | None,
+        bits: int | None,
+        offset: np.ndarray | None,
+    ) -> StoreSettings:
+        try:
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            conn.execute("PRAGMA secure_delete=ON")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA temp_store=MEMORY")
+            conn.execute("BEGIN EXCLUSIVE")  # takes the lock now and keeps it (exclusive mode)
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StoreLockedError(f"{path} is open in another process (or another service)") from None
+            raise StoreFormatError(f"{path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise StoreFormatError(f"{path} is not an fpmatch store: {exc}") from exc
+        try:
+            if mode != "wal":
+                raise StoreFormatError(f"{path}: cannot switch to WAL mode (got {mode!r})")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
+            settings = _settings(meta, path, key, dim, bits, offset)
+            if not meta:
+                if any(conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() for table in ("subjects", "audit")):
+                    raise StoreFormatError(f"{path} holds data but no settings: not a store this version made")
+                rows = {
+                    "format": FORMAT,
+                    "scheme": settings.scheme,
+                    "key_id": settings.key_id,
+                    "dim": settings.dim,
+                    "bits": settings.bits,
+                    "offset": None if settings.offset is None else settings.offset.tolist(),
+                    "offset_removal": settings.offset_removal,
+                    "generation": 0,
+                }
+                conn.executemany(
+                    "INSERT INTO meta VALUES (?, ?)", [(name, json.dumps(value)) for name, value in rows.items()]
+                )
+            conn.execute("COMMIT")
+            # After a crash the WAL may still hold pre-deletion copies of erased rows.
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return settings
+
+    # -- transactions ---------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """One operation: committed when the block ends, rolled back if it raises."""
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            tx = Transaction(self, conn)
+            try:
+                yield tx
+                if tx.changed_subjects:
+                    conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'generation'")
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def audit(
+        self,
+        time: str,
+        event: AuditEvent,
+        *,
+        subject: str | None = None,
+        purpose: str | None = None,
+        outcome: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> AuditEntry:
+        """Append one audit entry in a transaction of its own."""
+        with self.transaction() as tx:
+            return tx.audit(time, event, subject=subject, purpose=purpose, outcome=outcome, detail=detail)
+
+    def scrub(self) -> bool:
+        """Checkpoint the WAL into the database and truncate it, so deleted rows leave no old copies.
+
+        Returns False if a reader kept the checkpoint from finishing.
+        """
+        with self._lock:
+            busy, _, _ = self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return int(busy) == 0
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self.scrub()
+                self._conn.close()
+                self._conn = None
+
+    @property
+    def closed(self) -> bool:
+        return self._conn is None
+
+    # -- reads ----------------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        """Increases with every committed change to the enrolled subjects."""
+        return int(self.meta("generation"))
+
+    def meta(self, name: str) -> Any:
+        with self._lock:
+            row = self._connection().execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def subject_ids(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._connection().execute("SELECT subject, id FROM subjects").fetchall())
+
+    def subjects(self) -> list[StoredSubject]:
+        """Every enrolled subject with its code, in id order."""
+        with self._lock:
+            rows = self._connection().execute("SELECT subject, id, code, enrolled_at FROM subjects ORDER BY id")
+            return [StoredSubject(s, i, bytes(c), t) for s, i, c, t in rows.fetchall()]
+
+    def consents(self, subject: str | None = None) -> list[ConsentRecord]:
+        """Consent records (of one subject, or all), oldest grant first."""
+        query = "SELECT * FROM consents" + (" WHERE subject = ?" if subject is not None else "")
+        with self._lock:
+            rows = self._connection().execute(
+                query + " ORDER BY granted_at, consent_id", () if subject is None else (subject,)
+            )
+            return [_consent_from_row(row) for row in rows.fetchall()]
+
+    def enrolled_at(self, subject: str) -> str | None:
+        """When ``subject`` was enrolled, or None if they are not."""
+        with self._lock:
+            row = (
+                self._connection().execute("SELECT enrolled_at FROM subjects WHERE subject = ?", (subject,)).fetchone()
+            )
+        return None if row is None else str(row[0])
+
+    def audit_entries(self, pseudonym: str | None = None) -> list[AuditEntry]:
+        """The audit chain as stored, in sequence order; or only the entries naming ``pseudonym``."""
+        query = "SELECT * FROM audit ORDER BY seq"
+        args: tuple[str, ...] = ()
+        if pseudonym is not None:
+            # instr() narrows the scan to candidates; the exact test is below.
+            query = "SELECT * FROM audit WHERE subject = ? OR instr(detail, ?) > 0 ORDER BY seq"
+            args = (pseudonym, pseudonym)
+        with self._lock:
+            rows = self._connection().execute(query, args).fetchall()
+        entries = [
+            AuditEntry(seq, time, event, subject, purpose, outcome, _detail(detail), prev, digest)
+            for seq, time, event, subject, purpose, outcome, detail, prev, digest in rows
+        ]
+        if pseudonym is None:
+            return entries
+        return [e for e in entries if e.subject == pseudonym or pseudonym in e.detail.get("matched", ())]
+
+    def audit_head(self) -> AuditHead | None:
+        """The signed head of the audit chain (None while the log is empty)."""
+        with self._lock:
+            return self._head(self._connection())
+
+    @property
+    def audit_key(self) -> bytes:
+        """The MAC key of the audit head (derived from the hash key, never stored)."""
+        return self._audit_key
+
+    # -- index cache ----------------------------------------------------------
+
+    @property
+    def cache_path(self) -> Path:
+        return self.directory / INDEX_CACHE
+
+    def write_index_cache(self, index: Index, generation: int) -> None:
+        """Replace the cache atomically with ``index`` stamped with ``generation``."""
+        header = json.dumps(
+            {"format": FORMAT, "key_id": self._key.key_id, "generation": generation, "count": len(index)}
+        ).encode()
+        body = _CACHE_MAGIC + struct.pack("<Q", len(header)) + header + index.serialize(self._index_key)
+        tag = hmac.new(self._cache_key, body, "sha256").digest()
+        tmp = self.directory / f"{INDEX_CACHE}.{os.getpid()}.{threading.get_ident()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(body + tag)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.cache_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_directory(self.directory)
+
+    def read_index_cache(self, subjects: Mapping[str, int], generation: int) -> tuple[Index | None, str]:
+        """The cached index if it is authentic, current and holds exactly these ids.
+
+        Returns ``(index, "loaded")`` or ``(None, reason)``, reason being
+        ``"missing"``, ``"unauthenticated"``, ``"stale"`` or ``"mismatch"``.
+        """
+        try:
+            data = self.cache_path.read_bytes()
+        except FileNotFoundError:
+            return None, "missing"
+        head = len(_CACHE_MAGIC) + 8
+        if len(data) < head + _TAG_BYTES or not data.startswith(_CACHE_MAGIC):
+            return None, "unauthenticated"
+        body, tag = data[:-_TAG_BYTES], data[-_TAG_BYTES:]
+        if not hmac.compare_digest(hmac.new(self._cache_key, body, "sha256").digest(), tag):
+            return None, "unauthenticated"
+        (header_len,) = struct.unpack_from("<Q", body, len(_CACHE_MAGIC))
+        header = json.loads(body[head : head + header_len])
+        if header.get("format") != FORMAT or header.get("generation") != generation:
+            return None, "stale"
+        try:
+            index = load_index(body[head + header_len :], self._index_key)
+        except (AuthenticationError, IndexFormatError):
+            return None, "unauthenticated"
+        if index.bits != self.settings.bits or sorted(index.ids().tolist()) != sorted(subjects.values()):
+            return None, "mismatch"
+        return index, "loaded"
+
+    def drop_index_cache(self) -> None:
+        """Delete the cache file (it may hold codes that are about to be erased)."""
+        self.cache_path.unlink(missing_ok=True)
+
+    # -- internals ------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreClosedError(f"the store {self.directory} is closed")
+        return self._conn
+
+    def _head(self, conn: sqlite3.Connection) -> AuditHead | None:
+        row = conn.execute("SELECT value FROM meta WHERE name = 'audit_head'").fetchone()
+        if row is not None:
+            value = json.loads(row[0])
+            return AuditHead(int(value["seq"]), str(value["hash"]), str(value["mac"]))
+        last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        # Entries without a head: the head was deleted; carry on from the last row, unsigned.
+        return None if last is None else AuditHead(int(last[0]), str(last[1]), "")
+
+
+def _settings(
+    meta: Mapping[str, str],
+    path: Path,
+    key: HashKey,
+    dim: int | None,
+    bits: int | None,
+    offset: np.ndarray | None,
+) -> StoreSettings:
+    if offset is not None:
+        offset = np.asarray(offset, dtype=np.float32)
+    if not meta:
+        if dim is None:
+            raise InvalidInputError(f"{path} is a new store: pass dim (the template dimension)")
+        return StoreSettings(key.key_id, SCHEME, int(dim), DEFAULT_BITS if bits is None else int(bits), offset)
+    try:
+        values = {name: json.loads(value) for name, value in meta.items()}
+        if values["format"] != FORMAT:
+            raise StoreFormatError(f"{path} has store format {values['format']}, this version reads {FORMAT}")
+        stored = StoreSettings(
+            str(values["key_id"]),
+            str(values["scheme"]),
+            int(values["dim"]),
+            int(values["bits"]),
+            None if values["offset"] is None else np.asarray(values["offset"], dtype=np.float32),
+            float(values["offset_removal"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, StoreFormatError):
+            raise
+        raise StoreFormatError(f"{path} has unreadable settings: {exc}") from exc
+    if stored.key_id != key.key_id:
+        raise KeyMismatchError(f"{path} was created under key {stored.key_id}, not {key.key_id}")
+    if stored.scheme != SCHEME:
+        raise KeyMismatchError(f"{path} holds {stored.scheme} codes; this version makes {SCHEME}")
+    if dim is not None and int(dim) != stored.dim or bits is not None and int(bits) != stored.bits:
+        raise KeyMismatchError(f"{path} holds dim={stored.dim}, bits={stored.bits} codes")
+    if offset is not None and (stored.offset is None or not np.array_equal(offset, stored.offset)):
+        raise KeyMismatchError(f"{path} was created with a different offset direction")
+    return stored
+
+
+def _consent_from_row(row: tuple[Any, ...]) -> ConsentRecord:
+    consent_id, subject, purposes, granted, expires, notice, evidence, method, separate, withdrawn = row
+    return ConsentRecord(
+        subject=subject,
+        purposes=frozenset(json.loads(purposes)),
+        granted_at=parse_time(granted),
+        expires_at=parse_time(expires),
+        notice_version=notice,
+        evidence_ref=evidence,
+        method=method,
+        separate=bool(separate),
+        consent_id=consent_id,
+        withdrawn_at=None if withdrawn is None else parse_time(withdrawn),
+    )
+
+
+def _detail(text: str) -> Mapping[str, Any]:
+    # A detail edited into something unreadable still loads, so that verification
+    # reports the entry as edited instead of failing.
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        value = None
+    return value if isinstance(value, dict) else {"unreadable": str(text)}
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The rename of the cache is durable only once its directory entry is.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+__all__ = ["DATABASE", "INDEX_CACHE", "Store", "StoreSettings", "StoredSubject", "Transaction"]

@@ -1,0 +1,319 @@
+"""The SQLite store: layout and settings, one transaction per operation, the
+authenticated index cache (rebuilt when missing, stale, tampered or of another
+kind), erasure that leaves no byte of a withdrawn code in any file, and probes
+that are never written."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import stat
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from fpmatch import (
+    HashKey,
+    InvalidInputError,
+    KeyFileError,
+    KeyMismatchError,
+    MatchingService,
+    StoreClosedError,
+    StoreFormatError,
+    StoreLockedError,
+    VerificationOutcome,
+    load_index,
+)
+from fpmatch.store import DATABASE, INDEX_CACHE, Store, Transaction
+from service_support import (
+    DIM,
+    KEY,
+    ManualClock,
+    calibrate,
+    enrol_people,
+    files_containing,
+    grant,
+    open_service,
+    sample,
+    stranger,
+    windows,
+)
+
+MATCH = VerificationOutcome.MATCH
+NAMES = [f"p{i:03d}" for i in range(24)]
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def directory(tmp_path: Path, clock: ManualClock) -> Path:
+    """A closed store holding NAMES, calibrated."""
+    with open_service(tmp_path / "store", clock) as svc:
+        enrol_people(svc, NAMES)
+        calibrate(svc)
+    return tmp_path / "store"
+
+
+def stored_code(directory: Path, subject: str) -> bytes:
+    db = sqlite3.connect(directory / DATABASE)
+    row = db.execute("SELECT code FROM subjects WHERE subject = ?", (subject,)).fetchone()
+    db.close()
+    assert row is not None
+    return bytes(row[0])
+
+
+# --------------------------------------------------------------------------- layout and settings
+
+
+def test_layout_pragmas_and_permissions(directory: Path, clock: ManualClock) -> None:
+    assert sorted(os.listdir(directory)) == sorted([DATABASE, INDEX_CACHE])
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+    for name in (DATABASE, INDEX_CACHE):
+        assert stat.S_IMODE(os.stat(directory / name).st_mode) == 0o600
+    with open_service(directory, clock) as svc:
+        conn = svc.store._connection()
+        pragmas = {
+            p: conn.execute(f"PRAGMA {p}").fetchone()[0]
+            for p in ("journal_mode", "secure_delete", "synchronous", "locking_mode")
+        }
+        assert pragmas == {"journal_mode": "wal", "secure_delete": 1, "synchronous": 2, "locking_mode": "exclusive"}
+        assert not any(name.endswith("-shm") for name in os.listdir(directory))
+        assert svc.store.settings.dim == DIM and svc.store.settings.bits == 1024
+        assert svc.threshold is not None  # persisted by calibrate
+    tables = sqlite3.connect(directory / DATABASE).execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    assert {"meta", "subjects", "consents", "audit"} <= {name for (name,) in tables}
+
+
+def test_keys_never_live_in_the_store(tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()
+    inside = HashKey.load(HashKey.generate().save(tmp_path / "store" / "hash.key"))
+    with pytest.raises(KeyFileError):
+        MatchingService.open(tmp_path / "store", inside, dim=DIM)
+    outside = HashKey.load(HashKey.generate().save(tmp_path / "hash.key"))
+    MatchingService.open(tmp_path / "store", outside, dim=DIM).close()
+    assert files_containing(tmp_path / "store", outside.secret) == []
+
+
+def test_settings_are_fixed_at_creation(directory: Path, tmp_path: Path) -> None:
+    with pytest.raises(KeyMismatchError):
+        MatchingService.open(directory, HashKey(bytes(32)))
+    with pytest.raises(KeyMismatchError):
+        MatchingService.open(directory, KEY, dim=DIM + 1)
+    with pytest.raises(KeyMismatchError):
+        MatchingService.open(directory, KEY, bits=512)
+    with pytest.raises(KeyMismatchError):
+        MatchingService.open(directory, KEY, offset=np.ones(DIM, dtype=np.float32) / np.sqrt(DIM))
+    with pytest.raises(InvalidInputError, match="dim"):
+        MatchingService.open(tmp_path / "new", KEY)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / DATABASE).write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StoreFormatError):
+        MatchingService.open(tmp_path / "junk", KEY, dim=DIM)
+    with pytest.raises(InvalidInputError):
+        MatchingService.open(directory, KEY, index="ivf")
+    shutil.copytree(directory, tmp_path / "headless")
+    db = sqlite3.connect(tmp_path / "headless" / DATABASE)
+    with db:
+        db.execute("DELETE FROM meta")
+    db.close()
+    with pytest.raises(StoreFormatError, match="no settings"):
+        MatchingService.open(tmp_path / "headless", KEY, dim=DIM)
+
+
+def test_one_process_owns_a_store_and_closed_means_closed(directory: Path, clock: ManualClock) -> None:
+    svc = open_service(directory, clock)
+    with pytest.raises(StoreLockedError):
+        MatchingService.open(directory, KEY)
+    svc.close()
+    svc.close()  # idempotent
+    with pytest.raises(StoreClosedError):
+        svc.verify(NAMES[0], sample(NAMES[0], 1), "entry")
+    with pytest.raises(StoreClosedError):
+        grant(svc, "late")
+    MatchingService.open(directory, KEY).close()
+
+
+# --------------------------------------------------------------------------- transactions
+
+
+def failing_audit_on(event: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Transaction.audit
+
+    def audit(self: Transaction, time: str, kind: object, **kwargs: object) -> object:
+        if getattr(kind, "value", kind) == event:
+            raise OSError("disk full")
+        return original(self, time, kind, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Transaction, "audit", audit)
+
+
+def test_a_failed_operation_changes_nothing(
+    directory: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open_service(directory, clock) as svc:
+        before = (svc.store.subjects(), svc.store.consents(), svc.store.audit_entries(), svc.store.generation)
+        failing_audit_on("purge", monkeypatch)
+        with pytest.raises(OSError):
+            svc.withdraw(NAMES[3])
+        grant(svc, "late")
+        failing_audit_on("enrol", monkeypatch)
+        with pytest.raises(OSError):
+            svc.enrol("late", sample("late", 0))
+        monkeypatch.undo()
+        after = (svc.store.subjects(), svc.store.consents(), svc.store.audit_entries()[:-1], svc.store.generation)
+        assert after[0] == before[0] and after[2] == before[2] and after[3] == before[3]
+        assert [c.subject for c in after[1] if c.withdrawn_at is not None] == []
+        assert "late" not in svc and NAMES[3] in svc
+        assert svc.verify(NAMES[3], sample(NAMES[3], 1), "entry") is MATCH
+        assert svc.check_integrity().ok
+
+
+# --------------------------------------------------------------------------- the index cache
+
+
+def test_current_cache_is_loaded(directory: Path, clock: ManualClock) -> None:
+    with open_service(directory, clock) as svc:
+        assert svc.cache_status == "loaded"
+        assert sorted(svc.enrolled()) == NAMES
+        assert svc.verify(NAMES[5], sample(NAMES[5], 1), "entry") is MATCH
+        assert svc.check_integrity().ok
+
+
+def flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-1])
+
+
+def header_only(path: Path) -> None:
+    path.write_bytes(b"FPMATCHC")
+
+
+@pytest.mark.parametrize(
+    "damage, status",
+    [
+        (Path.unlink, "missing"),
+        (truncate, "unauthenticated"),
+        (flip_a_bit, "unauthenticated"),
+        (header_only, "unauthenticated"),
+    ],
+)
+def test_missing_or_tampered_cache_is_rebuilt(
+    directory: Path, clock: ManualClock, damage: Callable[[Path], None], status: str
+) -> None:
+    damage(directory / INDEX_CACHE)
+    with open_service(directory, clock) as svc:
+        assert svc.cache_status == status
+        assert sorted(svc.enrolled()) == NAMES and svc.check_integrity().ok
+        assert svc.verify(NAMES[5], sample(NAMES[5], 1), "entry") is MATCH
+    with open_service(directory, clock) as svc:
+        assert svc.cache_status == "loaded"
+
+
+def test_cache_of_another_store_is_not_used(directory: Path, tmp_path: Path, clock: ManualClock) -> None:
+    other = HashKey(bytes(range(1, 33)))
+    with MatchingService.open(tmp_path / "other", other, dim=DIM) as svc:
+        grant(svc, "x")
+        svc.enrol("x", sample("x", 0))
+    shutil.copy(tmp_path / "other" / INDEX_CACHE, directory / INDEX_CACHE)
+    with open_service(directory, clock) as svc:
+        assert svc.cache_status == "unauthenticated" and "x" not in svc and len(svc) == len(NAMES)
+
+
+def test_stale_cache_never_resurrects_a_withdrawn_subject(directory: Path, tmp_path: Path, clock: ManualClock) -> None:
+    victim = NAMES[7]
+    shutil.copy(directory / INDEX_CACHE, tmp_path / "old.cache")  # e.g. a backup taken before the withdrawal
+    with open_service(directory, clock) as svc:
+        old_index = load_index(svc.gallery.index.serialize(b"m" * 32), b"m" * 32)
+        svc.withdraw(victim)
+        grant(svc, "newcomer")
+        svc.enrol("newcomer", sample("newcomer", 0))
+    shutil.copy(tmp_path / "old.cache", directory / INDEX_CACHE)
+    with open_service(directory, clock) as svc:
+        assert svc.cache_status == "stale"
+        assert victim not in svc and "newcomer" in svc and svc.check_integrity().ok
+        assert svc.verify(victim, sample(victim, 1), "entry") is VerificationOutcome.USE_ALTERNATIVE
+    # A cache stamped with the current generation but holding other ids is refused too.
+    store = Store.open(directory, KEY)
+    store.write_index_cache(old_index, store.generation)
+    store.close()
+    with open_service(directory, clock) as svc:
+        assert svc.cache_status == "mismatch" and victim not in svc and svc.check_integrity().ok
+
+
+def test_index_kind_can_change_between_opens(directory: Path, clock: ManualClock) -> None:
+    with open_service(directory, clock, index="hnsw") as svc:
+        assert svc.cache_status == "mismatch" and type(svc.gallery.index).__name__ == "HNSWIndex"
+        assert [c.subject for c in svc.identify(sample(NAMES[2], 1), "entry", k=1)] == [NAMES[2]]
+        svc.withdraw(NAMES[2])
+    with open_service(directory, clock, index="hnsw") as svc:
+        assert svc.cache_status == "loaded" and NAMES[2] not in svc and svc.check_integrity().ok
+
+
+# --------------------------------------------------------------------------- erasure
+
+
+def test_withdrawn_and_expired_codes_leave_no_bytes_in_any_file(tmp_path: Path, clock: ManualClock) -> None:
+    directory = tmp_path / "store"
+    names = [f"s{i:03d}" for i in range(150)]
+    with open_service(directory, clock) as svc:
+        enrol_people(svc, names[:140])
+        enrol_people(svc, names[140:], days=30)  # these expire
+        calibrate(svc)
+        scheme = svc.gallery.scheme
+    withdrawn = [names[0], names[75], names[139]]
+    expired = names[140:]
+    kept = names[1]
+    codes = {name: stored_code(directory, name) for name in [*withdrawn, *expired, kept]}
+    for name, code in codes.items():
+        assert code == scheme.protect(sample(name, 0)).tobytes()
+        # The scan finds codes while they are held: in the database and the index cache.
+        assert files_containing(directory, code) == sorted([DATABASE, INDEX_CACHE])
+
+    with open_service(directory, clock) as svc:
+        for name in withdrawn:
+            assert svc.withdraw(name)
+        clock.advance(days=31)
+        assert svc.expire() == expired
+        # Erasure is immediate: nothing left while the service is still running.
+        for name in [*withdrawn, *expired]:
+            assert files_containing(directory, codes[name]) == [], name
+        assert svc.check_integrity().ok
+        remaining = svc.enrolled()
+    assert sorted(remaining) == sorted(set(names) - set(withdrawn) - set(expired))
+
+    present = sorted(os.listdir(directory))
+    assert present == sorted([DATABASE, INDEX_CACHE])
+    for name in [*withdrawn, *expired]:
+        for needle in [codes[name], *windows(codes[name])]:
+            assert files_containing(directory, needle) == [], name
+        assert files_containing(directory, sample(name, 0).tobytes()) == []  # templates were never stored
+    assert files_containing(directory, codes[kept]) == sorted([DATABASE, INDEX_CACHE])
+
+
+def test_probes_are_never_written(directory: Path, clock: ManualClock) -> None:
+    probe = stranger(42)
+    with open_service(directory, clock) as svc:
+        code = svc.gallery.scheme.protect(probe).tobytes()
+        before = (svc.store.subjects(), svc.store.consents(), svc.store.audit_entries())
+        assert svc.identify(probe, "entry") == []
+        assert svc.verify(NAMES[0], probe, "entry") is VerificationOutcome.NO_MATCH
+        after = (svc.store.subjects(), svc.store.consents(), svc.store.audit_entries())
+        assert after[:2] == before[:2]
+        new = after[2][len(before[2]) :]
+        assert [(e.event, e.outcome) for e in new] == [("identify", "no_match"), ("verify", "no_match")]
+        assert new[0].subject is None and new[0].detail == {"k": 5, "matched": []}
+        assert new[1].detail == {}
+        for needle in [code, probe.tobytes(), *windows(code)]:
+            assert files_containing(directory, needle) == []
+    for needle in [code, probe.tobytes(), *windows(code)]:
+        assert files_containing(directory, needle) == []
