@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
-SOURCES := $(wildcard cpp/*.h cpp/*.cpp python/fpmatch/*.py python/fpmatch/*.pyi) CMakeLists.txt pyproject.toml
+SOURCES := $(wildcard cpp/*.h cpp/*.cpp) $(shell find python -name '*.py' -o -name '*.pyi') CMakeLists.txt pyproject.toml
 
 .PHONY: demo test bench system-deps clean
 

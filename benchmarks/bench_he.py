@@ -1,0 +1,541 @@
+#!/usr/bin/env python3
+"""HE benchmark: the ``he`` and ``hybrid`` schemes beside plain cosine and ``hash``.
+
+On synthetic face embeddings (:class:`fpmatch.synthetic.FaceGenerator`), one
+run measures:
+
+* 1:1 verification latency, ``he`` (packed gallery) and ``hybrid``: probe in,
+  decision out, key holder in the same process;
+* packed 1:N throughput at n = 10,000 and 100,000: templates scored per second
+  on one core by the matching side (the encrypted inner products), and
+  separately the key holder's decision time for the same request;
+* ``hybrid`` identification latency at n = 100,000 (hash shortlist with an
+  exact flat Hamming index, encrypted re-scoring, decision), and at
+  n = 1,000,000 with the hash search run on 10^6 codes and the encrypted
+  re-scoring run on that search's actual shortlist;
+* bytes per template of every scheme;
+* TAR at FAR = 1e-4 of plain cosine, ``hash``, ``he`` and ``hybrid`` on the
+  same pairs. Encrypted scores are computed from the secret-key decryption of
+  the stored templates and the quantised probes, which is bit-identical to
+  what the key holder decrypts; the run checks that identity on a sample.
+
+Data: the gallery is one sample of each of n identities; probes are fresh
+samples of enrolled identities (mated); impostor pairs pair a probe with
+another identity's enrolled template. Latencies are single requests on one
+thread, after warm-up. ``--quick`` runs everything at reduced sizes.
+
+Usage::
+
+    python benchmarks/bench_he.py --json reports/he.json
+    python benchmarks/bench_he.py --quick --profile offset --json quick.json
+    # the same as the first, in two shorter runs:
+    python benchmarks/bench_he.py --part he --json reports/he.json
+    python benchmarks/bench_he.py --part hybrid --update --json reports/he.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import numpy as np
+
+import fpmatch
+from fpmatch import CancellableHash, FlatIndex, HashKey, estimate_offset
+from fpmatch.he import EncryptedGallery, HybridGallery, KeyHolder, PublicContext, RateLimit
+from fpmatch.he._encoding import quantise
+from fpmatch.he.audit import SecretKeyAudit
+from fpmatch.synthetic import PROFILES, FaceGenerator
+
+TARGET_FAR = 1e-4
+FAR_KEY = "tar_at_far_1e-4"
+CALLER = "bench"
+CHUNK = 65536
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ms(samples_ns: list[int]) -> dict[str, float]:
+    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    return {"p50": float(np.median(ms)), "mean": float(ms.mean()), "p95": float(np.percentile(ms, 95))}
+
+
+def _timed(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    start = time.perf_counter_ns()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter_ns() - start
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _tar(genuine: np.ndarray, impostor: np.ndarray, far: float) -> dict[str, float]:
+    """Accept iff score >= threshold; the threshold is the lowest whose impostor FAR is <= far."""
+    m = len(impostor)
+    allowed = int(math.floor(far * m + 1e-9))
+    kth = float(np.partition(impostor, m - 1 - allowed)[m - 1 - allowed])
+    threshold = float(np.nextafter(kth, np.inf))
+    return {
+        "threshold": threshold,
+        "tar": float(np.mean(genuine >= threshold)),
+        "far": float(np.mean(impostor >= threshold)),
+        "genuine_pairs": len(genuine),
+        "impostor_pairs": m,
+    }
+
+
+def _tar_hash(genuine: np.ndarray, impostor: np.ndarray, far: float, bits: int) -> dict[str, float]:
+    """Accept iff Hamming distance <= threshold; the largest threshold with FAR <= far."""
+    far_at = np.cumsum(np.bincount(impostor, minlength=bits + 1)) / len(impostor)
+    ok = np.flatnonzero(far_at <= far)
+    threshold = int(ok[-1]) if len(ok) else -1
+    return {
+        "threshold_distance": threshold,
+        "tar": float(np.mean(genuine <= threshold)),
+        "far": float(np.mean(impostor <= threshold)),
+        "genuine_pairs": len(genuine),
+        "impostor_pairs": len(impostor),
+    }
+
+
+def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    x = np.bitwise_xor(a, b)
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x).sum(axis=1, dtype=np.int64)
+    table = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+    return table[x].sum(axis=1)
+
+
+def _pair_scores(left: np.ndarray, a: np.ndarray, right: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.empty(len(a), dtype=np.float64)
+    for s in range(0, len(a), CHUNK):
+        e = min(s + CHUNK, len(a))
+        out[s:e] = np.einsum("ij,ij->i", left[a[s:e]], right[b[s:e]])
+    return out
+
+
+def _decrypted_packed(gallery: EncryptedGallery, audit: SecretKeyAudit, names: list[str]) -> np.ndarray:
+    """The integer template values the secret key recovers from the packed gallery, per subject."""
+    d, n = gallery.dim, gallery.block_size
+    blocks: list[np.ndarray] = []
+    current: list[np.ndarray] = []
+    for c0, c1 in gallery.ciphertexts():
+        current.append(audit.decrypt(c0, c1))
+        if len(current) == d:
+            blocks.append(np.stack(current).T)  # (n slots, d)
+            current = []
+    out = np.empty((len(names), d), dtype=np.float64)
+    for i, name in enumerate(names):
+        b, t = gallery.location(name)
+        out[i] = blocks[b][t]
+    assert all(block.shape == (n, d) for block in blocks)
+    return out
+
+
+def _decrypted_hybrid(gallery: HybridGallery, audit: SecretKeyAudit, names: list[str]) -> np.ndarray:
+    d = gallery.dim
+    rows = sorted({gallery.location(name)[0] for name in names})
+    plain = {}
+    ciphertexts = list(gallery.ciphertexts())
+    for r in rows:
+        plain[r] = audit.decrypt(*ciphertexts[r])
+    out = np.empty((len(names), d), dtype=np.float64)
+    for i, name in enumerate(names):
+        r, p = gallery.location(name)
+        out[i] = plain[r][p * d : (p + 1) * d]
+    return out
+
+
+class _Setup:
+    """Data and parties shared by the parts of a run."""
+
+    def __init__(self, args: argparse.Namespace, n_gen: int) -> None:
+        profile = PROFILES[args.profile]
+        self.dim = dim = profile.dim
+        self.n_small = args.n_small
+        _log(f"generating {n_gen} {dim}-D templates ({args.profile})")
+        gen = FaceGenerator(profile, args.seed)
+        self.gallery = np.empty((n_gen, dim), dtype=np.float32)
+        first_ids = None
+        for s in range(0, n_gen, CHUNK):
+            e = min(s + CHUNK, n_gen)
+            ids = gen.identities(e - s)
+            self.gallery[s:e] = gen.samples(ids)
+            if first_ids is None:
+                first_ids = ids[: min(self.n_small, e - s)].copy()
+        assert first_ids is not None and len(first_ids) == self.n_small
+        self.probes = gen.samples(first_ids)  # mated probe i belongs to identity i
+        self.names = [f"id{i:07d}" for i in range(n_gen)]
+        self.unit_probes = _unit(self.probes)
+        self.rng = np.random.default_rng(args.seed + 1)
+        self.q_idx = self.rng.choice(self.n_small, min(args.queries, self.n_small), replace=False)
+        self._tmp = TemporaryDirectory(prefix="bench-he-")
+        limits = RateLimit(requests_per_second=1e9, burst=10**9, max_scores=1 << 23, max_k=100)
+        self.holder = KeyHolder(limits=limits)
+        self.audit = SecretKeyAudit(self.holder.save(Path(self._tmp.name) / "he.key"))
+        self.public = PublicContext(self.holder.public_context())
+        other = FaceGenerator(profile, args.seed + 1000)
+        offset = estimate_offset(other.samples(other.identities(5000)))
+        self.scheme = CancellableHash(HashKey(np.random.default_rng(args.seed).bytes(32)), dim, args.bits, offset)
+        # Verification pairs: probe i with enrolled template i (genuine) or j != i (impostor).
+        n = self.n_small
+        self.genuine = np.arange(n)
+        self.imp_a = self.rng.integers(0, n, args.impostor_pairs)
+        self.imp_b = self.rng.integers(0, n, args.impostor_pairs)
+        same = self.imp_a == self.imp_b
+        while same.any():
+            self.imp_b[same] = self.rng.integers(0, n, int(same.sum()))
+            same = self.imp_a == self.imp_b
+        enrolled = _unit(self.gallery[:n])
+        self.plain_genuine = _pair_scores(self.unit_probes, self.genuine, enrolled, self.genuine)
+        self.plain_impostor = _pair_scores(self.unit_probes, self.imp_a, enrolled, self.imp_b)
+        self.plain_tar = _tar(self.plain_genuine, self.plain_impostor, TARGET_FAR)
+
+    def encrypted_tar(self, decrypted: np.ndarray, probe_bits: int) -> tuple[dict, float, np.ndarray]:
+        """TAR of scores rebuilt from decrypted templates, the worst error, and the probe weights."""
+        weights = quantise(self.unit_probes, probe_bits).astype(np.float64)
+        scale = 2.0 ** -(self.holder.params.template_scale_bits + probe_bits)
+        genuine = _pair_scores(weights, self.genuine, decrypted, self.genuine) * scale
+        impostor = _pair_scores(weights, self.imp_a, decrypted, self.imp_b) * scale
+        worst = max(np.abs(genuine - self.plain_genuine).max(), np.abs(impostor - self.plain_impostor).max())
+        return _tar(genuine, impostor, TARGET_FAR), float(worst), weights * scale
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+
+def _part_he(args: argparse.Namespace, d: _Setup, result: dict) -> None:
+    """The packed gallery: 1:1 latency, 1:N throughput, TAR."""
+    holder, names, probes, q_idx = d.holder, d.names, d.probes, d.q_idx
+    packed: dict[int, EncryptedGallery] = {}
+    enrol_rate = {}
+    for n in (args.n_small, args.n_large):
+        _log(f"he: enrolling {n} templates into packed blocks")
+        g = EncryptedGallery(d.public, d.dim)
+        _, ns = _timed(g.enrol, names[:n], d.gallery[:n])
+        packed[n] = g
+        enrol_rate[n] = n / (ns / 1e9)
+    result["he_enrol_per_s"] = enrol_rate[args.n_large]
+    g_small = packed[args.n_small]
+
+    for i in q_idx[:5]:
+        g_small.verify(names[i], probes[i], holder, 0.5, caller=CALLER)
+    total, build, decide = [], [], []
+    for i in q_idx:
+        total.append(_timed(g_small.verify, names[i], probes[i], holder, 0.5, caller=CALLER)[1])
+        request, ns_b = _timed(g_small.verification_request, names[i], probes[i])
+        build.append(ns_b)
+        decide.append(_timed(holder.decide, request.to_bytes(), 0.5, caller=CALLER)[1])
+    result["verify_ms"] = _ms(total)["p50"]
+    result["verify_he"] = {"total_ms": _ms(total), "matching_side_ms": _ms(build), "key_holder_ms": _ms(decide)}
+    _log(f"he 1:1: {result['verify_ms']:.2f} ms per verification")
+
+    throughput = {}
+    reps = args.throughput_reps
+    for n, g in packed.items():
+        for i in q_idx[:2]:
+            g.identification_request(probes[i])
+        side, keyh, whole = [], [], []
+        for i in q_idx[:reps]:
+            (request, _slots), ns = _timed(g.identification_request, probes[i])
+            side.append(ns)
+            keyh.append(_timed(holder.best, request.to_bytes(), 0.5, 5, caller=CALLER)[1])
+            whole.append(_timed(g.identify, probes[i], holder, 0.5, 5, caller=CALLER)[1])
+        per_s = n / (np.median(side) / 1e9)
+        entry = {
+            "templates_per_s_per_core": per_s,
+            "matching_side_ms": _ms(side),
+            "key_holder_ms": _ms(keyh),
+            "key_holder_templates_per_s": n / (np.median(keyh) / 1e9),
+            "identify_ms": _ms(whole),
+            "blocks": math.ceil(n / g.block_size),
+            "enrol_per_s": enrol_rate[n],
+        }
+        if args.threads > 1:
+            g.n_threads = args.threads
+            g.identification_request(probes[q_idx[0]])
+            par = [_timed(g.identification_request, probes[i])[1] for i in q_idx[:reps]]
+            entry[f"templates_per_s_{args.threads}_threads"] = n / (np.median(par) / 1e9)
+            g.n_threads = 1
+        throughput[str(n)] = entry
+        _log(f"he 1:N n={n}: {per_s:,.0f} templates/s/core, key holder {entry['key_holder_ms']['p50']:.1f} ms")
+    result["packed"] = throughput
+    result["packed_templates_per_s_per_core"] = throughput[str(args.n_large)]["templates_per_s_per_core"]
+
+    _log("he: TAR at FAR 1e-4")
+    decrypted = _decrypted_packed(g_small, d.audit, names[: args.n_small])
+    tar, worst, weights = d.encrypted_tar(decrypted, g_small.probe_scale_bits)
+    # What the key holder decrypts equals the rebuilt scores, bit for bit.
+    for i in q_idx[:3]:
+        request, slots = g_small.identification_request(probes[i])
+        order = [int(g_small.subject_at(slot)[2:]) for slot in slots]
+        assert np.array_equal(d.audit.scores(request), decrypted[order] @ weights[i]), "rebuilt scores differ"
+    codes_g = d.scheme.protect(d.gallery[: args.n_small])
+    codes_p = d.scheme.protect(probes)
+    hash_genuine = _hamming(codes_p[d.genuine], codes_g[d.genuine])
+    hash_tar = _tar_hash(hash_genuine, _hamming(codes_p[d.imp_a], codes_g[d.imp_b]), TARGET_FAR, args.bits)
+    details = {"plain": d.plain_tar, "hash": hash_tar, "he": tar}
+    result.setdefault(FAR_KEY, {}).update({k: v["tar"] for k, v in details.items()})
+    result.setdefault("tar_details", {}).update(details)
+    result.setdefault("max_abs_score_error", {})["he"] = worst
+    result.setdefault("bytes_per_template", {}).update(
+        {"plain": 4 * d.dim, "hash": d.scheme.code_size, "he": g_small.bytes_per_template}
+    )
+    stored = packed[args.n_large].stored_bytes() / args.n_large
+    result.setdefault("stored_bytes_per_enrolled_template", {})["he"] = stored
+
+
+def _part_hybrid(args: argparse.Namespace, d: _Setup, result: dict) -> None:
+    """The hybrid scheme at n_large, the hash search at n_hash with HE on its shortlist, TAR."""
+    holder, names, probes, q_idx, scheme = d.holder, d.names, d.probes, d.q_idx, d.scheme
+    n_large, n_hash = args.n_large, args.n_hash
+    _log(f"hybrid: enrolling {n_large} templates (codes + encrypted)")
+    hybrid = HybridGallery(scheme, d.public, shortlist=args.shortlist)
+    _, ns = _timed(hybrid.enrol, names[:n_large], d.gallery[:n_large])
+    result["hybrid_enrol_per_s"] = n_large / (ns / 1e9)
+    for i in q_idx[:5]:
+        hybrid.identify(probes[i], holder, 0.5, caller=CALLER)
+    total, search, rescore, decide, verify = [], [], [], [], []
+    for i in q_idx:
+        total.append(_timed(hybrid.identify, probes[i], holder, 0.5, 5, caller=CALLER)[1])
+        shortlist, ns_s = _timed(hybrid.shortlist_for, probes[i])
+        request, ns_r = _timed(hybrid.scores_for, shortlist, probes[i])
+        search.append(ns_s)
+        rescore.append(ns_r)
+        decide.append(_timed(holder.best, request.to_bytes(), 0.5, 5, caller=CALLER)[1])
+        verify.append(_timed(hybrid.verify, names[i], probes[i], holder, 0.5, caller=CALLER)[1])
+    result["hybrid_ms_100k"] = _ms(total)["p50"]  # at n_large: 100,000 unless told otherwise
+    result["hybrid_100k"] = {
+        "n": n_large,
+        "index": "flat",
+        "shortlist": args.shortlist,
+        "total_ms": _ms(total),
+        "hash_search_ms": _ms(search),
+        "he_rescore_ms": _ms(rescore),
+        "key_holder_ms": _ms(decide),
+    }
+    result["verify_ms_hybrid"] = _ms(verify)["p50"]
+    _log(f"hybrid n={n_large}: {result['hybrid_ms_100k']:.2f} ms per identification")
+
+    _log(f"hash: protecting {n_hash} templates, flat index")
+    index = FlatIndex(args.bits)
+    for s in range(0, n_hash, CHUNK):
+        e = min(s + CHUNK, n_hash)
+        index.add(scheme.protect(d.gallery[s:e]), np.arange(s, e, dtype=np.int64))
+    probe_codes = scheme.protect(probes[q_idx])
+    index.search(probe_codes[:2], args.shortlist, n_threads=1)
+    shortlists, search_ns = [], []
+    for j in range(len(q_idx)):
+        res, ns = _timed(index.search, probe_codes[j : j + 1], args.shortlist, n_threads=1)
+        search_ns.append(ns)
+        shortlists.append([int(x) for x in res.labels[0] if x >= 0])
+    union = sorted({x for s in shortlists for x in s})
+    shortlisted = HybridGallery(scheme, d.public, shortlist=args.shortlist)
+    shortlisted.enrol([names[x] for x in union], d.gallery[union])
+    rescore_ns, decide_ns, whole_ns = [], [], []
+    for j, i in enumerate(q_idx):
+        code_ns = _timed(scheme.protect, probes[i])[1]
+        request, ns_r = _timed(shortlisted.scores_for, [names[x] for x in shortlists[j]], probes[i])
+        ns_d = _timed(holder.best, request.to_bytes(), 0.5, 5, caller=CALLER)[1]
+        rescore_ns.append(ns_r)
+        decide_ns.append(ns_d)
+        whole_ns.append(code_ns + search_ns[j] + ns_r + ns_d)
+    result["hybrid_ms_1m"] = _ms(whole_ns)["p50"]  # at n_hash: 1,000,000 unless told otherwise
+    result["hybrid_1m"] = {
+        "n": n_hash,
+        "index": "flat",
+        "shortlist": args.shortlist,
+        "total_ms": _ms(whole_ns),
+        "hash_search_ms": _ms(search_ns),
+        "he_rescore_ms": _ms(rescore_ns),
+        "key_holder_ms": _ms(decide_ns),
+        "note": "probe hashing + search over all codes + encrypted re-scoring of that search's shortlist + decision",
+    }
+    _log(f"hybrid n={n_hash}: {result['hybrid_ms_1m']:.2f} ms per identification")
+
+    _log("hybrid: TAR at FAR 1e-4, decisions against plain cosine")
+    decrypted = _decrypted_hybrid(hybrid, d.audit, names[: args.n_small])
+    tar, worst, _ = d.encrypted_tar(decrypted, hybrid.probe_scale_bits)
+    result.setdefault(FAR_KEY, {}).update({"plain": d.plain_tar["tar"], "hybrid": tar["tar"]})
+    result.setdefault("tar_details", {}).update({"plain": d.plain_tar, "hybrid": tar})
+    result.setdefault("max_abs_score_error", {})["hybrid"] = worst
+    threshold = d.plain_tar["threshold"]
+    unit_gallery = _unit(d.gallery[:n_large]).astype(np.float32)
+    index_of = {name: j for j, name in enumerate(names[:n_large])}
+    agreement = {}
+    for k in (1, 5):
+        counts = {"identical": 0, "shortlist_miss": 0, "within_1e-3": 0, "other": 0}
+        for i in q_idx:
+            plain = unit_gallery @ d.unit_probes[i].astype(np.float32)
+            order = np.argsort(-plain)[:k]
+            expected = [names[j] for j in order if plain[j] >= threshold]
+            got = [m.subject for m in hybrid.identify(probes[i], holder, threshold, k, caller=CALLER)]
+            if got == expected:
+                counts["identical"] += 1
+                continue
+            shortlist = set(hybrid.shortlist_for(probes[i]))
+            involved = np.array([plain[index_of[name]] for name in set(expected) | set(got)])
+            ranked = np.sort(np.array([plain[index_of[name]] for name in shortlist]))[::-1][: k + 1]
+            if not set(expected) <= shortlist:
+                counts["shortlist_miss"] += 1
+            elif np.abs(involved - threshold).min() < 1e-3 or (np.diff(ranked) > -1e-3).any():
+                counts["within_1e-3"] += 1
+            else:
+                counts["other"] += 1
+        agreement[f"top{k}"] = counts
+    result["hybrid_decisions_vs_plain"] = {
+        "n": n_large,
+        "threshold": threshold,
+        "queries": int(len(q_idx)),
+        "note": "plain: exact cosine over the whole gallery; shortlist_miss: a subject plain accepts is not "
+        "in the hash shortlist; within_1e-3: the scores involved are within 1e-3 of the threshold or of each other",
+        **agreement,
+    }
+    result.setdefault("bytes_per_template", {}).update(
+        {"plain": 4 * d.dim, "hash": scheme.code_size, "hybrid": hybrid.bytes_per_template}
+    )
+    stored = hybrid._rows * 2 * d.public.ring.n * 8 / n_large + scheme.code_size
+    result.setdefault("stored_bytes_per_enrolled_template", {})["hybrid"] = stored
+
+
+def run(args: argparse.Namespace, result: dict | None = None) -> dict:
+    """Run the selected parts, adding to ``result`` (a previous run's, with --update)."""
+    result = {} if result is None else result
+    n_gen = args.n_large if args.part == "he" else max(args.n_large, args.n_hash)
+    result.setdefault("load_average_at_start", {})[args.part] = list(os.getloadavg())
+    data = _Setup(args, n_gen)
+    try:
+        if args.part in ("all", "he"):
+            _part_he(args, data, result)
+        if args.part in ("all", "hybrid"):
+            _part_hybrid(args, data, result)
+    finally:
+        data.close()
+    result.setdefault("load_average_at_end", {})[args.part] = list(os.getloadavg())
+    result["params"] = {
+        "poly_modulus_degree": data.holder.params.poly_modulus_degree,
+        "coeff_mod_bit_sizes": list(data.holder.params.coeff_mod_bit_sizes),
+        "template_scale_bits": data.holder.params.template_scale_bits,
+        "probe_scale_bits": data.holder.params.probe_scale_bits,
+        "decision_noise": data.holder.decision_noise,
+    }
+    result.update(
+        {
+            "profile": args.profile,
+            "dim": data.dim,
+            "quick": args.quick,
+            "n_small": args.n_small,
+            "n_large": args.n_large,
+            "n_hash": args.n_hash,
+            "queries": int(len(data.q_idx)),
+            "impostor_pairs": args.impostor_pairs,
+            "public_context_bytes": len(data.holder.public_context()),
+            "cpu_model": _cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            "numpy_version": np.__version__,
+            "fpmatch_version": fpmatch.__version__,
+            "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+    )
+    try:
+        import tenseal
+
+        result["tenseal_version"] = tenseal.__version__
+    except Exception:  # pragma: no cover
+        pass
+    return result
+
+
+def _table(r: dict) -> str:
+    b, t = r.get("bytes_per_template", {}), r.get(FAR_KEY, {})
+    lines = [f"{'scheme':<8} {'bytes/template':>15} {'TAR@FAR=1e-4':>13}"]
+    lines += [f"{k:<8} {b[k]:>15,} {t[k]:>13.4f}" for k in ("plain", "hash", "he", "hybrid") if k in b and k in t]
+    if "verify_ms" in r:
+        lines.append(f"he 1:1 verify            {r['verify_ms']:.2f} ms")
+        for n, v in r["packed"].items():
+            lines.append(
+                f"he packed 1:N n={n:<8} {v['templates_per_s_per_core']:>12,.0f} templates/s/core, "
+                f"key holder {v['key_holder_ms']['p50']:.1f} ms"
+            )
+    if "hybrid_ms_100k" in r:
+        h = r["hybrid_1m"]
+        lines += [
+            f"hybrid 1:1 verify        {r['verify_ms_hybrid']:.2f} ms",
+            f"hybrid identify n={r['hybrid_100k']['n']:<7} {r['hybrid_ms_100k']:.2f} ms",
+            f"hybrid identify n={h['n']:<7} {r['hybrid_ms_1m']:.2f} ms (hash {h['hash_search_ms']['p50']:.2f} + "
+            f"HE {h['he_rescore_ms']['p50']:.2f} + key holder {h['key_holder_ms']['p50']:.2f})",
+        ]
+    lines.append(f"max |encrypted - plain| score: {r.get('max_abs_score_error')}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--quick", action="store_true", help="reduced sizes (a smoke run)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="centred")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-small", type=int, default=10_000)
+    p.add_argument("--n-large", type=int, default=100_000)
+    p.add_argument("--n-hash", type=int, default=1_000_000)
+    p.add_argument("--queries", type=int, default=100)
+    p.add_argument("--throughput-reps", type=int, default=10)
+    p.add_argument("--impostor-pairs", type=int, default=2_000_000)
+    p.add_argument("--bits", type=int, default=1024)
+    p.add_argument("--shortlist", type=int, default=32)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--part", choices=["all", "he", "hybrid"], default="all", help="run only part of the benchmark")
+    p.add_argument("--update", action="store_true", help="add to the results already in --json")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n_small = min(args.n_small, 2000)
+        args.n_large = min(args.n_large, 5000)
+        args.n_hash = min(args.n_hash, 20_000)
+        args.queries = min(args.queries, 20)
+        args.throughput_reps = min(args.throughput_reps, 3)
+        args.impostor_pairs = min(args.impostor_pairs, 200_000)
+    if not 0 < args.n_small <= args.n_large:
+        p.error("need 0 < --n-small <= --n-large")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    previous = None
+    if args.update and args.json and args.json.exists():
+        previous = json.loads(args.json.read_text())
+    result = run(args, previous)
+    print(_table(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

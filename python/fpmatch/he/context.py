@@ -1,0 +1,95 @@
+"""The matching side's key material: a public TenSEAL context, never a secret key."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import tenseal as ts
+
+from ..errors import InvalidInputError, KeyMismatchError
+from ._ring import Ring, ZeroEncryptor
+from .errors import CiphertextFormatError, SecretMaterialError
+from .params import HEParams
+
+_MAGIC = b"FPHEPUB1"
+
+
+def serialize_public(context: ts.Context) -> bytes:
+    """A TenSEAL context's public part only: no secret key, no Galois or relinearisation keys."""
+    return context.serialize(
+        save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
+    )
+
+
+def pack_public_context(context: ts.Context, params: HEParams, key_id: str) -> bytes:
+    """The bytes a key holder publishes: scales, key id and the public TenSEAL context."""
+    meta = json.dumps(
+        {
+            "key_id": key_id,
+            "template_scale_bits": params.template_scale_bits,
+            "probe_scale_bits": params.probe_scale_bits,
+        },
+        sort_keys=True,
+    ).encode()
+    return _MAGIC + struct.pack("<I", len(meta)) + meta + serialize_public(context)
+
+
+class PublicContext:
+    """What the matching side holds: the public key and the score scales.
+
+    It can encrypt (enrol templates) and compute on ciphertexts, and nothing it
+    holds can decrypt. Bytes that carry a secret key are refused.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        if not isinstance(data, (bytes, bytearray)):
+            raise InvalidInputError(f"a public context must be bytes, got {type(data).__name__}")
+        data = bytes(data)
+        if not data.startswith(_MAGIC) or len(data) < len(_MAGIC) + 4:
+            raise CiphertextFormatError("not an fpmatch public context (bad magic)")
+        (meta_len,) = struct.unpack_from("<I", data, len(_MAGIC))
+        start = len(_MAGIC) + 4
+        try:
+            meta = json.loads(data[start : start + meta_len])
+            key_id = str(meta["key_id"])
+            template_bits = int(meta["template_scale_bits"])
+            probe_bits = int(meta["probe_scale_bits"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CiphertextFormatError(f"damaged public context header: {exc}") from exc
+        try:
+            context = ts.context_from(data[start + meta_len :])
+        except Exception as exc:  # TenSEAL reports bad bytes with assorted exception types
+            raise CiphertextFormatError(f"not a serialised TenSEAL context: {exc}") from exc
+        if context.has_secret_key() or context.is_private():
+            raise SecretMaterialError(
+                "this context carries a secret key; the matching side may only hold the public "
+                "context (KeyHolder.public_context())"
+            )
+        if not context.has_public_key():
+            raise CiphertextFormatError("this context has no public key")
+        ring = Ring(context)
+        self.params = HEParams(
+            ring.n, tuple(ring.prime_bits), template_scale_bits=template_bits, probe_scale_bits=probe_bits
+        )
+        public_key = ring.public_key(context)
+        self.key_id = ring.fingerprint(public_key)
+        if self.key_id != key_id:
+            raise KeyMismatchError(f"the public key does not match its key id ({key_id} != {self.key_id})")
+        self.ring = ring
+        self._context = context
+        self._zero = ZeroEncryptor(ring, public_key)
+
+    def to_bytes(self) -> bytes:
+        """The same public bytes this context was built from (secret-free by construction)."""
+        return pack_public_context(self._context, self.params, self.key_id)
+
+    @property
+    def tenseal_context(self) -> ts.Context:
+        """The public TenSEAL context itself."""
+        return self._context
+
+    def encrypt_zeros(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` fresh encryptions of zero as (c0 coefficients, c1 NTT values), centred."""
+        return self._zero.encrypt(count)

@@ -1,0 +1,368 @@
+"""The key holder: the only party that holds the CKKS secret key.
+
+It answers three questions about encrypted scores (see
+:class:`~fpmatch.he.scores.EncryptedScores`), and nothing else:
+
+* :meth:`KeyHolder.decide` - one accept/reject bit per score (small requests);
+* :meth:`KeyHolder.best` - the positions of at most ``k`` scores that pass a
+  threshold, best first (large requests: a whole 1:N search);
+* :meth:`KeyHolder.coarse_scores` - scores with Gaussian noise flooding, on a
+  coarse grid (a few per request).
+
+It never returns a raw decryption: a CKKS decryption carries the encryption
+noise, and enough of them reveal the secret key (Li and Micciancio, 2021);
+exact scores also let an attacker rebuild a template by hill climbing.
+
+Residual risk, stated plainly: whoever may call the key holder can submit
+ciphertexts it crafted, and every decision is one bit about the decryption
+of a chosen ciphertext, so a malicious caller can learn key bits with
+repeated requests (roughly N/3 returned positions recover a ternary key).
+Every request is therefore counted per caller and rate limited, requests that
+return one bit per score are capped, and ``best`` releases at most ``k``
+positions. Only the matching service should be allowed to call; an
+exhausted budget is an incident, and the cure for a suspected leak is a new
+key (re-enrolment).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import secrets
+import struct
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Protocol, runtime_checkable
+
+import numpy as np
+import tenseal as ts
+
+from ..errors import InvalidInputError, KeyFileError
+from ._encoding import check_threshold
+from ._ring import Ring, secret_ntt
+from .context import pack_public_context
+from .errors import CiphertextIntegrityError, DecryptionRefusedError, RateLimitExceededError
+from .params import DEFAULT_PARAMS, HEParams
+from .scores import EncryptedScores
+
+#: A decrypted score beyond +-(1 + this) cannot come from unit-norm templates.
+SCORE_RANGE_TOLERANCE = 0.01
+#: Rows with at most this many scores are decrypted coefficient by coefficient;
+#: more, and one inverse NTT per row is cheaper.
+_FEW_PER_ROW = 8
+_KEY_MAGIC = b"FPHESEC1"
+
+
+@runtime_checkable
+class ScoreDecider(Protocol):
+    """The narrow interface of a key holder, in-process or behind a socket."""
+
+    def public_context(self) -> bytes: ...
+
+    def decide(self, scores: bytes, threshold: float, *, caller: str) -> list[bool]: ...
+
+    def best(self, scores: bytes, threshold: float, k: int, *, caller: str) -> list[int]: ...
+
+    def coarse_scores(self, scores: bytes, *, caller: str, noise_sigma: float | None = None) -> list[float]: ...
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """Per-caller limits of a key holder.
+
+    Requests refill at ``requests_per_second`` up to ``burst``. A request to
+    :meth:`KeyHolder.decide` may hold at most ``max_decisions`` scores (it
+    returns a bit for each), :meth:`KeyHolder.best` at most ``max_scores``
+    scores and ``max_k`` results, :meth:`KeyHolder.coarse_scores` at most
+    ``max_coarse`` scores.
+    """
+
+    requests_per_second: float = 20.0
+    burst: int = 100
+    max_decisions: int = 64
+    max_scores: int = 1 << 21
+    max_k: int = 100
+    max_coarse: int = 16
+
+    def __post_init__(self) -> None:
+        if not self.requests_per_second > 0 or self.burst < 1:
+            raise InvalidInputError("a rate limit needs requests_per_second > 0 and burst >= 1")
+        if min(self.max_decisions, self.max_scores, self.max_k, self.max_coarse) < 1:
+            raise InvalidInputError("per-request limits must be at least 1")
+
+
+@dataclass
+class Usage:
+    """What one caller has asked of the key holder so far."""
+
+    requests: int = 0
+    scores: int = 0
+    refused: int = 0
+    last_request: float | None = None
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+    usage: Usage = field(default_factory=Usage)
+
+
+class KeyHolder:
+    """Owns the secret TenSEAL context; decides on encrypted scores.
+
+    ``decision_noise`` is the standard deviation of Gaussian noise added to
+    each score before it is compared with a threshold (so a decision is exact
+    except within a few times this of the threshold). ``coarse_noise`` is the
+    default flooding noise of :meth:`coarse_scores`, ``min_coarse_noise`` the
+    least a caller may ask for, and ``coarse_step`` the grid scores are
+    rounded to; all are in cosine units.
+    """
+
+    def __init__(
+        self,
+        params: HEParams = DEFAULT_PARAMS,
+        *,
+        limits: RateLimit = RateLimit(),
+        decision_noise: float = 1e-5,
+        coarse_noise: float = 0.02,
+        min_coarse_noise: float = 0.005,
+        coarse_step: float = 0.01,
+        clock: Callable[[], float] = time.monotonic,
+        _context: ts.Context | None = None,
+    ) -> None:
+        if not 0 <= decision_noise < 0.01:
+            raise InvalidInputError(f"decision_noise must lie in [0, 0.01), got {decision_noise}")
+        if not 0 < min_coarse_noise <= coarse_noise or not 0 < coarse_step <= 0.5:
+            raise InvalidInputError("need 0 < min_coarse_noise <= coarse_noise and 0 < coarse_step <= 0.5")
+        if _context is None:
+            _context = ts.context(
+                ts.SCHEME_TYPE.CKKS,
+                poly_modulus_degree=params.poly_modulus_degree,
+                coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
+            )
+        self._context = _context
+        self._ring = Ring(_context)
+        if tuple(self._ring.prime_bits) != params.coeff_mod_bit_sizes:
+            raise InvalidInputError(f"context primes {self._ring.prime_bits} do not match {params}")
+        self.params = params
+        self.key_id = self._ring.fingerprint(self._ring.public_key(_context))
+        self._s_hat = secret_ntt(_context, self._ring)
+        self._public = pack_public_context(_context, params, self.key_id)
+        self.limits = limits
+        self.decision_noise = float(decision_noise)
+        self.coarse_noise = float(coarse_noise)
+        self.min_coarse_noise = float(min_coarse_noise)
+        self.coarse_step = float(coarse_step)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._callers: dict[str, _Bucket] = {}
+        self._extractors: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+
+    def __reduce__(self) -> tuple:
+        raise TypeError("a KeyHolder holds a secret key and cannot be pickled; use save()")
+
+    def __repr__(self) -> str:
+        return f"KeyHolder(key_id={self.key_id!r}, params={self.params!r})"
+
+    # -- keys ------------------------------------------------------------------------
+
+    def public_context(self) -> bytes:
+        """The public context for the matching side (TenSEAL, saved with save_secret_key=False)."""
+        return self._public
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the secret context to a new file readable by its owner only (0600)."""
+        target = Path(path)
+        meta = json.dumps(
+            {
+                "key_id": self.key_id,
+                "template_scale_bits": self.params.template_scale_bits,
+                "probe_scale_bits": self.params.probe_scale_bits,
+            }
+        ).encode()
+        secret = self._context.serialize(save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(_KEY_MAGIC + struct.pack("<I", len(meta)) + meta + secret)
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], **options: object) -> "KeyHolder":
+        """Read a secret context written by :meth:`save`; ``options`` as for the constructor."""
+        source = Path(path)
+        try:
+            data = source.read_bytes()
+            if not data.startswith(_KEY_MAGIC):
+                raise KeyFileError(f"{source} is not an fpmatch HE key file")
+            (meta_len,) = struct.unpack_from("<I", data, len(_KEY_MAGIC))
+            start = len(_KEY_MAGIC) + 4
+            meta = json.loads(data[start : start + meta_len])
+            context = ts.context_from(data[start + meta_len :])
+        except KeyFileError:
+            raise
+        except Exception as exc:  # TenSEAL and json report damage with assorted types
+            raise KeyFileError(f"cannot read HE key file {source}: {exc}") from exc
+        if not context.has_secret_key():
+            raise KeyFileError(f"{source} holds no secret key")
+        parms = context.seal_context().data.key_context_data().parms()
+        params = HEParams(
+            int(parms.poly_modulus_degree()),
+            tuple(m.bit_count() for m in parms.coeff_modulus()),
+            template_scale_bits=int(meta["template_scale_bits"]),
+            probe_scale_bits=int(meta["probe_scale_bits"]),
+        )
+        holder = cls(params, _context=context, **options)  # type: ignore[arg-type]
+        if holder.key_id != meta.get("key_id"):
+            raise KeyFileError(f"{source} is damaged: its key does not match its key_id")
+        return holder
+
+    # -- the interface -------------------------------------------------------------------
+
+    def decide(self, scores: bytes, threshold: float, *, caller: str) -> list[bool]:
+        """``score >= threshold`` for each encrypted score, in order (at most ``limits.max_decisions``)."""
+        threshold = check_threshold(threshold)
+        request = self._admit(scores, caller, self.limits.max_decisions, "decide")
+        values = self._flooded(self._decrypt(request), self.decision_noise)
+        return (values >= threshold).tolist()
+
+    def best(self, scores: bytes, threshold: float, k: int, *, caller: str) -> list[int]:
+        """Positions of up to ``k`` scores ``>= threshold``, highest first."""
+        threshold = check_threshold(threshold)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.limits.max_k:
+            raise InvalidInputError(f"k must be an integer in [1, {self.limits.max_k}], got {k!r}")
+        request = self._admit(scores, caller, self.limits.max_scores, "best")
+        values = self._flooded(self._decrypt(request), self.decision_noise)
+        passing = np.flatnonzero(values >= threshold)
+        if passing.size > k:
+            passing = passing[np.argpartition(-values[passing], k - 1)[:k]]
+        return passing[np.argsort(-values[passing], kind="stable")].tolist()
+
+    def coarse_scores(self, scores: bytes, *, caller: str, noise_sigma: float | None = None) -> list[float]:
+        """Scores plus N(0, noise_sigma^2) noise, rounded to ``coarse_step`` and clipped to [-1, 1].
+
+        ``noise_sigma`` defaults to ``coarse_noise``; less than ``min_coarse_noise``
+        is refused, because near-exact scores are what template rebuilding needs.
+        """
+        sigma = self.coarse_noise if noise_sigma is None else float(noise_sigma)
+        if not sigma >= self.min_coarse_noise:
+            self._refuse(
+                caller,
+                f"noise_sigma {sigma} is below this key holder's floor of {self.min_coarse_noise}; "
+                "exact or near-exact scores are never released",
+            )
+        request = self._admit(scores, caller, self.limits.max_coarse, "coarse_scores")
+        exact = self._decrypt(request)
+        rng = random.SystemRandom()
+        step = self.coarse_step
+        noisy = [round((v + rng.gauss(0.0, sigma)) / step) * step for v in exact]
+        return [round(min(1.0, max(-1.0, v)), 9) for v in noisy]
+
+    def usage(self, caller: str) -> Usage:
+        """A copy of the caller's counters."""
+        with self._lock:
+            bucket = self._callers.get(caller)
+            return replace(bucket.usage) if bucket else Usage()
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _bucket(self, caller: str, now: float) -> _Bucket:
+        if not isinstance(caller, str) or not caller:
+            raise InvalidInputError("caller must be a non-empty string naming who asks")
+        bucket = self._callers.get(caller)
+        if bucket is None:
+            bucket = self._callers[caller] = _Bucket(float(self.limits.burst), now)
+        return bucket
+
+    def _refuse(self, caller: str, reason: str) -> None:
+        """Count a request refused before it was parsed, then raise."""
+        with self._lock:
+            now = self._clock()
+            usage = self._bucket(caller, now).usage
+            usage.requests += 1
+            usage.refused += 1
+            usage.last_request = now
+        raise DecryptionRefusedError(reason)
+
+    def _admit(self, data: bytes, caller: str, max_scores: int, what: str) -> EncryptedScores:
+        """Count the request, enforce the caller's budget, then parse it."""
+        with self._lock:
+            now = self._clock()
+            bucket = self._bucket(caller, now)
+            rate = self.limits.requests_per_second
+            bucket.tokens = min(float(self.limits.burst), bucket.tokens + (now - bucket.updated) * rate)
+            bucket.updated = now
+            bucket.usage.requests += 1
+            bucket.usage.last_request = now
+            if bucket.tokens < 1.0:
+                bucket.usage.refused += 1
+                wait = (1.0 - bucket.tokens) / rate
+                raise RateLimitExceededError(f"caller {caller!r} is over its request budget; retry in {wait:.2f} s")
+            bucket.tokens -= 1.0
+        request = EncryptedScores.from_bytes(data, key_id=self.key_id, n=self._ring.n, q=self._ring.q)
+        with self._lock:
+            if len(request) > max_scores:
+                bucket.usage.refused += 1
+                raise DecryptionRefusedError(
+                    f"{what} takes at most {max_scores} scores per request, got {len(request)}"
+                )
+            bucket.usage.scores += len(request)
+        return request
+
+    def _decrypt(self, request: EncryptedScores) -> np.ndarray:
+        """Scores in cosine units; raises if any cannot be an honest score."""
+        if not self.params.template_scale_bits + 8 <= request.scale_bits <= self.params.scale_bits:
+            raise CiphertextIntegrityError(f"scale 2**{request.scale_bits} is not one this key holder issues")
+        ring = self._ring
+        per_row = np.bincount(request.row, minlength=request.a.shape[0])
+        values = np.empty(len(request), dtype=np.int64)
+        many = per_row[request.row] > _FEW_PER_ROW
+        order = np.argsort(request.row, kind="stable")
+        ends = np.cumsum(per_row)
+        for r in np.flatnonzero(per_row > _FEW_PER_ROW).tolist():
+            at = order[ends[r] - per_row[r] : ends[r]]
+            coeff = ring.intt(ring.mulmod(request.a[r], self._s_hat))
+            values[at] = coeff[request.index[at]]
+        few = np.flatnonzero(~many)
+        if few.size:
+            extract = np.stack([self._extractor(int(t)) for t in request.index[few].tolist()])
+            products = ring.mulmod(request.a[request.row[few]], extract)
+            values[few] = np.mod(products.sum(axis=1), ring.q)
+        plain = ring.centre(values + request.b)
+        scores = plain.astype(np.float64) * 2.0**-request.scale_bits
+        if not (np.abs(scores) <= 1.0 + SCORE_RANGE_TOLERANCE).all():
+            raise CiphertextIntegrityError(
+                "these ciphertexts do not decrypt to scores under this key: tampered, made under "
+                "another key, or not scores of unit-norm templates"
+            )
+        return scores
+
+    def _extractor(self, t: int) -> np.ndarray:
+        """Vector E_t with (a*s)[t] = sum(a_hat * E_t) mod q, for NTT values a_hat.
+
+        Coefficient t of a polynomial is coefficient 0 of it times X^-t, and
+        coefficient 0 is N^-1 times the sum of the NTT values.
+        """
+        with self._lock:
+            cached = self._extractors.get(t)
+            if cached is not None:
+                self._extractors.move_to_end(t)
+                return cached
+        ring = self._ring
+        scaled = ring.mulmod(ring.monomial_ntt(-t), np.full(ring.n, ring.n_inverse, dtype=np.int64))
+        vector = ring.mulmod(scaled, self._s_hat)
+        with self._lock:
+            self._extractors[t] = vector
+            while len(self._extractors) > 256:
+                self._extractors.popitem(last=False)
+        return vector
+
+    def _flooded(self, scores: np.ndarray, sigma: float) -> np.ndarray:
+        if sigma == 0:
+            return scores
+        rng = np.random.default_rng(secrets.randbits(128))
+        return scores + rng.normal(0.0, sigma, scores.shape)

@@ -1,0 +1,95 @@
+"""Encrypted scores: what the matching side sends the key holder.
+
+A request holds ``m`` ring elements ``a_r`` (NTT values) and ``k`` scores.
+Score ``i`` decrypts as ``b_i + (a_{row_i} * s)[index_i]  (mod q)``, where
+``s`` is the secret key: an LWE sample taken out of a ring ciphertext. Only
+the coefficients named by ``index`` get a ``b`` value, so the key holder
+learns nothing about any other coefficient of any ciphertext.
+
+The byte format is fixed-width little-endian and fully length-checked before
+any array is built; it carries no pickled objects.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import KeyMismatchError
+from .errors import CiphertextFormatError
+
+_MAGIC = b"FPHESC01"
+_HEADER = struct.Struct("<8s8sHIQII")  # magic, key id, scale bits, n, q, rows, scores
+#: Largest request the parser accepts (bytes), so that a length field cannot
+#: make the key holder allocate without bound.
+MAX_REQUEST_BYTES = 1 << 28
+
+
+@dataclass(frozen=True, eq=False)
+class EncryptedScores:
+    """Scores under encryption, for :meth:`fpmatch.he.KeyHolder.decide` and friends."""
+
+    key_id: str
+    scale_bits: int
+    q: int
+    a: np.ndarray  # (rows, n) int64 in [0, q): NTT values
+    b: np.ndarray  # (k,) int64 in [0, q)
+    index: np.ndarray  # (k,) int64 coefficient index in [0, n)
+    row: np.ndarray  # (k,) int64 row of ``a`` in [0, rows)
+
+    def __len__(self) -> int:
+        return int(self.b.shape[0])
+
+    @property
+    def n(self) -> int:
+        return int(self.a.shape[1])
+
+    def to_bytes(self) -> bytes:
+        """The request as bytes (see the module notes)."""
+        header = _HEADER.pack(
+            _MAGIC,
+            bytes.fromhex(self.key_id),
+            self.scale_bits,
+            self.n,
+            self.q,
+            self.a.shape[0],
+            len(self),
+        )
+        parts = [header]
+        for array in (self.a, self.b, self.index, self.row):
+            parts.append(np.ascontiguousarray(array, dtype="<i8").tobytes())
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, key_id: str, n: int, q: int) -> "EncryptedScores":
+        """Parse and check bytes for a key holder with key ``key_id`` and ring (n, q)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise CiphertextFormatError(f"encrypted scores must be bytes, got {type(data).__name__}")
+        data = bytes(data)
+        if len(data) < _HEADER.size or len(data) > MAX_REQUEST_BYTES:
+            raise CiphertextFormatError(f"encrypted scores of {len(data)} bytes: truncated or too large")
+        magic, raw_id, scale_bits, got_n, got_q, rows, count = _HEADER.unpack_from(data)
+        if magic != _MAGIC:
+            raise CiphertextFormatError("not fpmatch encrypted scores (bad magic)")
+        if raw_id.hex() != key_id:
+            raise KeyMismatchError(f"scores encrypted under key {raw_id.hex()}; this key holder has {key_id}")
+        if got_n != n or got_q != q:
+            raise KeyMismatchError(f"these scores use ring (N={got_n}, q={got_q}), expected (N={n}, q={q})")
+        if rows < 1 or count < 1 or not 0 < scale_bits < q.bit_length() - 1:
+            raise CiphertextFormatError("encrypted scores hold no scores, or a bad scale")
+        expected = _HEADER.size + 8 * (rows * n + 3 * count)
+        if len(data) != expected:
+            raise CiphertextFormatError(f"encrypted scores have {len(data)} bytes, the header says {expected}")
+        offset = _HEADER.size
+        arrays = []
+        for size in (rows * n, count, count, count):
+            arrays.append(np.frombuffer(data, dtype="<i8", count=size, offset=offset).astype(np.int64))
+            offset += 8 * size
+        a, b, index, row = arrays
+        if not ((a >= 0) & (a < q)).all() or not ((b >= 0) & (b < q)).all():
+            raise CiphertextFormatError("ciphertext values out of range for this modulus")
+        if not ((index >= 0) & (index < n)).all() or not ((row >= 0) & (row < rows)).all():
+            raise CiphertextFormatError("score positions out of range")
+        return cls(key_id, int(scale_bits), q, a.reshape(rows, n), b, index, row)

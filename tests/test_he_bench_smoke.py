@@ -1,0 +1,37 @@
+"""Smoke test: the HE benchmark runs end to end at reduced sizes and writes the agreed keys."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tenseal", reason="the he and hybrid schemes need TenSEAL (pip install tenseal)")
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_he.py"
+SCHEMES = {"plain", "hash", "he", "hybrid"}
+
+
+def test_bench_he_quick(tmp_path: Path) -> None:
+    out = tmp_path / "he.json"
+    cmd = [
+        sys.executable, str(SCRIPT), "--quick", "--profile", "offset",
+        "--n-small", "1000", "--n-large", "3000", "--n-hash", "8000", "--queries", "10",
+        "--impostor-pairs", "100000", "--json", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    for key in ("verify_ms", "packed_templates_per_s_per_core", "hybrid_ms_100k", "hybrid_ms_1m"):
+        assert result[key] > 0, key
+    assert set(result["bytes_per_template"]) == SCHEMES
+    assert set(result["tar_at_far_1e-4"]) == SCHEMES
+    assert result["bytes_per_template"]["he"] == 2 * 128 * 8
+    for scheme in SCHEMES:
+        assert 0.0 <= result["tar_at_far_1e-4"][scheme] <= 1.0
+    assert abs(result["tar_at_far_1e-4"]["he"] - result["tar_at_far_1e-4"]["plain"]) < 0.02
+    assert max(result["max_abs_score_error"].values()) < 2e-4
+    assert result["hybrid_1m"]["n"] == 8000 and set(result["packed"]) == {"1000", "3000"}

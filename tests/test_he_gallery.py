@@ -1,0 +1,227 @@
+"""The ``he`` scheme's packed gallery: scores equal plain cosine within tolerance,
+batched enrolment, withdrawal that leaves nothing decryptable even with the
+secret key, and files that hold nothing able to decrypt."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tenseal", reason="the he and hybrid schemes need TenSEAL (pip install tenseal)")
+
+from fpmatch.errors import (  # noqa: E402
+    AuthenticationError,
+    DtypeError,
+    IdConflictError,
+    InvalidInputError,
+    KeyMismatchError,
+    UnknownSubjectError,
+)
+from fpmatch.he import EncryptedGallery, KeyHolder, PublicContext, RateLimit  # noqa: E402
+from fpmatch.he.audit import SecretKeyAudit  # noqa: E402
+from fpmatch.he.keyholder import _KEY_MAGIC  # noqa: E402
+from fpmatch.synthetic import make_faces  # noqa: E402
+
+#: |encrypted score - plain cosine| stays below this (measured: about 2e-5 typical).
+TOLERANCE = 2e-4
+DIM = 128
+N = 600
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    holder = KeyHolder(limits=RateLimit(requests_per_second=1e6, burst=1_000_000))
+    key_file = holder.save(tmp_path_factory.mktemp("keys") / "he.key")
+    faces = make_faces(N, 2, profile="offset", seed=3)  # 128-D, dlib-like
+    templates = faces.embeddings[0::2]
+    probes = faces.embeddings[1::2]
+    gallery = EncryptedGallery(holder.public_context(), DIM)
+    names = [f"p{i:04d}" for i in range(N)]
+    gallery.enrol(names[:250], templates[:250])  # two batches: the second refreshes the open block
+    gallery.enrol(names[250:], templates[250:])
+    return {
+        "holder": holder,
+        "audit": SecretKeyAudit(key_file),
+        "key_file": key_file,
+        "gallery": gallery,
+        "templates": templates,
+        "probes": probes,
+        "names": names,
+    }
+
+
+def test_scores_match_plain_cosine(world: dict) -> None:
+    gallery, audit = world["gallery"], world["audit"]
+    plain_gallery = unit(world["templates"])
+    errors = []
+    for i in range(0, N, 60):
+        probe = world["probes"][i]
+        request, slots = gallery.identification_request(probe)
+        assert [gallery.subject_at(slot) for slot in slots] == world["names"]
+        encrypted = audit.scores(request)
+        errors.append(np.abs(encrypted - plain_gallery @ unit(probe)).max())
+        one = audit.scores(gallery.verification_request(world["names"][i], probe))
+        errors.append(abs(one[0] - float(plain_gallery[i] @ unit(probe))))
+    assert max(errors) < TOLERANCE
+
+
+def test_decisions_follow_plain_cosine(world: dict) -> None:
+    gallery, holder = world["gallery"], world["holder"]
+    plain = unit(world["templates"]) @ unit(world["probes"][:20]).T
+    threshold = 0.93
+    for i in range(20):
+        probe = world["probes"][i]
+        for j in (i, (i + 1) % N):
+            expected = plain[j, i] >= threshold
+            if abs(plain[j, i] - threshold) > TOLERANCE:
+                assert gallery.verify(world["names"][j], probe, holder, threshold, caller="t").verified == expected
+        expected = [world["names"][j] for j in np.argsort(-plain[:, i])[:3] if plain[j, i] >= threshold]
+        got = [m.subject for m in gallery.identify(probe, holder, threshold, 3, caller="t")]
+        margins = np.abs(np.sort(plain[:, i])[::-1][:4] - threshold)
+        if margins.min() > TOLERANCE:
+            assert got == expected
+
+
+def test_layout_and_sizes(world: dict) -> None:
+    gallery = world["gallery"]
+    assert gallery.block_size == 4096 and len(gallery._blocks) == 1
+    assert gallery._blocks[0].refreshes == 2
+    assert gallery.bytes_per_template == 2 * DIM * 8
+    assert gallery.stored_bytes() == DIM * 2 * 4096 * 8
+    assert len(gallery) == N and "p0001" in gallery and "nobody" not in gallery
+
+
+def test_threaded_identification_is_the_same(world: dict) -> None:
+    holder = world["holder"]
+    public = PublicContext(holder.public_context())
+    small = EncryptedGallery(public, 16, n_threads=2)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((9000, 16)).astype(np.float32)  # three blocks
+    small.enrol([f"x{i}" for i in range(9000)], x)
+    probe = x[8500] + 0.01
+    one, _ = small.identification_request(probe)
+    small.n_threads = 1
+    two, _ = small.identification_request(probe)
+    assert np.array_equal(one.a, two.a) and np.array_equal(one.b, two.b) and np.array_equal(one.index, two.index)
+    assert [m.subject for m in small.identify(probe, holder, 0.9, 1, caller="t")] == ["x8500"]
+
+
+def test_bad_inputs(world: dict) -> None:
+    gallery, holder = world["gallery"], world["holder"]
+    probe = world["probes"][0]
+    with pytest.raises(IdConflictError):
+        gallery.enrol("p0000", world["templates"][0])
+    with pytest.raises(UnknownSubjectError):
+        gallery.verify("nobody", probe, holder, 0.5, caller="t")
+    with pytest.raises(DtypeError):
+        gallery.verify("p0000", probe.astype(np.float64), holder, 0.5, caller="t")
+    with pytest.raises(InvalidInputError):
+        gallery.verify("p0000", np.zeros(DIM, dtype=np.float32), holder, 0.5, caller="t")
+    with pytest.raises(InvalidInputError):
+        gallery.verify("p0000", np.full(DIM, np.nan, dtype=np.float32), holder, 0.5, caller="t")
+    with pytest.raises(InvalidInputError):
+        gallery.verify("p0000", probe[:10], holder, 0.5, caller="t")
+    with pytest.raises(InvalidInputError):
+        gallery.verify("p0000", probe, holder, 2.0, caller="t")
+    with pytest.raises(InvalidInputError):
+        EncryptedGallery(holder.public_context(), 5000)
+    before = len(gallery)
+    with pytest.raises(InvalidInputError):
+        gallery.enrol(["a", "b"], world["templates"][:3])
+    assert len(gallery) == before
+
+
+def test_withdrawal_leaves_nothing_decryptable(world: dict) -> None:
+    holder, audit = world["holder"], world["audit"]
+    public = PublicContext(holder.public_context())
+    gallery = EncryptedGallery(public, DIM)
+    templates = world["templates"][:300]
+    gallery.enrol([f"w{i}" for i in range(300)], templates)
+    scale = audit.template_scale
+    target = 123
+    wanted = unit(templates[target])
+
+    def columns() -> np.ndarray:
+        """Every coefficient of every ciphertext the gallery keeps, per slot: (slots, dim)."""
+        plain = np.stack([audit.decrypt(c0, c1) for c0, c1 in gallery.ciphertexts()])
+        return plain.T.astype(np.float64) / scale
+
+    before = columns()
+    assert np.abs(before[target] - wanted).max() < 1e-4  # the key recovers it while enrolled
+    gallery.withdraw(f"w{target}")
+    after = columns()
+    distance = np.linalg.norm(after - wanted, axis=1)
+    assert distance.min() > 0.3  # no slot of any ciphertext decrypts to the template
+    assert np.abs(after[target]).max() > 100  # its slot is now noise, not a template
+    others = np.delete(np.arange(300), target)
+    assert np.abs(after[others] - unit(templates[others])).max() < 1e-4
+    assert f"w{target}" not in gallery
+    with pytest.raises(UnknownSubjectError):
+        gallery.verify(f"w{target}", templates[target], holder, 0.5, caller="t")
+    request, slots = gallery.identification_request(templates[target])
+    assert len(slots) == 299 and f"w{target}" not in {gallery.subject_at(slot) for slot in slots}
+    with pytest.raises(UnknownSubjectError):
+        gallery.subject_at(target)
+    assert gallery.identify(templates[target], holder, 0.999, caller="t") == []
+    # A later batch refreshes the block; the withdrawn slot stays dead.
+    gallery.enrol(["late"], world["templates"][400])
+    assert np.linalg.norm(columns() - wanted, axis=1).min() > 0.3
+    assert gallery.verify("late", world["probes"][400], holder, 0.9, caller="t").verified
+
+
+def test_saved_gallery_cannot_decrypt(world: dict, tmp_path: Path) -> None:
+    gallery, holder = world["gallery"], world["holder"]
+    path = tmp_path / "gallery.he"
+    gallery.save(path)
+    data = path.read_bytes()
+    # The only key material written is the public context, and it cannot decrypt.
+    meta_len, public_len = struct.unpack_from("<QQ", data, 8)
+    start = 8 + 16 + meta_len
+    public = PublicContext(data[start : start + public_len])  # refuses any context carrying a secret key
+    assert not public.tenseal_context.has_secret_key() and public.key_id == holder.key_id
+    secret_ntt = holder._s_hat.astype("<i8").tobytes()
+    for chunk in range(0, 4096 * 8, 1024):
+        assert secret_ntt[chunk : chunk + 64] not in data
+    assert _KEY_MAGIC not in data and world["key_file"].read_bytes()[-4096:] not in data
+    loaded = EncryptedGallery.load(path)
+    assert loaded.subjects() == gallery.subjects()
+    probe = world["probes"][7]
+    assert np.array_equal(
+        loaded.identification_request(probe)[0].to_bytes(), gallery.identification_request(probe)[0].to_bytes()
+    )
+    assert loaded.verify("p0007", probe, holder, 0.9, caller="t").verified
+
+
+def test_saved_gallery_integrity(world: dict, tmp_path: Path) -> None:
+    gallery = world["gallery"]
+    path = tmp_path / "gallery.he"
+    key = b"k" * 32
+    gallery.save(path, mac_key=key)
+    assert EncryptedGallery.load(path, mac_key=key).subjects() == gallery.subjects()
+    with pytest.raises(AuthenticationError):
+        EncryptedGallery.load(path)  # saved with a MAC, read as checksum
+    with pytest.raises(AuthenticationError):
+        EncryptedGallery.load(path, mac_key=b"x" * 32)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(AuthenticationError):
+        EncryptedGallery.load(path, mac_key=key)
+    path.write_bytes(bytes(data[:100]))
+    with pytest.raises(AuthenticationError):
+        EncryptedGallery.load(path, mac_key=key)
+
+
+def test_gallery_under_another_key_is_refused(world: dict) -> None:
+    other = KeyHolder()
+    gallery = EncryptedGallery(other.public_context(), DIM)
+    gallery.enrol(["a"], world["templates"][0])
+    with pytest.raises(KeyMismatchError):
+        gallery.verify("a", world["probes"][0], world["holder"], 0.5, caller="t")

@@ -1,0 +1,313 @@
+"""The key holder: public context only on the matching side, no raw decryption,
+noise-flooded coarse scores, per-caller counting and rate limits, typed errors
+for tampered or foreign ciphertexts, and the same interface from another process."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ts = pytest.importorskip("tenseal", reason="the he and hybrid schemes need TenSEAL (pip install tenseal)")
+
+from fpmatch.errors import FpmatchError, InvalidInputError, KeyFileError, KeyMismatchError  # noqa: E402
+from fpmatch.he import (  # noqa: E402
+    CiphertextFormatError,
+    CiphertextIntegrityError,
+    DecryptionRefusedError,
+    EncryptedGallery,
+    EncryptedScores,
+    KeyHolder,
+    PublicContext,
+    RateLimit,
+    RateLimitExceededError,
+    RemoteKeyHolder,
+    ScoreDecider,
+    SecretMaterialError,
+    serve,
+)
+from fpmatch.he import context as he_context  # noqa: E402
+from fpmatch.he.audit import SecretKeyAudit  # noqa: E402
+from fpmatch.he.remote import handle  # noqa: E402
+
+DIM = 64
+
+
+def unit_rows(rng: np.random.Generator, n: int) -> np.ndarray:
+    x = rng.standard_normal((n, DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def holder() -> KeyHolder:
+    return KeyHolder(limits=RateLimit(requests_per_second=1e6, burst=1_000_000))
+
+
+@pytest.fixture(scope="module")
+def setup(holder: KeyHolder) -> dict:
+    rng = np.random.default_rng(7)
+    templates = unit_rows(rng, 80)
+    probes = unit_rows(rng, 5)
+    # A genuine probe for subject 0: close to its template.
+    near = templates[0] + 0.3 * probes[0]
+    near = (near / np.linalg.norm(near)).astype(np.float32)
+    gallery = EncryptedGallery(holder.public_context(), DIM)
+    gallery.enrol([f"s{i}" for i in range(80)], templates)
+    return {"gallery": gallery, "templates": templates, "probes": probes, "near": near}
+
+
+def message(header: dict, payload: bytes = b"") -> bytes:
+    head = json.dumps(header).encode()
+    return struct.pack("<I", len(head)) + head + payload
+
+
+def reply(data: bytes) -> dict:
+    (size,) = struct.unpack_from("<I", data)
+    return json.loads(data[4 : 4 + size])
+
+
+# -- public context ------------------------------------------------------------------------
+
+
+def test_public_context_cannot_decrypt(holder: KeyHolder) -> None:
+    public = PublicContext(holder.public_context())
+    context = public.tenseal_context
+    assert context.is_public() and not context.is_private() and not context.has_secret_key()
+    with pytest.raises(ValueError):
+        context.secret_key()
+    vector = ts.ckks_vector(context, [0.25, 0.5], scale=2.0**20)
+    with pytest.raises(ValueError):
+        vector.decrypt()
+    # Nothing secret survives a round trip either.
+    again = PublicContext(public.to_bytes())
+    assert again.key_id == holder.key_id and not again.tenseal_context.has_secret_key()
+
+
+def test_context_with_secret_key_is_refused(tmp_path: Path) -> None:
+    context = ts.context(ts.SCHEME_TYPE.CKKS, 4096, coeff_mod_bit_sizes=[44, 60])
+    meta = json.dumps({"key_id": "0" * 16, "template_scale_bits": 23, "probe_scale_bits": 14}).encode()
+    secret = he_context._MAGIC + struct.pack("<I", len(meta)) + meta + context.serialize(save_secret_key=True)
+    with pytest.raises(SecretMaterialError):
+        PublicContext(secret)
+    with pytest.raises(SecretMaterialError):
+        EncryptedGallery(secret, DIM)
+
+
+def test_damaged_public_context_gives_typed_errors(holder: KeyHolder) -> None:
+    good = holder.public_context()
+    bfv = ts.context(ts.SCHEME_TYPE.BFV, 4096, plain_modulus=1032193)
+    meta = good[12 : good.index(b"}") + 1]
+    with pytest.raises(InvalidInputError):
+        PublicContext(good[:12] + meta + he_context.serialize_public(bfv))
+    with pytest.raises(CiphertextFormatError):
+        PublicContext(b"not a context at all")
+    with pytest.raises(CiphertextFormatError):
+        PublicContext(good[:200])
+    with pytest.raises(InvalidInputError):
+        PublicContext("a string")  # type: ignore[arg-type]
+    other = KeyHolder().public_context()
+    # Another key's context under this key's id.
+    forged = good[: good.index(b"}") + 1] + other[other.index(b"}") + 1 :]
+    with pytest.raises(KeyMismatchError):
+        PublicContext(forged)
+
+
+# -- decisions and refusals -----------------------------------------------------------------
+
+
+def test_decisions(holder: KeyHolder, setup: dict) -> None:
+    gallery, near, probes = setup["gallery"], setup["near"], setup["probes"]
+    cosine = float(np.dot(setup["templates"][0].astype(np.float64), near.astype(np.float64)))
+    request = gallery.verification_request("s0", near).to_bytes()
+    assert holder.decide(request, cosine - 0.01, caller="svc") == [True]
+    assert holder.decide(request, cosine + 0.01, caller="svc") == [False]
+    assert gallery.verify("s0", near, holder, 0.5, caller="svc").verified
+    assert not gallery.verify("s1", near, holder, 0.5, caller="svc").verified
+    matches = gallery.identify(near, holder, 0.5, 3, caller="svc")
+    assert [m.subject for m in matches] == ["s0"]
+    assert gallery.identify(probes[1], holder, 0.99, caller="svc") == []
+
+
+def test_key_holder_never_returns_raw_decryptions(holder: KeyHolder, setup: dict) -> None:
+    assert isinstance(holder, ScoreDecider)
+    public_api = {name for name in dir(holder) if not name.startswith("_")}
+    assert not {"decrypt", "decrypt_raw", "raw_scores", "secret_key", "secret_context"} & public_api
+    request = setup["gallery"].verification_request("s0", setup["near"]).to_bytes()
+    for sigma in (0.0, 1e-6, holder.min_coarse_noise / 2):
+        with pytest.raises(DecryptionRefusedError):
+            holder.coarse_scores(request, caller="svc", noise_sigma=sigma)
+    # One bit per score is capped per request.
+    request_many, _ = setup["gallery"].identification_request(setup["probes"][0])
+    with pytest.raises(DecryptionRefusedError):
+        holder.decide(request_many.to_bytes(), 0.5, caller="svc")
+    # The process interface refuses anything but decisions and coarse scores.
+    answer = reply(handle(holder, message({"op": "decrypt", "caller": "svc"}, request)))
+    assert answer == {"ok": False, "error": "DecryptionRefusedError", "message": answer["message"]}
+    with pytest.raises(TypeError):
+        import pickle
+
+        pickle.dumps(holder)
+
+
+def test_coarse_scores_are_flooded_and_coarse(holder: KeyHolder, setup: dict) -> None:
+    gallery, near = setup["gallery"], setup["near"]
+    cosine = float(np.dot(setup["templates"][0].astype(np.float64), near.astype(np.float64)))
+    request = gallery.verification_request("s0", near).to_bytes()
+    values = np.array([holder.coarse_scores(request, caller="coarse", noise_sigma=0.05)[0] for _ in range(60)])
+    assert np.allclose(values / holder.coarse_step, np.round(values / holder.coarse_step))
+    assert abs(values.mean() - cosine) < 0.05 and 0.02 < values.std() < 0.1
+    assert len(set(values.tolist())) > 3
+
+
+def test_requests_are_counted_and_rate_limited(setup: dict) -> None:
+    clock = Clock()
+    holder = KeyHolder(limits=RateLimit(requests_per_second=2.0, burst=3), clock=clock)
+    gallery = EncryptedGallery(holder.public_context(), DIM)
+    gallery.enrol(["a", "b"], setup["templates"][:2])
+    request = gallery.verification_request("a", setup["near"]).to_bytes()
+    for _ in range(3):
+        holder.decide(request, 0.5, caller="svc")
+    with pytest.raises(RateLimitExceededError) as info:
+        holder.decide(request, 0.5, caller="svc")
+    assert isinstance(info.value, DecryptionRefusedError) and isinstance(info.value, PermissionError)
+    holder.decide(request, 0.5, caller="other")  # budgets are per caller
+    clock.now += 0.5  # one token back
+    holder.decide(request, 0.5, caller="svc")
+    with pytest.raises(RateLimitExceededError):
+        holder.decide(request, 0.5, caller="svc")
+    usage = holder.usage("svc")
+    assert (usage.requests, usage.scores, usage.refused) == (6, 4, 2)
+    assert holder.usage("other").requests == 1 and holder.usage("nobody").requests == 0
+    with pytest.raises(InvalidInputError):
+        holder.decide(request, 0.5, caller="")
+    with pytest.raises(InvalidInputError):
+        holder.decide(request, 1.5, caller="third")
+
+
+# -- tampered and foreign ciphertexts --------------------------------------------------------
+
+
+def test_tampered_requests_give_typed_errors(holder: KeyHolder, setup: dict) -> None:
+    gallery = setup["gallery"]
+    good = gallery.verification_request("s0", setup["near"]).to_bytes()
+    cases = [
+        b"",
+        b"garbage",
+        good[:-8],  # truncated
+        good + b"\0" * 8,  # trailing bytes
+        b"XXXXXXXX" + good[8:],  # magic
+    ]
+    for data in cases:
+        with pytest.raises(CiphertextFormatError):
+            holder.decide(data, 0.5, caller="tamper")
+    out_of_range = bytearray(good)
+    out_of_range[-8 * 3 - 8 : -8 * 3] = struct.pack("<q", -5)  # the b value
+    with pytest.raises(CiphertextFormatError):
+        holder.decide(bytes(out_of_range), 0.5, caller="tamper")
+    with pytest.raises(CiphertextFormatError):
+        holder.decide("not bytes", 0.5, caller="tamper")  # type: ignore[arg-type]
+
+
+def test_garbage_ciphertexts_do_not_decrypt_to_scores(holder: KeyHolder, setup: dict) -> None:
+    request, _ = setup["gallery"].identification_request(setup["probes"][0])
+    rng = np.random.default_rng(0)
+    flipped = EncryptedScores(
+        request.key_id, request.scale_bits, request.q,
+        a=request.a.copy(), b=rng.integers(0, request.q, len(request)), index=request.index, row=request.row,
+    )  # fmt: skip
+    with pytest.raises(CiphertextIntegrityError):
+        holder.best(flipped.to_bytes(), 0.5, 5, caller="tamper")
+    with pytest.raises(CiphertextIntegrityError):
+        holder.best(flipped.to_bytes(), 0.5, 5, caller="tamper")
+
+
+def test_foreign_key_gives_key_mismatch(holder: KeyHolder, setup: dict) -> None:
+    other = KeyHolder()
+    foreign = EncryptedGallery(other.public_context(), DIM)
+    foreign.enrol([f"s{i}" for i in range(80)], setup["templates"])
+    request, _ = foreign.identification_request(setup["probes"][0])
+    with pytest.raises(KeyMismatchError):
+        holder.best(request.to_bytes(), 0.5, 5, caller="foreign")
+    # The same ciphertexts relabelled with this holder's key id: they do not decrypt here.
+    relabelled = EncryptedScores(
+        holder.key_id, request.scale_bits, request.q, request.a, request.b, request.index, request.row
+    )
+    assert request.q == holder._ring.q  # same parameters: the same prime
+    with pytest.raises(CiphertextIntegrityError):
+        holder.best(relabelled.to_bytes(), 0.5, 5, caller="foreign")
+    with pytest.raises(FpmatchError):
+        foreign.verify("s0", setup["near"], holder, 0.5, caller="foreign")
+
+
+# -- key file ---------------------------------------------------------------------------------
+
+
+def test_key_file_round_trip(tmp_path: Path, holder: KeyHolder, setup: dict) -> None:
+    path = holder.save(tmp_path / "he.key")
+    assert path.stat().st_mode & 0o777 == 0o600
+    again = KeyHolder.load(path)
+    assert again.key_id == holder.key_id
+    request = setup["gallery"].verification_request("s0", setup["near"]).to_bytes()
+    assert again.decide(request, 0.5, caller="svc") == [True]
+    audit = SecretKeyAudit(path)
+    cosine = float(np.dot(setup["templates"][0].astype(np.float64), setup["near"].astype(np.float64)))
+    assert abs(audit.scores(request)[0] - cosine) < 2e-4
+    with pytest.raises(FileExistsError):
+        holder.save(path)
+    (tmp_path / "bad.key").write_bytes(b"FPHESEC1" + b"\0" * 10)
+    with pytest.raises(KeyFileError):
+        KeyHolder.load(tmp_path / "bad.key")
+    (tmp_path / "public.key").write_bytes(b"nonsense")
+    with pytest.raises(KeyFileError):
+        KeyHolder.load(tmp_path / "public.key")
+
+
+# -- another process ----------------------------------------------------------------------------
+
+
+def _run_key_holder(
+    connection: multiprocessing.connection.Connection, peer: multiprocessing.connection.Connection
+) -> None:
+    peer.close()  # the forked copy of the other end would keep the stream open
+    serve(KeyHolder(), connection)
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
+def test_key_holder_in_another_process(setup: dict) -> None:
+    context = multiprocessing.get_context("fork")
+    ours, theirs = context.Pipe()
+    process = context.Process(target=_run_key_holder, args=(theirs, ours), daemon=True)
+    process.start()
+    theirs.close()  # so that the child sees the end of the stream when we close ours
+    try:
+        remote = RemoteKeyHolder(ours)
+        assert isinstance(remote, ScoreDecider)
+        gallery = EncryptedGallery(remote.public_context(), DIM)
+        gallery.enrol([f"s{i}" for i in range(80)], setup["templates"])
+        assert gallery.verify("s0", setup["near"], remote, 0.5, caller="svc").verified
+        assert not gallery.verify("s1", setup["near"], remote, 0.5, caller="svc").verified
+        assert [m.subject for m in gallery.identify(setup["near"], remote, 0.5, caller="svc")] == ["s0"]
+        request = gallery.verification_request("s0", setup["near"]).to_bytes()
+        assert len(remote.coarse_scores(request, caller="svc")) == 1
+        with pytest.raises(DecryptionRefusedError):
+            remote.coarse_scores(request, caller="svc", noise_sigma=0.0)
+        with pytest.raises(CiphertextFormatError):
+            remote.decide(b"junk", 0.5, caller="svc")
+        usage = remote.usage("svc")
+        assert (usage.requests, usage.refused) == (6, 1)
+    finally:
+        ours.close()
+        process.join(10)
+    assert process.exitcode == 0
