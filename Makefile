@@ -11,7 +11,7 @@ SOURCES := $(wildcard cpp/*.h cpp/*.cpp) $(shell find python -name '*.py' -o -na
 .PHONY: demo test bench system-deps clean
 
 demo: $(VENV)/.built
-	$(PY) -m fpmatch demo
+	$(VENV)/bin/fpmatch demo
 
 test: $(VENV)/.built
 	@$(PY) -m pytest tests -q; status=$$?; \

@@ -1,28 +1,16 @@
-"""Command line: ``python -m fpmatch demo``."""
+"""``python -m fpmatch`` and the ``fpmatch`` entry point; the commands live in :mod:`fpmatch.cli`."""
 
 from __future__ import annotations
 
-import argparse
 import sys
+from typing import Sequence
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fpmatch", description="Privacy-preserving face matching.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="end-to-end demo on synthetic faces")
-    demo.add_argument("--subjects", type=int, default=5000)
-    demo.add_argument("--probes", type=int, default=500)
-    demo.add_argument("--seed", type=int, default=7)
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "demo":
-            from .demo import run
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    from .cli import main as run
 
-            run(args.subjects, args.probes, args.seed)
-    except Exception as exc:  # one line, non-zero exit
-        print(f"fpmatch: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run(argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,718 @@
+"""The ``fpmatch`` command line.
+
+Exit status: 0 when a command ran (``verify`` and ``identify`` print their
+outcome; ``--exit-code`` turns it into the status), 1 when ``audit verify``
+finds the chain broken, 2 on an error or a usage error, with one line
+``fpmatch: error: ...`` on stderr. Set ``FPMATCH_DEBUG=1`` for tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from ._progress import Progress, progress_wanted
+from .errors import FpmatchError, NotCalibratedError
+from .keys import HashKey
+from .service import MatchingService, VerificationOutcome
+from .store import DATABASE
+
+#: ``verify --exit-code``: the status for each outcome (2 stays reserved for errors).
+VERIFY_STATUS = {
+    VerificationOutcome.MATCH: 0,
+    VerificationOutcome.NO_MATCH: 1,
+    VerificationOutcome.USE_ALTERNATIVE: 3,
+}
+_MAX_RETENTION_DAYS = 36_525
+_DEMO_MIN_SUBJECTS = 1100
+_FORMATTER = argparse.RawDescriptionHelpFormatter
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class CliError(Exception):
+    """A problem with what the command line asked for; reported as one line, exit 2."""
+
+
+# -- argument types -----------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _retention_days(text: str) -> int:
+    value = _positive_int(text)
+    if value > _MAX_RETENTION_DAYS:
+        raise argparse.ArgumentTypeError(f"retention is at most {_MAX_RETENTION_DAYS} days, got {value}")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rate such as 1e-4, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"a rate must lie strictly between 0 and 1, got {text!r}")
+    return value
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _note(message: str) -> None:
+    print(f"fpmatch: {message}", file=sys.stderr)
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
+def _load_array(path: str, what: str) -> np.ndarray:
+    """One array from a .npy file (no pickles)."""
+    try:
+        value = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise CliError(f"{what} file not found: {path}") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise CliError(f"cannot read {what} file {path} as .npy: {_one_line(exc)}") from None
+    if not isinstance(value, np.ndarray):
+        close = getattr(value, "close", None)
+        if close is not None:
+            close()
+        raise CliError(f"{what} file {path} is an .npz archive; save a single array with np.save")
+    return value
+
+
+def _load_templates(path: str, what: str, *, single: bool) -> np.ndarray:
+    """Float32 templates from .npy: one (d,) or (1, d) when ``single``, else (n, d). Never cast."""
+    array = _load_array(path, what)
+    if array.dtype != np.float32:
+        raise CliError(
+            f"{what} file {path} holds {array.dtype} values; fpmatch needs float32 and never casts "
+            "(save np.asarray(x, dtype=np.float32))"
+        )
+    if single:
+        if array.ndim == 2 and array.shape[0] == 1:
+            array = array[0]
+        if array.ndim != 1:
+            raise CliError(f"{what} file {path} must hold one template, shape (d,) or (1, d); got {array.shape}")
+    elif array.ndim != 2 or array.shape[0] < 1:
+        raise CliError(f"{what} file {path} must hold templates of shape (n, d); got {array.shape}")
+    return np.ascontiguousarray(array)
+
+
+def _read_subjects(path: str) -> list[tuple[int, str]]:
+    """(line number, subject) for every non-blank line, ends stripped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise CliError(f"subjects file not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise CliError(f"subjects file {path} is not UTF-8 text: {exc.reason}") from None
+    return [(number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()]
+
+
+@contextmanager
+def _session(args: argparse.Namespace, *, announce_purge: bool = True) -> Iterator[tuple[MatchingService, list[str]]]:
+    """Open the store named on the command line; yields the service and the subjects purged on opening."""
+    if args.store is None:
+        raise CliError("no store: pass --store DIR or set FPMATCH_STORE")
+    if args.key is None:
+        raise CliError("no key: pass --key FILE or set FPMATCH_KEY (create one with `fpmatch keys new FILE`)")
+    key = HashKey.load(args.key)
+    directory = Path(args.store)
+    if args.dim is None and not (directory / DATABASE).exists():
+        raise CliError(f"no fpmatch store in {directory}; pass --dim D (the template dimension) to create one")
+    service = MatchingService.open(directory, key, dim=args.dim, bits=args.bits, purge_on_open=False)
+    try:
+        purged = service.expire()
+        if purged and announce_purge:
+            shown = ", ".join(purged[:5]) + (", ..." if len(purged) > 5 else "")
+            _note(f"erased {len(purged)} subject(s) whose consent lapsed: {shown}")
+        yield service, purged
+    except NotCalibratedError as exc:
+        raise CliError(f"{_one_line(exc)}; see `fpmatch calibrate --help`") from exc
+    finally:
+        service.close()
+
+
+# -- commands -----------------------------------------------------------------
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run
+
+    if args.subjects < _DEMO_MIN_SUBJECTS:
+        raise CliError(
+            f"--subjects must be at least {_DEMO_MIN_SUBJECTS}: the open-set threshold (FPIR 1e-2 over N) "
+            "is calibrated from impostor pairs among the enrolled subjects"
+        )
+    if args.probes > args.subjects:
+        raise CliError(f"--probes ({args.probes}) cannot exceed --subjects ({args.subjects})")
+    run(args.subjects, args.probes, args.seed)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .evaluation import run_evaluation, write_det_png
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    show = progress_wanted(args.progress)
+    report = run_evaluation(
+        args.n,
+        profiles=args.profile or ["centred", "offset"],
+        seed=args.seed,
+        bits=args.bits,
+        max_impostors=args.max_impostors,
+        progress=lambda label, total: Progress(label, total, enabled=show),
+    )
+    png = out / "det.png"
+    drawn = write_det_png(report, png)
+    if not drawn:
+        png.unlink(missing_ok=True)  # never leave an older run's plot beside this report
+        report["notes"] = ["matplotlib is not installed: no DET plot was drawn (pip install matplotlib)"]
+    report["files"] = {"report": "report.json", "det": "det.png" if drawn else None}
+    (out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+    fars = next(iter(report["profiles"].values()))["parameters"]["far_targets"]
+    print(f"{'profile':<9} {'scheme':<7} " + " ".join(f"{'TAR@' + f:>9}" for f in fars) + f" {'EER':>7} {'rank-1':>7}")
+    for name, result in report["profiles"].items():
+        for scheme, figures in result["schemes"].items():
+            tars = " ".join(f"{figures['tar_at_far'][f]['tar']:>9.4f}" for f in fars)
+            print(f"{name:<9} {scheme:<7} {tars} {figures['eer']:>7.4f} {figures['rank1']:>7.4f}")
+        timing = result["timing"]
+        print(
+            f"{name:<9} timing: hash verify {timing['hash_verify_ms']:.3f} ms, hash identify "
+            f"{timing['hash_identify_ms']:.3f} ms, plain identify {timing['plain_identify_ms']:.3f} ms, "
+            f"enrol {timing['enrol_per_s']:,.0f}/s"
+        )
+    if drawn:
+        print(f"wrote {out / 'report.json'} and {png}")
+    else:
+        print(f"wrote {out / 'report.json'}")
+        _note("matplotlib is not installed, so no det.png (pip install matplotlib)")
+    return 0
+
+
+def _cmd_keys_new(args: argparse.Namespace) -> int:
+    target = Path(args.out)
+    if target.exists() or target.is_symlink():
+        raise CliError(f"{target} exists; refusing to overwrite a key (codes made under it would stop matching)")
+    key = HashKey.generate()
+    key.save(target)
+    print(f"wrote hash key {key.key_id} to {target} (mode 0600)")
+    print("keep it outside every store directory and back it up: stored codes are useless without it")
+    return 0
+
+
+def _cmd_consent_grant(args: argparse.Namespace) -> int:
+    with _session(args) as (service, _):
+        record = service.grant_consent(
+            args.subject,
+            args.purpose,
+            notice_version=args.notice_version,
+            evidence_ref=args.evidence,
+            method=args.method,
+            separate=True,
+            retention=timedelta(days=args.retention_days),
+        )
+    print(json.dumps(record.to_dict(), sort_keys=True))
+    return 0
+
+
+def _cmd_consent_withdraw(args: argparse.Namespace) -> int:
+    with _session(args) as (service, _):
+        pending = [r for r in service.consents(args.subject) if r.withdrawn_at is None]
+        erased = service.withdraw(args.subject, args.consent_id)
+        still_enrolled = args.subject in service
+    if not pending:
+        print(f"{args.subject}: no consent to withdraw (the request is in the audit log)")
+        return 0
+    count = 1 if args.consent_id else len(pending)
+    if erased:
+        held = "protected template erased"
+    elif still_enrolled:
+        held = "still enrolled under another active consent"
+    else:
+        held = "no template was held"
+    print(f"{args.subject}: withdrew {count} consent record(s); {held}")
+    return 0
+
+
+def _cmd_consent_show(args: argparse.Namespace) -> int:
+    with _session(args) as (service, _):
+        report = service.subject_report(args.subject)
+    print(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
+def _cmd_enrol(args: argparse.Namespace) -> int:
+    single_parts = (args.subject, args.template)
+    batch_parts = (args.batch, args.templates)
+    single = all(p is not None for p in single_parts) and all(p is None for p in batch_parts)
+    if not single and not (all(p is not None for p in batch_parts) and all(p is None for p in single_parts)):
+        args.parser.error("give SUBJECT --template FILE.npy, or --batch SUBJECTS.txt --templates FILE.npy")
+    if single:
+        template = _load_templates(args.template, "template", single=True)
+        with _session(args) as (service, _):
+            if args.skip_enrolled and args.subject in service:
+                print(f"{args.subject}: already enrolled, skipped")
+                return 0
+            service.enrol(args.subject, template)
+        print(f"{args.subject}: enrolled")
+        return 0
+
+    subjects = _read_subjects(args.batch)
+    rows = _load_templates(args.templates, "templates", single=False)
+    if len(subjects) != len(rows):
+        raise CliError(
+            f"{args.batch} names {len(subjects)} subject(s) but {args.templates} holds {len(rows)} template(s)"
+        )
+    seen: dict[str, int] = {}
+    for number, name in subjects:
+        if name in seen:
+            raise CliError(f"{args.batch} line {number}: {name!r} repeats line {seen[name]}")
+        seen[name] = number
+    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1) | ~(rows != 0).any(axis=1))
+    if len(bad):
+        number, name = subjects[int(bad[0])]
+        raise CliError(f"{args.templates} row {int(bad[0])} ({name!r}, line {number}) holds NaN/Inf or is all zeros")
+    enrolled = skipped = 0
+    with _session(args) as (service, _):
+        dim = service.gallery.scheme.dim
+        if rows.shape[1] != dim:
+            raise CliError(f"{args.templates} holds {rows.shape[1]}-D templates; this store takes {dim}-D")
+        with Progress("enrolling", len(rows), enabled=progress_wanted(args.progress)) as bar:
+            for (number, name), row in zip(subjects, rows):
+                if args.skip_enrolled and name in service:
+                    skipped += 1
+                else:
+                    try:
+                        service.enrol(name, row)
+                    except FpmatchError as exc:
+                        raise CliError(
+                            f"{args.batch} line {number} ({name!r}): {_one_line(exc)} "
+                            f"({enrolled} enrolled before it)"
+                        ) from exc
+                    enrolled += 1
+                bar.advance()
+    print(f"enrolled {enrolled} subject(s)" + (f", skipped {skipped} already enrolled" if skipped else ""))
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    if (args.templates is None) != (args.labels is None):
+        args.parser.error("give both --templates and --labels, or neither")
+    templates = labels = None
+    if args.templates is not None:
+        templates = _load_templates(args.templates, "templates", single=False)
+        labels = _load_array(args.labels, "labels")
+        if labels.ndim != 1 or len(labels) != len(templates):
+            raise CliError(f"labels must be 1-D with one label per template ({len(templates)}); got {labels.shape}")
+    with _session(args) as (service, _):
+        score = service.calibrate(args.target_fmr, templates, labels, max_pairs=args.max_pairs)
+        fmr = service.gallery.target_fmr
+    source = "labelled templates" if templates is not None else "enrolled codes"
+    print(f"threshold: score >= {score:.4f} for a false-match rate of {fmr:g} (from {source})")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    probe = _load_templates(args.probe, "probe", single=True)
+    with _session(args) as (service, _):
+        outcome = service.verify(args.subject, probe, args.purpose)
+    print(outcome.value)
+    return VERIFY_STATUS[outcome] if args.exit_code else 0
+
+
+def _cmd_identify(args: argparse.Namespace) -> int:
+    probe = _load_templates(args.probe, "probe", single=True)
+    with _session(args) as (service, _):
+        candidates = service.identify(probe, args.purpose, k=args.k)
+    for candidate in candidates:
+        print(json.dumps({"rank": candidate.rank, "subject": candidate.subject, "score": round(candidate.score, 4)}))
+    if not candidates:
+        _note("no match")
+    return (0 if candidates else 1) if args.exit_code else 0
+
+
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    with _session(args) as (service, _):
+        report = service.audit_verify()
+    if report.ok:
+        print(report.message)
+        return 0
+    _note(f"audit chain broken: {report.message}")
+    return 1
+
+
+def _cmd_audit_export(args: argparse.Namespace) -> int:
+    to_stdout = args.out == "-"
+    target = Path(args.out)
+    if not to_stdout and not args.force and (target.exists() or target.is_symlink()):
+        raise CliError(f"{target} exists; pass --force to overwrite it")
+    with _session(args) as (service, _):
+        report = service.audit_verify()
+        if to_stdout:
+            count = service.export_audit(sys.stdout)
+        else:
+            with open(target, "w" if args.force else "x", encoding="utf-8", newline="\n") as f:
+                count = service.export_audit(f)
+    if not to_stdout:
+        print(f"exported {count} audit entries to {target}")
+    if not report.ok:
+        _note(f"warning: the exported chain does not verify: {report.message}")
+    return 0
+
+
+def _cmd_purge(args: argparse.Namespace) -> int:
+    with _session(args, announce_purge=False) as (_, purged):
+        pass
+    for subject in purged:
+        print(subject)
+    _note(f"purged {len(purged)} subject(s) whose consent lapsed" if purged else "nothing to purge")
+    return 0
+
+
+# -- parser -------------------------------------------------------------------
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _command(
+    group: Any, name: str, summary: str, handler: Handler, examples: Sequence[str], details: str = ""
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = group.add_parser(
+        name,
+        help=summary,
+        description=summary + (f"\n\n{details}" if details else ""),
+        epilog=_examples(*examples),
+        formatter_class=_FORMATTER,
+    )
+    parser.set_defaults(handler=handler, parser=parser)
+    return parser
+
+
+def _group(group: Any, name: str, summary: str, examples: Sequence[str]) -> Any:
+    parser: argparse.ArgumentParser = group.add_parser(
+        name, help=summary, description=summary, epilog=_examples(*examples), formatter_class=_FORMATTER
+    )
+    return parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+
+def _store_options(parser: argparse.ArgumentParser) -> None:
+    options = parser.add_argument_group("store")
+    options.add_argument(
+        "--store", metavar="DIR", default=_env("FPMATCH_STORE"), help="store directory (default: $FPMATCH_STORE)"
+    )
+    options.add_argument(
+        "--key",
+        metavar="FILE",
+        default=_env("FPMATCH_KEY"),
+        help="hash key file, kept outside the store (default: $FPMATCH_KEY)",
+    )
+    options.add_argument(
+        "--dim", type=_positive_int, metavar="D", help="template dimension; needed only to create a new store"
+    )
+    options.add_argument(
+        "--bits", type=_positive_int, metavar="B", help="code length when creating a store (default 1024)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fpmatch`` argument parser (environment defaults are read now)."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="fpmatch",
+        description="Privacy-preserving face matching over protected templates (keyed cancellable codes).",
+        epilog=_examples(
+            "fpmatch keys new ~/keys/shop.key",
+            "export FPMATCH_STORE=/srv/faces FPMATCH_KEY=~/keys/shop.key",
+            "fpmatch consent grant alice --purpose payment --notice-version 2026-01 \\",
+            "    --evidence form-81 --method signed-form --retention-days 365 --dim 512",
+            "fpmatch enrol alice --template alice.npy",
+            "fpmatch verify alice --probe probe.npy --purpose payment",
+        )
+        + "\n\nexit status: 0 ran (see verify/identify --exit-code), 1 audit chain broken, 2 error.\n"
+        "FPMATCH_DEBUG=1 shows a traceback on errors.",
+        formatter_class=_FORMATTER,
+    )
+    parser.add_argument("--version", action="version", version=f"fpmatch {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = _command(
+        commands, "demo", "Run the end-to-end demo on synthetic faces.", _cmd_demo,
+        ["fpmatch demo", "fpmatch demo --subjects 1000 --probes 100"],
+    )  # fmt: skip
+    demo.add_argument(
+        "--subjects",
+        type=_positive_int,
+        default=5000,
+        help=f"subjects per profile, at least {_DEMO_MIN_SUBJECTS} (default 5000)",
+    )
+    demo.add_argument("--probes", type=_positive_int, default=500, help="probes per profile (default 500)")
+    demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+
+    bench = _command(
+        commands,
+        "bench",
+        "Evaluate plain cosine vs. the hash scheme on synthetic faces; write report.json and det.png.",
+        _cmd_bench,
+        ["fpmatch bench", "fpmatch bench --out reports/eval --n 5000 --profile offset"],
+        "TAR at FAR 1e-3 and 1e-4, EER, rank-1 and single-query timings per profile. det.png needs\n"
+        "matplotlib; without it only report.json is written. For 1M-template runs and the faiss\n"
+        "baseline use benchmarks/bench_search.py.",
+    )
+    bench.add_argument(
+        "-o", "--out", metavar="DIR", default="fpmatch-bench", help="report directory (default fpmatch-bench)"
+    )
+    bench.add_argument("--n", type=_positive_int, default=2000, help="identities in the gallery (default 2000)")
+    bench.add_argument(
+        "--profile",
+        action="append",
+        choices=["centred", "offset"],
+        help="synthetic profile; repeat for several (default both)",
+    )
+    bench.add_argument("--seed", type=int, default=0, help="random seed; the key derives from it too (default 0)")
+    bench.add_argument("--bits", type=_positive_int, default=1024, help="code length (default 1024)")
+    bench.add_argument(
+        "--max-impostors", type=_positive_int, default=4_000_000, help="cap on impostor pairs per profile (default 4e6)"
+    )
+    bench.add_argument("--progress", action="store_true", help="show progress bars even when stderr is not a terminal")
+
+    keys = _group(commands, "keys", "Manage hash key files.", ["fpmatch keys new ~/keys/shop.key"])
+    keys_new = _command(
+        keys, "new", "Write a new random hash key to a new file (mode 0600).", _cmd_keys_new,
+        ["fpmatch keys new ~/keys/shop.key"],
+        "Refuses to overwrite an existing file. Keep the key outside every store directory.",
+    )  # fmt: skip
+    keys_new.add_argument("out", metavar="OUT", help="key file to create")
+
+    consent = _group(
+        commands, "consent", "Record, withdraw and show consent.",
+        ["fpmatch consent grant alice --purpose payment ...", "fpmatch consent show alice"],
+    )  # fmt: skip
+    grant = _command(
+        consent,
+        "grant",
+        "Record a subject's separate consent to biometric matching for named purposes.",
+        _cmd_consent_grant,
+        [
+            "fpmatch consent grant alice --purpose payment --purpose entry \\",
+            "    --notice-version 2026-01 --evidence form-81 --method signed-form --retention-days 365",
+        ],
+        "Only separate consent can be recorded here: use this command only when the subject agreed\n"
+        "to biometric matching apart from any other terms. Bundled consent cannot authorise it.\n"
+        "Prints the consent record as JSON (its consent_id is what `withdraw --consent-id` takes).",
+    )
+    grant.add_argument("subject", metavar="SUBJECT")
+    grant.add_argument(
+        "--purpose", action="append", required=True, help="a purpose such as payment or entry; repeat for several"
+    )
+    grant.add_argument("--notice-version", required=True, metavar="V", help="version of the privacy notice shown")
+    grant.add_argument("--evidence", required=True, metavar="REF", help="reference to the proof kept elsewhere")
+    grant.add_argument("--method", required=True, metavar="M", help="how consent was given, e.g. signed-form, in-app")
+    grant.add_argument(
+        "--retention-days",
+        required=True,
+        type=_retention_days,
+        metavar="N",
+        help="consent term in days; the code is erased when it ends",
+    )
+    _store_options(grant)
+    withdraw = _command(
+        consent,
+        "withdraw",
+        "Withdraw a subject's consent; with none left active, their code is erased at once.",
+        _cmd_consent_withdraw,
+        ["fpmatch consent withdraw alice", "fpmatch consent withdraw alice --consent-id 3f2a..."],
+    )
+    withdraw.add_argument("subject", metavar="SUBJECT")
+    withdraw.add_argument("--consent-id", metavar="ID", help="withdraw only this record (default: all of them)")
+    _store_options(withdraw)
+    show = _command(
+        consent,
+        "show",
+        "Print what the store holds about a subject as JSON (consents, audit events; never template bytes).",
+        _cmd_consent_show,
+        ["fpmatch consent show alice"],
+    )
+    show.add_argument("subject", metavar="SUBJECT")
+    _store_options(show)
+
+    enrol = _command(
+        commands,
+        "enrol",
+        "Enrol subjects from float32 .npy templates (each needs an active consent).",
+        _cmd_enrol,
+        ["fpmatch enrol alice --template alice.npy", "fpmatch enrol --batch subjects.txt --templates templates.npy"],
+        "A single template is (d,) or (1, d). A batch pairs line i of SUBJECTS.txt (blank lines\n"
+        "skipped) with row i of an (n, d) array; it is checked whole before anything is enrolled and\n"
+        "stops at the first refused subject. Only the protected code is stored.",
+    )
+    enrol.add_argument("subject", nargs="?", metavar="SUBJECT")
+    enrol.add_argument("--template", metavar="FILE.npy", help="one template, shape (d,) or (1, d)")
+    enrol.add_argument("--batch", metavar="SUBJECTS.txt", help="one subject name per line")
+    enrol.add_argument("--templates", metavar="FILE.npy", help="(n, d) templates, one row per subject line")
+    enrol.add_argument("--skip-enrolled", action="store_true", help="skip subjects already enrolled instead of failing")
+    enrol.add_argument("--progress", action="store_true", help="show a progress bar even when stderr is not a terminal")
+    _store_options(enrol)
+
+    calibrate = _command(
+        commands,
+        "calibrate",
+        "Set the decision threshold for a target false-match rate.",
+        _cmd_calibrate,
+        [
+            "fpmatch calibrate --target-fmr 1e-4",
+            "fpmatch calibrate --target-fmr 1e-3 --templates labelled.npy --labels labels.npy",
+        ],
+        "Without --templates the impostor pairs come from the enrolled codes (a few hundred subjects\n"
+        "are needed for 1e-4). Labelled templates from the same model (two or more per person, not\n"
+        "enrolled) are hashed, compared and dropped. verify and identify calibrate on first use.",
+    )
+    calibrate.add_argument("--target-fmr", type=_rate, metavar="FMR", help="default: the store's current target (1e-4)")
+    calibrate.add_argument("--templates", metavar="FILE.npy", help="labelled float32 templates, shape (n, d)")
+    calibrate.add_argument("--labels", metavar="FILE.npy", help="1-D array: the person of each template")
+    calibrate.add_argument(
+        "--max-pairs", type=_positive_int, default=2_000_000, help="impostor pairs to draw (default 2e6)"
+    )
+    _store_options(calibrate)
+
+    verify = _command(
+        commands,
+        "verify",
+        "1:1: print match, no_match or use_alternative for a subject and a probe.",
+        _cmd_verify,
+        [
+            "fpmatch verify alice --probe probe.npy --purpose payment",
+            "fpmatch verify alice --probe probe.npy --purpose entry --exit-code || open-pin-pad",
+        ],
+        "use_alternative means no active consent covers the purpose (or the subject is not enrolled):\n"
+        "send the person to the non-biometric method; it is not a rejection. The exit status is 0\n"
+        "whenever the request ran; with --exit-code it is 0 match, 1 no_match, 3 use_alternative.",
+    )
+    verify.add_argument("subject", metavar="SUBJECT")
+    verify.add_argument("--probe", required=True, metavar="FILE.npy", help="one float32 template, (d,) or (1, d)")
+    verify.add_argument("--purpose", required=True, help="the purpose of this request, e.g. payment")
+    verify.add_argument("--exit-code", action="store_true", help="exit 0 match, 1 no_match, 3 use_alternative")
+    _store_options(verify)
+
+    identify = _command(
+        commands,
+        "identify",
+        "1:N: print the matching subjects whose consent covers the purpose, best first, as JSON lines.",
+        _cmd_identify,
+        ["fpmatch identify --probe probe.npy --purpose entry -k 3"],
+        'Each line is {"rank": 1, "subject": "...", "score": 0.71}; nothing is printed when nobody\n'
+        "matches. With --exit-code the status is 1 when nobody matches.",
+    )
+    identify.add_argument("--probe", required=True, metavar="FILE.npy", help="one float32 template, (d,) or (1, d)")
+    identify.add_argument("--purpose", required=True, help="the purpose of this request, e.g. entry")
+    identify.add_argument("-k", type=_positive_int, default=5, help="at most this many candidates (default 5)")
+    identify.add_argument("--exit-code", action="store_true", help="exit 1 when nobody matches")
+    _store_options(identify)
+
+    audit = _group(
+        commands, "audit", "Check and export the hash-chained audit log.",
+        ["fpmatch audit verify", "fpmatch audit export audit.jsonl"],
+    )  # fmt: skip
+    audit_verify = _command(
+        audit,
+        "verify",
+        "Verify the audit chain and its keyed head; exit 1 and name the first broken entry if it fails.",
+        _cmd_audit_verify,
+        ["fpmatch audit verify"],
+    )
+    _store_options(audit_verify)
+    audit_export = _command(
+        audit,
+        "export",
+        "Write the audit log as JSON lines (pseudonyms, never biometric data or scores).",
+        _cmd_audit_export,
+        ["fpmatch audit export audit.jsonl", "fpmatch audit export - | jq .event"],
+    )
+    audit_export.add_argument("out", metavar="OUT.jsonl", help="file to create, or - for stdout")
+    audit_export.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    _store_options(audit_export)
+
+    purge = _command(
+        commands,
+        "purge",
+        "Erase every subject whose consent lapsed; print their names, one per line.",
+        _cmd_purge,
+        ["fpmatch purge", "fpmatch purge > purged.txt"],
+        "Names, not pseudonyms: the operator holds them already, and the audit log records each purge\n"
+        "under the pseudonym. Every store command also purges lapsed subjects when it opens the store\n"
+        "(and says so on stderr); this command does only that.",
+    )
+    _store_options(purge)
+    return parser
+
+
+def _status(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status."""
+    parser = build_parser()
+    debug = os.environ.get("FPMATCH_DEBUG", "") not in ("", "0")
+    try:
+        args = parser.parse_args(argv)
+        return int(args.handler(args))
+    except SystemExit as exc:  # --help, --version and usage errors (2)
+        return _status(exc.code)
+    except KeyboardInterrupt:
+        _note("interrupted")
+        return 130
+    except BrokenPipeError:  # e.g. `fpmatch audit export - | head`
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 1
+    except (CliError, FpmatchError, OSError, ValueError) as exc:
+        if debug:
+            raise
+        _note(f"error: {_one_line(exc)}")
+        return 2
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if debug:
+            raise
+        _note(f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (FPMATCH_DEBUG=1 shows the traceback)")
+        return 2
+
+
+__all__ = ["CliError", "VERIFY_STATUS", "build_parser", "main"]
