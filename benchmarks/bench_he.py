@@ -40,14 +40,15 @@ import datetime as _dt
 import json
 import math
 import os
-import platform
-import resource
 import sys
 import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import numpy as np
+from _common import cpu_model as _cpu_model
+from _common import log as _log
+from _common import peak_rss_mb as _peak_rss_mb
 
 import fpmatch
 from fpmatch import CancellableHash, FlatIndex, HashKey, estimate_offset
@@ -62,19 +63,6 @@ CALLER = "bench"
 CHUNK = 65536
 
 
-def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _ms(samples_ns: list[int]) -> dict[str, float]:
@@ -198,8 +186,9 @@ class _Setup:
         self.holder = KeyHolder(limits=limits)
         self.audit = SecretKeyAudit(self.holder.save(Path(self._tmp.name) / "he.key"))
         self.public = PublicContext(self.holder.public_context())
-        other = FaceGenerator(profile, args.seed + 1000)
-        offset = estimate_offset(other.samples(other.identities(5000)))
+        # Enrolment-free identities of the same model (a generator with another seed
+        # would be another model, with another offset direction).
+        offset = estimate_offset(gen.samples(gen.identities(5000)))
         self.scheme = CancellableHash(HashKey(np.random.default_rng(args.seed).bytes(32)), dim, args.bits, offset)
         # Verification pairs: probe i with enrolled template i (genuine) or j != i (impostor).
         n = self.n_small
@@ -456,7 +445,7 @@ def run(args: argparse.Namespace, result: dict | None = None) -> dict:
             "public_context_bytes": len(data.holder.public_context()),
             "cpu_model": _cpu_model(),
             "cpu_count": os.cpu_count(),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            "peak_rss_mb": _peak_rss_mb(),
             "numpy_version": np.__version__,
             "fpmatch_version": fpmatch.__version__,
             "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -40,12 +40,14 @@ import json
 import math
 import os
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import cpu_model as _cpu_model
+from _common import log as _log
+from _common import peak_rss_mb as _peak_rss_mb
 
 import fpmatch
 from fpmatch.synthetic import PROFILES, FaceGenerator
@@ -80,24 +82,7 @@ REQUIRED_KEYS = (
 # -- helpers -----------------------------------------------------------------
 
 
-def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _peak_rss_mb() -> float:
-    # ru_maxrss is KiB on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _stats(samples_ns: list[int] | np.ndarray) -> dict[str, float]:
