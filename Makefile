@@ -25,6 +25,7 @@ bench: $(VENV)/.built
 	$(PY) benchmarks/bench_he.py --json reports/he_centred.json
 	$(PY) benchmarks/bench_he.py --profile offset --json reports/he_offset.json
 	$(PY) benchmarks/bench_security.py --json reports/security_centred.json
+	$(PY) benchmarks/bench_eval.py --json reports/eval.json --png-dir reports/eval
 
 system-deps:
 	bash scripts/system-deps.sh

@@ -202,6 +202,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         for scheme, figures in result["schemes"].items():
             tars = " ".join(f"{figures['tar_at_far'][f]['tar']:>9.4f}" for f in fars)
             print(f"{name:<9} {scheme:<7} {tars} {figures['eer']:>7.4f} {figures['rank1']:>7.4f}")
+        ident = result["identification"]
+        for scheme in ("plain", "hash"):
+            for fpir, point in ident[scheme]["at_fpir"].items():
+                print(
+                    f"{name:<9} {scheme:<7} 1:N FNIR@FPIR {fpir}: {point['fnir_rank1']:.4f} at rank 1, "
+                    f"{point['fnir_candidate_list']:.4f} within {ident['candidate_list_length']} candidates"
+                )
+        link, renewal = report["d_sys"][name], report["renewability"][name]
+        ks = renewal["ks_renewed_vs_impostor"]["statistic"]
+        print(
+            f"{name:<9} hash    two keys: D_sys {link['value']:.4f} (target <= {link['target']}, sampling floor "
+            f"{link['sampling_floor']:.4f}); renewed vs impostor KS {ks:.4f}"
+        )
         timing = result["timing"]
         print(
             f"{name:<9} timing: hash verify {timing['hash_verify_ms']:.3f} ms, hash identify "
@@ -484,9 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Evaluate plain cosine vs. the hash scheme on synthetic faces; write report.json and det.png.",
         _cmd_bench,
         ["fpmatch bench", "fpmatch bench --out reports/eval --n 5000 --profile offset"],
-        "TAR at FAR 1e-3 and 1e-4, EER, rank-1 and single-query timings per profile. det.png needs\n"
-        "matplotlib; without it only report.json is written. For 1M-template runs and the faiss\n"
-        "baseline use benchmarks/bench_search.py.",
+        "TAR at FAR 1e-3 and 1e-4, EER, rank-1, open-set FNIR at FPIR 3e-3, unlinkability (D_sys)\n"
+        "and renewability under a second key, and single-query timings per profile. det.png needs\n"
+        "matplotlib; without it only report.json is written. For speed against gallery size run\n"
+        "benchmarks/bench_eval.py; for 1M-template runs, benchmarks/bench_search.py.",
     )
     bench.add_argument(
         "-o", "--out", metavar="DIR", default="fpmatch-bench", help="report directory (default fpmatch-bench)"
