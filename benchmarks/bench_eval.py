@@ -37,6 +37,8 @@ from _common import cpu_model, log, peak_rss_mb
 
 from fpmatch._progress import Progress, progress_wanted
 from fpmatch.evaluation import (
+    load_labelled,
+    split_labelled,
     DEFAULT_FARS,
     DEFAULT_FPIRS,
     far_label,
@@ -84,7 +86,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--sizes", type=_int_list, help="gallery sizes for the speed curve (default 1000,10000,100000)"
     )
     p.add_argument("--million", action="store_true", help="add a 1,000,000 gallery to the speed curve (slow)")
-    p.add_argument("--profiles", type=_profile_list, default=["centred", "offset"], help="default centred,offset")
+    p.add_argument(
+        "--profiles",
+        type=_profile_list,
+        help="synthetic profiles (default centred,offset; none when --embeddings is given)",
+    )
+    p.add_argument("--embeddings", type=Path, help="your labelled embeddings: .npz (embeddings, labels) or .npy")
+    p.add_argument("--labels", type=Path, help="labels .npy for an .npy of embeddings")
+    p.add_argument("--dataset-name", default="labelled", help="name of --embeddings in the report")
     p.add_argument("--queries", type=int, help=f"timed queries per gallery size (default {FULL['queries']})")
     p.add_argument("--warmup", type=int, default=10, help="untimed queries before each timed loop")
     p.add_argument("--k", type=int, default=10, help="neighbours per timed search")
@@ -99,6 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--progress", action="store_true", help="show progress bars even when stderr is not a terminal")
     args = p.parse_args(argv)
+    if args.profiles is None:
+        args.profiles = [] if args.embeddings else ["centred", "offset"]
     base = QUICK if args.quick else FULL
     for name, value in base.items():
         if getattr(args, name) is None:
@@ -211,10 +222,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def bar(label: str, total: int) -> Progress:
         return Progress(label, total, enabled=show)
 
+    datasets = []
+    if args.embeddings:
+        embeddings, labels = load_labelled(args.embeddings, args.labels)
+        datasets.append(split_labelled(embeddings, labels, name=args.dataset_name, seed=args.seed))
+        log(f"{args.dataset_name}: {len(datasets[0].enrolment):,} people enrolled, {len(datasets[0].strangers):,} strangers")
     log(f"accuracy: n={args.n:,}, non-mated searches {args.nonmated:,}, profiles {','.join(args.profiles)}")
     report = run_evaluation(
         args.n,
         profiles=args.profiles,
+        datasets=datasets,
         seed=args.seed,
         bits=args.bits,
         max_impostors=args.max_impostors,

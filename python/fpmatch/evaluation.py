@@ -43,6 +43,7 @@ import numpy as np
 
 from ._core import scan_kernel
 from ._progress import Progress
+from ._validate import as_template_rows
 from .errors import InvalidInputError
 from .gallery import Gallery
 from .hashing import DEFAULT_BITS, CancellableHash, estimate_offset
@@ -403,6 +404,100 @@ def _plain_search(gallery: np.ndarray, probe: np.ndarray, k: int) -> np.ndarray:
     return np.asarray(top[np.argsort(-scores[top])])
 
 
+@dataclass(frozen=True, eq=False)
+class EvaluationData:
+    """Templates for one evaluation run.
+
+    ``enrolment[i]`` and ``probes[i]`` are two samples of person i; ``strangers``
+    are never enrolled (non-mated 1:N searches); ``offset_samples`` come from people
+    never enrolled and serve only to estimate a model's shared offset direction.
+    """
+
+    name: str
+    enrolment: np.ndarray
+    probes: np.ndarray
+    strangers: np.ndarray
+    offset_samples: np.ndarray
+
+
+def synthetic_data(profile: str, n: int, nonmated: int, seed: int = 0) -> EvaluationData:
+    """Draw an evaluation set from a built-in synthetic profile."""
+    if profile not in PROFILES:
+        raise InvalidInputError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
+    faces = FaceGenerator(profile, seed)
+    people = faces.identities(n)
+    enrolment = faces.samples(people)
+    probes = faces.samples(people)
+    offset_samples = faces.samples(faces.identities(_OFFSET_SAMPLES))
+    strangers = faces.samples(faces.identities(nonmated))
+    return EvaluationData(profile, enrolment, probes, strangers, offset_samples)
+
+
+def load_labelled(
+    embeddings: str | os.PathLike[str], labels: str | os.PathLike[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings (n, d) float32 and labels (n,) from an .npz holding arrays
+    ``embeddings`` and ``labels``, or from an .npy of embeddings plus an .npy of labels.
+
+    Nothing is cast: float64 embeddings raise :class:`~fpmatch.errors.DtypeError`.
+    """
+    path = Path(embeddings)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            if "embeddings" not in archive or "labels" not in archive:
+                raise InvalidInputError(f"{path} must hold arrays named 'embeddings' and 'labels'")
+            x, y = archive["embeddings"], archive["labels"]
+    else:
+        if labels is None:
+            raise InvalidInputError("an .npy of embeddings needs a labels file (or use an .npz)")
+        x, y = np.load(path, allow_pickle=False), np.load(labels, allow_pickle=False)
+    if x.ndim != 2:
+        raise InvalidInputError(f"embeddings must be a 2-D array (n, d), got shape {x.shape}")
+    x = as_template_rows(x, x.shape[1], "embeddings")
+    if not np.isfinite(x).all():
+        raise InvalidInputError(f"{path} holds NaN or Inf")
+    if y.ndim != 1 or len(y) != len(x):
+        raise InvalidInputError(f"labels must be 1-D with one label per embedding, got shape {y.shape}")
+    return np.ascontiguousarray(x), y
+
+
+def split_labelled(
+    embeddings: np.ndarray, labels: np.ndarray, *, name: str = "labelled", stranger_share: float = 0.3, seed: int = 0
+) -> EvaluationData:
+    """Split labelled embeddings into an evaluation set.
+
+    People are shuffled; a share ``stranger_share`` of those with two or more samples,
+    and everyone with one sample, are never enrolled: their first samples are the
+    non-mated probes and all their samples estimate the offset. The rest give their
+    first sample to enrolment and their second to the mated probes.
+    """
+    if not 0.0 < stranger_share < 1.0:
+        raise InvalidInputError(f"stranger_share must lie in (0, 1), got {stranger_share}")
+    rng = np.random.default_rng(seed)
+    people, counts = np.unique(labels, return_counts=True)
+    order = np.argsort(labels, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    paired = rng.permutation(np.flatnonzero(counts >= 2))
+    enrolled = np.sort(paired[int(round(len(paired) * stranger_share)) :])
+    if len(enrolled) < 2:
+        raise InvalidInputError("need at least two people with two or more samples to enrol")
+    others = np.setdiff1d(np.arange(len(people)), enrolled)
+    if len(others) == 0:
+        raise InvalidInputError("no people left to act as strangers; lower stranger_share or add people")
+
+    def rows_of(group: np.ndarray, k: int) -> np.ndarray:  # the k-th sample of each person in group
+        return order[starts[group] + k]
+
+    stranger_rows = np.concatenate([order[starts[g] : starts[g] + counts[g]] for g in others])
+    return EvaluationData(
+        name,
+        embeddings[rows_of(enrolled, 0)],
+        embeddings[rows_of(enrolled, 1)],
+        embeddings[rows_of(others, 0)],
+        embeddings[stranger_rows],
+    )
+
+
 def run_evaluation(
     n: int = 2000,
     *,
@@ -418,19 +513,23 @@ def run_evaluation(
     candidates: int = DEFAULT_CANDIDATES,
     linkage_pairs: int = 1_000_000,
     progress: ProgressFactory | None = None,
+    datasets: Sequence[EvaluationData] = (),
 ) -> dict[str, Any]:
-    """Evaluate each synthetic profile and return the whole report (JSON-ready).
+    """Evaluate each synthetic profile and each given dataset; return the whole report (JSON-ready).
 
     Unlinkability and renewability results sit under the top-level keys ``d_sys``
     and ``renewability``, one entry per profile.
     """
-    if not profiles:
-        raise InvalidInputError("name at least one profile")
+    if not profiles and not datasets:
+        raise InvalidInputError("name at least one profile or dataset")
     started = time.perf_counter()
+    runs: list[tuple[str, EvaluationData | None]] = [(name, None) for name in dict.fromkeys(profiles)]
+    runs += [(data.name, data) for data in datasets]
     results = {
         name: evaluate_profile(
             n,
             profile=name,
+            data=data,
             seed=seed,
             bits=bits,
             fars=fars,
@@ -443,7 +542,7 @@ def run_evaluation(
             linkage_pairs=linkage_pairs,
             progress=progress,
         )
-        for name in dict.fromkeys(profiles)
+        for name, data in runs
     }
     unlinkable = {name: result.pop("d_sys") for name, result in results.items()}
     renewal = {name: result.pop("renewability") for name, result in results.items()}
@@ -470,6 +569,7 @@ def evaluate_profile(
     n: int = 2000,
     *,
     profile: str = "centred",
+    data: EvaluationData | None = None,
     seed: int = 0,
     bits: int = DEFAULT_BITS,
     fars: Sequence[float] = DEFAULT_FARS,
@@ -482,15 +582,18 @@ def evaluate_profile(
     linkage_pairs: int = 1_000_000,
     progress: ProgressFactory | None = None,
 ) -> dict[str, Any]:
-    """Evaluate both schemes on one synthetic profile.
+    """Evaluate both schemes on one synthetic profile, or on ``data`` when given
+    (then ``n`` and ``nonmated_searches`` come from it and ``profile`` is its name).
 
     Besides verification: open-set 1:N against ``nonmated_searches`` (default ``n``)
     probes of people not enrolled, and unlinkability (D_sys) and renewability of
     the hash scheme under a second key.
     """
+    if data is not None:
+        profile, n, nonmated_searches = data.name, len(data.enrolment), len(data.strangers)
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise InvalidInputError(f"n must be an integer of at least 2, got {n!r}")
-    if profile not in PROFILES:
+    if data is None and profile not in PROFILES:
         raise InvalidInputError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
     if not fars:
         raise InvalidInputError("name at least one FAR value")
@@ -508,12 +611,10 @@ def evaluate_profile(
         return make_bar(f"{profile}: {label}", total)
 
     started = time.perf_counter()
-    faces = FaceGenerator(profile, seed)
-    people = faces.identities(n)
-    enrolment = faces.samples(people)
-    probes = faces.samples(people)
-    offset = estimate_offset(faces.samples(faces.identities(_OFFSET_SAMPLES)))
-    strangers = faces.samples(faces.identities(nonmated_count))  # never enrolled
+    if data is None:
+        data = synthetic_data(profile, n, nonmated_count, seed)
+    enrolment, probes, strangers = data.enrolment, data.probes, data.strangers
+    offset = estimate_offset(data.offset_samples)
     dim = enrolment.shape[1]
     scheme = CancellableHash(_bench_key(seed), dim, bits, offset=offset)
     rekeyed = CancellableHash(_bench_key(seed, "renewed"), dim, bits, offset=offset)
