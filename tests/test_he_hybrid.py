@@ -156,3 +156,20 @@ def test_save_and_load(world: dict, tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(AuthenticationError):
         HybridGallery.load(path, gallery.scheme.key)
+
+
+def test_save_and_load_keeps_the_offset_scheme(world: dict, tmp_path: Path) -> None:
+    holder = world["holder"]
+    templates = world["templates"][:40]
+    u = np.zeros(DIM, dtype=np.float32)
+    u[0] = 1.0
+    scheme = CancellableHash(HashKey(bytes(range(32))), DIM, 1024, offset=u, offset_removal=0.5)
+    gallery = HybridGallery(scheme, holder.public_context(), shortlist=4)
+    gallery.enrol([f"o{i}" for i in range(40)], templates)
+    path = tmp_path / "offset.fpm"
+    gallery.save(path)
+    loaded = HybridGallery.load(path, scheme.key)
+    assert loaded.scheme.offset_removal == 0.5
+    np.testing.assert_array_equal(loaded.scheme.offset, u)
+    probe = world["probes"][3]
+    assert loaded.shortlist_for(probe) == gallery.shortlist_for(probe)

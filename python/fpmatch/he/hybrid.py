@@ -229,6 +229,7 @@ class HybridGallery:
                 "dim": self.dim,
                 "bits": self.scheme.bits,
                 "offset": None if self.scheme.offset is None else np.asarray(self.scheme.offset).tolist(),
+                "offset_removal": self.scheme.offset_removal,
                 "key_id": key.key_id,
                 "he_key_id": self.key_id,
                 "n": ring.n,
@@ -268,7 +269,9 @@ class HybridGallery:
         start = head + meta_len
         public = body[start : start + public_len]
         offset = None if meta["offset"] is None else np.asarray(meta["offset"], dtype=np.float32)
-        scheme = CancellableHash(key, int(meta["dim"]), int(meta["bits"]), offset, n_threads)
+        scheme = CancellableHash(
+            key, int(meta["dim"]), int(meta["bits"]), offset, n_threads, float(meta["offset_removal"])
+        )
         gallery = cls(scheme, public, shortlist=int(meta["shortlist"]))
         if gallery.key_id != meta["he_key_id"] or gallery.context.ring.n != meta["n"]:
             raise KeyMismatchError(f"{source}: its ciphertexts and its public context disagree")
