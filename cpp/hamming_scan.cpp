@@ -10,6 +10,7 @@ namespace fpmatch {
   void scan_into_heap(const uint8_t*, const uint8_t*, size_t, size_t, const int64_t*, int64_t,  \
                       size_t, int32_t*, int64_t*);                                            \
   int32_t distance(const uint8_t*, const uint8_t*, size_t);                                   \
+  void distances(const uint8_t*, const uint8_t*, size_t, size_t, int32_t*);                   \
   void within(const uint8_t*, const uint8_t*, size_t, size_t, int32_t, std::vector<int32_t>&, \
               std::vector<int64_t>&);                                                        \
   std::unique_ptr<faiss::DistanceComputer> hamming_distance(const uint8_t*, size_t);          \
@@ -71,6 +72,13 @@ std::unique_ptr<faiss::DistanceComputer> hamming_distance(const uint8_t* codes, 
   if (use_popcnt()) return popcnt_impl::hamming_distance(codes, code_size);
 #endif
   return baseline_impl::hamming_distance(codes, code_size);
+}
+
+void distances(const uint8_t* query, const uint8_t* codes, size_t n, size_t code_size, int32_t* out) {
+#if defined(FPMATCH_HAVE_POPCNT_KERNEL)
+  if (use_popcnt()) return popcnt_impl::distances(query, codes, n, code_size, out);
+#endif
+  baseline_impl::distances(query, codes, n, code_size, out);
 }
 
 const char* kernel_name() { return use_popcnt() ? "popcnt" : "baseline"; }

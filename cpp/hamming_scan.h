@@ -3,7 +3,7 @@
 // Debian's libfaiss.a is built for baseline x86-64 and its compiled Hamming
 // loops use no POPCNT instruction (about 8x slower). The loops here are
 // compiled twice, once with -mpopcnt, and the faster one is chosen at run time.
-// Codes must be a multiple of 8 bytes and 8-byte aligned.
+// Codes must be a multiple of 8 bytes (at most 1024) and stored codes 8-byte aligned.
 #pragma once
 
 #include <cstddef>
@@ -31,6 +31,9 @@ void scan_into_heap(const uint8_t* query, const uint8_t* codes, size_t n, size_t
                     int64_t* heap_ids);
 
 int32_t distance(const uint8_t* a, const uint8_t* b, size_t code_size);
+
+// out[i] = distance from query to codes[i], for i in [0, n).
+void distances(const uint8_t* query, const uint8_t* codes, size_t n, size_t code_size, int32_t* out);
 
 // Every position in codes[0, n) within Hamming distance radius of query (inclusive).
 void within(const uint8_t* query, const uint8_t* codes, size_t n, size_t code_size,

@@ -16,6 +16,7 @@ namespace fpmatch {
 namespace FPMATCH_SCAN_NS {
 
 using MaxHeap = faiss::CMax<int32_t, int64_t>;
+constexpr size_t kMaxWords = 128;  // 8192-bit codes, the widest an index accepts
 
 inline int32_t popcount_words(const uint64_t* a, const uint64_t* b, size_t words) {
   int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
@@ -58,37 +59,48 @@ void scan_words(const uint64_t* query, const uint8_t* codes, size_t n, Words<W> 
   }
 }
 
+// Copies a code into 64-bit words (codes from numpy need not be 8-byte aligned).
+inline void load_words(const uint8_t* code, size_t words, uint64_t* out) { std::memcpy(out, code, words * 8); }
+
 // Codes are multiples of 8 bytes and 8-byte aligned (FAISS storage vectors).
 void scan_into_heap(const uint8_t* query, const uint8_t* codes, size_t n, size_t code_size,
                     const int64_t* ids, int64_t id_base, size_t k, int32_t* heap_distances,
                     int64_t* heap_ids) {
-  std::vector<uint64_t> q(code_size / 8);
-  std::memcpy(q.data(), query, code_size);
+  uint64_t q[kMaxWords];
+  load_words(query, code_size / 8, q);
   switch (code_size / 8) {
-    case 4: scan_words(q.data(), codes, n, Words<4>{4}, ids, id_base, k, heap_distances, heap_ids); break;
-    case 8: scan_words(q.data(), codes, n, Words<8>{8}, ids, id_base, k, heap_distances, heap_ids); break;
-    case 16: scan_words(q.data(), codes, n, Words<16>{16}, ids, id_base, k, heap_distances, heap_ids); break;
-    case 32: scan_words(q.data(), codes, n, Words<32>{32}, ids, id_base, k, heap_distances, heap_ids); break;
-    default:
-      scan_words(q.data(), codes, n, Words<0>{code_size / 8}, ids, id_base, k, heap_distances, heap_ids);
+    case 4: scan_words(q, codes, n, Words<4>{4}, ids, id_base, k, heap_distances, heap_ids); break;
+    case 8: scan_words(q, codes, n, Words<8>{8}, ids, id_base, k, heap_distances, heap_ids); break;
+    case 16: scan_words(q, codes, n, Words<16>{16}, ids, id_base, k, heap_distances, heap_ids); break;
+    case 32: scan_words(q, codes, n, Words<32>{32}, ids, id_base, k, heap_distances, heap_ids); break;
+    default: scan_words(q, codes, n, Words<0>{code_size / 8}, ids, id_base, k, heap_distances, heap_ids);
   }
 }
 
+void distances(const uint8_t* query, const uint8_t* codes, size_t n, size_t code_size, int32_t* out) {
+  const size_t words = code_size / 8;
+  uint64_t q[kMaxWords];
+  load_words(query, words, q);
+  const uint64_t* code = reinterpret_cast<const uint64_t*>(codes);
+  for (size_t i = 0; i < n; ++i, code += words) out[i] = popcount_words(q, code, words);
+}
+
 int32_t distance(const uint8_t* a, const uint8_t* b, size_t code_size) {
-  std::vector<uint64_t> wa(code_size / 8), wb(code_size / 8);
-  std::memcpy(wa.data(), a, code_size);
-  std::memcpy(wb.data(), b, code_size);
-  return popcount_words(wa.data(), wb.data(), code_size / 8);
+  const size_t words = code_size / 8;
+  uint64_t wa[kMaxWords], wb[kMaxWords];
+  load_words(a, words, wa);
+  load_words(b, words, wb);
+  return popcount_words(wa, wb, words);
 }
 
 void within(const uint8_t* query, const uint8_t* codes, size_t n, size_t code_size, int32_t radius,
             std::vector<int32_t>& distances, std::vector<int64_t>& positions) {
   const size_t words = code_size / 8;
-  std::vector<uint64_t> q(words);
-  std::memcpy(q.data(), query, code_size);
+  uint64_t q[kMaxWords];
+  load_words(query, words, q);
   const uint64_t* code = reinterpret_cast<const uint64_t*>(codes);
   for (size_t i = 0; i < n; ++i, code += words) {
-    int32_t d = popcount_words(q.data(), code, words);
+    int32_t d = popcount_words(q, code, words);
     if (d <= radius) {
       distances.push_back(d);
       positions.push_back(int64_t(i));

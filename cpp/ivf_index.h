@@ -200,16 +200,11 @@ class IvfIndex : public ProtectedIndex {
     const size_t shortlist = std::max(rerank_, k);
     parallel_for(queries.n, n_threads, [&](size_t q) {
       const uint8_t* query = queries.row(q);
-      std::vector<int64_t> lists(probes);
-      if (!labels_.empty()) nearest_centroids(centroids_, query, 1, probes, lists.data(), 1);
+      std::vector<int64_t> lists = probe_lists(query, probes);
       std::vector<int32_t> heap_d(shortlist);
       std::vector<int64_t> heap_p(shortlist);
       faiss::heap_heapify<faiss::CMax<int32_t, int64_t>>(shortlist, heap_d.data(), heap_p.data());
-      // Visit the lists in memory order: the result does not depend on the
-      // order (ties go to the smaller position), and forward sweeps stream.
-      std::sort(lists.begin(), lists.end());
       for (int64_t l : lists) {
-        if (labels_.empty() || l < 0) continue;
         size_t begin = list_start_[size_t(l)], end = list_start_[size_t(l) + 1];
         scan::scan_into_heap(query, &packed_prefixes_[begin * prefix_bytes_], end - begin, prefix_bytes_,
                              &packed_positions_[begin], 0, shortlist, heap_d.data(), heap_p.data());
@@ -242,6 +237,22 @@ class IvfIndex : public ProtectedIndex {
   void set_rerank_unlocked(size_t rerank) {
     if (rerank < 1) throw InvalidInput("rerank must be at least 1");
     rerank_ = rerank;
+  }
+
+  // The `count` lists nearest the query, in memory order: the result does not
+  // depend on the order (ties go to the smaller position), and forward sweeps
+  // stream. A selection, not a heap: count is often half of nlist.
+  std::vector<int64_t> probe_lists(const uint8_t* query, size_t count) const {
+    if (labels_.empty()) return {};
+    std::vector<int32_t> d(nlist_);
+    scan::distances(query, centroids_.data(), nlist_, code_size(), d.data());
+    std::vector<int64_t> lists(nlist_);
+    std::iota(lists.begin(), lists.end(), int64_t(0));
+    auto nearer = [&](int64_t a, int64_t b) { return std::make_pair(d[size_t(a)], a) < std::make_pair(d[size_t(b)], b); };
+    std::nth_element(lists.begin(), lists.begin() + (count - 1), lists.end(), nearer);
+    lists.resize(count);
+    std::sort(lists.begin(), lists.end());
+    return lists;
   }
 
   // The `count` nearest centroids of each of n codes.

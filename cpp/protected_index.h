@@ -157,7 +157,8 @@ class ProtectedIndex {
 
  protected:
   ProtectedIndex(size_t bits, std::vector<int64_t> labels) : bits_(bits), labels_(std::move(labels)) {
-    if (bits < 8 || bits % 64 != 0) throw InvalidInput("bits must be a positive multiple of 64");
+    if (bits < 64 || bits > 8192 || bits % 64 != 0)
+      throw InvalidInput("bits must be a multiple of 64 in [64, 8192]");
     for (size_t pos = 0; pos < labels_.size(); ++pos) {
       if (labels_[pos] == kNoLabel) continue;
       if (labels_[pos] < 0 || !positions_.emplace(labels_[pos], pos).second)
