@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("tenseal", reason="the he and hybrid schemes need TenSEAL (pip install tenseal)")
 
-from fpmatch import CancellableHash, HashKey  # noqa: E402
+from fpmatch import CancellableHash, HashKey, IVFIndex  # noqa: E402
 from fpmatch.errors import (  # noqa: E402
     AuthenticationError,
     IdConflictError,
@@ -133,7 +133,7 @@ def test_bad_inputs(world: dict) -> None:
     with pytest.raises(InvalidInputError):
         HybridGallery(gallery.scheme, holder.public_context(), shortlist=0)
     with pytest.raises(InvalidInputError):
-        HybridGallery(gallery.scheme, holder.public_context(), index="ivf")
+        HybridGallery(gallery.scheme, holder.public_context(), index="annoy")
     empty = HybridGallery(gallery.scheme, holder.public_context())
     assert empty.identify(world["probes"][0], holder, 0.5, caller="t") == []
 
@@ -173,3 +173,18 @@ def test_save_and_load_keeps_the_offset_scheme(world: dict, tmp_path: Path) -> N
     np.testing.assert_array_equal(loaded.scheme.offset, u)
     probe = world["probes"][3]
     assert loaded.shortlist_for(probe) == gallery.shortlist_for(probe)
+
+
+def test_ivf_shortlist(world: dict) -> None:
+    """An IVF hash stage learns its lists from the first batch and shortlists like the flat one."""
+    holder = world["holder"]
+    scheme = world["gallery"].scheme
+    ivf = HybridGallery(scheme, holder.public_context(), index=IVFIndex(scheme.bits, nlist=16, nprobe=8), shortlist=8)
+    with pytest.raises(InvalidInputError):  # fewer codes than lists: nothing is stored
+        ivf.enrol([f"v{i}" for i in range(10)], world["templates"][:10])
+    assert len(ivf) == 0
+    ivf.enrol([f"v{i}" for i in range(300)], world["templates"][:300])
+    assert ivf.index.is_trained
+    hits = [ivf.shortlist_for(world["probes"][i])[:1] == [f"v{i}"] for i in range(100)]
+    assert np.mean(hits) >= 0.95
+    assert ivf.verify("v7", world["probes"][7], holder, 0.35, caller="t").verified

@@ -127,13 +127,6 @@ class Gallery:
         if taken:
             raise IdConflictError(f"already enrolled: {', '.join(taken[:5])}")
         codes = self.scheme.protect(rows)
-        if isinstance(self._index, IVFIndex) and not self._index.is_trained:
-            if len(codes) < self._index.nlist:
-                raise InvalidInputError(
-                    f"an IVF gallery learns its lists from the first enrolment: enrol at least "
-                    f"{self._index.nlist} subjects at once, or pass a trained IVFIndex"
-                )
-            self._index.train(codes)
         self.add_codes(names, codes, np.arange(self._next_id, self._next_id + len(names), dtype=np.int64))
 
     def remove(self, subject: str) -> None:
@@ -305,6 +298,13 @@ class Gallery:
             raise IdConflictError(f"already enrolled: {', '.join(taken[:5])}")
         if ids.shape != (len(names),):
             raise InvalidInputError(f"need one id per code, got ids of shape {ids.shape}")
+        if isinstance(self._index, IVFIndex) and not self._index.is_trained:
+            if len(codes) < self._index.nlist:
+                raise InvalidInputError(
+                    f"an IVF gallery learns its lists from the first enrolment: enrol at least "
+                    f"{self._index.nlist} subjects at once, or pass a trained IVFIndex"
+                )
+            self._index.train(codes)
         # Names first, index second (and the reverse on removal): a concurrent
         # search never returns an id whose name is unknown.
         for name, id_ in zip(names, ids.tolist()):

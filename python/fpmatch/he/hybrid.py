@@ -32,9 +32,10 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .._validate import as_subject_list, as_template_rows
-from ..errors import AuthenticationError, IdConflictError, InvalidInputError, KeyMismatchError, UnknownSubjectError
+from ..errors import AuthenticationError, IdConflictError, InvalidInputError, KeyMismatchError
 from ..hashing import CancellableHash
-from ..index import FlatIndex, HNSWIndex, Index, load_index
+from ..gallery import Gallery
+from ..index import Index, load_index
 from ..keys import HashKey, ensure_outside
 from ._encoding import Match, Verification, check_threshold, quantise, unit_rows
 from .context import PublicContext
@@ -53,7 +54,7 @@ class HybridGallery:
         scheme: CancellableHash,
         context: PublicContext | bytes,
         *,
-        index: str = "flat",
+        index: str | Index = "flat",
         shortlist: int = 32,
         hnsw_m: int = 32,
         ef_construction: int = 80,
@@ -66,13 +67,8 @@ class HybridGallery:
         if isinstance(shortlist, bool) or not isinstance(shortlist, int) or shortlist < 1:
             raise InvalidInputError(f"shortlist must be a positive integer, got {shortlist!r}")
         self.shortlist = shortlist
-        self._index: Index
-        if index == "flat":
-            self._index = FlatIndex(scheme.bits)
-        elif index == "hnsw":
-            self._index = HNSWIndex(scheme.bits, hnsw_m, ef_construction, ef_search)
-        else:
-            raise InvalidInputError(f"index must be 'flat' or 'hnsw', got {index!r}")
+        # The hash part: codes, subject names and ids, the shortlist search.
+        self._hash = Gallery(scheme, index, hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search)
         n = self.context.ring.n
         self.group = n // self.dim
         self._c0 = np.zeros((0, n), dtype=np.int64)  # coefficients, centred
@@ -80,25 +76,23 @@ class HybridGallery:
         self._rows = 0
         self._used: list[int] = []  # templates placed in each row (withdrawn ones included)
         self._refreshes: list[int] = []
-        self._ids: dict[str, int] = {}
-        self._names: dict[int, str] = {}
         self._slot: dict[int, tuple[int, int]] = {}  # id -> (row, position in row)
         self._next_id = 0
 
     # -- membership --------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._hash)
 
     def __contains__(self, subject: object) -> bool:
-        return subject in self._ids
+        return subject in self._hash
 
     def subjects(self) -> list[str]:
-        return list(self._ids)
+        return self._hash.subjects()
 
     @property
     def index(self) -> Index:
-        return self._index
+        return self._hash.index
 
     @property
     def key_id(self) -> str:
@@ -114,7 +108,7 @@ class HybridGallery:
         rows = as_template_rows(templates, self.dim)
         values = quantise(unit_rows(rows, self.dim), self.context.params.template_scale_bits)
         names = as_subject_list(subjects, len(values))
-        taken = [name for name in names if name in self._ids]
+        taken = [name for name in names if name in self._hash]
         if taken:
             raise IdConflictError(f"already enrolled: {', '.join(taken[:5])}")
         codes = self.scheme.protect(rows)
@@ -142,7 +136,7 @@ class HybridGallery:
         c0 = ring.centre(c0)
         c1 = ring.centre(c1)
         ids = np.arange(self._next_id, self._next_id + len(names), dtype=np.int64)
-        self._index.add(codes, ids)  # the first change to the gallery; all checks are done
+        self._hash.add_codes(names, codes, ids)  # the first change to the gallery; all checks are done
         self._ensure_capacity(first + len(c0))
         self._c0[first : first + len(c0)] = c0
         self._c1[first : first + len(c1)] = c1
@@ -151,27 +145,23 @@ class HybridGallery:
         self._used += [0] * new_rows
         self._refreshes += [1] * new_rows
         self._rows = first + len(c0)
-        for name, id_, (row, p) in zip(names, ids.tolist(), places):
-            self._ids[name] = id_
-            self._names[id_] = name
+        for id_, (row, p) in zip(ids.tolist(), places):
             self._slot[id_] = (row, p)
             self._used[row] = max(self._used[row], p + 1)
         self._next_id += len(names)
 
     def withdraw(self, subject: str) -> None:
         """Erase the subject: remove their code, zero the coefficients that encrypt their template."""
-        id_ = self._id_of(subject)
+        id_ = self._hash.id_of(subject)
+        self._hash.remove(subject)
         row, p = self._slot.pop(id_)
-        self._index.remove(np.array([id_], dtype=np.int64))
         self._c0[row, p * self.dim : (p + 1) * self.dim] = 0
-        del self._ids[subject]
-        del self._names[id_]
 
     # -- matching ---------------------------------------------------------------------
 
     def scores_for(self, subjects: Sequence[str], probe: np.ndarray) -> EncryptedScores:
         """Encrypted scores of ``probe`` against the named subjects, in that order."""
-        ids = [self._id_of(name) for name in subjects]
+        ids = [self._hash.id_of(name) for name in subjects]
         return self._request(ids, probe)
 
     def verify(
@@ -185,11 +175,10 @@ class HybridGallery:
 
     def shortlist_for(self, probe: np.ndarray) -> list[str]:
         """The subjects whose codes are nearest the probe's, nearest first."""
-        code = self.scheme.protect(as_template_rows(probe, self.dim, "probe"))
-        if len(code) != 1:
+        rows = as_template_rows(probe, self.dim, "probe")
+        if len(rows) != 1:
             raise InvalidInputError("one probe at a time")
-        result = self._index.search(code, min(self.shortlist, max(1, len(self._ids))))
-        return [self._names[label] for label in result.labels[0].tolist() if label >= 0]
+        return [c.subject for c in self._hash.identify(rows, k=self.shortlist, threshold=-1.0)]
 
     def identify(
         self, probe: np.ndarray, decider: ScoreDecider, threshold: float, k: int = 5, *, caller: str
@@ -205,7 +194,7 @@ class HybridGallery:
 
     def location(self, subject: str) -> tuple[int, int]:
         """(row, position): ciphertext ``row`` holds the subject at coefficients ``position * dim`` onwards."""
-        return self._slot[self._id_of(subject)]
+        return self._slot[self._hash.id_of(subject)]
 
     def ciphertexts(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every ciphertext the gallery keeps, as (c0 coefficients, c1 NTT values)."""
@@ -238,11 +227,11 @@ class HybridGallery:
                 "used": self._used,
                 "refreshes": self._refreshes,
                 "next_id": self._next_id,
-                "subjects": {name: [id_, *self._slot[id_]] for name, id_ in self._ids.items()},
+                "subjects": {name: [self._hash.id_of(name), *self._slot[self._hash.id_of(name)]] for name in self.subjects()},
             }
         ).encode()
         public = self.context.to_bytes()
-        index = self._index.serialize(key.subkey("index-mac"))
+        index = self._hash.index.serialize(key.subkey("index-mac"))
         arrays = [np.ascontiguousarray(a[: self._rows], dtype="<i8").tobytes() for a in (self._c0, self._c1)]
         body = b"".join(
             [_MAGIC, struct.pack("<QQQ", len(meta), len(public), len(index)), meta, public, index, *arrays]
@@ -276,7 +265,7 @@ class HybridGallery:
         if gallery.key_id != meta["he_key_id"] or gallery.context.ring.n != meta["n"]:
             raise KeyMismatchError(f"{source}: its ciphertexts and its public context disagree")
         start += public_len
-        gallery._index = load_index(body[start : start + index_len], key.subkey("index-mac"))
+        stored_index = load_index(body[start : start + index_len], key.subkey("index-mac"))
         start += index_len
         rows, n = int(meta["rows"]), gallery.context.ring.n
         if len(body) != start + 2 * 8 * rows * n:
@@ -292,21 +281,16 @@ class HybridGallery:
         gallery._used = [int(v) for v in meta["used"]]
         gallery._refreshes = [int(v) for v in meta["refreshes"]]
         gallery._next_id = int(meta["next_id"])
-        for name, (id_, row, position) in meta["subjects"].items():
-            gallery._ids[str(name)] = int(id_)
-            gallery._names[int(id_)] = str(name)
+        subjects = {str(name): int(id_) for name, (id_, _, _) in meta["subjects"].items()}
+        try:
+            gallery._hash = Gallery.from_index(scheme, stored_index, subjects)
+        except InvalidInputError:
+            raise AuthenticationError(f"{source}: subject table and index disagree") from None
+        for id_, row, position in meta["subjects"].values():
             gallery._slot[int(id_)] = (int(row), int(position))
-        if sorted(gallery._names) != sorted(gallery._index.ids().tolist()):
-            raise AuthenticationError(f"{source}: subject table and index disagree")
         return gallery
 
     # -- internals ---------------------------------------------------------------------
-
-    def _id_of(self, subject: str) -> int:
-        try:
-            return self._ids[subject]
-        except (KeyError, TypeError):
-            raise UnknownSubjectError(f"not enrolled: {subject!r}") from None
 
     def _ensure_capacity(self, rows: int) -> None:
         if rows <= len(self._c0):
