@@ -18,7 +18,7 @@ test: $(VENV)/.built
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 bench: $(VENV)/.built
-	$(PY) benchmarks/bench_search.py --n 1000000 --profile centred --nlist 2048 --nprobe 768,896,1024 \
+	$(PY) benchmarks/bench_search.py --n 1000000 --profile centred --nlist 2048 --nprobe 848,864,880,896 \
 		--json reports/search_centred_1m.json
 	$(PY) benchmarks/bench_search.py --n 1000000 --profile offset --prefix-bits 512 --rerank 512 \
 		--nprobe 256,512,768 --json reports/search_offset_1m.json
