@@ -73,7 +73,8 @@ def run(n_subjects: int = 5000, n_probes: int = 500, seed: int = 7) -> dict[str,
         gone = names[0]
         gallery.remove(gone)
         still = any(c.subject == gone for c in gallery.identify(genuine[0], k=5))
-        _line(f"\nremoved {gone}; still identified", str(still))
+        print(f"\n[withdrawal of {gone}, {profile} gallery]")
+        _line("still identified after removal", str(still))
         try:
             gallery.verify(gone, genuine[0])
         except UnknownSubjectError as exc:
