@@ -25,7 +25,7 @@ bench: $(VENV)/.built
 	$(PY) benchmarks/bench_he.py --json reports/he_centred.json
 	$(PY) benchmarks/bench_he.py --profile offset --json reports/he_offset.json
 	$(PY) benchmarks/bench_security.py --json reports/security_centred.json
-	$(PY) benchmarks/bench_eval.py --json reports/eval.json --png-dir reports/eval
+	$(PY) benchmarks/bench_eval.py --million --json reports/eval.json --png-dir reports/eval
 
 system-deps:
 	bash scripts/system-deps.sh
