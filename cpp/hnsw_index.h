@@ -131,6 +131,9 @@ class HnswIndex : public ProtectedIndex {
         if (found == k || found == positions_.size() || want >= stored) break;
         want = std::min(stored, want * 2);
       }
+      // Live nodes the graph cannot reach (linked only through removed ones):
+      // answer exactly from storage instead.
+      if (found < std::min(k, positions_.size())) found = scan_live(queries.row(q), k, distances + q * k, labels + q * k);
       for (size_t i = found; i < k; ++i) {
         distances[q * k + i] = std::numeric_limits<int32_t>::max();
         labels[q * k + i] = kNoLabel;
@@ -147,6 +150,24 @@ class HnswIndex : public ProtectedIndex {
     index->hnsw.efConstruction = ef_construction;
     index->hnsw.efSearch = ef_search;
     return index;
+  }
+
+  // Exhaustive k nearest live codes; returns how many were written.
+  size_t scan_live(const uint8_t* query, size_t k, int32_t* distances, int64_t* labels) const {
+    const size_t stored = labels_.size();
+    std::vector<int32_t> d(stored);
+    scan::distances(query, storage().xb.data(), stored, code_size(), d.data());
+    std::vector<std::pair<int32_t, int64_t>> live;
+    live.reserve(positions_.size());
+    for (size_t pos = 0; pos < stored; ++pos)
+      if (labels_[pos] != kNoLabel) live.emplace_back(d[pos], labels_[pos]);
+    size_t found = std::min(k, live.size());
+    std::partial_sort(live.begin(), live.begin() + found, live.end());
+    for (size_t i = 0; i < found; ++i) {
+      distances[i] = live[i].first;
+      labels[i] = live[i].second;
+    }
+    return found;
   }
 
   // One reusable table per thread: allocating ntotal bytes per query would
