@@ -51,6 +51,7 @@ from _common import log as _log
 from _common import peak_rss_mb as _peak_rss_mb
 
 import fpmatch
+from fpmatch.codes import hamming_pairs
 from fpmatch import CancellableHash, FlatIndex, HashKey, IVFIndex, estimate_offset
 from fpmatch.he import EncryptedGallery, HybridGallery, KeyHolder, PublicContext, RateLimit
 from fpmatch.he._encoding import quantise
@@ -108,14 +109,6 @@ def _tar_hash(genuine: np.ndarray, impostor: np.ndarray, far: float, bits: int) 
         "genuine_pairs": len(genuine),
         "impostor_pairs": len(impostor),
     }
-
-
-def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    x = np.bitwise_xor(a, b)
-    if hasattr(np, "bitwise_count"):
-        return np.bitwise_count(x).sum(axis=1, dtype=np.int64)
-    table = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
-    return table[x].sum(axis=1)
 
 
 def _pair_scores(left: np.ndarray, a: np.ndarray, right: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -285,8 +278,8 @@ def _part_he(args: argparse.Namespace, d: _Setup, result: dict) -> None:
         assert np.array_equal(d.audit.scores(request), decrypted[order] @ weights[i]), "rebuilt scores differ"
     codes_g = d.scheme.protect(d.gallery[: args.n_small])
     codes_p = d.scheme.protect(probes)
-    hash_genuine = _hamming(codes_p[d.genuine], codes_g[d.genuine])
-    hash_tar = _tar_hash(hash_genuine, _hamming(codes_p[d.imp_a], codes_g[d.imp_b]), TARGET_FAR, args.bits)
+    hash_genuine = hamming_pairs(codes_p, d.genuine, codes_g, d.genuine)
+    hash_tar = _tar_hash(hash_genuine, hamming_pairs(codes_p, d.imp_a, codes_g, d.imp_b), TARGET_FAR, args.bits)
     details = {"plain": d.plain_tar, "hash": hash_tar, "he": tar}
     result.setdefault(FAR_KEY, {}).update({k: v["tar"] for k, v in details.items()})
     result.setdefault("tar_details", {}).update(details)

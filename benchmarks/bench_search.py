@@ -50,6 +50,7 @@ from _common import log as _log
 from _common import peak_rss_mb as _peak_rss_mb
 
 import fpmatch
+from fpmatch.codes import hamming_pairs
 from fpmatch.synthetic import PROFILES, FaceGenerator
 
 try:
@@ -92,34 +93,6 @@ def _stats(samples_ns: list[int] | np.ndarray) -> dict[str, float]:
         "p50": float(np.percentile(ms, 50)),
         "p99": float(np.percentile(ms, 99)),
     }
-
-
-if hasattr(np, "bitwise_count"):
-
-    def _popcount_rows(x: np.ndarray) -> np.ndarray:
-        return np.bitwise_count(x).sum(axis=1, dtype=np.int64)
-
-else:  # numpy < 2.0
-    _POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-
-    def _popcount_rows(x: np.ndarray) -> np.ndarray:
-        return _POP8[x.view(np.uint8)].sum(axis=1, dtype=np.int64)
-
-
-def _words(codes: np.ndarray) -> np.ndarray:
-    """Codes viewed as uint64 words when the code size allows it (faster popcount)."""
-    codes = np.ascontiguousarray(codes)
-    return codes.view(np.uint64) if codes.shape[1] % 8 == 0 else codes
-
-
-def _pair_hamming(a_codes: np.ndarray, a: np.ndarray, b_codes: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamming distances between rows a_codes[a[i]] and b_codes[b[i]]."""
-    wa, wb = _words(a_codes), _words(b_codes)
-    out = np.empty(len(a), dtype=np.int32)
-    for s in range(0, len(a), CHUNK):
-        e = min(s + CHUNK, len(a))
-        out[s:e] = _popcount_rows(np.bitwise_xor(wa[a[s:e]], wb[b[s:e]]))
-    return out
 
 
 def _pair_dots(x: np.ndarray, a: np.ndarray, y: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -299,8 +272,8 @@ def run(args: argparse.Namespace) -> dict:
     # Hash verification scores.
     t = time.perf_counter()
     genuine_codes = enrol_scheme.protect(genuine_probes)
-    hash_gen = _pair_hamming(genuine_codes, gen_idx, codes, genuine_ids)
-    hash_imp = _pair_hamming(codes, imp_a, codes, imp_b)
+    hash_gen = hamming_pairs(genuine_codes, gen_idx, codes, genuine_ids)
+    hash_imp = hamming_pairs(codes, imp_a, codes, imp_b)
     hash_tar = _tar_hash(hash_gen, hash_imp, TARGET_FAR, args.bits)
     del hash_gen, hash_imp, genuine_codes, genuine_probes, imp_a, imp_b
     phases["hash_verification_s"] = time.perf_counter() - t

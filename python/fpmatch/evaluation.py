@@ -44,6 +44,7 @@ import numpy as np
 from ._core import scan_kernel
 from ._progress import Progress
 from ._validate import as_template_rows
+from .codes import PAIR_CHUNK, hamming_pairs
 from .errors import InvalidInputError
 from .gallery import Gallery
 from .hashing import DEFAULT_BITS, CancellableHash, estimate_offset
@@ -57,9 +58,7 @@ DEFAULT_CANDIDATES = 20
 #: The unlinkability target: D_sys at most this.
 D_SYS_TARGET = 0.05
 _CHUNK = 256
-_PAIR_CHUNK = 65536
 _GENERATE_CHUNK = 65536
-_BYTE_BITS = np.array([bin(v).count("1") for v in range(256)], dtype=np.int64)
 _DET_POINTS = 120
 _OFFSET_SAMPLES = 2000
 
@@ -775,37 +774,11 @@ def _time_queries(
 # -- pairwise scoring ------------------------------------------------------------------
 
 
-def hamming_pairs(codes_a: np.ndarray, rows_a: np.ndarray, codes_b: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
-    """Hamming distances between ``codes_a[rows_a[i]]`` and ``codes_b[rows_b[i]]`` (int64)."""
-    a = np.ascontiguousarray(codes_a, dtype=np.uint8)
-    b = np.ascontiguousarray(codes_b, dtype=np.uint8)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise InvalidInputError("codes must be 2-D uint8 arrays of one code size")
-    ra = np.asarray(rows_a, dtype=np.int64)
-    rb = np.asarray(rows_b, dtype=np.int64)
-    if ra.shape != rb.shape or ra.ndim != 1:
-        raise InvalidInputError("rows_a and rows_b must be 1-D and of one length")
-    if a.shape[1] % 8 == 0:
-        a, b = a.view(np.uint64), b.view(np.uint64)
-    out = np.empty(len(ra), dtype=np.int64)
-    for start in range(0, len(ra), _PAIR_CHUNK):
-        stop = min(len(ra), start + _PAIR_CHUNK)
-        out[start:stop] = _popcount_rows(np.bitwise_xor(a[ra[start:stop]], b[rb[start:stop]]))
-    return out
-
-
-def _popcount_rows(x: np.ndarray) -> np.ndarray:
-    count = getattr(np, "bitwise_count", None)  # numpy >= 2.0
-    if count is not None:
-        return np.asarray(np.asarray(count(x)).sum(axis=1, dtype=np.int64))
-    return np.asarray(_BYTE_BITS[x.view(np.uint8)].sum(axis=1, dtype=np.int64))
-
-
 def _pair_cosines(x: np.ndarray, rows_x: np.ndarray, y: np.ndarray, rows_y: np.ndarray) -> np.ndarray:
     """Inner products of unit rows ``x[rows_x[i]]`` and ``y[rows_y[i]]``."""
     out = np.empty(len(rows_x), dtype=np.float64)
-    for start in range(0, len(rows_x), _PAIR_CHUNK):
-        stop = min(len(rows_x), start + _PAIR_CHUNK)
+    for start in range(0, len(rows_x), PAIR_CHUNK):
+        stop = min(len(rows_x), start + PAIR_CHUNK)
         out[start:stop] = np.einsum("ij,ij->i", x[rows_x[start:stop]], y[rows_y[start:stop]], dtype=np.float64)
     return out
 

@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ._validate import as_subject_list, as_template_rows, require_array
+from .codes import hamming, hamming_pairs
 from .errors import (
     AuthenticationError,
     IdConflictError,
@@ -34,7 +35,6 @@ from .keys import HashKey, ensure_outside
 
 DEFAULT_TARGET_FMR = 1e-4
 _MAGIC = b"FPMATCHG"
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint16)
 
 
 @dataclass(frozen=True)
@@ -56,11 +56,6 @@ class Candidate:
     score: float
     distance: int
     rank: int
-
-
-def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise Hamming distances between two uint8 code arrays of equal shape."""
-    return _POPCOUNT[np.bitwise_xor(a, b)].sum(axis=-1, dtype=np.int64)
 
 
 class Gallery:
@@ -400,10 +395,7 @@ class Gallery:
         b = rng.integers(0, len(codes), max_pairs)
         keep = labels[a] != labels[b]
         a, b = a[keep], b[keep]
-        return np.concatenate(
-            [hamming(codes[a[i : i + 65536]], codes[b[i : i + 65536]]) for i in range(0, len(a), 65536)]
-            or [np.zeros(0, dtype=np.int64)]
-        )
+        return hamming_pairs(codes, a, codes, b)
 
 
 def _check_fmr(fmr: float) -> None:
