@@ -186,9 +186,7 @@ class HnswIndex : public ProtectedIndex {
     const size_t n0 = size_t(flat->ntotal), n = codes.n, code_size = size_t(flat->code_size);
     if (n0 + n > size_t(std::numeric_limits<int>::max()))
       throw InvalidInput("an HNSW index holds at most 2^31-1 codes");
-    flat->xb.resize((n0 + n) * code_size);
-    for (size_t i = 0; i < n; ++i) std::memcpy(flat->xb.data() + (n0 + i) * code_size, codes.row(i), code_size);
-    flat->ntotal = int64_t(n0 + n);
+    append(*flat, codes);
     index.ntotal = flat->ntotal;
     if (n == 0) return;
 

@@ -193,12 +193,11 @@ class ProtectedIndex {
   }
 
   // Appends a batch of codes to a dense faiss::IndexBinaryFlat.
-  void append(faiss::IndexBinaryFlat& store, const CodeBatch& codes) const {
+  static void append(faiss::IndexBinaryFlat& store, const CodeBatch& codes) {
     std::vector<uint8_t>& xb = store.xb;
-    size_t old = xb.size();
-    xb.resize(old + codes.n * code_size());
-    for (size_t i = 0; i < codes.n; ++i)
-      std::memcpy(xb.data() + old + i * code_size(), codes.row(i), code_size());
+    const size_t size = size_t(store.code_size), old = xb.size();
+    xb.resize(old + codes.n * size);
+    for (size_t i = 0; i < codes.n; ++i) std::memcpy(xb.data() + old + i * size, codes.row(i), size);
     store.ntotal += int64_t(codes.n);
   }
 
