@@ -1,20 +1,30 @@
 #!/usr/bin/env python3
-"""Evaluation benchmark: verification, 1:N, unlinkability, renewability and speed in one run.
+"""Evaluation benchmark: accuracy, 1:N, ISO/IEC 24745 security figures and speed, in one run.
 
 For each synthetic profile (``centred`` and ``offset`` by default), plain cosine
-and the ``hash`` scheme side by side (:mod:`fpmatch.evaluation`):
+beside the ``hash``, ``he`` and ``hybrid`` schemes (:mod:`fpmatch.evaluation`):
 
 * verification (ISO/IEC 19795-1): FMR/FNMR curves, EER, TAR at FAR 1e-3 and 1e-4;
-* open-set identification: rank-1 and FNIR at FPIR 3e-3 (hash: exact flat index);
+* open-set identification: rank-1 and FNIR at FPIR 3e-3 (hash: exact flat index;
+  he: the whole gallery under encryption; hybrid: hash shortlist re-scored under
+  encryption). The encrypted schemes score a part of the pairs and searches
+  (``--he-probes``, ``--he-nonmated``, ``--hybrid-impostor-pairs``), with plain
+  cosine on the same part beside them; a FAR or FPIR the trials cannot support
+  (fewer than 30 errors allowed at it) is reported as null with the reason;
 * unlinkability: D_sys between codes under two keys (target <= 0.05);
 * renewability: old codes against re-keyed codes of the same people, with
   Kolmogorov-Smirnov distances to the genuine and impostor scores;
-* speed against gallery size: faiss ``IndexFlatIP`` (when importable), hash flat
-  and hash IVF, one query at a time on one thread.
+* irreversibility: templates rebuilt from stored codes with and without the hash
+  key, naively and with the removed offset restored, and the share accepted by
+  plain matching at FMR 1e-3;
+* speed against gallery size: enrolment rate, verify and identify latency of
+  faiss ``IndexFlatIP`` (when importable), hash flat and IVF, he and hybrid (up to
+  ``--encrypted-max-n``), one at a time on one thread; bytes per template.
 
-Writes one JSON report (unlinkability and renewability also under the keys
-``d_sys`` and ``renewability``) and, with ``--png-dir``, ``det.png``,
-``speed.png`` and ``unlinkability.png`` (matplotlib's Agg backend).
+Writes one JSON report (unlinkability, renewability and irreversibility also
+under the keys ``d_sys``, ``renewability`` and ``irreversibility``) and, with
+``--png-dir``, ``det.png``, ``speed.png`` and ``unlinkability.png`` (matplotlib's
+Agg backend).
 
 Usage::
 
@@ -37,23 +47,23 @@ from _common import cpu_model, log, peak_rss_mb
 
 from fpmatch._progress import Progress, progress_wanted
 from fpmatch.evaluation import (
+    EncryptedSizes,
     load_labelled,
-    split_labelled,
-    DEFAULT_FARS,
-    DEFAULT_FPIRS,
-    far_label,
+    report_summary,
+    report_text,
     run_evaluation,
     speed_vs_gallery_size,
-    write_det_png,
-    write_speed_png,
-    write_unlinkability_png,
+    split_labelled,
+    write_report_pngs,
 )
 from fpmatch.synthetic import PROFILES
 
-#: Settings of a full run and of ``--quick``: n, sizes, queries, linkage pairs, impostor pairs.
+#: Settings of a full run and of ``--quick`` (explicit options win).
 FULL = {"n": 10_000, "sizes": [1000, 10_000, 100_000], "queries": 200, "linkage_pairs": 1_000_000,
-        "max_impostors": 4_000_000}  # fmt: skip
-QUICK = {"n": 2000, "sizes": [1000, 10_000], "queries": 50, "linkage_pairs": 200_000, "max_impostors": 1_000_000}
+        "max_impostors": 4_000_000, "he_probes": 2000, "he_nonmated": 10_000,
+        "hybrid_impostor_pairs": 300_000, "encrypted_max_n": 100_000}  # fmt: skip
+QUICK = {"n": 2000, "sizes": [1000, 10_000], "queries": 50, "linkage_pairs": 200_000, "max_impostors": 1_000_000,
+         "he_probes": 300, "he_nonmated": 1000, "hybrid_impostor_pairs": 30_000, "encrypted_max_n": 10_000}  # fmt: skip
 
 
 def _int_list(text: str) -> list[int]:
@@ -99,12 +109,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=10, help="neighbours per timed search")
     p.add_argument("--linkage-pairs", type=int, help="non-mated pairs for D_sys and renewability (default 1e6)")
     p.add_argument("--max-impostors", type=int, help="cap on verification impostor pairs (default 4e6)")
+    p.add_argument(
+        "--he-probes", type=int, help=f"mated probes the he / hybrid schemes score (default {FULL['he_probes']})"
+    )
+    p.add_argument(
+        "--he-nonmated",
+        type=int,
+        help=f"non-mated searches of the he / hybrid schemes (default {FULL['he_nonmated']:,}, at most --nonmated)",
+    )
+    p.add_argument(
+        "--hybrid-impostor-pairs",
+        type=int,
+        help=f"impostor pairs through the hybrid 1:1 path (default {FULL['hybrid_impostor_pairs']:,})",
+    )
+    p.add_argument("--shortlist", type=int, default=32, help="hybrid hash shortlist length (default 32)")
+    p.add_argument(
+        "--encrypted-max-n",
+        type=int,
+        help=f"largest gallery the he / hybrid schemes are timed at (default {FULL['encrypted_max_n']:,})",
+    )
+    p.add_argument("--no-encrypted", action="store_true", help="leave out the he and hybrid schemes")
+    p.add_argument("--inversion-pairs", type=int, default=500_000, help="impostor pairs for the inversion threshold")
     p.add_argument("--bits", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: n 2000, sizes 1000,10000, 50 queries, 2e5 linkage pairs (explicit options win)",
+        help="smoke run: n 2000, sizes 1000,10000, 50 queries, 2e5 linkage pairs, 300 encrypted probes "
+        "(explicit options win)",
     )
     p.add_argument("--progress", action="store_true", help="show progress bars even when stderr is not a terminal")
     args = p.parse_args(argv)
@@ -118,100 +150,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.sizes.append(1_000_000)
     if args.nonmated is None:
         args.nonmated = args.n
+    if args.no_encrypted:
+        args.encrypted_max_n = 0
     if args.n < 2 or args.nonmated < 1 or args.queries < 1 or args.k < 1 or args.warmup < 0:
         p.error("--n must be >= 2; --nonmated, --queries and --k >= 1; --warmup >= 0")
     if args.linkage_pairs < 1 or args.max_impostors < 1 or args.bits < 8 or args.bits % 8:
         p.error("--linkage-pairs and --max-impostors must be positive, --bits a positive multiple of 8")
+    if min(args.he_probes, args.he_nonmated, args.hybrid_impostor_pairs, args.shortlist, args.inversion_pairs) < 1:
+        p.error("--he-probes, --he-nonmated, --hybrid-impostor-pairs, --shortlist, --inversion-pairs must be >= 1")
+    if args.he_probes < 2 or args.encrypted_max_n < 0:
+        p.error("--he-probes must be at least 2 and --encrypted-max-n non-negative")
     return args
-
-
-def _summary(report: dict[str, Any]) -> dict[str, Any]:
-    """Headline figures per profile, for reading at a glance."""
-    out: dict[str, Any] = {}
-    for name, result in report["profiles"].items():
-        schemes = result["schemes"]
-        ident = result["identification"]
-        link = report["d_sys"][name]
-        renewal = report["renewability"][name]
-        speed = report["speed"].get(name, {"points": []})
-        out[name] = {
-            "verification": {
-                scheme: {
-                    **{f"tar_at_far_{f}": v["tar"] for f, v in schemes[scheme]["tar_at_far"].items()},
-                    "eer": schemes[scheme]["eer"],
-                }
-                for scheme in ("plain", "hash")
-            },
-            "identification": {
-                scheme: {
-                    "rank1": ident[scheme]["rank1"],
-                    **{
-                        f"fnir_at_fpir_{f}": {"rank1": v["fnir_rank1"], "candidate_list": v["fnir_candidate_list"]}
-                        for f, v in ident[scheme]["at_fpir"].items()
-                    },
-                }
-                for scheme in ("plain", "hash")
-            },
-            "d_sys": {k: link[k] for k in ("value", "value_kde", "sampling_floor", "meets_target")},
-            "renewability": {
-                "genuine_mean_std": [renewal["genuine_same_key"]["mean"], renewal["genuine_same_key"]["std"]],
-                "impostor_mean_std": [renewal["impostor_same_key"]["mean"], renewal["impostor_same_key"]["std"]],
-                "renewed_mean_std": [renewal["renewed_mated"]["mean"], renewal["renewed_mated"]["std"]],
-                "ks_renewed_vs_impostor": renewal["ks_renewed_vs_impostor"]["statistic"],
-                "ks_genuine_vs_impostor": renewal["ks_genuine_vs_impostor"]["statistic"],
-            },
-            "speed_ms": {
-                str(point["n"]): {
-                    key: point[key]["mean"] for key in ("plain_ms", "hash_flat_ms", "hash_ivf_ms") if key in point
-                }
-                for point in speed["points"]
-            },
-        }
-    return out
-
-
-def _print_table(report: dict[str, Any]) -> None:
-    fars = [far_label(f) for f in DEFAULT_FARS]
-    fpir = far_label(DEFAULT_FPIRS[0])
-    print(f"{'profile':<9}{'scheme':<7}" + "".join(f"{'TAR@' + f:>10}" for f in fars)
-          + f"{'EER':>8}{'rank-1':>8}{'FNIR@' + fpir:>11}{'(list)':>8}")  # fmt: skip
-    for name, result in report["profiles"].items():
-        ident = result["identification"]
-        for scheme in ("plain", "hash"):
-            figures = result["schemes"][scheme]
-            point = ident[scheme]["at_fpir"][fpir]
-            print(
-                f"{name:<9}{scheme:<7}" + "".join(f"{figures['tar_at_far'][f]['tar']:>10.4f}" for f in fars)
-                + f"{figures['eer']:>8.4f}{ident[scheme]['rank1']:>8.4f}"
-                f"{point['fnir_rank1']:>11.4f}{point['fnir_candidate_list']:>8.4f}"
-            )
-    print()
-    for name in report["profiles"]:
-        link, renewal = report["d_sys"][name], report["renewability"][name]
-        print(
-            f"{name}: D_sys {link['value']:.4f} (KDE {link['value_kde']:.4f}, sampling floor "
-            f"{link['sampling_floor']:.4f}, target <= {link['target']}; plain templates {link['reference']['plain_templates']:.3f})"
-        )
-        parts = []
-        for key, label in (("genuine_same_key", "genuine"), ("impostor_same_key", "impostor"),
-                           ("renewed_mated", "renewed")):  # fmt: skip
-            parts.append(f"{label} {renewal[key]['mean']:+.4f} +/- {renewal[key]['std']:.4f}")
-        print(
-            f"{name}: scores " + ", ".join(parts)
-            + f"; KS renewed/impostor {renewal['ks_renewed_vs_impostor']['statistic']:.4f}"
-            f" (above {renewal['ks_renewed_vs_impostor']['a_above_b']:.4f}),"
-            f" genuine/impostor {renewal['ks_genuine_vs_impostor']['statistic']:.4f}"
-        )
-    print()
-    print(f"{'profile':<9}{'n':>10}{'plain ms':>10}{'flat ms':>10}{'IVF ms':>10}{'hash ms':>10}{'IVF agr':>9}")
-    for name, speed in report["speed"].items():
-        for point in speed["points"]:
-            plain = f"{point['plain_ms']['mean']:>10.4f}" if "plain_ms" in point else f"{'-':>10}"
-            print(
-                f"{name:<9}{point['n']:>10,}{plain}{point['hash_flat_ms']['mean']:>10.4f}"
-                f"{point['hash_ivf_ms']['mean']:>10.4f}{point['hash_probe_ms']['mean']:>10.4f}"
-                f"{point['ivf_top1_agreement_with_flat']:>9.3f}"
-            )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -227,6 +176,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         embeddings, labels = load_labelled(args.embeddings, args.labels)
         datasets.append(split_labelled(embeddings, labels, name=args.dataset_name, seed=args.seed))
         log(f"{args.dataset_name}: {len(datasets[0].enrolment):,} people enrolled, {len(datasets[0].strangers):,} strangers")
+    encrypted = None
+    if not args.no_encrypted:
+        encrypted = EncryptedSizes(
+            probes=args.he_probes,
+            nonmated=args.he_nonmated,
+            hybrid_impostor_pairs=args.hybrid_impostor_pairs,
+            shortlist=args.shortlist,
+        )
     log(f"accuracy: n={args.n:,}, non-mated searches {args.nonmated:,}, profiles {','.join(args.profiles)}")
     report = run_evaluation(
         args.n,
@@ -237,6 +194,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         max_impostors=args.max_impostors,
         nonmated_searches=args.nonmated,
         linkage_pairs=args.linkage_pairs,
+        encrypted=encrypted,
+        inversion_pairs=args.inversion_pairs,
         progress=bar,
     )
     report["kind"] = "fpmatch evaluation benchmark (benchmarks/bench_eval.py)"
@@ -251,6 +210,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             queries=args.queries,
             warmup=args.warmup,
             k=args.k,
+            encrypted_max_n=args.encrypted_max_n,
+            shortlist=args.shortlist,
             progress=bar,
         )
     report["parameters"] = {
@@ -263,42 +224,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "k": args.k,
         "linkage_pairs": args.linkage_pairs,
         "max_impostors": args.max_impostors,
+        "encrypted": None
+        if encrypted is None
+        else {
+            "probes": encrypted.probes,
+            "nonmated": encrypted.nonmated,
+            "hybrid_impostor_pairs": encrypted.hybrid_impostor_pairs,
+            "shortlist": encrypted.shortlist,
+            "speed_max_n": args.encrypted_max_n,
+        },
+        "inversion_pairs": args.inversion_pairs,
         "bits": args.bits,
         "seed": args.seed,
         "quick": args.quick,
+        "command": " ".join(["python", "benchmarks/bench_eval.py", *sys.argv[1:]]),
     }
     report["environment"]["cpu_model"] = cpu_model()
     report["load_average"] = {"start": [round(v, 2) for v in load_start], "end": [round(v, 2) for v in os.getloadavg()]}
     report["peak_rss_mb"] = peak_rss_mb()
     report["total_s"] = time.perf_counter() - started
-    report["summary"] = _summary(report)
+    report["summary"] = report_summary(report)
     return report
-
-
-def _write_pngs(report: dict[str, Any], directory: Path) -> dict[str, str | None]:
-    directory.mkdir(parents=True, exist_ok=True)
-    files: dict[str, str | None] = {}
-    for name, writer, data in (
-        ("det", write_det_png, report),
-        ("speed", write_speed_png, report["speed"]),
-        ("unlinkability", write_unlinkability_png, report["d_sys"]),
-    ):
-        path = directory / f"{name}.png"
-        if writer(data, path):
-            files[name] = str(path)
-        else:
-            path.unlink(missing_ok=True)  # never leave an older run's plot beside this report
-            files[name] = None
-    return files
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     report = run(args)
-    notes: list[str] = []
+    notes: list[str] = list(report.get("notes", []))
     files: dict[str, str | None] = {"json": str(args.json)}
     if args.png_dir is not None:
-        files.update(_write_pngs(report, args.png_dir))
+        files.update(write_report_pngs(report, args.png_dir))
         if any(v is None for v in files.values()):
             notes.append("matplotlib is not installed: no plots were drawn (pip install matplotlib)")
     for speed in report["speed"].values():
@@ -307,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     report["notes"] = list(dict.fromkeys(notes))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    _print_table(report)
+    print(report_text(report))
     for note in report["notes"]:
         print(f"note: {note}")
     print(f"load average {report['load_average']['start']} -> {report['load_average']['end']}; "

@@ -352,27 +352,54 @@ def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
     assert_one_line_error(code, err, "--subjects")
 
 
+#: A --quick bench at the smallest sizes that still exercise every scheme.
+BENCH_SMALL = ["--quick", "--n", "200", "--nonmated", "400", "--he-probes", "60", "--he-nonmated", "100",
+               "--hybrid-impostor-pairs", "2000", "--linkage-pairs", "20000", "--sizes", "200",
+               "--queries", "5"]  # fmt: skip
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
 def test_bench_writes_report(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     out_dir = tmp_path / "report"
-    code, out, err = run(capsys, "bench", "--out", str(out_dir), "--n", "300", "--profile", "offset")
+    code, out, err = run(capsys, "bench", "--out", str(out_dir), *BENCH_SMALL, "--profile", "offset")
     assert code == 0, err
     report = json.loads((out_dir / "report.json").read_text())
     result = report["profiles"]["offset"]
-    assert result["parameters"]["n"] == 300 and result["parameters"]["impostor_pairs"] == 300 * 299
-    for scheme in ("plain", "hash"):
+    assert result["parameters"]["n"] == 200 and result["parameters"]["impostor_pairs"] == 200 * 199
+    encrypted = importlib.util.find_spec("tenseal") is not None
+    schemes = ["plain", "hash"] + (["he", "hybrid"] if encrypted else [])
+    assert list(result["schemes"]) == list(result["det"]) == report["schemes"] == schemes
+    for scheme in schemes:
         figures = result["schemes"][scheme]
         assert set(figures["tar_at_far"]) == {"1e-3", "1e-4"}
         for far, point in figures["tar_at_far"].items():
-            assert 0.0 <= point["tar"] <= 1.0 and point["far_achieved"] <= float(far)
+            assert point["far_achieved"] <= float(far)
+            # FAR 1e-4 needs 300,000 impostor pairs: never claimed from this small run.
+            assert point["supported"] == (figures["impostor_pairs"] >= 30 / float(far))
+            assert (point["tar"] is None) == (not point["supported"])
+            if point["supported"]:
+                assert 0.0 <= point["tar"] <= 1.0
         assert 0.0 <= figures["rank1"] <= 1.0
         assert len(result["det"][scheme]["fmr"]) == len(result["det"][scheme]["fnmr"]) > 10
+        assert scheme in result["identification"] and scheme in report["summary"]["offset"]["verification"]
+    if encrypted:
+        assert result["parameters"]["encrypted"]["mated_searches"] == 60
+        assert result["identification"]["hybrid"]["shortlist"] == 32
+        assert result["schemes"]["he"]["max_abs_error_vs_plain"] < 2e-4
+        assert "hybrid shortlist" in out
     assert result["timing"]["hash_identify_ms"] > 0 and result["timing"]["enrol_per_s"] > 0
-    assert "offset" in out and "TAR@1e-4" in out
+    attackers = report["irreversibility"]["offset"]
+    assert {"with_key", "with_key_offset_restored", "without_key", "offset_only"} <= set(attackers)
+    point = report["speed"]["offset"]["points"][0]
+    assert point["n"] == 200 and ("he_identify_ms" in point) == ("hybrid_verify_ms" in point) == encrypted
+    assert "offset" in out and "TAR@1e-4" in out and "inversion" in out
+    plots = ("det", "unlinkability", "speed")
     if importlib.util.find_spec("matplotlib") is None:
-        assert report["files"]["det"] is None and not (out_dir / "det.png").exists()
+        assert all(report["files"][name] is None for name in plots)
     else:
-        assert report["files"]["det"] == "det.png"
-        assert (out_dir / "det.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        for name in plots:
+            assert report["files"][name] == f"{name}.png"
+            assert (out_dir / f"{name}.png").read_bytes()[:8] == PNG
 
 
 def test_bench_without_matplotlib(
@@ -380,13 +407,16 @@ def test_bench_without_matplotlib(
 ) -> None:
     for module in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, module, None)  # importing it now fails
-    (tmp_path / "det.png").write_bytes(b"old")
-    code, _, err = run(capsys, "bench", "--out", str(tmp_path), "--n", "100", "--profile", "centred")
+    for name in ("det", "speed", "unlinkability"):
+        (tmp_path / f"{name}.png").write_bytes(b"old")
+    code, _, err = run(capsys, "bench", "--out", str(tmp_path), *BENCH_SMALL, "--profile", "centred", "--no-encrypted")
     assert code == 0, err
     assert "matplotlib" in err
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["files"]["det"] is None and "matplotlib" in report["notes"][0]
-    assert not (tmp_path / "det.png").exists()
+    assert report["schemes"] == ["plain", "hash"] and report["parameters"]["encrypted"] is None
+    assert all(report["files"][name] is None for name in ("det", "speed", "unlinkability"))
+    assert any("matplotlib" in note for note in report["notes"])
+    assert not list(tmp_path.glob("*.png"))
 
 
 def test_progress_bar() -> None:

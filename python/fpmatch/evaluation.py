@@ -1,9 +1,12 @@
-"""Evaluation of plain cosine vs. the hash scheme on synthetic faces.
+"""Evaluation of plain cosine and the protection schemes on synthetic faces.
 
 For each synthetic profile (by default both, ``centred`` and ``offset``), one
 gallery sample and one fresh (mated) probe per identity are drawn with
 :class:`fpmatch.synthetic.FaceGenerator`, plus samples of people never
-enrolled. Both schemes score the same pairs and searches:
+enrolled. Plain cosine and the ``hash`` scheme score the same pairs and
+searches; the encrypted ``he`` and ``hybrid`` schemes score a documented part
+of them (:class:`EncryptedSizes`), with plain cosine on exactly that part
+beside them:
 
 * verification (ISO/IEC 19795-1): genuine pairs (each probe against its own
   enrolled sample) and impostor pairs (each probe against the other enrolled
@@ -13,19 +16,27 @@ enrolled. Both schemes score the same pairs and searches:
   curves with their thresholds;
 * identification (1:N, open set): rank-1 accuracy and FNIR at fixed FPIR, the
   threshold set on the best candidate scores of non-mated searches (probes of
-  people not enrolled); the hash scheme searches a :class:`FlatIndex`;
+  people not enrolled); the hash scheme searches a :class:`FlatIndex`, ``he``
+  scores the whole gallery under encryption, ``hybrid`` re-scores the hash
+  shortlist under encryption;
+* a FAR or FPIR is claimed only where the trials allow :data:`MIN_ERRORS`
+  errors at it; otherwise its figure is None with the reason;
 * unlinkability: D_sys (Gomez-Barrero et al., "General framework to evaluate
   unlinkability in biometric template protection systems", IEEE TIFS 2018)
   between codes of one person under two keys, against codes of different
   people under the two keys;
 * renewability: old codes against re-keyed codes of the same people, next to
   genuine and impostor scores under one key, with Kolmogorov-Smirnov distances;
+* irreversibility (ISO/IEC 24745): templates rebuilt from the stored codes by an
+  attacker with and without the hash key (:func:`evaluate_inversion`);
 * speed against gallery size (:func:`speed_vs_gallery_size`): faiss
-  ``IndexFlatIP``, hash flat and hash IVF, one query at a time on one thread.
+  ``IndexFlatIP``, hash flat and hash IVF, ``he`` and ``hybrid``, enrolment,
+  verification and identification one at a time on one thread.
 
 Keys are derived from the seed, so a run is reproducible; they protect nothing
-real. ``benchmarks/bench_eval.py`` runs all of it; ``benchmarks/bench_search.py``
-measures large galleries in more depth.
+real (the CKKS keys are drawn afresh, which moves encrypted scores by about 1e-6).
+``benchmarks/bench_eval.py`` runs all of it; ``benchmarks/bench_search.py`` and
+``benchmarks/bench_he.py`` measure large galleries in more depth.
 """
 from __future__ import annotations
 
@@ -44,7 +55,7 @@ import numpy as np
 from ._core import scan_kernel
 from ._progress import Progress
 from ._validate import as_template_rows
-from .codes import PAIR_CHUNK, hamming_pairs
+from .codes import PAIR_CHUNK, hamming, hamming_pairs
 from .errors import InvalidInputError
 from .gallery import Gallery
 from .hashing import DEFAULT_BITS, CancellableHash, estimate_offset
@@ -57,6 +68,14 @@ DEFAULT_FPIRS = (0.003,)
 DEFAULT_CANDIDATES = 20
 #: The unlinkability target: D_sys at most this.
 D_SYS_TARGET = 0.05
+#: An error rate (FAR, FPIR) is claimed only where the trials allow at least this
+#: many errors at it: the "rule of 30" of ISO/IEC 19795-1 (then the true rate lies
+#: within +-30% of the observed one with 90% confidence). Below that, the figure at
+#: that rate is reported as None with the reason.
+MIN_ERRORS = 30
+#: Largest gallery the encrypted schemes are timed at by default: enrolment runs at
+#: a few thousand templates a second and a template takes 8 KB (512-D).
+ENCRYPTED_MAX_N = 100_000
 _CHUNK = 256
 _GENERATE_CHUNK = 65536
 _DET_POINTS = 120
@@ -74,6 +93,46 @@ class Scores:
     impostor: np.ndarray
     rank1_hits: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     top1: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class EncryptedSizes:
+    """How much of an evaluation the encrypted schemes score.
+
+    An encrypted search costs milliseconds, so ``he`` and ``hybrid`` score a
+    documented part of the plain pairs and searches, and the report holds plain
+    cosine on exactly that part beside them:
+
+    * ``probes``: the first mated probes. ``he`` scores each against the whole
+      gallery in one packed 1:N request: its genuine pair, its impostor pairs
+      (the same as plain's) and its rank. ``hybrid`` runs a 1:1 request for its
+      genuine pair and a 1:N search (hash shortlist, encrypted re-scoring);
+    * ``nonmated``: the first non-mated searches (people never enrolled);
+    * ``hybrid_impostor_pairs``: impostor pairs scored through the ``hybrid`` 1:1
+      path, about this many, whole probes at a time (the first of the pairs ``he`` scores,
+      at most :data:`_HYBRID_COLUMNS` per probe);
+    * ``shortlist``: candidates the ``hybrid`` hash stage hands on for re-scoring.
+    """
+
+    probes: int = 2000
+    nonmated: int = 10_000
+    hybrid_impostor_pairs: int = 300_000
+    shortlist: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("probes", "nonmated", "hybrid_impostor_pairs", "shortlist"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _import_he() -> Any:
+    """:mod:`fpmatch.he`, or None without TenSEAL."""
+    try:
+        from . import he
+    except ImportError:
+        return None
+    return he
 
 
 def far_label(far: float) -> str:
@@ -148,6 +207,55 @@ def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray) -> float:
     """The equal error rate: the middle of :func:`eer_interval`."""
     low, high = eer_interval(genuine, impostor)
     return (low + high) / 2
+
+
+# -- how low a rate the trials support -------------------------------------------------
+
+
+def min_trials(rate: float, min_errors: int = MIN_ERRORS) -> int:
+    """Trials needed before an error rate as low as ``rate`` is claimed: ``min_errors / rate``."""
+    if not 0.0 < rate < 1.0:
+        raise InvalidInputError(f"a rate must lie in (0, 1), got {rate}")
+    if min_errors < 1:
+        raise InvalidInputError(f"min_errors must be positive, got {min_errors}")
+    return int(math.ceil(min_errors / rate - 1e-9))
+
+
+def tar_points(
+    genuine: np.ndarray, impostor: np.ndarray, fars: Sequence[float], *, min_errors: int = MIN_ERRORS
+) -> dict[str, dict[str, Any]]:
+    """:func:`tar_at_far` at each FAR, as reported: ``tar`` is None (with a ``reason``)
+    where the impostor pairs are too few to support the FAR (see :data:`MIN_ERRORS`)."""
+    points: dict[str, dict[str, Any]] = {}
+    for far in fars:
+        point: dict[str, Any] = dict(tar_at_far(genuine, impostor, far))
+        needed = min_trials(far, min_errors)
+        point["supported"] = len(impostor) >= needed
+        if not point["supported"]:
+            point["tar"] = None
+            point["reason"] = (
+                f"{len(impostor):,} impostor pairs allow {far * len(impostor):.1f} false accepts at FAR "
+                f"{far_label(far)}; at least {min_errors} ({needed:,} pairs) are needed"
+            )
+        points[far_label(far)] = point
+    return points
+
+
+def verification_figures(
+    scores: Scores, fars: Sequence[float], description: str, *, min_errors: int = MIN_ERRORS
+) -> dict[str, Any]:
+    """A scheme's verification entry of the report: TAR at each FAR, EER, score means, pair counts."""
+    return {
+        "description": description,
+        "genuine_pairs": int(len(scores.genuine)),
+        "impostor_pairs": int(len(scores.impostor)),
+        "tar_at_far": tar_points(scores.genuine, scores.impostor, fars, min_errors=min_errors),
+        "eer": equal_error_rate(scores.genuine, scores.impostor),
+        "eer_interval": list(eer_interval(scores.genuine, scores.impostor)),
+        "rank1": float(np.mean(scores.rank1_hits)) if len(scores.rank1_hits) else None,
+        "genuine_score_mean": float(np.mean(scores.genuine)),
+        "impostor_score_mean": float(np.mean(scores.impostor)),
+    }
 
 
 # -- open-set identification (1:N) ------------------------------------------------
@@ -511,17 +619,26 @@ def run_evaluation(
     fpirs: Sequence[float] = DEFAULT_FPIRS,
     candidates: int = DEFAULT_CANDIDATES,
     linkage_pairs: int = 1_000_000,
+    encrypted: EncryptedSizes | None = EncryptedSizes(),
+    inversion_pairs: int = 500_000,
+    min_errors: int = MIN_ERRORS,
     progress: ProgressFactory | None = None,
     datasets: Sequence[EvaluationData] = (),
 ) -> dict[str, Any]:
     """Evaluate each synthetic profile and each given dataset; return the whole report (JSON-ready).
 
-    Unlinkability and renewability results sit under the top-level keys ``d_sys``
-    and ``renewability``, one entry per profile.
+    Unlinkability, renewability and irreversibility results sit under the
+    top-level keys ``d_sys``, ``renewability`` and ``irreversibility``, one entry
+    per profile. ``encrypted`` sizes the ``he`` and ``hybrid`` part (None leaves
+    it out; without TenSEAL it is left out with a note).
     """
     if not profiles and not datasets:
         raise InvalidInputError("name at least one profile or dataset")
     started = time.perf_counter()
+    notes: list[str] = []
+    if encrypted is not None and _import_he() is None:
+        notes.append("TenSEAL is not installed: no he / hybrid figures (pip install fpmatch[he])")
+        encrypted = None
     runs: list[tuple[str, EvaluationData | None]] = [(name, None) for name in dict.fromkeys(profiles)]
     runs += [(data.name, data) for data in datasets]
     results = {
@@ -539,29 +656,50 @@ def run_evaluation(
             fpirs=fpirs,
             candidates=candidates,
             linkage_pairs=linkage_pairs,
+            encrypted=encrypted,
+            inversion_pairs=inversion_pairs,
+            min_errors=min_errors,
             progress=progress,
         )
         for name, data in runs
     }
     unlinkable = {name: result.pop("d_sys") for name, result in results.items()}
     renewal = {name: result.pop("renewability") for name, result in results.items()}
+    inversion = {name: result.pop("irreversibility") for name, result in results.items()}
     return {
         "kind": "fpmatch built-in evaluation",
         "fpmatch_version": _version(),
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "key": "derived from the seed (evaluation only)",
+        "schemes": list(next(iter(results.values()))["schemes"]),
+        "min_errors": min_errors,
+        "min_errors_note": f"a FAR or FPIR is reported only where the trials allow at least {min_errors} errors at "
+        "it (the rule of 30, ISO/IEC 19795-1); otherwise its TAR or FNIR is null with the reason",
         "profiles": results,
         "d_sys": unlinkable,
         "renewability": renewal,
+        "irreversibility": inversion,
+        "notes": notes,
         "total_s": time.perf_counter() - started,
-        "environment": {
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-            "scan_kernel": scan_kernel(),
-        },
+        "environment": _environment(),
     }
+
+
+def _environment() -> dict[str, Any]:
+    environment: dict[str, Any] = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "scan_kernel": scan_kernel(),
+    }
+    try:
+        import tenseal
+
+        environment["tenseal"] = tenseal.__version__
+    except ImportError:
+        pass
+    return environment
 
 
 def evaluate_profile(
@@ -579,14 +717,19 @@ def evaluate_profile(
     fpirs: Sequence[float] = DEFAULT_FPIRS,
     candidates: int = DEFAULT_CANDIDATES,
     linkage_pairs: int = 1_000_000,
+    encrypted: EncryptedSizes | None = None,
+    inversion_pairs: int = 500_000,
+    min_errors: int = MIN_ERRORS,
     progress: ProgressFactory | None = None,
 ) -> dict[str, Any]:
-    """Evaluate both schemes on one synthetic profile, or on ``data`` when given
+    """Evaluate the schemes on one synthetic profile, or on ``data`` when given
     (then ``n`` and ``nonmated_searches`` come from it and ``profile`` is its name).
 
     Besides verification: open-set 1:N against ``nonmated_searches`` (default ``n``)
-    probes of people not enrolled, and unlinkability (D_sys) and renewability of
-    the hash scheme under a second key.
+    probes of people not enrolled; unlinkability (D_sys) and renewability of the
+    hash scheme under a second key; irreversibility (:func:`evaluate_inversion`);
+    and, with ``encrypted``, the ``he`` and ``hybrid`` schemes on the part of the
+    pairs and searches it names (:func:`evaluate_encrypted`).
     """
     if data is not None:
         profile, n, nonmated_searches = data.name, len(data.enrolment), len(data.strangers)
@@ -599,8 +742,8 @@ def evaluate_profile(
     for far in fars:
         if not 0.0 < far < 1.0:
             raise InvalidInputError(f"FAR values must lie in (0, 1), got {far}")
-    if max_impostors < 1 or rank1_probes < 1 or timing_queries < 1:
-        raise InvalidInputError("max_impostors, rank1_probes and timing_queries must be positive")
+    if max_impostors < 1 or rank1_probes < 1 or timing_queries < 1 or inversion_pairs < 1:
+        raise InvalidInputError("max_impostors, rank1_probes, timing_queries and inversion_pairs must be positive")
     nonmated_count = n if nonmated_searches is None else nonmated_searches
     if isinstance(nonmated_count, bool) or not isinstance(nonmated_count, int) or nonmated_count < 1:
         raise InvalidInputError(f"nonmated_searches must be a positive integer, got {nonmated_searches!r}")
@@ -630,56 +773,83 @@ def evaluate_profile(
     hashed.top1 = np.array([gallery.id_of(c[0].subject) if c else -1 for c in found], dtype=np.int64)
     hashed.rank1_hits = hashed.top1 == np.arange(probes_r1)
 
-    schemes: dict[str, dict[str, Any]] = {}
     descriptions = {
         "plain": "exact cosine similarity on unprotected float32 templates (the baseline)",
         "hash": f"{scheme.scheme} keyed cancellable codes, {bits} bits, score cos(pi * hamming / bits)",
     }
-    for name, scores in (("plain", plain), ("hash", hashed)):
-        schemes[name] = {
-            "description": descriptions[name],
-            "tar_at_far": {far_label(f): tar_at_far(scores.genuine, scores.impostor, f) for f in fars},
-            "eer": equal_error_rate(scores.genuine, scores.impostor),
-            "eer_interval": list(eer_interval(scores.genuine, scores.impostor)),
-            "rank1": float(np.mean(scores.rank1_hits)),
-            "genuine_score_mean": float(np.mean(scores.genuine)),
-            "impostor_score_mean": float(np.mean(scores.impostor)),
-        }
+    schemes = {
+        name: verification_figures(scores, fars, descriptions[name], min_errors=min_errors)
+        for name, scores in (("plain", plain), ("hash", hashed))
+    }
+    det = {name: det_curve(s.genuine, s.impostor) for name, s in (("plain", plain), ("hash", hashed))}
 
-    identification = evaluate_identification(
-        enrolment, probes, strangers, scheme, fpirs=fpirs, candidates=candidates, progress=bar
-    )
+    length = min(candidates, n)
+    searches = open_set_searches(enrolment, probes, strangers, scheme, candidates, bar)
+    identification = _identification_report(searches, length, fpirs, min_errors)
     linkage = evaluate_linkage(enrolment, probes, scheme, rekeyed, pairs=linkage_pairs, fars=fars, seed=seed)
+    inversion = evaluate_inversion(
+        enrolment,
+        probes,
+        scheme,
+        CancellableHash(_bench_key(seed, "attacker"), dim, bits, offset=offset),
+        far=fars[0],
+        impostor_pairs=inversion_pairs,
+        seed=seed,
+        min_errors=min_errors,
+    )
 
     threshold = schemes["hash"]["tar_at_far"][far_label(fars[0])]["threshold"]
     timing = _time_queries(gallery, names, enrolment, probes, max(-1.0, min(1.0, threshold)), timing_queries, bar)
     timing["enrol_per_s"] = n / max(enrol_s, 1e-9)
+
+    parameters: dict[str, Any] = {
+        "n": n,
+        "profile": profile,
+        "dim": dim,
+        "bits": bits,
+        "seed": seed,
+        "offset_removed": offset is not None,
+        "far_targets": [far_label(f) for f in fars],
+        "genuine_pairs": int(len(plain.genuine)),
+        "impostor_pairs": int(len(plain.impostor)),
+        "rank1_probes": probes_r1,
+        "timing_queries": min(n, timing_queries),
+        "nonmated_searches": nonmated_count,
+        "fpir_targets": [far_label(f) for f in fpirs],
+        "candidate_list_length": length,
+        "min_errors": min_errors,
+    }
+    if encrypted is not None:
+        part = evaluate_encrypted(
+            enrolment,
+            probes,
+            strangers,
+            scheme,
+            sizes=encrypted,
+            max_impostors=max_impostors,
+            fars=fars,
+            fpirs=fpirs,
+            candidates=candidates,
+            min_errors=min_errors,
+            progress=bar,
+        )
+        schemes.update(part["schemes"])
+        identification.update(part["identification"])
+        det.update(part["det"])
+        parameters["encrypted"] = part["parameters"]
+        timing["encrypted"] = part["timing"]
     timing["total_s"] = time.perf_counter() - started
 
     return {
-        "parameters": {
-            "n": n,
-            "profile": profile,
-            "dim": dim,
-            "bits": bits,
-            "seed": seed,
-            "offset_removed": offset is not None,
-            "far_targets": [far_label(f) for f in fars],
-            "genuine_pairs": int(len(plain.genuine)),
-            "impostor_pairs": int(len(plain.impostor)),
-            "rank1_probes": probes_r1,
-            "timing_queries": min(n, timing_queries),
-            "nonmated_searches": nonmated_count,
-            "fpir_targets": [far_label(f) for f in fpirs],
-            "candidate_list_length": identification["candidate_list_length"],
-        },
+        "parameters": parameters,
         "schemes": schemes,
         "identification": identification,
         "d_sys": linkage["d_sys"],
         "renewability": linkage["renewability"],
+        "irreversibility": inversion,
         "rank1_agreement": float(np.mean(plain.top1 == hashed.top1)),
         "timing": timing,
-        "det": {name: det_curve(s.genuine, s.impostor) for name, s in (("plain", plain), ("hash", hashed))},
+        "det": det,
     }
 
 
@@ -798,6 +968,65 @@ def _nonmated_pairs(n: int, count: int, rng: np.random.Generator) -> tuple[np.nd
 # -- 1:N over both schemes -----------------------------------------------------------
 
 
+@dataclass(frozen=True, eq=False)
+class OpenSet:
+    """Raw results of open-set searches by one scheme.
+
+    Per mated search: the mate's score and rank (1 = best; score -inf and a rank
+    past the gallery when the search did not return it) and the row of the best
+    candidate. Per non-mated search: the best candidate's score.
+    """
+
+    mate_scores: np.ndarray
+    mate_ranks: np.ndarray
+    top1: np.ndarray
+    nonmated_top: np.ndarray
+
+    def head(self, mated: int, nonmated: int) -> "OpenSet":
+        """The first ``mated`` mated and ``nonmated`` non-mated searches."""
+        return OpenSet(
+            self.mate_scores[:mated], self.mate_ranks[:mated], self.top1[:mated], self.nonmated_top[:nonmated]
+        )
+
+
+def identification_figures(
+    search: OpenSet, fpirs: Sequence[float], length: int, *, min_errors: int = MIN_ERRORS
+) -> dict[str, Any]:
+    """Rank-1 and FNIR at each FPIR (at rank 1 and within ``length`` candidates) of one scheme.
+
+    FNIR is None (with a ``reason``) where the non-mated searches are too few to
+    support the FPIR (see :data:`MIN_ERRORS`).
+    """
+    points: dict[str, Any] = {}
+    top = search.nonmated_top
+    for fpir in fpirs:
+        first = fnir_at_fpir(search.mate_scores, search.mate_ranks, top, fpir, candidates=1)
+        listed = fnir_at_fpir(search.mate_scores, search.mate_ranks, top, fpir, candidates=length)
+        needed = min_trials(fpir, min_errors)
+        point: dict[str, Any] = {
+            "threshold": first["threshold"],
+            "fpir_achieved": first["fpir_achieved"],
+            "false_positives": first["false_positives"],
+            "fnir_rank1": first["fnir"],
+            "fnir_candidate_list": listed["fnir"],
+            "supported": len(top) >= needed,
+        }
+        if not point["supported"]:
+            point["fnir_rank1"] = point["fnir_candidate_list"] = None
+            point["reason"] = (
+                f"{len(top):,} non-mated searches allow {fpir * len(top):.1f} false positives at FPIR "
+                f"{far_label(fpir)}; at least {min_errors} ({needed:,} searches) are needed"
+            )
+        points[far_label(fpir)] = point
+    return {
+        "mated_searches": int(len(search.mate_ranks)),
+        "nonmated_searches": int(len(top)),
+        "rank1": float(np.mean(search.mate_ranks == 1)),
+        "at_fpir": points,
+        "nonmated_top_score_mean": float(np.mean(top)),
+    }
+
+
 def evaluate_identification(
     enrolment: np.ndarray,
     mated_probes: np.ndarray,
@@ -807,6 +1036,7 @@ def evaluate_identification(
     fpirs: Sequence[float] = DEFAULT_FPIRS,
     candidates: int = DEFAULT_CANDIDATES,
     progress: ProgressFactory | None = None,
+    min_errors: int = MIN_ERRORS,
 ) -> dict[str, Any]:
     """Open-set 1:N figures of plain cosine and the hash scheme (exact :class:`FlatIndex`).
 
@@ -814,60 +1044,63 @@ def evaluate_identification(
     ``enrolment``; ``nonmated_probes`` are samples of people who are not enrolled.
     Each search asks for a candidate list of ``candidates`` entries.
     """
+    searches = open_set_searches(enrolment, mated_probes, nonmated_probes, scheme, candidates, progress)
+    return _identification_report(searches, min(candidates, len(enrolment)), fpirs, min_errors)
+
+
+def open_set_searches(
+    enrolment: np.ndarray,
+    mated_probes: np.ndarray,
+    nonmated_probes: np.ndarray,
+    scheme: CancellableHash,
+    candidates: int = DEFAULT_CANDIDATES,
+    progress: ProgressFactory | None = None,
+) -> dict[str, OpenSet]:
+    """Raw open-set results of plain cosine and the hash scheme, as :func:`evaluate_identification` uses."""
     n = len(enrolment)
     if n < 2 or len(mated_probes) != n or len(nonmated_probes) < 1:
         raise InvalidInputError("need 2+ enrolled rows, one mated probe per row and non-mated probes")
-    for fpir in fpirs:
-        if not 0.0 < fpir < 1.0:
-            raise InvalidInputError(f"FPIR values must lie in (0, 1), got {fpir}")
     if candidates < 1:
         raise InvalidInputError(f"candidates must be positive, got {candidates}")
     bar = _silent if progress is None else progress
-    length = min(candidates, n)
-    searches = {
+    return {
         "plain": _plain_open_set(enrolment, mated_probes, nonmated_probes, bar),
-        "hash": _hash_open_set(enrolment, mated_probes, nonmated_probes, scheme, length),
+        "hash": _hash_open_set(enrolment, mated_probes, nonmated_probes, scheme, min(candidates, n)),
     }
+
+
+def _identification_report(
+    searches: dict[str, OpenSet], length: int, fpirs: Sequence[float], min_errors: int
+) -> dict[str, Any]:
+    for fpir in fpirs:
+        if not 0.0 < fpir < 1.0:
+            raise InvalidInputError(f"FPIR values must lie in (0, 1), got {fpir}")
+    first = next(iter(searches.values()))
     result: dict[str, Any] = {
-        "mated_searches": n,
-        "nonmated_searches": int(len(nonmated_probes)),
+        "mated_searches": int(len(first.mate_ranks)),
+        "nonmated_searches": int(len(first.nonmated_top)),
         "candidate_list_length": length,
         "decision": "a search returns the candidates scoring at or above the threshold; the threshold is the "
         "lowest that lets at most FPIR of the non-mated searches return anyone",
         "fnir_rank1": "share of mated searches whose mate is not the top candidate at or above the threshold",
         "fnir_candidate_list": "share of mated searches whose mate is not within the candidate list at or above "
         "the threshold",
+        "min_errors": min_errors,
     }
-    for name, (mate_scores, mate_ranks, top) in searches.items():
-        points: dict[str, Any] = {}
-        for fpir in fpirs:
-            first = fnir_at_fpir(mate_scores, mate_ranks, top, fpir, candidates=1)
-            listed = fnir_at_fpir(mate_scores, mate_ranks, top, fpir, candidates=length)
-            points[far_label(fpir)] = {
-                "threshold": first["threshold"],
-                "fpir_achieved": first["fpir_achieved"],
-                "false_positives": first["false_positives"],
-                "fnir_rank1": first["fnir"],
-                "fnir_candidate_list": listed["fnir"],
-            }
-        result[name] = {
-            "rank1": float(np.mean(mate_ranks == 1)),
-            "at_fpir": points,
-            "nonmated_top_score_mean": float(np.mean(top)),
-        }
+    for name, search in searches.items():
+        result[name] = identification_figures(search, fpirs, length, min_errors=min_errors)
     return result
 
 
-def _plain_open_set(
-    enrolment: np.ndarray, mated: np.ndarray, nonmated: np.ndarray, bar: ProgressFactory
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mate scores, mate ranks (ties count against the mate) and best non-mated scores, exact cosine."""
+def _plain_open_set(enrolment: np.ndarray, mated: np.ndarray, nonmated: np.ndarray, bar: ProgressFactory) -> OpenSet:
+    """Mate scores, mate ranks (ties count against the mate), top rows and best non-mated scores, exact cosine."""
     gallery = _unit(enrolment.astype(np.float32))
     probes = _unit(mated.astype(np.float32))
     others = _unit(nonmated.astype(np.float32))
     n = len(gallery)
     mate = np.empty(n, dtype=np.float64)
     rank = np.empty(n, dtype=np.int64)
+    top1 = np.empty(n, dtype=np.int64)
     top = np.empty(len(others), dtype=np.float64)
     with bar("1:N plain searches", math.ceil(n / _CHUNK) + math.ceil(len(others) / _CHUNK)) as progress:
         for start in range(0, n, _CHUNK):
@@ -876,17 +1109,18 @@ def _plain_open_set(
             own = scores[np.arange(stop - start), np.arange(start, stop)]
             mate[start:stop] = own
             rank[start:stop] = np.count_nonzero(scores >= own[:, None], axis=1)
+            top1[start:stop] = np.argmax(scores, axis=1)
             progress.advance()
         for start in range(0, len(others), _CHUNK):
             stop = min(len(others), start + _CHUNK)
             top[start:stop] = np.max(others[start:stop] @ gallery.T, axis=1)
             progress.advance()
-    return mate, rank, top
+    return OpenSet(mate, rank, top1, top)
 
 
 def _hash_open_set(
     enrolment: np.ndarray, mated: np.ndarray, nonmated: np.ndarray, scheme: CancellableHash, length: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> OpenSet:
     """As :func:`_plain_open_set`, from :class:`FlatIndex` searches; a mate outside the list ranks n + 1."""
     n = len(enrolment)
     index = FlatIndex(scheme.bits)
@@ -899,7 +1133,7 @@ def _hash_open_set(
     distance = found.distances[np.arange(n), position]
     mate = np.where(listed, np.asarray(scheme.score(distance)), -np.inf)
     top = np.asarray(scheme.score(index.search(scheme.protect(nonmated), 1).distances[:, 0]), dtype=np.float64)
-    return mate, rank, top
+    return OpenSet(mate, rank, found.labels[:, 0].astype(np.int64), top)
 
 
 # -- unlinkability and renewability under two keys -------------------------------------
@@ -1010,6 +1244,562 @@ def evaluate_linkage(
     return {"d_sys": unlinkable, "renewability": renewal}
 
 
+# -- the encrypted schemes (he, hybrid) ----------------------------------------------------
+
+
+def _he_parties(he: Any) -> tuple[Any, Any, Any]:
+    """(key holder, secret-key audit, public context) for one run.
+
+    The audit reads the key file the holder writes; it decrypts exactly the
+    requests the key holder would decide on, which the holder never releases.
+    """
+    from tempfile import TemporaryDirectory
+
+    from .he.audit import SecretKeyAudit
+
+    limits = he.RateLimit(requests_per_second=1e9, burst=10**9, max_scores=1 << 23, max_k=100)
+    holder = he.KeyHolder(limits=limits)
+    with TemporaryDirectory(prefix="fpmatch-eval-") as tmp:
+        audit = SecretKeyAudit(holder.save(Path(tmp) / "he.key"))
+    return holder, audit, he.PublicContext(holder.public_context())
+
+
+def _impostor_columns(n: int, max_impostors: int) -> int:
+    """Enrolled rows each probe is paired with as an impostor: all, or the first ``max_impostors / (n - 1)``."""
+    return max(1, min(n, max_impostors // max(1, n - 1)))
+
+
+def _impostor_layout(probes: int, columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Impostor pairs (probe i, enrolled j) for i < ``probes``, j < ``columns``, j != i, probe by probe."""
+    i, j = np.divmod(np.arange(probes * columns, dtype=np.int64), columns)
+    keep = i != j
+    return i[keep], j[keep]
+
+
+#: Impostors per ``hybrid`` 1:1 request (one probe against this many claimed subjects at most).
+_HYBRID_COLUMNS = 400
+
+
+def evaluate_encrypted(
+    enrolment: np.ndarray,
+    probes: np.ndarray,
+    strangers: np.ndarray,
+    scheme: CancellableHash,
+    *,
+    sizes: EncryptedSizes = EncryptedSizes(),
+    max_impostors: int = 4_000_000,
+    fars: Sequence[float] = DEFAULT_FARS,
+    fpirs: Sequence[float] = DEFAULT_FPIRS,
+    candidates: int = DEFAULT_CANDIDATES,
+    min_errors: int = MIN_ERRORS,
+    progress: ProgressFactory | None = None,
+) -> dict[str, Any]:
+    """The ``he`` and ``hybrid`` schemes on a part of the evaluation (see :class:`EncryptedSizes`).
+
+    Rows as for :func:`evaluate_identification`; impostor pairs are laid out as
+    the plain ones are (probe i against the first enrolled rows, ``max_impostors``
+    in all). Templates are encrypted and scored by :mod:`fpmatch.he` exactly as in
+    service; each request is then decrypted with the secret key to get the score
+    the key holder would compare with its threshold (it releases decisions only).
+    Raises ImportError without TenSEAL.
+    """
+    he = _import_he()
+    if he is None:
+        raise ImportError("the he and hybrid schemes need TenSEAL: pip install fpmatch[he]")
+    n, dim = enrolment.shape
+    if n < 2 or probes.shape != enrolment.shape or len(strangers) < 1:
+        raise InvalidInputError("need 2+ enrolled rows, one mated probe per row and non-mated probes")
+    bar = _silent if progress is None else progress
+    count = min(n, sizes.probes)
+    others = min(len(strangers), sizes.nonmated)
+    if count < 2:
+        raise InvalidInputError("the encrypted schemes need at least 2 mated probes")
+    columns = _impostor_columns(n, max_impostors)
+    names = [f"subject-{i:07d}" for i in range(n)]
+    row_of = {name: i for i, name in enumerate(names)}
+    # Plain cosine in float64: the reference every encrypted score is checked against.
+    gallery_unit = _unit(enrolment.astype(np.float64))
+    probe_unit = _unit(probes[:count].astype(np.float64))
+    stranger_unit = _unit(strangers[:others].astype(np.float64))
+    _, audit, public = _he_parties(he)
+    started = time.perf_counter()
+
+    # he: every search is one packed request over the whole gallery.
+    packed = he.EncryptedGallery(public, dim)
+    begin = time.perf_counter()
+    packed.enrol(names, enrolment)
+    he_enrol_s = time.perf_counter() - begin
+    _, slots = packed.identification_request(probes[0])
+    slot_rows = np.array([row_of[packed.subject_at(int(slot))] for slot in slots.tolist()], dtype=np.int64)
+
+    def he_scores(probe: np.ndarray) -> np.ndarray:
+        request, _ = packed.identification_request(probe)
+        scores = np.empty(n, dtype=np.float64)
+        scores[slot_rows] = audit.scores(request)
+        return scores
+
+    he_genuine = np.empty(count, dtype=np.float64)
+    he_impostor: list[np.ndarray] = []
+    he_search = _empty_open_set(count, others)
+    he_error = 0.0
+    with bar("he: packed encrypted searches", count + others) as step:
+        for i in range(count):
+            scores = he_scores(probes[i])
+            he_error = max(he_error, float(np.max(np.abs(scores - gallery_unit @ probe_unit[i]))))
+            he_genuine[i] = scores[i]
+            he_impostor.append(np.delete(scores[:columns], i) if i < columns else scores[:columns])
+            he_search.mate_scores[i] = scores[i]
+            he_search.mate_ranks[i] = np.count_nonzero(scores >= scores[i])
+            he_search.top1[i] = int(np.argmax(scores))
+            step.advance()
+        for j in range(others):
+            scores = he_scores(strangers[j])
+            he_error = max(he_error, float(np.max(np.abs(scores - gallery_unit @ stranger_unit[j]))))
+            he_search.nonmated_top[j] = float(scores.max())
+            step.advance()
+    he_s = time.perf_counter() - begin
+    del packed
+
+    # hybrid: 1:1 requests for the verification pairs; 1:N through the hash shortlist.
+    hybrid = he.HybridGallery(scheme, public, shortlist=sizes.shortlist)
+    begin = time.perf_counter()
+    hybrid.enrol(names, enrolment)
+    hybrid_enrol_s = time.perf_counter() - begin
+    hybrid_columns = min(columns, _HYBRID_COLUMNS)
+    per_probe = hybrid_columns - 1 if hybrid_columns > 1 else 1
+    impostor_probes = min(count, max(2, math.ceil(sizes.hybrid_impostor_pairs / per_probe)))
+    length = min(candidates, n, sizes.shortlist)
+    hybrid_genuine = np.empty(count, dtype=np.float64)
+    hybrid_impostor: list[np.ndarray] = []
+    hybrid_search = _empty_open_set(count, others)
+    listed = np.zeros(count, dtype=bool)
+    hybrid_error = 0.0
+
+    def rescored(subjects: list[str], probe: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        nonlocal hybrid_error
+        rows = np.array([row_of[name] for name in subjects], dtype=np.int64)
+        scores = audit.scores(hybrid.scores_for(subjects, probe))
+        hybrid_error = max(hybrid_error, float(np.max(np.abs(scores - gallery_unit[rows] @ reference))))
+        return rows, scores
+
+    with bar("hybrid: encrypted 1:1 and shortlist searches", count + others) as step:
+        for i in range(count):
+            claims = [names[i]]
+            if i < impostor_probes:
+                claims += [names[j] for j in range(hybrid_columns) if j != i]
+            _, scores = rescored(claims, probes[i], probe_unit[i])
+            hybrid_genuine[i] = scores[0]
+            if i < impostor_probes:
+                hybrid_impostor.append(scores[1:])
+            rows, scores = rescored(hybrid.shortlist_for(probes[i]), probes[i], probe_unit[i])
+            hit = np.flatnonzero(rows == i)
+            listed[i] = hit.size > 0
+            mate = float(scores[hit[0]]) if listed[i] else -math.inf
+            hybrid_search.mate_scores[i] = mate
+            hybrid_search.mate_ranks[i] = np.count_nonzero(scores >= mate) if listed[i] else n + 1
+            hybrid_search.top1[i] = rows[int(np.argmax(scores))]
+            step.advance()
+        for j in range(others):
+            _, scores = rescored(hybrid.shortlist_for(strangers[j]), strangers[j], stranger_unit[j])
+            hybrid_search.nonmated_top[j] = float(scores.max())
+            step.advance()
+    hybrid_s = time.perf_counter() - begin
+
+    # Plain cosine on exactly the pairs and searches each encrypted scheme scored.
+    he_i, he_j = _impostor_layout(count, columns)
+    hy_i, hy_j = _impostor_layout(impostor_probes, hybrid_columns)
+    plain_genuine = np.einsum("ij,ij->i", probe_unit, gallery_unit[:count])
+    plain_search = _plain_search_subset(gallery_unit, probe_unit, stranger_unit)
+    he_scores_all = Scores(he_genuine, np.concatenate(he_impostor), he_search.mate_ranks == 1, he_search.top1)
+    hybrid_scores = Scores(
+        hybrid_genuine, np.concatenate(hybrid_impostor), hybrid_search.mate_ranks == 1, hybrid_search.top1
+    )
+    plain_he = Scores(plain_genuine, _pair_cosines(probe_unit, he_i, gallery_unit, he_j), plain_search.mate_ranks == 1)
+    plain_hybrid = Scores(plain_genuine, _pair_cosines(probe_unit, hy_i, gallery_unit, hy_j), plain_he.rank1_hits)
+    params = public.params
+    descriptions = {
+        "he": f"CKKS-encrypted templates (N={params.poly_modulus_degree}, moduli "
+        f"{'+'.join(str(b) for b in params.coeff_mod_bit_sizes)} bits), packed 1:N; scores decrypted by the key "
+        "holder",
+        "hybrid": f"hash shortlist of {sizes.shortlist} ({scheme.bits}-bit codes, exact flat index), re-scored "
+        "under CKKS encryption; 1:1 scores the claimed subject's ciphertext directly",
+    }
+    schemes: dict[str, Any] = {}
+    for name, scores, plain, worst in (
+        ("he", he_scores_all, plain_he, he_error),
+        ("hybrid", hybrid_scores, plain_hybrid, hybrid_error),
+    ):
+        entry = verification_figures(scores, fars, descriptions[name], min_errors=min_errors)
+        same = verification_figures(plain, fars, "plain cosine on the same pairs", min_errors=min_errors)
+        entry["plain_same_pairs"] = {key: same[key] for key in ("tar_at_far", "eer", "rank1")}
+        entry["max_abs_error_vs_plain"] = worst
+        schemes[name] = entry
+    identification: dict[str, Any] = {}
+    for name, search in (("he", he_search), ("hybrid", hybrid_search)):
+        entry = identification_figures(search, fpirs, length, min_errors=min_errors)
+        same = identification_figures(plain_search, fpirs, length, min_errors=min_errors)
+        entry["plain_same_searches"] = {key: same[key] for key in ("rank1", "at_fpir")}
+        entry["rank1_agreement_with_plain"] = float(np.mean(search.top1 == plain_search.top1))
+        identification[name] = entry
+    identification["hybrid"].update(
+        {
+            "shortlist": sizes.shortlist,
+            "shortlist_recall": float(np.mean(listed)),
+            "mates_outside_shortlist": int(np.count_nonzero(~listed)),
+            "note": "hybrid returns only shortlisted subjects: a mate the hash stage misses is not found, "
+            "however high its encrypted score would be",
+        }
+    )
+    return {
+        "parameters": {
+            "gallery_size": n,
+            "mated_searches": count,
+            "nonmated_searches": others,
+            "genuine_pairs": count,
+            "he_impostor_pairs": int(len(he_scores_all.impostor)),
+            "hybrid_impostor_pairs": int(len(hybrid_scores.impostor)),
+            "impostor_columns": {"he": columns, "hybrid": hybrid_columns},
+            "shortlist": sizes.shortlist,
+            "candidate_list_length": length,
+            "subset": f"genuine pairs and mated searches: probes 0..{count - 1}; he impostor pairs: those probes "
+            f"against enrolled rows 0..{columns - 1} (not their own), as plain's; hybrid impostor pairs: probes "
+            f"0..{impostor_probes - 1} against rows 0..{hybrid_columns - 1}; non-mated searches: the first "
+            f"{others} strangers; 1:N against the whole gallery of {n}",
+            "scores": "each encrypted request decrypted with the secret key (fpmatch.he.audit.SecretKeyAudit): the "
+            "value the key holder compares with its threshold, without its 1e-5 decision noise",
+            "he_params": {
+                "poly_modulus_degree": params.poly_modulus_degree,
+                "coeff_mod_bit_sizes": list(params.coeff_mod_bit_sizes),
+                "template_scale_bits": params.template_scale_bits,
+                "probe_scale_bits": params.probe_scale_bits_for(dim),
+            },
+        },
+        "schemes": schemes,
+        "identification": identification,
+        "det": {
+            "he": det_curve(he_scores_all.genuine, he_scores_all.impostor),
+            "hybrid": det_curve(hybrid_scores.genuine, hybrid_scores.impostor),
+        },
+        "timing": {
+            "he_enrol_per_s": n / max(he_enrol_s, 1e-9),
+            "hybrid_enrol_per_s": n / max(hybrid_enrol_s, 1e-9),
+            "he_s": he_s,
+            "hybrid_s": hybrid_s,
+            "total_s": time.perf_counter() - started,
+        },
+    }
+
+
+def _empty_open_set(mated: int, nonmated: int) -> OpenSet:
+    return OpenSet(
+        np.empty(mated, dtype=np.float64),
+        np.empty(mated, dtype=np.int64),
+        np.empty(mated, dtype=np.int64),
+        np.empty(nonmated, dtype=np.float64),
+    )
+
+
+def _plain_search_subset(gallery: np.ndarray, probes: np.ndarray, strangers: np.ndarray) -> OpenSet:
+    """Exact open-set results for mated probes 0..len(probes)-1 (unit rows) and unit strangers."""
+    result = _empty_open_set(len(probes), len(strangers))
+    for start in range(0, len(probes), _CHUNK):
+        stop = min(len(probes), start + _CHUNK)
+        scores = probes[start:stop] @ gallery.T
+        own = scores[np.arange(stop - start), np.arange(start, stop)]
+        result.mate_scores[start:stop] = own
+        result.mate_ranks[start:stop] = np.count_nonzero(scores >= own[:, None], axis=1)
+        result.top1[start:stop] = np.argmax(scores, axis=1)
+    for start in range(0, len(strangers), _CHUNK):
+        stop = min(len(strangers), start + _CHUNK)
+        result.nonmated_top[start:stop] = np.max(strangers[start:stop] @ gallery.T, axis=1)
+    return result
+
+
+# -- irreversibility: rebuilding templates from stored codes ------------------------------
+
+
+def reconstruct_templates(codes: np.ndarray, scheme: CancellableHash, *, restore_offset: bool = False) -> np.ndarray:
+    """Unit templates an attacker rebuilds from codes with ``scheme``'s projection (float64).
+
+    The naive inversion is normalise(W (2c - 1)), W the projection with unit
+    columns: it estimates the direction the scheme hashed, x' = x - a (x . u) u.
+    With ``restore_offset`` the attacker also adds back what the scheme removed,
+    using the offset u and share a the store keeps beside the codes: for a
+    narrow-cone model x . u is close to 1, so x ~ a u + t r with r the naive
+    reconstruction and t > 0 chosen so that |x| = 1. Without an offset both are the same.
+    """
+    weights = scheme.projection_matrix().astype(np.float64)
+    weights /= np.linalg.norm(weights, axis=0, keepdims=True)
+    signs = np.unpackbits(np.asarray(codes, dtype=np.uint8), axis=1, bitorder="little").astype(np.float64) * 2 - 1
+    rebuilt = _unit(signs[:, : scheme.bits] @ weights.T)
+    if not restore_offset or scheme.offset is None:
+        return rebuilt
+    u = np.asarray(scheme.offset, dtype=np.float64)
+    u /= np.linalg.norm(u)
+    share = float(scheme.offset_removal)
+    along = rebuilt @ u
+    # |a u + t r|^2 = 1 with |u| = |r| = 1: t^2 + 2 a (r.u) t + a^2 - 1 = 0, positive root.
+    t = -share * along + np.sqrt((share * along) ** 2 + 1.0 - share * share)
+    return np.asarray(_unit(share * u[None, :] + t[:, None] * rebuilt))
+
+
+def evaluate_inversion(
+    stored: np.ndarray,
+    fresh: np.ndarray,
+    scheme: CancellableHash,
+    other: CancellableHash,
+    *,
+    far: float = 1e-3,
+    impostor_pairs: int = 500_000,
+    seed: int = 0,
+    min_errors: int = MIN_ERRORS,
+) -> dict[str, Any]:
+    """Irreversibility (ISO/IEC 24745) of the hash scheme against attackers holding the store.
+
+    ``stored[i]`` is enrolled (its code is what the attacker holds) and
+    ``fresh[i]`` is another sample of the same person. Attackers: with the key
+    (``scheme``'s projection) or without it (``other``, a different key), each
+    naive and with the removed offset restored (:func:`reconstruct_templates`);
+    and, where the scheme removes an offset, the stored offset direction alone
+    used as everyone's template (no codes, no key). For each: cosine of the
+    reconstructions to the originals, and the share a plain-cosine matcher
+    accepts against the fresh sample at FMR ``far`` (threshold from impostor pairs
+    of stored and fresh samples of different people).
+    """
+    n = len(stored)
+    if n < 2 or stored.shape != fresh.shape or stored.shape[1] != scheme.dim:
+        raise InvalidInputError("stored and fresh must hold one sample each of the same 2+ people")
+    if other.key.key_id == scheme.key.key_id or other.bits != scheme.bits or other.dim != scheme.dim:
+        raise InvalidInputError("the keyless attacker needs another key, with the same code length and dimension")
+    stored_unit = _unit(stored.astype(np.float64))
+    fresh_unit = _unit(fresh.astype(np.float64))
+    rng = np.random.default_rng([seed, 0x1A7E])
+    i, j = _nonmated_pairs(n, impostor_pairs, rng)
+    impostor = _pair_cosines(stored_unit, i, fresh_unit, j)
+    point = tar_at_far(np.zeros(1), impostor, far)
+    threshold = float(point["threshold"])
+    codes = scheme.protect(stored)
+    label = far_label(far)
+
+    def outcome(rebuilt: np.ndarray, description: str) -> dict[str, Any]:
+        cosine = np.einsum("ij,ij->i", rebuilt, stored_unit)
+        accepted = np.einsum("ij,ij->i", rebuilt, fresh_unit) > threshold
+        return {
+            "description": description,
+            "cosine_to_original_mean": float(cosine.mean()),
+            "cosine_to_original_min": float(cosine.min()),
+            "cosine_to_original_p5": float(np.percentile(cosine, 5)),
+            f"accepted_at_fmr_{label}": float(accepted.mean()),
+        }
+
+    attackers: dict[str, Any] = {
+        "with_key": outcome(reconstruct_templates(codes, scheme), "store and hash key: normalise(W (2c - 1))"),
+        "with_key_offset_restored": outcome(
+            reconstruct_templates(codes, scheme, restore_offset=True),
+            "store and hash key, adding back the offset share the scheme removed",
+        ),
+        "without_key": outcome(reconstruct_templates(codes, other), "store only: another key's projection"),
+        "without_key_offset_restored": outcome(
+            reconstruct_templates(codes, other, restore_offset=True),
+            "store only: another key's projection, offset share added back",
+        ),
+    }
+    if scheme.offset is not None:
+        u = np.asarray(scheme.offset, dtype=np.float64)
+        attackers["offset_only"] = outcome(
+            np.tile(u / np.linalg.norm(u), (n, 1)),
+            "no codes, no key: the stored offset direction (the model's mean face) as everyone's template",
+        )
+    return {
+        "n": n,
+        "dim": scheme.dim,
+        "bits": scheme.bits,
+        "offset_removed": scheme.offset is not None,
+        "offset_removal": float(scheme.offset_removal) if scheme.offset is not None else 0.0,
+        "far": far,
+        f"plain_threshold_fmr_{label}": threshold,
+        "plain_far_achieved": float(point["far_achieved"]),
+        "impostor_pairs": int(len(impostor)),
+        "threshold_supported": len(impostor) >= min_trials(far, min_errors),
+        "accepted": "a reconstruction is accepted when its cosine with a fresh sample of the same person exceeds "
+        "the plain threshold",
+        **attackers,
+    }
+
+
+# -- summary and text of a report ----------------------------------------------------------
+
+
+_SCHEMES = ("plain", "hash", "he", "hybrid")
+#: Speed figures the summary keeps (means, or rates).
+_SPEED_KEYS = (
+    "plain_ms", "hash_flat_ms", "hash_identify_ms", "hash_ivf_ms", "he_identify_ms", "hybrid_identify_ms",
+    "plain_verify_ms", "hash_verify_ms", "he_verify_ms", "hybrid_verify_ms",
+    "plain_enrol_per_s", "hash_enrol_per_s", "he_enrol_per_s", "hybrid_enrol_per_s",
+)  # fmt: skip
+
+
+def report_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """Headline figures per profile, for reading at a glance (None: not supported by the trials run)."""
+    out: dict[str, Any] = {}
+    for name, result in report["profiles"].items():
+        schemes = result["schemes"]
+        ident = result["identification"]
+        link = report["d_sys"][name]
+        renewal = report["renewability"][name]
+        inversion = report["irreversibility"][name]
+        accepted = f"accepted_at_fmr_{far_label(inversion['far'])}"
+        speed = (report.get("speed") or {}).get(name, {"points": []})
+        present = [scheme for scheme in _SCHEMES if scheme in schemes]
+        out[name] = {
+            "verification": {
+                scheme: {
+                    **{f"tar_at_far_{f}": v["tar"] for f, v in schemes[scheme]["tar_at_far"].items()},
+                    "eer": schemes[scheme]["eer"],
+                    "pairs": [schemes[scheme]["genuine_pairs"], schemes[scheme]["impostor_pairs"]],
+                }
+                for scheme in present
+            },
+            "identification": {
+                scheme: {
+                    "rank1": ident[scheme]["rank1"],
+                    **{
+                        f"fnir_at_fpir_{f}": {"rank1": v["fnir_rank1"], "candidate_list": v["fnir_candidate_list"]}
+                        for f, v in ident[scheme]["at_fpir"].items()
+                    },
+                    "searches": [ident[scheme]["mated_searches"], ident[scheme]["nonmated_searches"]],
+                }
+                for scheme in present
+            },
+            "d_sys": {k: link[k] for k in ("value", "value_kde", "sampling_floor", "meets_target")},
+            "renewability": {
+                "genuine_mean_std": [renewal["genuine_same_key"]["mean"], renewal["genuine_same_key"]["std"]],
+                "impostor_mean_std": [renewal["impostor_same_key"]["mean"], renewal["impostor_same_key"]["std"]],
+                "renewed_mean_std": [renewal["renewed_mated"]["mean"], renewal["renewed_mated"]["std"]],
+                "ks_renewed_vs_impostor": renewal["ks_renewed_vs_impostor"]["statistic"],
+                "ks_genuine_vs_impostor": renewal["ks_genuine_vs_impostor"]["statistic"],
+            },
+            "irreversibility": {
+                attacker: {
+                    "cosine_to_original_mean": figures["cosine_to_original_mean"],
+                    accepted: figures[accepted],
+                }
+                for attacker, figures in inversion.items()
+                if isinstance(figures, dict)
+            },
+            "speed": {
+                str(point["n"]): {
+                    key: (point[key] if key.endswith("_per_s") else point[key]["mean"])
+                    for key in _SPEED_KEYS
+                    if key in point
+                }
+                for point in speed["points"]
+            },
+            "bytes_per_template": speed.get("bytes_per_template"),
+        }
+    return out
+
+
+def _cell(value: float | None, width: int, digits: int = 4) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+
+def report_text(report: dict[str, Any]) -> str:
+    """The report's headline figures as plain-text tables (``-``: not supported by the trials run, or not run)."""
+    lines: list[str] = []
+    first = next(iter(report["profiles"].values()))["parameters"]
+    fars = first["far_targets"]
+    fpir = first["fpir_targets"][0]
+    lines.append(
+        f"{'profile':<9}{'scheme':<8}" + "".join(f"{'TAR@' + f:>10}" for f in fars)
+        + f"{'EER':>8}{'rank-1':>8}{'FNIR@' + fpir:>11}{'(list)':>8}{'pairs gen/imp':>20}{'searches':>14}"
+    )
+    for name, result in report["profiles"].items():
+        ident = result["identification"]
+        for scheme in _SCHEMES:
+            if scheme not in result["schemes"]:
+                continue
+            figures = result["schemes"][scheme]
+            point = ident[scheme]["at_fpir"][fpir]
+            lines.append(
+                f"{name:<9}{scheme:<8}" + "".join(_cell(figures["tar_at_far"][f]["tar"], 10) for f in fars)
+                + f"{figures['eer']:>8.4f}{ident[scheme]['rank1']:>8.4f}"
+                + _cell(point["fnir_rank1"], 11) + _cell(point["fnir_candidate_list"], 8)
+                + f"{figures['genuine_pairs']:>10,}/{figures['impostor_pairs']:<9,}"
+                + f"{ident[scheme]['mated_searches']:>7,}/{ident[scheme]['nonmated_searches']:<6,}"
+            )
+        for scheme in ("he", "hybrid"):
+            if scheme in result["schemes"]:
+                same = result["schemes"][scheme]["plain_same_pairs"]
+                same_ident = ident[scheme]["plain_same_searches"]
+                lines.append(
+                    f"{name:<9}{'~plain':<8}"
+                    + "".join(_cell(same["tar_at_far"][f]["tar"], 10) for f in fars)
+                    + f"{same['eer']:>8.4f}{same_ident['rank1']:>8.4f}"
+                    + _cell(same_ident["at_fpir"][fpir]["fnir_rank1"], 11)
+                    + f"{'':8}  plain cosine on the {scheme} pairs and searches; "
+                    f"max |{scheme} - plain| {result['schemes'][scheme]['max_abs_error_vs_plain']:.1e}"
+                )
+        if "hybrid" in ident:
+            hybrid = ident["hybrid"]
+            lines.append(
+                f"{name:<9}hybrid shortlist of {hybrid['shortlist']}: holds the mate in "
+                f"{hybrid['shortlist_recall']:.4f} of mated searches; top-1 agrees with plain in "
+                f"{hybrid['rank1_agreement_with_plain']:.4f}"
+            )
+    lines.append("")
+    for name in report["profiles"]:
+        link, renewal = report["d_sys"][name], report["renewability"][name]
+        lines.append(
+            f"{name}: D_sys {link['value']:.4f} (KDE {link['value_kde']:.4f}, sampling floor "
+            f"{link['sampling_floor']:.4f}, target <= {link['target']}; plain templates "
+            f"{link['reference']['plain_templates']:.3f})"
+        )
+        parts = [
+            f"{label} {renewal[key]['mean']:+.4f} +/- {renewal[key]['std']:.4f}"
+            for key, label in (("genuine_same_key", "genuine"), ("impostor_same_key", "impostor"),
+                               ("renewed_mated", "renewed"))
+        ]  # fmt: skip
+        lines.append(
+            f"{name}: scores " + ", ".join(parts)
+            + f"; KS renewed/impostor {renewal['ks_renewed_vs_impostor']['statistic']:.4f}"
+            f" (above {renewal['ks_renewed_vs_impostor']['a_above_b']:.4f}),"
+            f" genuine/impostor {renewal['ks_genuine_vs_impostor']['statistic']:.4f}"
+        )
+        inversion = report["irreversibility"][name]
+        accepted = f"accepted_at_fmr_{far_label(inversion['far'])}"
+        lines.append(f"{name}: inversion, cosine to the original / accepted by plain matching at FMR "
+                     f"{far_label(inversion['far'])}:")  # fmt: skip
+        for attacker, figures in inversion.items():
+            if isinstance(figures, dict):
+                lines.append(
+                    f"{'':4}{attacker:<30}{figures['cosine_to_original_mean']:>7.3f}{figures[accepted]:>8.3f}"
+                )
+    speed = report.get("speed") or {}
+    if speed:
+        lines.append("")
+        columns = (("plain_ms", "plain"), ("hash_identify_ms", "hash"), ("hash_ivf_ms", "IVF"),
+                   ("he_identify_ms", "he"), ("hybrid_identify_ms", "hybrid"))  # fmt: skip
+        verifiers = ("plain", "hash", "he", "hybrid")
+        lines.append(
+            f"{'profile':<9}{'n':>10}" + "".join(f"{label + ' ms':>11}" for _, label in columns)
+            + "".join(f"{label + ' 1:1':>11}" for label in verifiers)
+            + "".join(f"{label + ' /s':>11}" for label in verifiers)
+        )
+        for name, result in speed.items():
+            for point in result["points"]:
+                cells = [point[key]["mean"] if key in point else None for key, _ in columns]
+                cells += [point[f"{s}_verify_ms"]["mean"] if f"{s}_verify_ms" in point else None for s in verifiers]
+                rates = [point.get(f"{s}_enrol_per_s") for s in verifiers]
+                lines.append(
+                    f"{name:<9}{point['n']:>10,}" + "".join(_cell(v, 11) for v in cells)
+                    + "".join(_cell(v, 11, 0) for v in rates)
+                )
+            sizes = result.get("bytes_per_template", {})
+            lines.append(f"{name}: bytes per template " + ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
+    return "\n".join(lines)
+
+
 # -- speed against gallery size ----------------------------------------------------------
 
 
@@ -1027,25 +1817,38 @@ def speed_vs_gallery_size(
     queries: int = 200,
     warmup: int = 10,
     k: int = 10,
+    encrypted_max_n: int = ENCRYPTED_MAX_N,
+    shortlist: int = 32,
     progress: ProgressFactory | None = None,
 ) -> dict[str, Any]:
-    """Single-thread per-query latency against gallery size: faiss ``IndexFlatIP``, hash flat, hash IVF.
+    """Single-thread enrolment rate and verify / identify latency against gallery size, per scheme.
 
-    Galleries are nested prefixes of one synthetic draw; probes are fresh samples of
-    ``queries`` enrolled people, searched one at a time for the ``k`` best. The
-    plain baseline is left out (with a note) when faiss is not importable. IVF
-    uses :func:`ivf_lists` lists and scans half of them.
+    Schemes: faiss ``IndexFlatIP`` on raw templates (the baseline), hash with an
+    exact flat index and with IVF, ``he`` (packed encrypted gallery) and ``hybrid``
+    (hash shortlist of ``shortlist``, encrypted re-scoring), the last two with an
+    in-process key holder deciding, at the sizes up to ``encrypted_max_n`` (0: none).
+    Galleries are nested prefixes of one synthetic draw, enrolled in increments:
+    the rate at a size is that of the templates added since the previous size.
+    Probes are fresh samples of ``queries`` enrolled people, one at a time;
+    identification asks for the ``k`` best, verification claims the probe's own
+    identity. The plain baseline is left out (with a note) when faiss is not
+    importable, the encrypted ones when TenSEAL is not. IVF uses
+    :func:`ivf_lists` lists and scans half of them.
     """
     chosen = sorted({int(v) for v in sizes})
     if not chosen or chosen[0] < 16:
         raise InvalidInputError("gallery sizes must be at least 16")
-    if queries < 1 or warmup < 0 or k < 1:
-        raise InvalidInputError("queries and k must be positive, warmup non-negative")
+    if queries < 1 or warmup < 0 or k < 1 or shortlist < 1 or encrypted_max_n < 0:
+        raise InvalidInputError("queries, k and shortlist must be positive, warmup and encrypted_max_n non-negative")
     if profile not in PROFILES:
         raise InvalidInputError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
     bar = _silent if progress is None else progress
     faiss = _import_faiss()
     notes = [] if faiss is not None else ["faiss is not importable: no plain IndexFlatIP baseline"]
+    he = _import_he() if encrypted_max_n > 0 else None
+    if encrypted_max_n > 0 and he is None:
+        notes.append("TenSEAL is not installed: no he / hybrid timings (pip install fpmatch[he])")
+    encrypted_sizes = [n for n in chosen if n <= encrypted_max_n] if he is not None else []
     load_start = _load_average()
     started = time.perf_counter()
 
@@ -1066,10 +1869,9 @@ def speed_vs_gallery_size(
             kept[low:high] = people[needed[low:high] - start]
             step.advance()
     offset = estimate_offset(faces.samples(faces.identities(_OFFSET_SAMPLES)))
-    key = _bench_key(seed)
-    enrol_scheme = CancellableHash(key, dim, bits, offset=offset)
-    probe_scheme = CancellableHash(key, dim, bits, offset=offset, n_threads=1)
-    codes = enrol_scheme.protect(gallery)
+    # One thread everywhere, enrolment included, so that schemes compare like for like.
+    scheme = CancellableHash(_bench_key(seed), dim, bits, offset=offset, n_threads=1)
+    galleries = _SpeedGalleries(gallery, scheme, faiss, he if encrypted_sizes else None, shortlist)
 
     points: list[dict[str, Any]] = []
     threads_before = faiss.omp_get_max_threads() if faiss is not None else 0
@@ -1080,11 +1882,37 @@ def speed_vs_gallery_size(
             for n in chosen:
                 truth = probe_ids[n]
                 probes = faces.samples(kept[np.searchsorted(needed, truth)])
-                points.append(_time_size(n, gallery, codes, probes, truth, probe_scheme, faiss, k, warmup))
+                point = galleries.grow(n, encrypted=n in encrypted_sizes)
+                point.update(_time_size(n, galleries, probes, truth, k, warmup))
+                points.append(point)
                 step.advance()
     finally:
         if faiss is not None:
             faiss.omp_set_num_threads(threads_before)
+    encrypted: dict[str, Any] = {"max_n": encrypted_max_n, "timed_sizes": encrypted_sizes}
+    if he is not None:
+        encrypted.update(
+            {
+                "skipped_sizes": [n for n in chosen if n > encrypted_max_n],
+                "key_holder": "in-process KeyHolder: verify and identify include its decision",
+                "identify_threshold": "-1 (the k best, as the other schemes' searches return)",
+                "hybrid": f"flat hash index, shortlist {shortlist}",
+            }
+        )
+        skipped = encrypted["skipped_sizes"]
+        if skipped and not encrypted_sizes:
+            encrypted["reason"] = f"every size is above encrypted_max_n ({encrypted_max_n:,})"
+        elif skipped:
+            last = next(p for p in reversed(points) if "he_enrol_per_s" in p)
+            rate = min(last["he_enrol_per_s"], last["hybrid_enrol_per_s"])
+            size = max(galleries.bytes_per_template["he"], galleries.bytes_per_template["hybrid"])
+            encrypted["reason"] = (
+                f"the slower encrypted enrolment ran at {rate:,.0f} templates/s (at {last['n']:,}) and a template "
+                f"takes up to {size:,} bytes: "
+                f"{skipped[-1]:,} would take about {skipped[-1] / rate / 60:.0f} min and "
+                f"{skipped[-1] * size / 2**30:.1f} GiB per scheme; benchmarks/bench_he.py times hybrid "
+                "identification at 1,000,000 codes (reports/he_*.json)"
+            )
     return {
         "profile": profile,
         "dim": dim,
@@ -1096,6 +1924,17 @@ def speed_vs_gallery_size(
         "plain": "faiss IndexFlatIP over raw float32 templates" if faiss is not None else None,
         "faiss_version": getattr(faiss, "__version__", "unknown") if faiss is not None else None,
         "ivf": "IVFIndex with about sqrt(n) lists (16 to 1024), half of them scanned, prefix 256 bits, re-rank 256",
+        "bytes_per_template": galleries.bytes_per_template,
+        "encrypted": encrypted,
+        "timings": {
+            "enrol_per_s": "templates enrolled per second growing the gallery from the previous size to n",
+            "verify_ms": "probe in, decision out, for the probe's own identity: plain, an inner product with the "
+            "stored template; hash, probe hashing and one Hamming distance; he / hybrid, an encrypted score and "
+            "the key holder's decision",
+            "identify_ms": "probe in, k best out: plain and hash_flat_ms / hash_ivf_ms search only (hash_probe_ms "
+            "hashes the probe; hash_identify_ms is both); he / hybrid, probe encoding, encrypted scoring and the "
+            "key holder's choice",
+        },
         "points": points,
         "notes": notes,
         "load_average": {"start": load_start, "end": _load_average()},
@@ -1103,19 +1942,66 @@ def speed_vs_gallery_size(
     }
 
 
+class _SpeedGalleries:
+    """Every scheme's gallery, grown through the sizes of :func:`speed_vs_gallery_size`."""
+
+    def __init__(
+        self, templates: np.ndarray, scheme: CancellableHash, faiss: Any, he: Any, shortlist: int
+    ) -> None:
+        self.templates = templates
+        self.scheme = scheme
+        self.faiss = faiss
+        self.size = 0
+        self.codes = np.empty((len(templates), scheme.code_size), dtype=np.uint8)
+        self.flat = FlatIndex(scheme.bits)
+        self.plain = faiss.IndexFlatIP(templates.shape[1]) if faiss is not None else None
+        self.names = [f"subject-{i:07d}" for i in range(len(templates))]
+        self.bytes_per_template: dict[str, int] = {"plain": 4 * templates.shape[1], "hash": scheme.code_size}
+        self.holder: Any = None
+        self.packed: Any = None
+        self.hybrid: Any = None
+        if he is not None:
+            limits = he.RateLimit(requests_per_second=1e9, burst=10**9, max_scores=1 << 23, max_k=100)
+            self.holder = he.KeyHolder(limits=limits)
+            public = he.PublicContext(self.holder.public_context())
+            self.packed = he.EncryptedGallery(public, templates.shape[1])
+            self.hybrid = he.HybridGallery(scheme, public, shortlist=shortlist)
+            self.bytes_per_template["he"] = self.packed.bytes_per_template
+            self.bytes_per_template["hybrid"] = self.hybrid.bytes_per_template
+
+    def grow(self, n: int, *, encrypted: bool) -> dict[str, Any]:
+        """Enrol rows up to ``n`` into every gallery; enrolment rates of the increment."""
+        rows = slice(self.size, n)
+        added = n - self.size
+        point: dict[str, Any] = {"n": n}
+        if self.plain is not None:
+            begin = time.perf_counter()
+            self.plain.add(np.ascontiguousarray(self.templates[rows]))
+            point["plain_enrol_per_s"] = added / max(time.perf_counter() - begin, 1e-9)
+        begin = time.perf_counter()
+        self.codes[rows] = self.scheme.protect(self.templates[rows])
+        self.flat.add(self.codes[rows], np.arange(self.size, n, dtype=np.int64))
+        point["hash_enrol_per_s"] = added / max(time.perf_counter() - begin, 1e-9)
+        if encrypted:
+            for name, target in (("he", self.packed), ("hybrid", self.hybrid)):
+                begin = time.perf_counter()
+                target.enrol(self.names[rows], self.templates[rows])
+                point[f"{name}_enrol_per_s"] = added / max(time.perf_counter() - begin, 1e-9)
+            point["he_stored_bytes_per_template"] = self.packed.stored_bytes() / n
+        elif self.packed is not None:
+            self.holder = self.packed = self.hybrid = None  # past the cap: free the ciphertexts
+        self.size = n
+        return point
+
+    def row(self, subject: str) -> int:
+        return int(subject.rsplit("-", 1)[1])
+
+
 def _time_size(
-    n: int,
-    gallery: np.ndarray,
-    codes: np.ndarray,
-    probes: np.ndarray,
-    truth: np.ndarray,
-    scheme: CancellableHash,
-    faiss: Any,
-    k: int,
-    warmup: int,
+    n: int, galleries: _SpeedGalleries, probes: np.ndarray, truth: np.ndarray, k: int, warmup: int
 ) -> dict[str, Any]:
     """Latencies and rank-1 figures at one gallery size (the first ``n`` rows)."""
-    ids = np.arange(n, dtype=np.int64)
+    scheme = galleries.scheme
     depth = min(k, n)
     hash_ns = np.empty(len(probes), dtype=np.int64)
     probe_codes = np.empty((len(probes), scheme.code_size), dtype=np.uint8)
@@ -1123,29 +2009,39 @@ def _time_size(
         t0 = time.perf_counter_ns()
         probe_codes[q] = scheme.protect(probes[q])[0]
         hash_ns[q] = time.perf_counter_ns() - t0
-    point: dict[str, Any] = {"n": n, "hash_probe_ms": _latency(hash_ns)}
+    point: dict[str, Any] = {"hash_probe_ms": _latency(hash_ns)}
 
-    if faiss is not None:
-        plain = faiss.IndexFlatIP(gallery.shape[1])
-        plain.add(np.ascontiguousarray(gallery[:n]))
+    if galleries.plain is not None:
+        plain = galleries.plain
         ns, top = _timed_searches(lambda q: plain.search(probes[q : q + 1], depth)[1][0, 0], len(probes), warmup)
         point["plain_ms"] = _latency(ns)
         point["plain_rank1"] = float(np.mean(top == truth))
-        del plain
+    stored = galleries.templates
 
-    flat = FlatIndex(scheme.bits)
-    flat.add(codes[:n], ids)
+    def plain_verify(q: int) -> int:
+        return int(float(np.dot(stored[truth[q]], probes[q])) > 0.0)
+
+    point["plain_verify_ms"] = _latency(_timed_searches(plain_verify, len(probes), warmup)[0])
+
+    def hash_verify(q: int) -> int:
+        code = scheme.protect(probes[q])
+        return int(scheme.score(int(hamming(code, galleries.codes[truth[q] : truth[q] + 1])[0])) > 0.0)
+
+    point["hash_verify_ms"] = _latency(_timed_searches(hash_verify, len(probes), warmup)[0])
+
+    flat = galleries.flat
     ns, flat_top = _timed_searches(
         lambda q: flat.search(probe_codes[q : q + 1], depth, n_threads=1).labels[0, 0], len(probes), warmup
     )
     point["hash_flat_ms"] = _latency(ns)
+    point["hash_identify_ms"] = _latency(ns + hash_ns)
     point["hash_flat_rank1"] = float(np.mean(flat_top == truth))
-    del flat
 
+    codes = galleries.codes[:n]
     lists = ivf_lists(n)
     ivf = IVFIndex(scheme.bits, nlist=lists, nprobe=max(1, lists // 2))
-    ivf.train(codes[:n])
-    ivf.add(codes[:n], ids)
+    ivf.train(codes)
+    ivf.add(codes, np.arange(n, dtype=np.int64))
     ns, ivf_top = _timed_searches(
         lambda q: ivf.search(probe_codes[q : q + 1], depth, n_threads=1).labels[0, 0], len(probes), warmup
     )
@@ -1154,6 +2050,23 @@ def _time_size(
     point["ivf_top1_agreement_with_flat"] = float(np.mean(ivf_top == flat_top))
     point["ivf_nlist"] = lists
     point["ivf_nprobe"] = ivf.nprobe
+    del ivf
+
+    if galleries.packed is not None and galleries.size == n and "he" in galleries.bytes_per_template:
+        holder, names = galleries.holder, galleries.names
+        for name, target in (("he", galleries.packed), ("hybrid", galleries.hybrid)):
+
+            def verify(q: int, target: Any = target) -> int:
+                return int(target.verify(names[truth[q]], probes[q], holder, 0.5, caller="speed").verified)
+
+            def identify(q: int, target: Any = target) -> int:
+                found = target.identify(probes[q], holder, -1.0, depth, caller="speed")
+                return galleries.row(found[0].subject) if found else -1
+
+            point[f"{name}_verify_ms"] = _latency(_timed_searches(verify, len(probes), warmup)[0])
+            ns, top = _timed_searches(identify, len(probes), warmup)
+            point[f"{name}_identify_ms"] = _latency(ns)
+            point[f"{name}_rank1"] = float(np.mean(top == truth))
     return point
 
 
@@ -1210,33 +2123,70 @@ def write_det_png(report: dict[str, Any], path: str | os.PathLike[str]) -> bool:
     return True
 
 
-def write_speed_png(speed: dict[str, dict[str, Any]], path: str | os.PathLike[str]) -> bool:
-    """Log-log latency against gallery size, one panel per profile (``speed``: profile -> result).
+#: Lines of the speed plot: (point key, label, marker, line style, colour); one colour per scheme.
+_SPEED_LINES = {
+    "identify": (
+        ("plain_ms", "plain IndexFlatIP (faiss)", "o", "-", "C0"),
+        ("hash_identify_ms", "hash, exact flat (incl. probe hashing)", "s", "-", "C1"),
+        ("hash_ivf_ms", "hash, IVF (search only)", "^", "-", "C2"),
+        ("he_identify_ms", "he, packed CKKS 1:N", "D", "--", "C3"),
+        ("hybrid_identify_ms", "hybrid, shortlist + CKKS re-score", "v", "--", "C4"),
+    ),
+    "verify": (
+        ("plain_verify_ms", "plain, one inner product", "o", "-", "C0"),
+        ("hash_verify_ms", "hash, probe hashing + Hamming", "s", "-", "C1"),
+        ("he_verify_ms", "he, CKKS score + decision", "D", "--", "C3"),
+        ("hybrid_verify_ms", "hybrid, CKKS score + decision", "v", "--", "C4"),
+    ),
+    "enrol": (
+        ("plain_enrol_per_s", "plain IndexFlatIP add", "o", "-", "C0"),
+        ("hash_enrol_per_s", "hash, hashing + flat add", "s", "-", "C1"),
+        ("he_enrol_per_s", "he, CKKS encryption", "D", "--", "C3"),
+        ("hybrid_enrol_per_s", "hybrid, hashing + CKKS encryption", "v", "--", "C4"),
+    ),
+}
 
-    Returns False, writing nothing, when matplotlib is not installed.
+
+def write_speed_png(speed: dict[str, dict[str, Any]], path: str | os.PathLike[str]) -> bool:
+    """Log-log identify latency, verify latency and enrolment rate against gallery size.
+
+    One column per profile (``speed``: profile -> :func:`speed_vs_gallery_size`
+    result), one row per measure. Returns False, writing nothing, when matplotlib
+    is not installed.
     """
-    figure = _new_figure(len(speed), (5.4, 4.6))
-    if figure is None:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
         return False
-    lines = (
-        ("plain_ms", "plain IndexFlatIP (faiss)", "o"),
-        ("hash_flat_ms", "hash, exact flat", "s"),
-        ("hash_ivf_ms", "hash, IVF", "^"),
-    )
-    for panel, (profile, result) in enumerate(speed.items(), start=1):
-        axes = figure.add_subplot(1, len(speed), panel)
-        sizes = [point["n"] for point in result["points"]]
-        for key, label, marker in lines:
-            values = [point[key]["mean"] for point in result["points"] if key in point]
-            if len(values) == len(sizes):
-                axes.plot(sizes, values, marker=marker, label=label, linewidth=1.8)
-        axes.set_xscale("log")
-        axes.set_yscale("log")
-        axes.set_xlabel("enrolled templates")
-        axes.set_ylabel("ms per query (one thread)")
-        axes.set_title(f"'{profile}' synthetic faces ({result['dim']}-D, {result['bits']}-bit codes)")
-        axes.grid(True, which="both", alpha=0.3)
-        axes.legend(loc="upper left")
+    columns = max(1, len(speed))
+    figure = Figure(figsize=(6.0 * columns, 13.5), dpi=110)
+    FigureCanvasAgg(figure)
+    axis_labels = {
+        "identify": "identify: ms per query (one thread)",
+        "verify": "verify: ms per claim (one thread)",
+        "enrol": "enrolment: templates/s (one thread)",
+    }
+    for column, (profile, result) in enumerate(speed.items()):
+        for row, (measure, lines) in enumerate(_SPEED_LINES.items()):
+            axes = figure.add_subplot(3, columns, row * columns + column + 1)
+            for key, label, marker, style, colour in lines:
+                shown = [
+                    (p["n"], p[key] if measure == "enrol" else p[key]["mean"]) for p in result["points"] if key in p
+                ]
+                if shown:
+                    sizes, values = zip(*shown)
+                    axes.plot(sizes, values, marker=marker, linestyle=style, color=colour, label=label, linewidth=1.6)
+            axes.set_xscale("log")
+            axes.set_yscale("log")
+            axes.set_xlabel("enrolled templates")
+            axes.set_ylabel(axis_labels[measure])
+            axes.grid(True, which="both", alpha=0.3)
+            axes.legend(loc="best", fontsize=7)
+            if row == 0:
+                cap = result.get("encrypted", {}).get("max_n")
+                title = f"'{profile}' synthetic faces ({result['dim']}-D, {result['bits']}-bit codes)"
+                axes.set_title(title + (f"\nhe / hybrid up to {cap:,}" if cap else ""), fontsize=10)
     figure.tight_layout()
     figure.savefig(Path(path), format="png")
     return True
@@ -1291,18 +2241,34 @@ def _new_figure(panels: int, size: tuple[float, float]) -> Any:
     return figure
 
 
+#: DET line styles per scheme: he follows plain within 1e-4, so it is dashed over it.
+_DET_STYLES = {"plain": ("-", 2.4), "hash": ("-", 1.8), "he": ("--", 1.6), "hybrid": (":", 2.0)}
+
+
 def _det_panel(axes: Any, result: dict[str, Any]) -> None:
     params = result["parameters"]
     fmr_floor = 1.0 / max(1, params["impostor_pairs"])
     fnmr_floor = 0.5 / max(1, params["genuine_pairs"])
     labels = {"plain": "plain cosine (unprotected)", "hash": f"hash scheme ({params['bits']} bits)"}
+    encrypted = params.get("encrypted")
+    if encrypted:
+        pairs = f"{encrypted['genuine_pairs']:,} genuine"
+        labels["he"] = f"he, CKKS ({pairs}, {encrypted['he_impostor_pairs']:,} impostor pairs)"
+        labels["hybrid"] = f"hybrid 1:1 ({pairs}, {encrypted['hybrid_impostor_pairs']:,} impostor pairs)"
     clipped = False
     for name, curve in result["det"].items():
         fmr = np.asarray(curve["fmr"], dtype=np.float64)
         fnmr = np.asarray(curve["fnmr"], dtype=np.float64)
         keep = fmr > 0
         clipped |= bool(np.any(fnmr[keep] < fnmr_floor))
-        axes.plot(fmr[keep], np.maximum(fnmr[keep], fnmr_floor), label=labels.get(name, name), linewidth=1.8)
+        style, width = _DET_STYLES.get(name, ("-", 1.6))
+        axes.plot(
+            fmr[keep],
+            np.maximum(fnmr[keep], fnmr_floor),
+            label=labels.get(name, name),
+            linestyle=style,
+            linewidth=width,
+        )
     for far in params["far_targets"]:
         axes.axvline(float(far), color="grey", linestyle=":", linewidth=1)
     axes.set_xscale("log")
@@ -1313,11 +2279,37 @@ def _det_panel(axes: Any, result: dict[str, Any]) -> None:
     axes.set_ylabel("false non-match rate (FNMR)")
     axes.set_title(f"'{params['profile']}' synthetic faces, {params['n']} identities")
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(loc="upper right")
+    axes.legend(loc="upper right", fontsize=7)
     if clipped:
         axes.text(
             0.02, 0.02, "FNMR 0 (no errors seen) drawn at the floor", transform=axes.transAxes, fontsize=8
         )
+
+
+def write_report_pngs(report: dict[str, Any], directory: str | os.PathLike[str]) -> dict[str, str | None]:
+    """``det.png``, ``unlinkability.png`` and (with ``report["speed"]``) ``speed.png`` in ``directory``.
+
+    Returns each plot's path, or None where it was not drawn (no matplotlib, or
+    no speed results); a plot not drawn is removed, so no older run's plot stays
+    beside a new report.
+    """
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    plots: list[tuple[str, Callable[[Any, Path], bool], Any]] = [
+        ("det", write_det_png, report),
+        ("unlinkability", write_unlinkability_png, report["d_sys"]),
+    ]
+    if report.get("speed"):
+        plots.append(("speed", write_speed_png, report["speed"]))
+    files: dict[str, str | None] = {}
+    for name, writer, data in plots:
+        path = folder / f"{name}.png"
+        if writer(data, path):
+            files[name] = str(path)
+        else:
+            path.unlink(missing_ok=True)
+            files[name] = None
+    return files
 
 
 __all__ = [
@@ -1325,26 +2317,42 @@ __all__ = [
     "DEFAULT_CANDIDATES",
     "DEFAULT_FARS",
     "DEFAULT_FPIRS",
+    "ENCRYPTED_MAX_N",
+    "EncryptedSizes",
+    "MIN_ERRORS",
+    "OpenSet",
+    "Scores",
     "Unlinkability",
     "d_sys",
     "det_curve",
     "eer_interval",
     "equal_error_rate",
+    "evaluate_encrypted",
     "evaluate_identification",
+    "evaluate_inversion",
     "evaluate_linkage",
     "evaluate_profile",
     "far_label",
     "fnir_at_fpir",
     "hamming_pairs",
+    "identification_figures",
     "ivf_lists",
     "ks_statistic",
     "local_linkability",
+    "min_trials",
+    "open_set_searches",
+    "reconstruct_templates",
+    "report_summary",
+    "report_text",
     "run_evaluation",
     "score_summary",
     "speed_vs_gallery_size",
     "tar_at_far",
+    "tar_points",
     "unlinkability",
+    "verification_figures",
     "write_det_png",
+    "write_report_pngs",
     "write_speed_png",
     "write_unlinkability_png",
 ]
