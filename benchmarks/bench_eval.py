@@ -26,11 +26,15 @@ under the keys ``d_sys``, ``renewability`` and ``irreversibility``) and, with
 ``--png-dir``, ``det.png``, ``speed.png`` and ``unlinkability.png`` (matplotlib's
 Agg backend).
 
+``--part accuracy`` and ``--part speed --update`` split a long run in two and
+write the same report.
+
 Usage::
 
     python benchmarks/bench_eval.py --json reports/eval.json --png-dir reports/eval
     python benchmarks/bench_eval.py --quick --json /tmp/eval.json --png-dir /tmp/eval
-    python benchmarks/bench_eval.py --json reports/eval_1m.json --million
+    python benchmarks/bench_eval.py --part accuracy --json reports/eval.json --png-dir reports/eval
+    python benchmarks/bench_eval.py --part speed --update --million --json reports/eval.json --png-dir reports/eval
 """
 
 from __future__ import annotations
@@ -138,8 +142,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="smoke run: n 2000, sizes 1000,10000, 50 queries, 2e5 linkage pairs, 300 encrypted probes "
         "(explicit options win)",
     )
+    p.add_argument(
+        "--part",
+        choices=["all", "accuracy", "speed"],
+        default="all",
+        help="run only the accuracy and security part, or only the speed sweep (default all)",
+    )
+    p.add_argument(
+        "--update", action="store_true", help="add to the report already in --json, keeping the part not run"
+    )
     p.add_argument("--progress", action="store_true", help="show progress bars even when stderr is not a terminal")
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.profiles is None:
         args.profiles = [] if args.embeddings else ["centred", "offset"]
     base = QUICK if args.quick else FULL
@@ -163,7 +177,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+#: Report sections the accuracy part writes; the speed part writes ``speed``.
+ACCURACY_KEYS = ("kind", "fpmatch_version", "timestamp", "key", "schemes", "min_errors", "min_errors_note", "profiles",
+                 "d_sys", "renewability", "irreversibility", "environment")  # fmt: skip
+
+
+def run(args: argparse.Namespace, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the selected part(s); with ``previous`` (an earlier report), keep what this run does not redo."""
     started = time.perf_counter()
     load_start = os.getloadavg()
     show = progress_wanted(args.progress)
@@ -171,93 +191,125 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def bar(label: str, total: int) -> Progress:
         return Progress(label, total, enabled=show)
 
-    datasets = []
-    if args.embeddings:
-        embeddings, labels = load_labelled(args.embeddings, args.labels)
-        datasets.append(split_labelled(embeddings, labels, name=args.dataset_name, seed=args.seed))
-        log(f"{args.dataset_name}: {len(datasets[0].enrolment):,} people enrolled, {len(datasets[0].strangers):,} strangers")
-    encrypted = None
-    if not args.no_encrypted:
-        encrypted = EncryptedSizes(
-            probes=args.he_probes,
-            nonmated=args.he_nonmated,
-            hybrid_impostor_pairs=args.hybrid_impostor_pairs,
-            shortlist=args.shortlist,
-        )
-    log(f"accuracy: n={args.n:,}, non-mated searches {args.nonmated:,}, profiles {','.join(args.profiles)}")
-    report = run_evaluation(
-        args.n,
-        profiles=args.profiles,
-        datasets=datasets,
-        seed=args.seed,
-        bits=args.bits,
-        max_impostors=args.max_impostors,
-        nonmated_searches=args.nonmated,
-        linkage_pairs=args.linkage_pairs,
-        encrypted=encrypted,
-        inversion_pairs=args.inversion_pairs,
-        progress=bar,
-    )
-    report["kind"] = "fpmatch evaluation benchmark (benchmarks/bench_eval.py)"
-    report["speed"] = {}
-    for profile in args.profiles:
-        log(f"speed: {profile}, sizes {','.join(str(s) for s in sorted(set(args.sizes)))}, {args.queries} queries")
-        report["speed"][profile] = speed_vs_gallery_size(
-            args.sizes,
-            profile=profile,
+    report: dict[str, Any] = dict(previous or {})
+    parameters: dict[str, Any] = dict(report.get("parameters") or {})
+    notes: list[str] = []
+    if args.part in ("all", "accuracy"):
+        datasets = []
+        if args.embeddings:
+            embeddings, labels = load_labelled(args.embeddings, args.labels)
+            datasets.append(split_labelled(embeddings, labels, name=args.dataset_name, seed=args.seed))
+            log(f"{args.dataset_name}: {len(datasets[0].enrolment):,} people enrolled, "
+                f"{len(datasets[0].strangers):,} strangers")  # fmt: skip
+        encrypted = None
+        if not args.no_encrypted:
+            encrypted = EncryptedSizes(
+                probes=args.he_probes,
+                nonmated=args.he_nonmated,
+                hybrid_impostor_pairs=args.hybrid_impostor_pairs,
+                shortlist=args.shortlist,
+            )
+        log(f"accuracy: n={args.n:,}, non-mated searches {args.nonmated:,}, profiles {','.join(args.profiles)}")
+        evaluation = run_evaluation(
+            args.n,
+            profiles=args.profiles,
+            datasets=datasets,
             seed=args.seed,
             bits=args.bits,
-            queries=args.queries,
-            warmup=args.warmup,
-            k=args.k,
-            encrypted_max_n=args.encrypted_max_n,
-            shortlist=args.shortlist,
+            max_impostors=args.max_impostors,
+            nonmated_searches=args.nonmated,
+            linkage_pairs=args.linkage_pairs,
+            encrypted=encrypted,
+            inversion_pairs=args.inversion_pairs,
             progress=bar,
         )
-    report["parameters"] = {
-        "n": args.n,
-        "nonmated_searches": args.nonmated,
-        "profiles": args.profiles,
-        "sizes": sorted(set(args.sizes)),
-        "queries": args.queries,
-        "warmup": args.warmup,
-        "k": args.k,
-        "linkage_pairs": args.linkage_pairs,
-        "max_impostors": args.max_impostors,
-        "encrypted": None
-        if encrypted is None
-        else {
-            "probes": encrypted.probes,
-            "nonmated": encrypted.nonmated,
-            "hybrid_impostor_pairs": encrypted.hybrid_impostor_pairs,
-            "shortlist": encrypted.shortlist,
-            "speed_max_n": args.encrypted_max_n,
-        },
-        "inversion_pairs": args.inversion_pairs,
-        "bits": args.bits,
-        "seed": args.seed,
-        "quick": args.quick,
-        "command": " ".join(["python", "benchmarks/bench_eval.py", *sys.argv[1:]]),
+        notes += evaluation["notes"]
+        report.update({key: evaluation[key] for key in ACCURACY_KEYS})
+        report["kind"] = "fpmatch evaluation benchmark (benchmarks/bench_eval.py)"
+        report["environment"]["cpu_model"] = cpu_model()
+        parameters.update(
+            {
+                "n": args.n,
+                "nonmated_searches": args.nonmated,
+                "linkage_pairs": args.linkage_pairs,
+                "max_impostors": args.max_impostors,
+                "encrypted": None
+                if encrypted is None
+                else {
+                    "probes": encrypted.probes,
+                    "nonmated": encrypted.nonmated,
+                    "hybrid_impostor_pairs": encrypted.hybrid_impostor_pairs,
+                    "shortlist": encrypted.shortlist,
+                },
+                "inversion_pairs": args.inversion_pairs,
+            }
+        )
+    if args.part in ("all", "speed"):
+        report["speed"] = {}
+        for profile in args.profiles:
+            log(f"speed: {profile}, sizes {','.join(str(s) for s in sorted(set(args.sizes)))}, {args.queries} queries")
+            report["speed"][profile] = speed_vs_gallery_size(
+                args.sizes,
+                profile=profile,
+                seed=args.seed,
+                bits=args.bits,
+                queries=args.queries,
+                warmup=args.warmup,
+                k=args.k,
+                encrypted_max_n=args.encrypted_max_n,
+                shortlist=args.shortlist,
+                progress=bar,
+            )
+            notes += report["speed"][profile]["notes"]
+        parameters.update(
+            {
+                "sizes": sorted(set(args.sizes)),
+                "queries": args.queries,
+                "warmup": args.warmup,
+                "k": args.k,
+                "encrypted_max_n": args.encrypted_max_n,
+                "shortlist": args.shortlist,
+            }
+        )
+    report.setdefault("speed", {})
+    parameters.update({"profiles": args.profiles, "bits": args.bits, "seed": args.seed, "quick": args.quick})
+    report["parameters"] = parameters
+    total = time.perf_counter() - started
+    load = {"start": [round(v, 2) for v in load_start], "end": [round(v, 2) for v in os.getloadavg()]}
+    runs = dict(report.get("runs") or {})
+    runs[args.part] = {
+        "command": " ".join(["python", "benchmarks/bench_eval.py", *args.argv]),
+        "total_s": total,
+        "load_average": load,
+        "peak_rss_mb": peak_rss_mb(),
     }
-    report["environment"]["cpu_model"] = cpu_model()
-    report["load_average"] = {"start": [round(v, 2) for v in load_start], "end": [round(v, 2) for v in os.getloadavg()]}
-    report["peak_rss_mb"] = peak_rss_mb()
-    report["total_s"] = time.perf_counter() - started
+    if args.part == "all":
+        runs.pop("accuracy", None)
+        runs.pop("speed", None)
+    report["runs"] = runs
+    report["load_average"] = load
+    report["total_s"] = total
+    # Notes of the part not redone still hold; "all" redoes both.
+    kept = [] if args.part == "all" else list(report.get("notes") or [])
+    report["notes"] = list(dict.fromkeys(kept + notes))
     report["summary"] = report_summary(report)
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report = run(args)
-    notes: list[str] = list(report.get("notes", []))
+    previous = None
+    if args.update and args.json.exists():
+        previous = json.loads(args.json.read_text(encoding="utf-8"))
+    if args.part == "speed" and not (previous and previous.get("profiles")):
+        raise SystemExit("--part speed adds to an earlier report: run --part accuracy first, then --update")
+    report = run(args, previous)
+    notes: list[str] = list(report["notes"])
     files: dict[str, str | None] = {"json": str(args.json)}
     if args.png_dir is not None:
         files.update(write_report_pngs(report, args.png_dir))
         if any(v is None for v in files.values()):
             notes.append("matplotlib is not installed: no plots were drawn (pip install matplotlib)")
-    for speed in report["speed"].values():
-        notes.extend(speed["notes"])
     report["files"] = files
     report["notes"] = list(dict.fromkeys(notes))
     args.json.parent.mkdir(parents=True, exist_ok=True)

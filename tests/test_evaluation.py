@@ -334,6 +334,23 @@ def test_bench_eval_script(tmp_path: Path) -> None:
     assert ("hybrid shortlist of 32" in done.stdout) == encrypted
 
 
+def test_bench_eval_parts_make_one_report(tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    common = [sys.executable, str(SCRIPT), "--quick", "--profiles", "offset", "--no-encrypted", "--json", str(out)]
+    speed = [*common, "--part", "speed", "--update", "--sizes", "100", "--queries", "3"]
+    refused = subprocess.run(speed, capture_output=True, text=True, timeout=60, cwd=SCRIPT.parents[1])
+    assert refused.returncode != 0 and "--part accuracy first" in refused.stderr and not out.exists()
+    accuracy = [*common, "--part", "accuracy", "--n", "150", "--linkage-pairs", "5000", "--inversion-pairs", "5000"]
+    for cmd in (accuracy, speed):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=SCRIPT.parents[1])
+        assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert set(report["runs"]) == {"accuracy", "speed"} and "--part speed" in report["runs"]["speed"]["command"]
+    assert report["profiles"]["offset"]["parameters"]["n"] == 150 and report["parameters"]["sizes"] == [100]
+    assert [p["n"] for p in report["speed"]["offset"]["points"]] == [100]
+    assert report["summary"]["offset"]["speed"]["100"]["hash_verify_ms"] > 0
+
+
 # --------------------------------------------------------------------------- user-supplied embeddings
 
 
