@@ -50,7 +50,7 @@ from _common import log as _log
 from _common import peak_rss_mb as _peak_rss_mb
 
 import fpmatch
-from fpmatch.codes import hamming_pairs
+from fpmatch.codes import hamming_pairs, weighted_pairs
 from fpmatch.synthetic import PROFILES, FaceGenerator
 
 try:
@@ -172,22 +172,36 @@ def _time_plain(index, probes: np.ndarray, k: int, warmup: int):
     return labels, times
 
 
-def _time_hashed(index, scheme, probes: np.ndarray, k: int, warmup: int):
-    """Per query: hash the probe, then search; both on one thread."""
+def _time_hashed(index, scheme, probes: np.ndarray, k: int, warmup: int, shortlist: int | None):
+    """Per query: hash the probe, then search; both on one thread.
+
+    ``shortlist`` None: Hamming search. Otherwise the probe's bit reliabilities
+    come with its code and that many Hamming neighbours are re-ranked by
+    weighted distance (what :class:`fpmatch.Gallery` does).
+    """
     nq = len(probes)
+
+    def protect(q: np.ndarray) -> tuple:
+        return (scheme.protect(q),) if shortlist is None else scheme.protect_with_reliability(q)
+
+    def search(hashed: tuple):
+        if shortlist is None:
+            return index.search(hashed[0], k, n_threads=1)
+        return index.search_weighted(hashed[0], hashed[1], k, shortlist, n_threads=1)
+
     for i in range(warmup):
-        index.search(scheme.protect(probes[i % nq : i % nq + 1]), k, n_threads=1)
+        search(protect(probes[i % nq : i % nq + 1]))
     labels = np.empty((nq, k), dtype=np.int64)
-    distances = np.empty((nq, k), dtype=np.int32)
+    distances = np.empty((nq, k), dtype=np.float64)
     hash_ns = np.empty(nq, dtype=np.int64)
     search_ns = np.empty(nq, dtype=np.int64)
     clock = time.perf_counter_ns
     for i in range(nq):
         q = probes[i : i + 1]
         t0 = clock()
-        code = scheme.protect(q)
+        hashed = protect(q)
         t1 = clock()
-        res = index.search(code, k, n_threads=1)
+        res = search(hashed)
         t2 = clock()
         hash_ns[i] = t1 - t0
         search_ns[i] = t2 - t1
@@ -244,22 +258,27 @@ def run(args: argparse.Namespace) -> dict:
     del other
 
     # -- verification pairs (plain scores) ----------------------------------
+    # Genuine: each fresh sample against its enrolled one. Impostor: a fresh
+    # sample against the enrolled sample of another identity.
     _log(f"plain verification scores: {n_genuine:,} genuine, {args.impostor_pairs:,} impostor pairs")
     t = time.perf_counter()
-    imp_a = rng.integers(0, n, args.impostor_pairs)
+    imp_a = rng.integers(0, n_genuine, args.impostor_pairs)
     imp_b = rng.integers(0, n - 1, args.impostor_pairs)
-    imp_b += imp_b >= imp_a  # a distinct row, i.e. a different identity
+    imp_b += imp_b >= genuine_ids[imp_a]  # another identity's gallery row
     gen_idx = np.arange(n_genuine)
     plain_gen = _pair_dots(genuine_probes, gen_idx, gallery, genuine_ids)
-    plain_imp = _pair_dots(gallery, imp_a, gallery, imp_b)
+    plain_imp = _pair_dots(genuine_probes, imp_a, gallery, imp_b)
     plain_tar = _tar_plain(plain_gen, plain_imp, TARGET_FAR)
     del plain_gen, plain_imp
     phases["plain_verification_s"] = time.perf_counter() - t
 
     # -- hash scheme: enrolment (hash + add to the flat index) ----------------
     key = fpmatch.HashKey.generate()
-    enrol_scheme = fpmatch.CancellableHash(key, dim, args.bits, offset=offset, n_threads=args.threads)
-    probe_scheme = fpmatch.CancellableHash(key, dim, args.bits, offset=offset, n_threads=1)
+    settings = {"offset": offset, "offset_removal": args.offset_removal, "scheme": args.scheme}
+    enrol_scheme = fpmatch.CancellableHash(key, dim, args.bits, n_threads=args.threads, **settings)
+    probe_scheme = fpmatch.CancellableHash(key, dim, args.bits, n_threads=1, **settings)
+    weighted = args.scoring == "weighted"
+    shortlist_depth = args.shortlist if weighted else None
     ids = np.arange(n, dtype=np.int64)
     _log(f"enrolling {n:,} templates ({args.bits} bits, {args.threads} threads)")
     flat = fpmatch.FlatIndex(args.bits)
@@ -271,10 +290,17 @@ def run(args: argparse.Namespace) -> dict:
 
     # Hash verification scores.
     t = time.perf_counter()
-    genuine_codes = enrol_scheme.protect(genuine_probes)
-    hash_gen = hamming_pairs(genuine_codes, gen_idx, codes, genuine_ids)
-    hash_imp = hamming_pairs(codes, imp_a, codes, imp_b)
-    hash_tar = _tar_hash(hash_gen, hash_imp, TARGET_FAR, args.bits)
+    if weighted:
+        genuine_codes, reliability = enrol_scheme.protect_with_reliability(genuine_probes)
+        hash_gen = 1.0 - 2.0 * weighted_pairs(genuine_codes, reliability, gen_idx, codes, genuine_ids)
+        hash_imp = 1.0 - 2.0 * weighted_pairs(genuine_codes, reliability, imp_a, codes, imp_b)
+        hash_tar = _tar_plain(hash_gen, hash_imp, TARGET_FAR)
+        del reliability
+    else:
+        genuine_codes = enrol_scheme.protect(genuine_probes)
+        hash_gen = hamming_pairs(genuine_codes, gen_idx, codes, genuine_ids)
+        hash_imp = hamming_pairs(genuine_codes, imp_a, codes, imp_b)
+        hash_tar = _tar_hash(hash_gen, hash_imp, TARGET_FAR, args.bits)
     del hash_gen, hash_imp, genuine_codes, genuine_probes, imp_a, imp_b
     phases["hash_verification_s"] = time.perf_counter() - t
 
@@ -312,11 +338,11 @@ def run(args: argparse.Namespace) -> dict:
     _log(f"timing {nq} queries one at a time (k={k}, 1 thread)")
     t = time.perf_counter()
     plain_labels, plain_ns = _time_plain(plain, probes, k, args.warmup)
-    flat_labels, flat_dist, flat_hash_ns, flat_ns = _time_hashed(flat, probe_scheme, probes, k, args.warmup)
+    flat_labels, flat_dist, flat_hash_ns, flat_ns = _time_hashed(flat, probe_scheme, probes, k, args.warmup, shortlist_depth)
     sweep = []
     for value in sweep_values:
         setattr(scalable, sweep_name, value)
-        run_v = _time_hashed(scalable, probe_scheme, probes, k, args.warmup)
+        run_v = _time_hashed(scalable, probe_scheme, probes, k, args.warmup, shortlist_depth)
         lab, _ = _nearest_first(run_v[0], run_v[1])
         agree = float(np.mean(lab[:, 0] == plain_labels[:, 0]))
         sweep.append({sweep_name: value, "ms_per_query": _stats(run_v[3])["mean"], "rank1_agreement": agree,
@@ -343,6 +369,10 @@ def run(args: argparse.Namespace) -> dict:
     res["dim"] = dim
     res["profile"] = args.profile
     res["code_bits"] = args.bits
+    res["scheme"] = args.scheme
+    res["offset_removal"] = args.offset_removal if offset is not None else None
+    res["scoring"] = args.scoring
+    res["weighted_shortlist"] = shortlist_depth
     res["queries"] = nq
     res["search_k"] = k
 
@@ -419,6 +449,10 @@ def run(args: argparse.Namespace) -> dict:
         "profile": args.profile,
         "queries": nq,
         "bits": args.bits,
+        "scheme": args.scheme,
+        "offset_removal": args.offset_removal,
+        "scoring": args.scoring,
+        "shortlist": args.shortlist,
         "seed": args.seed,
         "scalable": args.scalable,
         "nlist": args.nlist,
@@ -499,6 +533,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--queries", type=int, default=1000, help="mated probes, searched one at a time")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--bits", type=int, default=1024)
+    p.add_argument("--scheme", choices=list(fpmatch.hashing.SCHEMES), default=fpmatch.hashing.SCHEME)
+    p.add_argument("--offset-removal", type=float, default=fpmatch.hashing.DEFAULT_OFFSET_REMOVAL)
+    p.add_argument(
+        "--scoring",
+        choices=["weighted", "hamming"],
+        default="weighted",
+        help="weighted: probe bit reliabilities re-rank a Hamming shortlist and score verification "
+        "(as fpmatch.Gallery does); hamming: plain code-to-code distances",
+    )
+    p.add_argument("--shortlist", type=int, default=1024, help="weighted: Hamming neighbours re-ranked")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scalable", choices=["ivf", "hnsw"], default="ivf", help="the scalable index to measure")
     p.add_argument("--nlist", type=int, default=1024, help="IVF lists")

@@ -11,7 +11,9 @@
 
 #include "hamming_scan.h"
 #include "index_io.h"
+#include "parallel.h"
 #include "projection_hash.h"
+#include "weighted_distance.h"
 
 namespace py = pybind11;
 using namespace fpmatch;
@@ -121,10 +123,41 @@ PYBIND11_MODULE(_core, m) {
     return to_bytes(derive_subkey(as_key(master), purpose));
   }, py::arg("master_key"), py::arg("purpose"));
   m.def("scan_kernel", &scan::kernel_name, "The Hamming scan kernel chosen for this CPU.");
+  m.def("weighted_distances", [](const py::array& queries, const py::array& weights, const py::array& rows_a,
+                                  const py::array& codes, const py::array& rows_b, int n_threads) {
+          check_dtype<uint8_t>(queries, "queries");
+          if (queries.ndim() != 2) throw InvalidInput("queries must be a 2-D uint8 array of codes");
+          const size_t code_size = size_t(queries.shape(1));
+          if (code_size == 0 || code_size % 8 != 0) throw InvalidInput("codes must be a multiple of 8 bytes wide");
+          Rows<uint8_t> q = as_rows<uint8_t>(queries, "queries", code_size);
+          Rows<uint8_t> c = as_rows<uint8_t>(codes, "codes", code_size);
+          Rows<float> w = as_rows<float>(weights, "weights", code_size * 8);
+          if (w.n != q.n) throw InvalidInput("weights need one row per query");
+          check_dtype<int64_t>(rows_a, "rows_a");
+          const size_t n = rows_a.ndim() == 1 ? size_t(rows_a.shape(0)) : 0;
+          const int64_t* a = as_ids(rows_a, n);
+          const int64_t* b = as_ids(rows_b, n);
+          py::array_t<float> out(n);
+          float* dst = out.mutable_data();
+          py::gil_scoped_release release;
+          for (size_t i = 0; i < n; ++i)
+            if (a[i] < 0 || size_t(a[i]) >= q.n || b[i] < 0 || size_t(b[i]) >= c.n)
+              throw InvalidInput("pair " + std::to_string(i) + " names a row out of range");
+          for (size_t i = 0; i < w.n; ++i) check_weights(w.data + i * w.row_stride, w.cols);
+          parallel_for(n, n_threads, [&](size_t i) {
+            dst[i] = WeightedDistance::once(q.data + size_t(a[i]) * q.row_stride, w.data + size_t(a[i]) * w.row_stride,
+                                            c.data + size_t(b[i]) * c.row_stride, code_size);
+          });
+          return out;
+        },
+        py::arg("queries"), py::arg("weights"), py::arg("rows_a"), py::arg("codes"), py::arg("rows_b"),
+        py::arg("n_threads") = 0,
+        "Weighted Hamming distance of pair i, queries[rows_a[i]] to codes[rows_b[i]]: a mismatch in "
+        "bit j costs weights[rows_a[i], j].");
 
   py::class_<ProjectionHasher>(m, "ProjectionHasher")
       .def(py::init([](const py::bytes& key, size_t dim, size_t bits, std::optional<py::array> offset,
-                       float offset_removal) {
+                       float offset_removal, const std::string& scheme) {
              std::vector<float> off;
              if (offset) {
                check_dtype<float>(*offset, "offset");
@@ -133,15 +166,16 @@ PYBIND11_MODULE(_core, m) {
                auto flat = py::array_t<float, py::array::c_style>::ensure(*offset);  // same dtype: a layout copy only
                off.assign(flat.data(), flat.data() + dim);
              }
-             return std::make_unique<ProjectionHasher>(as_key(key), dim, bits, std::move(off), offset_removal);
+             return std::make_unique<ProjectionHasher>(as_key(key), dim, bits, std::move(off), offset_removal,
+                                                       scheme);
            }),
            py::arg("key"), py::arg("dim"), py::arg("bits"), py::arg("offset") = py::none(),
-           py::arg("offset_removal") = 1.0f)
+           py::arg("offset_removal") = 1.0f, py::arg("scheme") = "srp-v2")
       .def_property_readonly("dim", &ProjectionHasher::dim)
       .def_property_readonly("bits", &ProjectionHasher::bits)
       .def_property_readonly("code_size", &ProjectionHasher::code_size)
       .def_property_readonly("offset_removal", &ProjectionHasher::offset_removal)
-      .def_property_readonly_static("scheme", [](py::object) { return ProjectionHasher::kScheme; })
+      .def_property_readonly("scheme", &ProjectionHasher::scheme)
       .def("hash", [](const ProjectionHasher& h, const py::array& x, int n_threads) {
              Rows<float> rows = as_rows<float>(x, "templates", h.dim());
              py::array_t<uint8_t> out({rows.n, h.code_size()});
@@ -153,6 +187,20 @@ PYBIND11_MODULE(_core, m) {
              return out;
            },
            py::arg("templates"), py::arg("n_threads") = 0)
+      .def("hash_with_reliability", [](const ProjectionHasher& h, const py::array& x, int n_threads) {
+             Rows<float> rows = as_rows<float>(x, "templates", h.dim());
+             py::array_t<uint8_t> codes({rows.n, h.code_size()});
+             py::array_t<float> reliability({rows.n, h.bits()});
+             uint8_t* dst = codes.mutable_data();
+             float* rel = reliability.mutable_data();
+             {
+               py::gil_scoped_release release;
+               h.hash(rows.data, rows.n, rows.row_stride, dst, n_threads, rel);
+             }
+             return py::make_tuple(codes, reliability);
+           },
+           py::arg("templates"), py::arg("n_threads") = 0,
+           "Codes and per-bit reliabilities (n x bits, rows sum to 1). Keep reliabilities per request only.")
       .def("weights", [](const ProjectionHasher& h) {
              py::array_t<float> out({h.dim(), h.bits()});
              std::copy(h.weights().begin(), h.weights().end(), out.mutable_data());
@@ -219,6 +267,25 @@ PYBIND11_MODULE(_core, m) {
              return py::make_tuple(distances, labels);
            },
            py::arg("queries"), py::arg("k"), py::arg("n_threads") = 0)
+      .def("search_weighted", [](const ProtectedIndex& i, const py::array& queries, const py::array& weights,
+                                 size_t k, size_t shortlist, int n_threads) {
+             CodeBatch batch = as_codes(queries, i, "queries");
+             Rows<float> w = as_rows<float>(weights, "weights", i.bits());
+             if (w.n != batch.n) throw InvalidInput("weights must have one row per query");
+             if (w.n > 1 && w.row_stride != w.cols)
+               throw InvalidInput("weights must be C-contiguous; pass np.ascontiguousarray(weights)");
+             py::array_t<float> distances({batch.n, k});
+             py::array_t<int64_t> labels({batch.n, k});
+             float* d = distances.mutable_data();
+             int64_t* l = labels.mutable_data();
+             {
+               py::gil_scoped_release release;
+               i.search_weighted(batch, w.data, k, shortlist, d, l, n_threads);
+             }
+             return py::make_tuple(distances, labels);
+           },
+           py::arg("queries"), py::arg("weights"), py::arg("k"), py::arg("shortlist") = 0,
+           py::arg("n_threads") = 0)
       .def("range_search", [](const ProtectedIndex& i, const py::array& queries, int32_t radius, int n_threads) {
              CodeBatch batch = as_codes(queries, i, "queries");
              RangeResult r;

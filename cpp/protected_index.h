@@ -22,6 +22,7 @@
 #include "errors.h"
 #include "hamming_scan.h"
 #include "parallel.h"
+#include "weighted_distance.h"
 
 namespace fpmatch {
 
@@ -121,6 +122,35 @@ class ProtectedIndex {
     if (k == 0) throw InvalidInput("k must be at least 1");
     std::shared_lock<std::shared_mutex> lock(mutex_);
     knn(queries, k, distances, labels, n_threads);
+  }
+
+  // The k best of a Hamming shortlist of max(k, shortlist) candidates per query,
+  // ranked by weighted distance (weighted_distance.h), ascending by (distance,
+  // id). weights: queries.n rows of bits non-negative floats. Missing slots hold
+  // label -1 and distance +inf.
+  void search_weighted(const CodeBatch& queries, const float* weights, size_t k, size_t shortlist,
+                       float* distances, int64_t* labels, int n_threads) const {
+    if (k == 0) throw InvalidInput("k must be at least 1");
+    check_weights(weights, queries.n * bits_);
+    const size_t depth = std::max(k, shortlist);
+    std::shared_lock<std::shared_mutex> lock(mutex_);
+    std::vector<int32_t> hamming(queries.n * depth);
+    std::vector<int64_t> candidates(queries.n * depth);
+    knn(queries, depth, hamming.data(), candidates.data(), n_threads);
+    const uint8_t* codes = storage().xb.data();
+    parallel_for(queries.n, n_threads, [&](size_t q) {
+      WeightedDistance distance(queries.row(q), weights + q * bits_, code_size());
+      std::vector<std::pair<float, int64_t>> ranked;
+      for (size_t i = q * depth; i < (q + 1) * depth; ++i)
+        if (candidates[i] != kNoLabel)
+          ranked.emplace_back(distance(codes + positions_.at(candidates[i]) * code_size()), candidates[i]);
+      const size_t found = std::min(k, ranked.size());
+      std::partial_sort(ranked.begin(), ranked.begin() + found, ranked.end());
+      for (size_t i = 0; i < k; ++i) {
+        distances[q * k + i] = i < found ? ranked[i].first : INFINITY;
+        labels[q * k + i] = i < found ? ranked[i].second : kNoLabel;
+      }
+    });
   }
 
   // Exact on every index kind: an exhaustive scan of the stored codes.

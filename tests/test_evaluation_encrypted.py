@@ -135,7 +135,9 @@ def test_hybrid_decisions_follow_the_hash_shortlist() -> None:
     # With one candidate, hybrid finds the mate exactly when the hash stage ranks it first.
     hash_top = FlatIndex(scheme.bits)
     hash_top.add(scheme.protect(data.enrolment), np.arange(200, dtype=np.int64))
-    hash_rank1 = np.mean(hash_top.search(scheme.protect(data.probes), 1).labels[:, 0] == np.arange(200))
+    codes, reliability = scheme.protect_with_reliability(data.probes)
+    hash_first = hash_top.search_weighted(codes, reliability, 1).labels[:, 0]  # as the gallery ranks
+    hash_rank1 = np.mean(hash_first == np.arange(200))
     assert one["rank1"] == one["shortlist_recall"] == pytest.approx(hash_rank1)
     # A longer shortlist recovers mates the hash stage ranked lower; he, scoring everyone, is the ceiling.
     long = found[32]["identification"]

@@ -294,7 +294,7 @@ def test_strided_offset_view_equals_contiguous_copy() -> None:
 
 
 def test_scheme_metadata(scheme: CancellableHash) -> None:
-    assert scheme.scheme == "srp-v1"
+    assert scheme.scheme == "srp-v2" and scheme.offset_removal == 0.5
     assert scheme.code_size == BITS // 8
     assert scheme.projection_matrix().shape == (DIM, BITS)
     assert scheme.score(0) == pytest.approx(1.0)

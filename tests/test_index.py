@@ -891,12 +891,15 @@ def test_ivf_removal_keeps_every_other_code_findable(hashed: Data) -> None:
         members.setdefault(lst, []).append(id_)
     by_size = sorted(members, key=lambda lst: -len(members[lst]))
     crowded, emptied = members[by_size[0]], members[by_size[1]]
+    edges = {int(i) for i in hashed.ids[[0, -1, -2, -3]]}  # removed in the first and last rounds
+    crowded.sort(key=lambda i: i in edges)  # crowded[0], the one kept, is not among them
     assert len(crowded) > 20 and len(emptied) > 5
     last_stored = int(hashed.ids[-1])
+    keep = {crowded[0], int(hashed.ids[-4])}  # must survive every round below
     rounds = [
         np.array([last_stored, int(hashed.ids[0])], dtype=np.int64),  # the last-stored and the first
         np.array(crowded[1:], dtype=np.int64),  # all but one of the biggest list, in storage order
-        np.array(emptied[::-1] + hashed.ids[5::7].tolist(), dtype=np.int64),  # a whole list, and more
+        np.array(emptied[::-1] + [i for i in hashed.ids[5::7].tolist() if i not in keep], dtype=np.int64),
         np.array([int(hashed.ids[-2]), int(hashed.ids[-3])], dtype=np.int64),  # the new last-stored
     ]
     gone: set[int] = set()

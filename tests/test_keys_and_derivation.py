@@ -134,6 +134,21 @@ PINNED_CODES_128_OFFSET = [
 ]
 
 # The same with offset=FIXED_OFFSET and the default offset_removal=0.7
+# srp-v2 (the default scheme), offset removal 0.7.
+PINNED_CODES_128_OFFSET_V2 = [
+    "ac2153698c999ecbb70f2bb9c97f9e84",
+    "7f986df650256b22e86054c120207df6",
+    "f073d8070e131453938e0f3ae74fdae8",
+    "c843d04bae4b145b979c093b4bef9881",
+]
+PINNED_WEIGHTS_16x64_V2 = [
+    "0x1.6672940000000p-2",
+    "0x1.f1960e0000000p-3",
+    "0x1.31c96e0000000p-3",
+    "0x1.d50ecc0000000p-3",
+    "0x1.2226de0000000p-2",
+    "0x1.aa2af20000000p-4",
+]
 PINNED_CODES_128_OFFSET_DEFAULT = [
     "acb35b498c393e2fb71f3bd949d7fc24",
     "9bc8adb650b56b22a8cac401a462d3b6",
@@ -142,9 +157,10 @@ PINNED_CODES_128_OFFSET_DEFAULT = [
 ]
 
 
-def test_pinned_codes_with_the_default_partial_offset_removal() -> None:
-    scheme = CancellableHash(HashKey(FIXED_KEY), dim=8, bits=128, offset=FIXED_OFFSET)
-    assert scheme.offset_removal == pytest.approx(0.7)
+def test_pinned_codes_with_partial_offset_removal() -> None:
+    scheme = CancellableHash(
+        HashKey(FIXED_KEY), dim=8, bits=128, offset=FIXED_OFFSET, offset_removal=0.7, scheme="srp-v1"
+    )
     codes = scheme.protect(FIXED_TEMPLATES)
     assert [row.tobytes().hex() for row in codes] == PINNED_CODES_128_OFFSET_DEFAULT
     reference, margin = _numpy_codes(scheme, FIXED_TEMPLATES, FIXED_OFFSET, 0.7)
@@ -159,7 +175,7 @@ def test_pinned_subkeys_and_key_id() -> None:
 
 
 def test_pinned_projection_weights() -> None:
-    w = _core.ProjectionHasher(FIXED_KEY, 16, 64).weights()
+    w = _core.ProjectionHasher(FIXED_KEY, 16, 64, scheme="srp-v1").weights()
     assert w.shape == (16, 64) and w.dtype == np.float32
     assert w.ravel()[:8].tolist() == PINNED_WEIGHTS_16x64
     # Entries are integers: a sum of four 16-bit lanes minus 131070.
@@ -185,7 +201,9 @@ def _numpy_codes(
     "offset, pinned", [(None, PINNED_CODES_128), (FIXED_OFFSET, PINNED_CODES_128_OFFSET)], ids=["plain", "offset"]
 )
 def test_pinned_codes_and_numpy_reference(offset: np.ndarray | None, pinned: list[str]) -> None:
-    scheme = CancellableHash(HashKey(FIXED_KEY), dim=8, bits=128, offset=offset, offset_removal=1.0)
+    scheme = CancellableHash(
+        HashKey(FIXED_KEY), dim=8, bits=128, offset=offset, offset_removal=1.0, scheme="srp-v1"
+    )
     codes = scheme.protect(FIXED_TEMPLATES)
     assert codes.shape == (4, 16) and codes.dtype == np.uint8
     assert [row.tobytes().hex() for row in codes] == pinned
@@ -193,6 +211,50 @@ def test_pinned_codes_and_numpy_reference(offset: np.ndarray | None, pinned: lis
     reference, margin = _numpy_codes(scheme, FIXED_TEMPLATES, offset)
     assert margin > 1e-3  # no projection is close enough to zero for rounding to matter
     np.testing.assert_array_equal(codes, reference)
+
+
+def _gram_schmidt_groups(w: np.ndarray, depth: int) -> np.ndarray:
+    """srp-v2 from srp-v1 weights (dim, bits): columns orthonormalised in groups of ``depth``."""
+    out = w.astype(np.float64).T.copy()
+    for j in range(len(out)):
+        for prev in range(j - j % depth, j):
+            out[j] -= (out[j] @ out[prev]) * out[prev]
+        out[j] /= np.linalg.norm(out[j])
+    return out.T
+
+
+@pytest.mark.parametrize("dim, bits", [(8, 128), (16, 64), (200, 256)])
+def test_srp_v2_is_srp_v1_orthonormalised_in_groups(dim: int, bits: int) -> None:
+    v1 = _core.ProjectionHasher(FIXED_KEY, dim, bits, scheme="srp-v1").weights()
+    v2 = _core.ProjectionHasher(FIXED_KEY, dim, bits).weights()
+    depth = min(dim, 128)
+    np.testing.assert_allclose(v2, _gram_schmidt_groups(v1, depth), atol=1e-6)
+    for start in range(0, bits, depth):
+        group = v2[:, start : start + depth].astype(np.float64)
+        np.testing.assert_allclose(group.T @ group, np.eye(group.shape[1]), atol=1e-5)
+
+
+def test_pinned_srp_v2_codes_and_weights() -> None:
+    scheme = CancellableHash(HashKey(FIXED_KEY), dim=8, bits=128, offset=FIXED_OFFSET, offset_removal=0.7)
+    assert scheme.scheme == "srp-v2"
+    assert [row.tobytes().hex() for row in scheme.protect(FIXED_TEMPLATES)] == PINNED_CODES_128_OFFSET_V2
+    w = _core.ProjectionHasher(FIXED_KEY, 16, 64).weights()
+    assert [float(v).hex() for v in w.ravel()[:6]] == PINNED_WEIGHTS_16x64_V2
+    reference, margin = _numpy_codes(scheme, FIXED_TEMPLATES, FIXED_OFFSET, 0.7)
+    assert margin > 1e-3
+    np.testing.assert_array_equal(scheme.protect(FIXED_TEMPLATES), reference)
+
+
+def test_reliabilities_are_normalised_projection_magnitudes() -> None:
+    scheme = CancellableHash(HashKey(FIXED_KEY), dim=8, bits=128, offset=FIXED_OFFSET, offset_removal=0.7)
+    codes, reliability = scheme.protect_with_reliability(FIXED_TEMPLATES)
+    np.testing.assert_array_equal(codes, scheme.protect(FIXED_TEMPLATES))
+    w = scheme.projection_matrix().astype(np.float64)
+    x = FIXED_TEMPLATES.astype(np.float64)
+    u = FIXED_OFFSET.astype(np.float64)
+    proj = np.abs((x - 0.7 * np.outer(x @ u, u)) @ w)
+    np.testing.assert_allclose(reliability, proj / proj.sum(axis=1, keepdims=True), rtol=1e-4, atol=1e-7)
+    assert reliability.dtype == np.float32 and reliability.shape == (4, 128)
 
 
 def test_numpy_reference_on_random_inputs() -> None:

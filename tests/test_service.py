@@ -221,8 +221,8 @@ def test_concurrent_readers_stay_correct_while_a_writer_enrols(tmp_path: Path, c
                 if got is NO_MATCH or (was_withdrawn and got is not USE_ALTERNATIVE):
                     errors.append(f"newcomer {newcomer} (withdrawn={was_withdrawn}): {got}")
                 hits = [c.subject for c in svc.identify(sample(newcomer, 1), "entry", k=1)]
-                if was_withdrawn and hits:
-                    errors.append(f"withdrawn {newcomer} identified as {hits}")
+                if was_withdrawn and newcomer in hits:  # others may match at the calibrated FMR
+                    errors.append(f"withdrawn {newcomer} identified: {hits}")
 
         threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader, args=(s,)) for s in range(3)]
         for t in threads:

@@ -1,12 +1,13 @@
-"""Hamming distances between hash codes in numpy, for calibration and evaluation.
+"""Distances between explicit pairs of hash codes, for decisions, calibration and evaluation.
 
-Searches run in the native core; these helpers score explicit pairs of codes.
+Searches run in the native core's indexes; these helpers score given pairs.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from . import _core
 from .errors import InvalidInputError
 
 PAIR_CHUNK = 65536  # pairs scored per numpy step
@@ -50,3 +51,16 @@ def hamming_pairs(codes_a: np.ndarray, rows_a: np.ndarray, codes_b: np.ndarray, 
         stop = min(len(ra), start + PAIR_CHUNK)
         out[start:stop] = _popcount_rows(np.bitwise_xor(a[ra[start:stop]], b[rb[start:stop]]))
     return out
+
+
+def weighted_pairs(
+    probe_codes: np.ndarray, weights: np.ndarray, rows_a: np.ndarray, codes_b: np.ndarray, rows_b: np.ndarray
+) -> np.ndarray:
+    """Weighted Hamming distances (float32) between probe ``rows_a[i]`` (its code and
+    bit reliabilities) and ``codes_b[rows_b[i]]``: a mismatch in bit j costs
+    ``weights[rows_a[i], j]``. Bit-identical to the distances index searches return."""
+    ra = np.ascontiguousarray(rows_a, dtype=np.int64)
+    rb = np.ascontiguousarray(rows_b, dtype=np.int64)
+    if ra.shape != rb.shape or ra.ndim != 1:
+        raise InvalidInputError("rows_a and rows_b must be 1-D and of one length")
+    return _core.weighted_distances(probe_codes, weights, ra, codes_b, rb)

@@ -1,9 +1,16 @@
 """Gallery: enrol, verify (1:1) and identify (1:N) subjects over protected codes.
 
 Only hash codes are stored; templates and probes pass through ``protect`` and
-are dropped. Decisions use a threshold calibrated for a target false-match rate
-(FMR): from impostor pairs among the enrolled subjects themselves, or from
-labelled embeddings passed to :meth:`Gallery.calibrate`.
+are dropped. A probe is compared with stored codes by its weighted Hamming
+distance d (each bit weighted by how reliable the probe's bit is, see
+:mod:`fpmatch.hashing`); the score ``1 - 2 d`` estimates cosine similarity.
+Identification takes a Hamming shortlist from the index and ranks it by that
+score. Decisions use a score threshold calibrated for a target false-match rate
+(FMR): from labelled embeddings passed to :meth:`Gallery.calibrate` (exact), or
+else from impostor pairs among the enrolled subjects' codes. Stored codes have no
+reliabilities, so the latter scores code against code, cos(pi * h / bits); that
+estimate of the same cosine is noisier, so its threshold errs high (measured FMR
+at or below the target: tests/test_calibration.py).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ._validate import as_subject_list, as_template_rows, require_array
-from .codes import hamming, hamming_pairs
+from .codes import weighted_pairs
 from .errors import (
     AuthenticationError,
     IdConflictError,
@@ -43,9 +50,9 @@ class VerifyResult:
 
     subject: str
     verified: bool
-    score: float  # estimated cosine similarity, cos(pi * distance / bits)
+    score: float  # estimated cosine similarity, 1 - 2 * distance
     threshold: float  # score threshold used, calibrated for a target FMR unless given
-    distance: int  # Hamming distance between the codes
+    distance: float  # weighted Hamming distance in [0, 1] between probe and stored code
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,7 @@ class Candidate:
 
     subject: str
     score: float
-    distance: int
+    distance: float
     rank: int
 
 
@@ -64,7 +71,8 @@ class Gallery:
     ``index="flat"`` searches exactly; ``"ivf"`` scales to millions approximately
     (it learns its lists from the first enrolment batch, which must hold at least
     ``nlist`` subjects, unless the index passed in is already trained); ``"hnsw"``
-    is the graph alternative.
+    is the graph alternative. ``shortlist`` Hamming neighbours per probe are
+    re-ranked by weighted distance (more: closer to an exhaustive weighted scan).
     Searches may run from several threads at once; writes wait for them.
     """
 
@@ -77,10 +85,14 @@ class Gallery:
         hnsw_m: int = 32,
         ef_construction: int = 80,
         ef_search: int = 64,
+        shortlist: int = 1024,
     ) -> None:
         _check_fmr(target_fmr)
+        if shortlist < 1:
+            raise InvalidInputError("shortlist must be at least 1")
         self.scheme = scheme
         self.target_fmr = target_fmr
+        self.shortlist = shortlist
         self._index: Index
         if isinstance(index, (FlatIndex, IVFIndex, HNSWIndex)):
             if index.bits != scheme.bits or len(index):
@@ -97,7 +109,7 @@ class Gallery:
         self._ids: dict[str, int] = {}
         self._names: dict[int, str] = {}
         self._next_id = 0
-        self._threshold_distance: int | None = None
+        self._threshold: float | None = None
 
     # -- membership -----------------------------------------------------------
 
@@ -135,29 +147,28 @@ class Gallery:
 
     @property
     def threshold(self) -> float | None:
-        """The calibrated score threshold, or None before calibration."""
-        if self._threshold_distance is None:
-            return None
-        return float(self.scheme.score(self._threshold_distance))
+        """The score threshold (accept when score >= it), calibrated unless set; None before."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float | None) -> None:
+        if value is not None:
+            _check_score(value)
+        self._threshold = None if value is None else float(value)
 
     def verify(self, subject: str, probe: np.ndarray, threshold: float | None = None) -> VerifyResult:
         """1:1: does ``probe`` belong to ``subject``? The probe is not stored."""
-        limit = self._distance_limit(threshold)
-        code = self.scheme.protect(as_template_rows(probe, self.scheme.dim, "probe"))
+        limit = self._threshold_for(threshold)
+        code, reliability = self.scheme.protect_with_reliability(as_template_rows(probe, self.scheme.dim, "probe"))
         if len(code) != 1:
             raise InvalidInputError("verify takes one probe")
         try:
             stored = self._index.reconstruct(np.array([self._id_of(subject)], dtype=np.int64))
         except IdConflictError:  # removed by another thread since the lookup
             raise UnknownSubjectError(f"subject {subject!r} is not enrolled") from None
-        distance = int(hamming(code, stored)[0])
-        return VerifyResult(
-            subject=subject,
-            verified=distance <= limit,
-            score=float(self.scheme.score(distance)),
-            threshold=self._score_of_limit(limit, threshold),
-            distance=distance,
-        )
+        distance = float(weighted_pairs(code, reliability, np.zeros(1), stored, np.zeros(1))[0])
+        score = float(self.scheme.weighted_score(distance))
+        return VerifyResult(subject=subject, verified=score >= limit, score=score, threshold=limit, distance=distance)
 
     def identify(self, probe: np.ndarray, k: int = 5, threshold: float | None = None) -> list[Candidate]:
         """1:N: up to ``k`` subjects whose score reaches the threshold, best first. Empty: no match."""
@@ -169,18 +180,16 @@ class Gallery:
         """:meth:`identify` for a batch of probes (n, dim)."""
         if k < 1:
             raise InvalidInputError("k must be at least 1")
-        limit = self._distance_limit(threshold)
-        codes = self.scheme.protect(as_template_rows(probes, self.scheme.dim, "probes"))
-        result = self._index.search(codes, k)
+        limit = self._threshold_for(threshold)
+        codes, reliability = self.scheme.protect_with_reliability(
+            as_template_rows(probes, self.scheme.dim, "probes")
+        )
+        result = self._index.search_weighted(codes, reliability, k, self.shortlist)
         out: list[list[Candidate]] = []
         for distances, labels in zip(result.distances.tolist(), result.labels.tolist()):
-            matches = [(d, l) for d, l in zip(distances, labels) if l >= 0 and d <= limit]
-            out.append(
-                [
-                    Candidate(self._names[l], float(self.scheme.score(d)), d, rank)
-                    for rank, (d, l) in enumerate(matches, start=1)
-                ]
-            )
+            scored = [(1.0 - 2.0 * d, d, l) for d, l in zip(distances, labels) if l >= 0]
+            matches = [(score, d, l) for score, d, l in scored if score >= limit]
+            out.append([Candidate(self._names[l], s, d, rank) for rank, (s, d, l) in enumerate(matches, start=1)])
         return out
 
     def calibrate(
@@ -204,22 +213,23 @@ class Gallery:
         needed = math.ceil(10 / fmr)
         rng = np.random.default_rng(seed)
         if templates is not None or labels is not None:
-            distances = self._labelled_impostors(templates, labels, max(needed, max_pairs), rng)
+            scores = self._labelled_impostors(templates, labels, max(needed, max_pairs), rng)
         else:
-            distances = self._gallery_impostors(max(needed, max_pairs), rng)
-        if len(distances) < needed:
+            scores = self._gallery_impostors(max(needed, max_pairs), rng)
+        if len(scores) < needed:
             raise NotCalibratedError(
-                f"{len(distances)} impostor pairs cannot estimate FMR {fmr:g} (need {needed}); "
+                f"{len(scores)} impostor pairs cannot estimate FMR {fmr:g} (need {needed}); "
                 "enrol more subjects or pass labelled templates to calibrate()"
             )
-        counts = np.bincount(distances, minlength=self.scheme.bits + 1)
-        fmr_at = np.cumsum(counts) / len(distances)  # FMR if distances <= h are accepted
-        allowed = np.flatnonzero(fmr_at <= fmr)
-        if len(allowed) == 0:
+        # At most floor(fmr * n) impostors may reach the threshold: just above the next one.
+        allowed = int(math.floor(fmr * len(scores)))
+        highest = np.partition(scores, len(scores) - 1 - allowed)[len(scores) - 1 - allowed]
+        threshold = float(np.nextafter(highest, np.inf))
+        if threshold > 1.0:
             raise NotCalibratedError(f"even identical codes exceed FMR {fmr:g} on this data")
-        self._threshold_distance = int(allowed[-1])
+        self._threshold = threshold
         self.target_fmr = fmr
-        return float(self.scheme.score(self._threshold_distance))
+        return threshold
 
     # -- persistence ----------------------------------------------------------
 
@@ -236,7 +246,8 @@ class Gallery:
             "offset": None if self.scheme.offset is None else np.asarray(self.scheme.offset).tolist(),
             "offset_removal": self.scheme.offset_removal,
             "target_fmr": self.target_fmr,
-            "threshold_distance": self._threshold_distance,
+            "threshold": self._threshold,
+            "shortlist": self.shortlist,
             "next_id": self._next_id,
             "subjects": self._ids,
         }
@@ -270,13 +281,18 @@ class Gallery:
         if meta["key_id"] != key.key_id:
             raise KeyMismatchError("the gallery was saved under a different key")
         offset = None if meta["offset"] is None else np.asarray(meta["offset"], dtype=np.float32)
-        scheme = CancellableHash(key, meta["dim"], meta["bits"], offset, n_threads, meta["offset_removal"])
-        gallery = cls(scheme, target_fmr=meta["target_fmr"])
+        scheme = CancellableHash(
+            key, meta["dim"], meta["bits"], offset, n_threads, meta["offset_removal"], meta["scheme"]
+        )
+        gallery = cls(scheme, target_fmr=meta["target_fmr"], shortlist=int(meta.get("shortlist", 1024)))
         gallery._index = load_index(body[start + meta_len :], key.subkey("index-mac"))
         gallery._ids = {str(k): int(v) for k, v in meta["subjects"].items()}
         gallery._names = {v: k for k, v in gallery._ids.items()}
         gallery._next_id = int(meta["next_id"])
-        gallery._threshold_distance = meta["threshold_distance"]
+        if "threshold" in meta:
+            gallery._threshold = meta["threshold"]
+        elif meta.get("threshold_distance") is not None:  # files that held a Hamming limit
+            gallery._threshold = float(scheme.score(int(meta["threshold_distance"])))
         if sorted(gallery._names) != sorted(gallery._index.ids().tolist()):
             raise AuthenticationError(f"{source}: subject table and index disagree")
         return gallery
@@ -318,17 +334,6 @@ class Gallery:
         """The index id of an enrolled subject."""
         return self._id_of(subject)
 
-    @property
-    def threshold_distance(self) -> int | None:
-        """The calibrated Hamming-distance limit (accept when distance <= it), or None."""
-        return self._threshold_distance
-
-    @threshold_distance.setter
-    def threshold_distance(self, value: int | None) -> None:
-        if value is not None and not 0 <= int(value) <= self.scheme.bits:
-            raise InvalidInputError(f"a distance threshold must lie in [0, {self.scheme.bits}], got {value}")
-        self._threshold_distance = None if value is None else int(value)
-
     @classmethod
     def from_index(
         cls,
@@ -337,7 +342,8 @@ class Gallery:
         subjects: Mapping[str, int],
         *,
         target_fmr: float = DEFAULT_TARGET_FMR,
-        threshold_distance: int | None = None,
+        threshold: float | None = None,
+        shortlist: int = 1024,
     ) -> "Gallery":
         """A gallery over an existing index whose ids are exactly the values of ``subjects``."""
         if index.bits != scheme.bits:
@@ -345,12 +351,12 @@ class Gallery:
         ids = sorted(int(id_) for id_ in subjects.values())
         if ids != sorted(index.ids().tolist()) or len(set(ids)) != len(ids):
             raise InvalidInputError("the subject table and the index hold different ids")
-        gallery = cls(scheme, target_fmr=target_fmr)
+        gallery = cls(scheme, target_fmr=target_fmr, shortlist=shortlist)
         gallery._index = index
         gallery._ids = {str(name): int(id_) for name, id_ in subjects.items()}
         gallery._names = {id_: name for name, id_ in gallery._ids.items()}
         gallery._next_id = ids[-1] + 1 if ids else 0
-        gallery.threshold_distance = threshold_distance
+        gallery.threshold = threshold
         return gallery
 
     # -- internals ------------------------------------------------------------
@@ -361,16 +367,14 @@ class Gallery:
         except (KeyError, TypeError):
             raise UnknownSubjectError(f"subject {subject!r} is not enrolled") from None
 
-    def _distance_limit(self, threshold: float | None) -> int:
+    def _threshold_for(self, threshold: float | None) -> float:
         if threshold is not None:
-            return self.scheme.distance_for_score(threshold)
-        if self._threshold_distance is None:
+            _check_score(threshold)
+            return float(threshold)
+        if self._threshold is None:
             self.calibrate()
-        assert self._threshold_distance is not None
-        return self._threshold_distance
-
-    def _score_of_limit(self, limit: int, threshold: float | None) -> float:
-        return float(threshold) if threshold is not None else float(self.scheme.score(limit))
+        assert self._threshold is not None
+        return self._threshold
 
     def _gallery_impostors(self, max_pairs: int, rng: np.random.Generator) -> np.ndarray:
         ids = self._index.ids()
@@ -380,14 +384,14 @@ class Gallery:
         queries = rng.permutation(ids)[: max(1, min(n, math.ceil(max_pairs / (n - 1))))]
         found = self._index.range_search(self._index.reconstruct(queries), self.scheme.bits)
         self_match = np.repeat(queries, np.diff(found.lims))
-        return found.distances[found.labels != self_match].astype(np.int64)
+        return np.asarray(self.scheme.score(found.distances[found.labels != self_match]))
 
     def _labelled_impostors(
         self, templates: np.ndarray | None, labels: np.ndarray | None, max_pairs: int, rng: np.random.Generator
     ) -> np.ndarray:
         if templates is None or labels is None:
             raise InvalidInputError("calibrate needs both templates and labels, or neither")
-        codes = self.scheme.protect(templates)
+        codes, reliability = self.scheme.protect_with_reliability(templates)
         labels = np.asarray(labels)
         if labels.shape != (len(codes),):
             raise InvalidInputError("labels must be 1-D with one label per template")
@@ -395,9 +399,14 @@ class Gallery:
         b = rng.integers(0, len(codes), max_pairs)
         keep = labels[a] != labels[b]
         a, b = a[keep], b[keep]
-        return hamming_pairs(codes, a, codes, b)
+        return np.asarray(self.scheme.weighted_score(weighted_pairs(codes, reliability, a, codes, b)))
 
 
 def _check_fmr(fmr: float) -> None:
     if not 0.0 < fmr < 1.0:
         raise InvalidInputError(f"target FMR must lie in (0, 1), got {fmr}")
+
+
+def _check_score(score: float) -> None:
+    if not -1.0 <= float(score) <= 1.0:
+        raise InvalidInputError(f"a score threshold must lie in [-1, 1], got {score}")

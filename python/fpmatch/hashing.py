@@ -1,21 +1,31 @@
 """The ``hash`` protection scheme: keyed cancellable binary codes.
 
-``srp-v1`` maps a template x to ``bits`` bits, bit j = [w_j . x' > 0], where the
+``srp-v2`` maps a template x to ``bits`` bits, bit j = [w_j . x' > 0], where the
 w_j are a secret projection derived from the key and x' = x - a (x . u) u removes
-a share ``a`` (``offset_removal``) of an optional shared offset direction u. Hamming distance h between two codes
-estimates the angle between the templates (angle ~ pi * h / bits), so
-``cos(pi * h / bits)`` is reported as the score, on the familiar cosine scale.
+a share ``a`` (``offset_removal``) of an optional shared offset direction u.
+The w_j are orthonormalised in groups of min(dim, 128) ("super-bit" hashing),
+which lowers the variance of every estimate below; ``srp-v1`` (the w_j as
+drawn) is kept so that existing galleries still load.
+
+Two codes at Hamming distance h estimate the angle between their templates
+(angle ~ pi * h / bits): ``cos(pi * h / bits)`` is the code-to-code score. A
+fresh probe does better: :meth:`CancellableHash.protect_with_reliability` also
+returns how far each projection w_j . x' lies from zero (normalised to sum to 1),
+and the probe's weighted Hamming distance d to a stored code, where a mismatch
+in bit j costs that bit's reliability, gives ``1 - 2 d``, an estimate of the
+cosine with lower noise (asymmetric distance). Reliabilities are derived from
+the probe, used within the request and never stored.
 
 Why the offset: many face models (dlib's among them) put every template in a
 narrow cone around one direction. Hyperplanes through the origin then barely
 cut the cone and most bits say nothing. The direction is estimated once, from
 sample embeddings that need not be enrolled. Removing all of it ranks templates
 by their angle around the axis and loses the cosine information carried by how
-far each sits from the axis; removing 70% kept most of both. Measured on the
-dlib-like synthetic profile (100k gallery, 1,000 mated probes, 1024 bits), as
-rank-1 agreement with plain cosine / top-32 recall / TAR at FAR 1e-4 (plain
-0.992): no removal 0.83 / 0.969 / 0.87, 50% 0.92 / 0.989 / 0.93, 70% 0.94 /
-0.996 / 0.93, 100% 0.93 / 0.987 / 0.84. Centred data has no offset
+far each sits from the axis; removing half keeps most of both. Measured with
+benchmarks/bench_search.py on the dlib-like synthetic profile (100k gallery,
+1,000 mated probes, 1024 bits, srp-v2, weighted ranking), as rank-1 agreement
+with plain cosine / top-32 recall / TAR at FAR 1e-4 (plain 0.992): 50% removal
+0.958 / 1.000 / 0.974, 70% 0.971 / 0.999 / 0.948. Centred data has no offset
 (:func:`estimate_offset` returns None) and is unaffected.
 """
 
@@ -31,9 +41,10 @@ from ._validate import as_template_rows
 from .errors import InvalidInputError
 from .keys import HashKey
 
-SCHEME = "srp-v1"
+SCHEME = "srp-v2"
+SCHEMES = ("srp-v1", "srp-v2")
 DEFAULT_BITS = 1024
-DEFAULT_OFFSET_REMOVAL = 0.7
+DEFAULT_OFFSET_REMOVAL = 0.5
 
 
 def estimate_offset(samples: np.ndarray, min_norm: float = 0.3) -> np.ndarray | None:
@@ -73,15 +84,16 @@ class CancellableHash:
     offset: np.ndarray | None = field(default=None, repr=False, compare=False)
     n_threads: int = 0
     offset_removal: float = DEFAULT_OFFSET_REMOVAL
+    scheme: str = SCHEME
     _hasher: _core.ProjectionHasher = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        hasher = _core.ProjectionHasher(self.key.secret, self.dim, self.bits, self.offset, self.offset_removal)
+        if self.scheme not in SCHEMES:
+            raise InvalidInputError(f"unknown hash scheme {self.scheme!r}; known: {', '.join(SCHEMES)}")
+        hasher = _core.ProjectionHasher(
+            self.key.secret, self.dim, self.bits, self.offset, self.offset_removal, self.scheme
+        )
         object.__setattr__(self, "_hasher", hasher)
-
-    @property
-    def scheme(self) -> str:
-        return SCHEME
 
     @property
     def code_size(self) -> int:
@@ -91,6 +103,22 @@ class CancellableHash:
     def protect(self, templates: np.ndarray) -> np.ndarray:
         """Codes (n, bits/8) uint8 for float32 templates (d,) or (n, d). Raw values are not kept."""
         return self._hasher.hash(as_template_rows(templates, self.dim), self.n_threads)
+
+    def protect_with_reliability(self, templates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Codes and per-bit reliabilities (n, bits) float32, each row summing to 1.
+
+        For probes: pass both to :meth:`fpmatch.FlatIndex.search_weighted` (or any
+        index's) or :func:`fpmatch.codes.weighted_distances`. Never store reliabilities:
+        unlike codes they keep the projections' magnitudes.
+        """
+        return self._hasher.hash_with_reliability(as_template_rows(templates, self.dim), self.n_threads)
+
+    @staticmethod
+    def weighted_score(distances: np.ndarray | float) -> np.ndarray | float:
+        """Weighted Hamming distance of a probe -> estimated cosine similarity, 1 - 2 d."""
+        if isinstance(distances, (float, int, np.floating)):
+            return 1.0 - 2.0 * float(distances)
+        return 1.0 - 2.0 * np.asarray(distances, dtype=np.float64)
 
     def score(self, distances: np.ndarray | int) -> np.ndarray | float:
         """Hamming distance -> estimated cosine similarity, cos(pi * h / bits)."""

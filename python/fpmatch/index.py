@@ -25,6 +25,13 @@ class SearchResult(NamedTuple):
     labels: np.ndarray  # (nq, k) int64 ids
 
 
+class WeightedResult(NamedTuple):
+    """k best per query by weighted Hamming distance, ascending. Missing slots: label -1, distance inf."""
+
+    distances: np.ndarray  # (nq, k) float32 weighted distances in [0, 1]
+    labels: np.ndarray  # (nq, k) int64 ids
+
+
 class RangeResult(NamedTuple):
     """Query i's matches are ``labels[lims[i]:lims[i+1]]``."""
 
@@ -70,6 +77,20 @@ class _IndexBase:
         """The k nearest codes per query row."""
         distances, labels = self._native.search(require_array(queries, "queries"), k, n_threads)
         return SearchResult(distances, labels)
+
+    def search_weighted(
+        self, queries: np.ndarray, weights: np.ndarray, k: int, shortlist: int = 1024, n_threads: int = 0
+    ) -> WeightedResult:
+        """The k best of each query's Hamming shortlist (``max(k, shortlist)`` nearest),
+        re-ranked by weighted distance: a mismatch in bit j costs ``weights[q, j]``.
+
+        ``weights`` (nq, bits) float32 are the probes' bit reliabilities from
+        :meth:`fpmatch.CancellableHash.protect_with_reliability`.
+        """
+        distances, labels = self._native.search_weighted(
+            require_array(queries, "queries"), require_array(weights, "weights"), k, shortlist, n_threads
+        )
+        return WeightedResult(distances, labels)
 
     def range_search(self, queries: np.ndarray, radius: int, n_threads: int = 0) -> RangeResult:
         """Every code within Hamming distance ``radius`` (inclusive); exact on every index."""

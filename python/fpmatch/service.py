@@ -191,15 +191,20 @@ class MatchingService:
         try:
             settings = store.settings
             scheme = CancellableHash(
-                key, settings.dim, settings.bits, settings.offset, offset_removal=settings.offset_removal
+                key,
+                settings.dim,
+                settings.bits,
+                settings.offset,
+                offset_removal=settings.offset_removal,
+                scheme=settings.scheme,
             )
             stored_fmr = store.meta("target_fmr")
-            threshold = store.meta("threshold_distance")
+            threshold = store.meta("threshold")
             if target_fmr is not None and target_fmr != stored_fmr:
                 threshold = None  # calibrated for another target: recalibrate on first use
             fmr = target_fmr if target_fmr is not None else stored_fmr or DEFAULT_TARGET_FMR
             gallery, status = cls._load_gallery(store, scheme, index, fmr)
-            gallery.threshold_distance = threshold
+            gallery.threshold = threshold
             consents: dict[str, tuple[ConsentRecord, ...]] = {}
             for record in store.consents():
                 consents[record.subject] = consents.get(record.subject, ()) + (record,)
@@ -477,7 +482,7 @@ class MatchingService:
             with self._rw.read():
                 now = self._now()
                 reason = self._ineligible(subject, purpose, now)
-                if reason is not None or self._gallery.threshold_distance is not None:
+                if reason is not None or self._gallery.threshold is not None:
                     if reason is not None:
                         outcome = VerificationOutcome.USE_ALTERNATIVE
                     elif self._gallery.verify(subject, rows[0]).verified:
@@ -507,7 +512,7 @@ class MatchingService:
         rows = as_template_rows(probe, self._gallery.scheme.dim, "probe")
         if len(rows) != 1:
             raise InvalidInputError("identify takes one probe")
-        if self._gallery.threshold_distance is None and len(self._gallery):
+        if self._gallery.threshold is None and len(self._gallery):
             self._ensure_threshold()
         with self._rw.read():
             now = self._now()
@@ -545,11 +550,11 @@ class MatchingService:
     def _calibrate(
         self, target_fmr: float | None, templates: np.ndarray | None, labels: np.ndarray | None, max_pairs: int
     ) -> float:
-        before = (self._gallery.threshold_distance, self._gallery.target_fmr)
+        before = (self._gallery.threshold, self._gallery.target_fmr)
         try:
             score = self._gallery.calibrate(target_fmr, templates, labels, max_pairs=max_pairs)
             with self._store.transaction() as tx:
-                tx.set_meta("threshold_distance", self._gallery.threshold_distance)
+                tx.set_meta("threshold", self._gallery.threshold)
                 tx.set_meta("target_fmr", self._gallery.target_fmr)
                 tx.audit(
                     format_time(self._now()),
@@ -558,14 +563,14 @@ class MatchingService:
                     detail={"target_fmr": repr(self._gallery.target_fmr), "labelled": templates is not None},
                 )
         except BaseException:
-            self._gallery.threshold_distance, self._gallery.target_fmr = before  # memory follows the database
+            self._gallery.threshold, self._gallery.target_fmr = before  # memory follows the database
             raise
         return score
 
     def _ensure_threshold(self) -> None:
         # Several requests may find no threshold at once; one calibrates, the rest reuse it.
         with self._rw.write():
-            if self._gallery.threshold_distance is None:
+            if self._gallery.threshold is None:
                 self._calibrate(None, None, None, 2_000_000)
 
     # -- alternative path -----------------------------------------------------

@@ -42,7 +42,7 @@ from .errors import (
     StoreFormatError,
     StoreLockedError,
 )
-from .hashing import DEFAULT_BITS, DEFAULT_OFFSET_REMOVAL, SCHEME
+from .hashing import DEFAULT_BITS, DEFAULT_OFFSET_REMOVAL, SCHEME, SCHEMES
 from .index import Index, load_index
 from .keys import HashKey, ensure_outside
 
@@ -520,8 +520,8 @@ def _settings(
         raise StoreFormatError(f"{path} has unreadable settings: {exc}") from exc
     if stored.key_id != key.key_id:
         raise KeyMismatchError(f"{path} was created under key {stored.key_id}, not {key.key_id}")
-    if stored.scheme != SCHEME:
-        raise KeyMismatchError(f"{path} holds {stored.scheme} codes; this version makes {SCHEME}")
+    if stored.scheme not in SCHEMES:
+        raise KeyMismatchError(f"{path} holds {stored.scheme} codes; this version knows {', '.join(SCHEMES)}")
     if dim is not None and int(dim) != stored.dim or bits is not None and int(bits) != stored.bits:
         raise KeyMismatchError(f"{path} holds dim={stored.dim}, bits={stored.bits} codes")
     if offset is not None and (stored.offset is None or not np.array_equal(offset, stored.offset)):
