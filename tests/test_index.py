@@ -1184,3 +1184,99 @@ def test_concurrent_search_while_writing(kind: str) -> None:
         distances, labels = index.search(code_of(live_ids), 1)
         assert (distances[:, 0] == 0).all()
         np.testing.assert_array_equal(code_of(labels[:, 0]), code_of(live_ids))  # ids >= pool_n share codes
+
+
+# --------------------------------------------------------------------------- weighted re-ranking
+
+
+def _weighted_reference(codes: np.ndarray, query: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    mismatch = np.unpackbits(codes ^ query[None, :], axis=1, bitorder="little").astype(np.float64)
+    return mismatch @ weights.astype(np.float64)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_weighted_search_reranks_the_hamming_shortlist(kind: str, data: Data) -> None:
+    index = filled(kind, data)
+    rng = np.random.default_rng(11)
+    weights = rng.random((len(data.queries), data.bits)).astype(np.float32)
+    weights /= weights.sum(axis=1, keepdims=True)
+    k, depth = 5, 40
+    got = index.search_weighted(data.queries, weights, k, shortlist=depth)
+    plain = index.search(data.queries, depth)
+    for q in range(len(data.queries)):
+        candidates = plain.labels[q][plain.labels[q] >= 0]
+        exact = _weighted_reference(data.codes[[data.pos[i] for i in candidates]], data.queries[q], weights[q])
+        order = np.lexsort((candidates, exact))[:k]  # by distance, then id
+        np.testing.assert_allclose(got.distances[q], exact[order], rtol=1e-5, atol=1e-7)
+        # Exactly the best k of the shortlist (ties within float noise may swap places).
+        assert set(got.labels[q].tolist()) <= set(candidates.tolist())
+        assert np.all(np.diff(got.distances[q]) >= 0)
+
+
+def test_weighted_search_with_whole_gallery_shortlist_is_exhaustive(data: Data) -> None:
+    index = filled("flat", data)
+    weights = np.random.default_rng(12).random((len(data.queries), data.bits)).astype(np.float32)
+    got = index.search_weighted(data.queries, weights, 3, shortlist=len(data.codes))
+    for q in range(len(data.queries)):
+        exact = np.sort(_weighted_reference(data.codes, data.queries[q], weights[q]))[:3]
+        np.testing.assert_allclose(got.distances[q], exact, rtol=1e-5, atol=1e-6)
+
+
+def test_uniform_weights_rank_like_hamming(hashed: Data) -> None:
+    index = filled("flat", hashed)
+    uniform = np.full((len(hashed.queries), hashed.bits), 1.0 / hashed.bits, dtype=np.float32)
+    got = index.search_weighted(hashed.queries, uniform, 10, shortlist=10)
+    plain = index.search(hashed.queries, 10)
+    np.testing.assert_allclose(got.distances, plain.distances / hashed.bits, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_weighted_search_pads_and_skips_removed(kind: str, hashed: Data) -> None:
+    index = filled(kind, hashed)
+    gone = hashed.ids[:10]
+    index.remove(gone)
+    weights = np.full((10, hashed.bits), 1.0 / hashed.bits, dtype=np.float32)
+    got = index.search_weighted(hashed.codes[:10], weights, 5)
+    assert not set(got.labels.ravel().tolist()) & set(gone.tolist())
+    empty = make_index(kind, hashed.bits, train=hashed.codes)
+    padded = empty.search_weighted(hashed.codes[:2], weights[:2], 3)
+    assert (padded.labels == -1).all() and np.isinf(padded.distances).all()
+
+
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (lambda w: w.astype(np.float64), DtypeError),
+        (lambda w: w[:, :-8], InvalidInputError),
+        (lambda w: w[:-1], InvalidInputError),
+        (lambda w: np.where(np.arange(w.shape[1]) == 3, np.float32(np.nan), w), InvalidInputError),
+        (lambda w: np.where(np.arange(w.shape[1]) == 3, np.float32(-0.5), w), InvalidInputError),
+        (lambda w: np.where(np.arange(w.shape[1]) == 3, np.float32(np.inf), w), InvalidInputError),
+    ],
+    ids=["float64", "narrow", "rows", "nan", "negative", "inf"],
+)
+def test_bad_weights_rejected(bad, error, hashed: Data) -> None:
+    index = filled("flat", hashed)
+    weights = np.full((4, hashed.bits), 1.0 / hashed.bits, dtype=np.float32)
+    with pytest.raises(error):
+        index.search_weighted(hashed.codes[:4], bad(weights).astype(bad(weights).dtype), 3)
+    with pytest.raises(InvalidInputError):
+        index.search_weighted(hashed.codes[:4], weights, 0)
+
+
+def test_weighted_pairs_equal_search_and_check_rows(hashed: Data) -> None:
+    from fpmatch.codes import weighted_pairs
+
+    index = filled("flat", hashed)
+    weights = np.random.default_rng(13).random((len(hashed.queries), hashed.bits)).astype(np.float32)
+    got = index.search_weighted(hashed.queries, weights, 4, shortlist=64)
+    rows_a = np.repeat(np.arange(len(hashed.queries)), 4)
+    rows_b = np.array([hashed.pos[int(i)] for i in got.labels.ravel()])
+    # Bit-identical, so that verify and identify report the same score for one pair.
+    assert (weighted_pairs(hashed.queries, weights, rows_a, hashed.codes, rows_b) == got.distances.ravel()).all()
+    with pytest.raises(InvalidInputError):
+        weighted_pairs(hashed.queries, weights, np.array([len(hashed.queries)]), hashed.codes, np.array([0]))
+    with pytest.raises(InvalidInputError):
+        weighted_pairs(hashed.queries, weights, np.array([0]), hashed.codes, np.array([-1]))
+    with pytest.raises(InvalidInputError):
+        weighted_pairs(hashed.queries, weights[:-1], np.array([0]), hashed.codes, np.array([0]))

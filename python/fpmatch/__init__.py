@@ -32,7 +32,7 @@ from .errors import (
 )
 from .gallery import Candidate, Gallery, VerifyResult
 from .hashing import CancellableHash, estimate_offset
-from .index import FlatIndex, HNSWIndex, IVFIndex, RangeResult, SearchResult, load_index
+from .index import FlatIndex, HNSWIndex, IVFIndex, RangeResult, SearchResult, WeightedResult, load_index
 from .keys import HashKey
 from .service import IntegrityReport, MatchingService, SubjectReport, VerificationOutcome
 
@@ -70,6 +70,7 @@ __all__ = [
     "PinVerifier",
     "RangeResult",
     "SearchResult",
+    "WeightedResult",
     "StoreClosedError",
     "StoreFormatError",
     "StoreLockedError",

@@ -9,6 +9,14 @@ def sha256(data: bytes) -> bytes: ...
 def hmac_sha256(key: bytes, message: bytes) -> bytes: ...
 def derive_subkey(master_key: bytes, purpose: str) -> bytes: ...
 def scan_kernel() -> str: ...
+def weighted_distances(
+    queries: npt.NDArray[np.uint8],
+    weights: npt.NDArray[np.float32],
+    rows_a: npt.NDArray[np.int64],
+    codes: npt.NDArray[np.uint8],
+    rows_b: npt.NDArray[np.int64],
+    n_threads: int = 0,
+) -> npt.NDArray[np.float32]: ...
 
 class ProjectionHasher:
     scheme: str
@@ -19,6 +27,7 @@ class ProjectionHasher:
         bits: int,
         offset: Optional[npt.NDArray[np.float32]] = None,
         offset_removal: float = 1.0,
+        scheme: str = "srp-v2",
     ) -> None: ...
     @property
     def offset_removal(self) -> float: ...
@@ -29,6 +38,9 @@ class ProjectionHasher:
     @property
     def code_size(self) -> int: ...
     def hash(self, templates: npt.NDArray[np.float32], n_threads: int = 0) -> npt.NDArray[np.uint8]: ...
+    def hash_with_reliability(
+        self, templates: npt.NDArray[np.float32], n_threads: int = 0
+    ) -> Tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]: ...
     def weights(self) -> npt.NDArray[np.float32]: ...
 
 class ProtectedIndex:
@@ -47,6 +59,14 @@ class ProtectedIndex:
     def search(
         self, queries: npt.NDArray[np.uint8], k: int, n_threads: int = 0
     ) -> Tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]: ...
+    def search_weighted(
+        self,
+        queries: npt.NDArray[np.uint8],
+        weights: npt.NDArray[np.float32],
+        k: int,
+        shortlist: int = 0,
+        n_threads: int = 0,
+    ) -> Tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
     def range_search(
         self, queries: npt.NDArray[np.uint8], radius: int, n_threads: int = 0
     ) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.int64]]: ...
