@@ -41,6 +41,7 @@ real (the CKKS keys are drawn afresh, which moves encrypted scores by about 1e-6
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import os
 import platform
@@ -55,7 +56,7 @@ import numpy as np
 from ._core import scan_kernel
 from ._progress import Progress
 from ._validate import as_template_rows
-from .codes import PAIR_CHUNK, hamming, hamming_pairs
+from .codes import PAIR_CHUNK, hamming_pairs, weighted_pairs
 from .errors import InvalidInputError
 from .gallery import Gallery
 from .hashing import DEFAULT_BITS, CancellableHash, estimate_offset
@@ -76,6 +77,9 @@ MIN_ERRORS = 30
 #: Largest gallery the encrypted schemes are timed at by default: enrolment runs at
 #: a few thousand templates a second and a template takes 8 KB (512-D).
 ENCRYPTED_MAX_N = 100_000
+#: Hamming shortlist a hash search re-ranks by probe-weighted distance: :class:`Gallery`'s default.
+HASH_SHORTLIST: int = inspect.signature(Gallery).parameters["shortlist"].default
+_ZERO = np.zeros(1, dtype=np.int64)
 #: Plain and hash enrolment rates in the speed sweep are timed on at most this many templates per size.
 _RATE_SAMPLE = 20_000
 _CHUNK = 256
@@ -497,11 +501,6 @@ def _bench_key(seed: int, role: str = "") -> HashKey:
     return HashKey(hashlib.sha256(label.encode()).digest())
 
 
-def _signs(codes: np.ndarray) -> np.ndarray:
-    """Codes as +-1 float32 rows: Hamming distance = (bits - a . b) / 2, exactly."""
-    return np.unpackbits(codes, axis=1).astype(np.float32) * 2.0 - 1.0
-
-
 def _unit(x: np.ndarray) -> np.ndarray:
     return np.asarray(x / np.linalg.norm(x, axis=1, keepdims=True))
 
@@ -777,7 +776,9 @@ def evaluate_profile(
 
     descriptions = {
         "plain": "exact cosine similarity on unprotected float32 templates (the baseline)",
-        "hash": f"{scheme.scheme} keyed cancellable codes, {bits} bits, score cos(pi * hamming / bits)",
+        "hash": f"{scheme.scheme} keyed cancellable codes, {bits} bits; score 1 - 2d, d the probe's "
+        "reliability-weighted Hamming distance to the stored code (as Gallery.verify); 1:N re-ranks a "
+        f"Hamming shortlist of {HASH_SHORTLIST} that way (as Gallery.identify)",
     }
     schemes = {
         name: verification_figures(scores, fars, descriptions[name], min_errors=min_errors)
@@ -869,15 +870,23 @@ def _score_pairs(
     rank1_probes: int,
     bar: ProgressFactory,
 ) -> tuple[Scores, Scores]:
-    """Genuine and impostor scores of both schemes, and plain rank-1 over the whole gallery."""
+    """Genuine and impostor scores of plain cosine and the hash scheme, and plain rank-1 over the gallery.
+
+    Hash scores are those :meth:`Gallery.verify` decides on: the probe (code and
+    bit reliabilities) against the stored code, 1 - 2 d with d the weighted
+    Hamming distance.
+    """
     n = len(enrolment)
-    bits = scheme.bits
     gallery_plain = _unit(enrolment.astype(np.float32))
     probe_plain = _unit(probes.astype(np.float32))
-    gallery_signs = _signs(scheme.protect(enrolment))
-    probe_signs = _signs(scheme.protect(probes))
-    columns = max(1, min(n, max_impostors // max(1, n - 1)))
+    gallery_codes = scheme.protect(enrolment)
+    probe_codes, probe_weights = scheme.protect_with_reliability(probes)
+    columns = _impostor_columns(n, max_impostors)
     probes_r1 = min(n, rank1_probes)
+
+    def hash_scores(rows: np.ndarray, enrolled: np.ndarray) -> np.ndarray:
+        distances = weighted_pairs(probe_codes, probe_weights, rows, gallery_codes, enrolled)
+        return np.asarray(scheme.weighted_score(distances.astype(np.float64)))
 
     plain_imp: list[np.ndarray] = []
     hash_imp: list[np.ndarray] = []
@@ -894,18 +903,16 @@ def _score_pairs(
                 cos = full[:, :columns]
             else:
                 cos = probe_plain[start:stop] @ gallery_plain[:columns].T
-            dots = probe_signs[start:stop] @ gallery_signs[:columns].T
-            distances = np.rint((bits - dots) / 2).astype(np.int64)
             keep = rows[:, None] != np.arange(columns)[None, :]
             plain_imp.append(cos[keep].astype(np.float64))
-            hash_imp.append(np.asarray(scheme.score(distances[keep])))
+            pair_rows, pair_columns = np.nonzero(keep)  # row-major: the order of cos[keep]
+            hash_imp.append(hash_scores(pair_rows + start, pair_columns))
             progress.advance()
 
+    every = np.arange(n, dtype=np.int64)
     genuine_cos = np.einsum("ij,ij->i", probe_plain, gallery_plain).astype(np.float64)
-    genuine_dots = np.einsum("ij,ij->i", probe_signs, gallery_signs)
-    genuine_hash = np.asarray(scheme.score(np.rint((bits - genuine_dots) / 2).astype(np.int64)))
     plain = Scores(genuine_cos, np.concatenate(plain_imp), top1 == np.arange(probes_r1), top1)
-    hashed = Scores(genuine_hash, np.concatenate(hash_imp))
+    hashed = Scores(hash_scores(every, every), np.concatenate(hash_imp))
     return plain, hashed
 
 
@@ -1121,20 +1128,29 @@ def _plain_open_set(enrolment: np.ndarray, mated: np.ndarray, nonmated: np.ndarr
 
 
 def _hash_open_set(
-    enrolment: np.ndarray, mated: np.ndarray, nonmated: np.ndarray, scheme: CancellableHash, length: int
+    enrolment: np.ndarray,
+    mated: np.ndarray,
+    nonmated: np.ndarray,
+    scheme: CancellableHash,
+    length: int,
+    shortlist: int = HASH_SHORTLIST,
 ) -> OpenSet:
-    """As :func:`_plain_open_set`, from :class:`FlatIndex` searches; a mate outside the list ranks n + 1."""
+    """As :func:`_plain_open_set`, searching as :meth:`Gallery.identify` does (a Hamming shortlist
+    of an exact :class:`FlatIndex`, ranked by probe-weighted distance); a mate outside the list ranks n + 1."""
     n = len(enrolment)
     index = FlatIndex(scheme.bits)
     index.add(scheme.protect(enrolment), np.arange(n, dtype=np.int64))
-    found = index.search(scheme.protect(mated), length)
+    codes, weights = scheme.protect_with_reliability(mated)
+    found = index.search_weighted(codes, weights, length, shortlist)
     hit = found.labels == np.arange(n, dtype=np.int64)[:, None]
     listed = hit.any(axis=1)
     position = np.argmax(hit, axis=1)
     rank = np.where(listed, position + 1, n + 1).astype(np.int64)
-    distance = found.distances[np.arange(n), position]
-    mate = np.where(listed, np.asarray(scheme.score(distance)), -np.inf)
-    top = np.asarray(scheme.score(index.search(scheme.protect(nonmated), 1).distances[:, 0]), dtype=np.float64)
+    distance = found.distances[np.arange(n), position].astype(np.float64)
+    mate = np.where(listed, np.asarray(scheme.weighted_score(distance)), -np.inf)
+    codes, weights = scheme.protect_with_reliability(nonmated)
+    best = index.search_weighted(codes, weights, 1, shortlist).distances[:, 0].astype(np.float64)
+    top = np.asarray(scheme.weighted_score(best), dtype=np.float64)
     return OpenSet(mate, rank, found.labels[:, 0].astype(np.int64), top)
 
 
@@ -1423,8 +1439,9 @@ def evaluate_encrypted(
         "he": f"CKKS-encrypted templates (N={params.poly_modulus_degree}, moduli "
         f"{'+'.join(str(b) for b in params.coeff_mod_bit_sizes)} bits), packed 1:N; scores decrypted by the key "
         "holder",
-        "hybrid": f"hash shortlist of {sizes.shortlist} ({scheme.bits}-bit codes, exact flat index), re-scored "
-        "under CKKS encryption; 1:1 scores the claimed subject's ciphertext directly",
+        "hybrid": f"hash shortlist of {sizes.shortlist} ({scheme.bits}-bit codes, exact flat index, ranked as "
+        "Gallery.identify ranks), re-scored under CKKS encryption; 1:1 scores the claimed subject's ciphertext "
+        "directly",
     }
     schemes: dict[str, Any] = {}
     for name, scores, plain, worst in (
@@ -1934,11 +1951,12 @@ def speed_vs_gallery_size(
             f"plain and hash time at most {_RATE_SAMPLE:,} of them (the rest are enrolled untimed, hashed on "
             "every core), he and hybrid all of them",
             "verify_ms": "probe in, decision out, for the probe's own identity: plain, an inner product with the "
-            "stored template; hash, probe hashing and one Hamming distance; he / hybrid, an encrypted score and "
-            "the key holder's decision",
-            "identify_ms": "probe in, k best out: plain and hash_flat_ms / hash_ivf_ms search only (hash_probe_ms "
-            "hashes the probe; hash_identify_ms is both); he / hybrid, probe encoding, encrypted scoring and the "
-            "key holder's choice",
+            "stored template; hash, probe hashing (with bit reliabilities) and one weighted Hamming distance; "
+            "he / hybrid, an encrypted score and the key holder's decision",
+            "identify_ms": "probe in, k best out: plain and hash_flat_ms / hash_ivf_ms search only (a Hamming "
+            f"shortlist of {HASH_SHORTLIST} re-ranked by probe-weighted distance, as Gallery.identify; "
+            "hash_probe_ms hashes the probe; hash_identify_ms is both); he / hybrid, probe encoding, encrypted "
+            "scoring and the key holder's choice",
         },
         "points": points,
         "notes": notes,
@@ -2021,10 +2039,12 @@ def _time_size(
     depth = min(k, n)
     hash_ns = np.empty(len(probes), dtype=np.int64)
     probe_codes = np.empty((len(probes), scheme.code_size), dtype=np.uint8)
+    probe_weights = np.empty((len(probes), scheme.bits), dtype=np.float32)
     for q in range(len(probes)):
         t0 = time.perf_counter_ns()
-        probe_codes[q] = scheme.protect(probes[q])[0]
+        code, weights = scheme.protect_with_reliability(probes[q])
         hash_ns[q] = time.perf_counter_ns() - t0
+        probe_codes[q], probe_weights[q] = code[0], weights[0]
     point: dict[str, Any] = {"hash_probe_ms": _latency(hash_ns)}
 
     if galleries.plain is not None:
@@ -2039,15 +2059,20 @@ def _time_size(
 
     point["plain_verify_ms"] = _latency(_timed_searches(plain_verify, len(probes), warmup)[0])
 
-    def hash_verify(q: int) -> int:
-        code = scheme.protect(probes[q])
-        return int(scheme.score(int(hamming(code, galleries.codes[truth[q] : truth[q] + 1])[0])) > 0.0)
+    def hash_verify(q: int) -> int:  # as Gallery.verify: probe-weighted distance to the claimed code
+        code, weights = scheme.protect_with_reliability(probes[q])
+        distance = weighted_pairs(code, weights, _ZERO, galleries.codes, truth[q : q + 1])[0]
+        return int(scheme.weighted_score(float(distance)) > 0.0)
 
     point["hash_verify_ms"] = _latency(_timed_searches(hash_verify, len(probes), warmup)[0])
 
     flat = galleries.flat
     ns, flat_top = _timed_searches(
-        lambda q: flat.search(probe_codes[q : q + 1], depth, n_threads=1).labels[0, 0], len(probes), warmup
+        lambda q: flat.search_weighted(
+            probe_codes[q : q + 1], probe_weights[q : q + 1], depth, HASH_SHORTLIST, n_threads=1
+        ).labels[0, 0],
+        len(probes),
+        warmup,
     )
     point["hash_flat_ms"] = _latency(ns)
     point["hash_identify_ms"] = _latency(ns + hash_ns)
@@ -2059,7 +2084,11 @@ def _time_size(
     ivf.train(codes)
     ivf.add(codes, np.arange(n, dtype=np.int64))
     ns, ivf_top = _timed_searches(
-        lambda q: ivf.search(probe_codes[q : q + 1], depth, n_threads=1).labels[0, 0], len(probes), warmup
+        lambda q: ivf.search_weighted(
+            probe_codes[q : q + 1], probe_weights[q : q + 1], depth, HASH_SHORTLIST, n_threads=1
+        ).labels[0, 0],
+        len(probes),
+        warmup,
     )
     point["hash_ivf_ms"] = _latency(ns)
     point["hash_ivf_rank1"] = float(np.mean(ivf_top == truth))
