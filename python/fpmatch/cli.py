@@ -559,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
         "from the codes with and without the key), and enrolment, verify and identify speed against\n"
         "gallery size. A rate the trials cannot support (fewer than 30 errors allowed at it) is null.\n"
         "Writes report.json, det.png, unlinkability.png and speed.png (plots need matplotlib; he and\n"
-        "hybrid need TenSEAL). A few minutes; --quick takes well under one. For larger runs,\n"
+        "hybrid need TenSEAL). About 8 minutes on 2 cores; --quick well under one. For larger runs,\n"
         "benchmarks/bench_eval.py.",
     )
     bench.add_argument(
