@@ -278,6 +278,8 @@ def run(args: argparse.Namespace) -> dict:
     enrol_scheme = fpmatch.CancellableHash(key, dim, args.bits, n_threads=args.threads, **settings)
     probe_scheme = fpmatch.CancellableHash(key, dim, args.bits, n_threads=1, **settings)
     weighted = args.scoring == "weighted"
+    if args.shortlist is None:
+        args.shortlist = fpmatch.gallery.default_shortlist(probe_scheme)
     shortlist_depth = args.shortlist if weighted else None
     ids = np.arange(n, dtype=np.int64)
     _log(f"enrolling {n:,} templates ({args.bits} bits, {args.threads} threads)")
@@ -542,7 +544,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="weighted: probe bit reliabilities re-rank a Hamming shortlist and score verification "
         "(as fpmatch.Gallery does); hamming: plain code-to-code distances",
     )
-    p.add_argument("--shortlist", type=int, default=1024, help="weighted: Hamming neighbours re-ranked")
+    p.add_argument(
+        "--shortlist",
+        type=int,
+        help="weighted: Hamming neighbours re-ranked (default: as fpmatch.Gallery, 1024 with an offset, else 128)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scalable", choices=["ivf", "hnsw"], default="ivf", help="the scalable index to measure")
     p.add_argument("--nlist", type=int, default=1024, help="IVF lists")

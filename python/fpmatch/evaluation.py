@@ -41,7 +41,6 @@ real (the CKKS keys are drawn afresh, which moves encrypted scores by about 1e-6
 from __future__ import annotations
 
 import hashlib
-import inspect
 import math
 import os
 import platform
@@ -58,7 +57,7 @@ from ._progress import Progress
 from ._validate import as_template_rows
 from .codes import PAIR_CHUNK, hamming_pairs, weighted_pairs
 from .errors import InvalidInputError
-from .gallery import Gallery
+from .gallery import Gallery, default_shortlist
 from .hashing import DEFAULT_BITS, CancellableHash, estimate_offset
 from .index import FlatIndex, IVFIndex
 from .keys import HashKey
@@ -77,8 +76,6 @@ MIN_ERRORS = 30
 #: Largest gallery the encrypted schemes are timed at by default: enrolment runs at
 #: a few thousand templates a second and a template takes 8 KB (512-D).
 ENCRYPTED_MAX_N = 100_000
-#: Hamming shortlist a hash search re-ranks by probe-weighted distance: :class:`Gallery`'s default.
-HASH_SHORTLIST: int = inspect.signature(Gallery).parameters["shortlist"].default
 _ZERO = np.zeros(1, dtype=np.int64)
 #: Plain and hash enrolment rates in the speed sweep are timed on at most this many templates per size.
 _RATE_SAMPLE = 20_000
@@ -778,7 +775,7 @@ def evaluate_profile(
         "plain": "exact cosine similarity on unprotected float32 templates (the baseline)",
         "hash": f"{scheme.scheme} keyed cancellable codes, {bits} bits; score 1 - 2d, d the probe's "
         "reliability-weighted Hamming distance to the stored code (as Gallery.verify); 1:N re-ranks a "
-        f"Hamming shortlist of {HASH_SHORTLIST} that way (as Gallery.identify)",
+        f"Hamming shortlist of {default_shortlist(scheme)} that way (as Gallery.identify)",
     }
     schemes = {
         name: verification_figures(scores, fars, descriptions[name], min_errors=min_errors)
@@ -1133,10 +1130,11 @@ def _hash_open_set(
     nonmated: np.ndarray,
     scheme: CancellableHash,
     length: int,
-    shortlist: int = HASH_SHORTLIST,
+    shortlist: int | None = None,
 ) -> OpenSet:
     """As :func:`_plain_open_set`, searching as :meth:`Gallery.identify` does (a Hamming shortlist
     of an exact :class:`FlatIndex`, ranked by probe-weighted distance); a mate outside the list ranks n + 1."""
+    shortlist = default_shortlist(scheme) if shortlist is None else shortlist
     n = len(enrolment)
     index = FlatIndex(scheme.bits)
     index.add(scheme.protect(enrolment), np.arange(n, dtype=np.int64))
@@ -1954,7 +1952,8 @@ def speed_vs_gallery_size(
             "stored template; hash, probe hashing (with bit reliabilities) and one weighted Hamming distance; "
             "he / hybrid, an encrypted score and the key holder's decision",
             "identify_ms": "probe in, k best out: plain and hash_flat_ms / hash_ivf_ms search only (a Hamming "
-            f"shortlist of {HASH_SHORTLIST} re-ranked by probe-weighted distance, as Gallery.identify; "
+            "shortlist (Gallery's default: 1024 with an offset, else 128) re-ranked by probe-weighted "
+            "distance, as Gallery.identify; "
             "hash_probe_ms hashes the probe; hash_identify_ms is both); he / hybrid, probe encoding, encrypted "
             "scoring and the key holder's choice",
         },
@@ -2069,7 +2068,7 @@ def _time_size(
     flat = galleries.flat
     ns, flat_top = _timed_searches(
         lambda q: flat.search_weighted(
-            probe_codes[q : q + 1], probe_weights[q : q + 1], depth, HASH_SHORTLIST, n_threads=1
+            probe_codes[q : q + 1], probe_weights[q : q + 1], depth, default_shortlist(scheme), n_threads=1
         ).labels[0, 0],
         len(probes),
         warmup,
@@ -2085,7 +2084,7 @@ def _time_size(
     ivf.add(codes, np.arange(n, dtype=np.int64))
     ns, ivf_top = _timed_searches(
         lambda q: ivf.search_weighted(
-            probe_codes[q : q + 1], probe_weights[q : q + 1], depth, HASH_SHORTLIST, n_threads=1
+            probe_codes[q : q + 1], probe_weights[q : q + 1], depth, default_shortlist(scheme), n_threads=1
         ).labels[0, 0],
         len(probes),
         warmup,

@@ -72,7 +72,9 @@ class Gallery:
     (it learns its lists from the first enrolment batch, which must hold at least
     ``nlist`` subjects, unless the index passed in is already trained); ``"hnsw"``
     is the graph alternative. ``shortlist`` Hamming neighbours per probe are
-    re-ranked by weighted distance (more: closer to an exhaustive weighted scan).
+    re-ranked by weighted distance (more: closer to an exhaustive weighted scan,
+    slower). By default 1024 when the scheme removes an offset (narrow-cone
+    models, where Hamming ranks are noisy) and 128 otherwise (see README).
     Searches may run from several threads at once; writes wait for them.
     """
 
@@ -85,9 +87,11 @@ class Gallery:
         hnsw_m: int = 32,
         ef_construction: int = 80,
         ef_search: int = 64,
-        shortlist: int = 1024,
+        shortlist: int | None = None,
     ) -> None:
         _check_fmr(target_fmr)
+        if shortlist is None:
+            shortlist = default_shortlist(scheme)
         if shortlist < 1:
             raise InvalidInputError("shortlist must be at least 1")
         self.scheme = scheme
@@ -284,7 +288,7 @@ class Gallery:
         scheme = CancellableHash(
             key, meta["dim"], meta["bits"], offset, n_threads, meta["offset_removal"], meta["scheme"]
         )
-        gallery = cls(scheme, target_fmr=meta["target_fmr"], shortlist=int(meta.get("shortlist", 1024)))
+        gallery = cls(scheme, target_fmr=meta["target_fmr"], shortlist=meta.get("shortlist"))
         gallery._index = load_index(body[start + meta_len :], key.subkey("index-mac"))
         gallery._ids = {str(k): int(v) for k, v in meta["subjects"].items()}
         gallery._names = {v: k for k, v in gallery._ids.items()}
@@ -343,7 +347,7 @@ class Gallery:
         *,
         target_fmr: float = DEFAULT_TARGET_FMR,
         threshold: float | None = None,
-        shortlist: int = 1024,
+        shortlist: int | None = None,
     ) -> "Gallery":
         """A gallery over an existing index whose ids are exactly the values of ``subjects``."""
         if index.bits != scheme.bits:
@@ -400,6 +404,11 @@ class Gallery:
         keep = labels[a] != labels[b]
         a, b = a[keep], b[keep]
         return np.asarray(self.scheme.weighted_score(weighted_pairs(codes, reliability, a, codes, b)))
+
+
+def default_shortlist(scheme: CancellableHash) -> int:
+    """Hamming neighbours re-ranked per probe unless a gallery is told otherwise."""
+    return 1024 if scheme.offset is not None else 128
 
 
 def _check_fmr(fmr: float) -> None:
