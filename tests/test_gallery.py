@@ -619,3 +619,22 @@ def test_rekeying_cancels_old_codes(tmp_path, faces: dict) -> None:
     assert np.mean([renewed.verify(names[i], probes[i]).verified for i in range(1000)]) >= 0.98
     codes_a = g.index.reconstruct(g.index.ids()[:1])
     assert abs(np.unpackbits(codes_a ^ CancellableHash(KEY_B, DIM).protect(faces["enrol"][0])).mean() - 0.5) < 0.1
+
+
+def test_default_shortlist_follows_the_model_and_survives_save(tmp_path, faces: dict) -> None:
+    centred = Gallery(CancellableHash(KEY_A, DIM))
+    assert centred.shortlist == 128
+    axis = np.zeros(DIM, dtype=np.float32)
+    axis[0] = 1.0
+    narrow = Gallery(CancellableHash(KEY_A, DIM, offset=axis))
+    assert narrow.shortlist == 1024
+    chosen = small_gallery(faces, n=50)
+    chosen.shortlist = 300
+    chosen.threshold = 0.3
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    chosen.save(data_dir / "g.bin")
+    loaded = Gallery.load(data_dir / "g.bin", KEY_A)
+    assert loaded.shortlist == 300 and loaded.threshold == 0.3
+    with pytest.raises(InvalidInputError):
+        Gallery(CancellableHash(KEY_A, DIM), shortlist=0)
