@@ -294,8 +294,9 @@ def run(args: argparse.Namespace) -> dict:
     t = time.perf_counter()
     if weighted:
         genuine_codes, reliability = enrol_scheme.protect_with_reliability(genuine_probes)
-        hash_gen = 1.0 - 2.0 * weighted_pairs(genuine_codes, reliability, gen_idx, codes, genuine_ids)
-        hash_imp = 1.0 - 2.0 * weighted_pairs(genuine_codes, reliability, imp_a, codes, imp_b)
+        score = enrol_scheme.weighted_score
+        hash_gen = score(weighted_pairs(genuine_codes, reliability, gen_idx, codes, genuine_ids))
+        hash_imp = score(weighted_pairs(genuine_codes, reliability, imp_a, codes, imp_b))
         hash_tar = _tar_plain(hash_gen, hash_imp, TARGET_FAR)
         del reliability
     else:

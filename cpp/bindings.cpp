@@ -133,7 +133,6 @@ PYBIND11_MODULE(_core, m) {
           Rows<uint8_t> c = as_rows<uint8_t>(codes, "codes", code_size);
           Rows<float> w = as_rows<float>(weights, "weights", code_size * 8);
           if (w.n != q.n) throw InvalidInput("weights need one row per query");
-          check_dtype<int64_t>(rows_a, "rows_a");
           const size_t n = rows_a.ndim() == 1 ? size_t(rows_a.shape(0)) : 0;
           const int64_t* a = as_ids(rows_a, n);
           const int64_t* b = as_ids(rows_b, n);

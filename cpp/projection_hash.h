@@ -28,6 +28,7 @@
 // so codes do not depend on SIMD width or compiler.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -170,11 +171,11 @@ class ProjectionHasher {
   void write_reliability(const float* projection, float* out) const {
     double total = 0;
     for (size_t j = 0; j < bits_; ++j) total += std::fabs(projection[j]);
-    // x' = 0 (a template on the offset axis with offset_removal 1): no bit is
-    // more reliable than another.
-    const double scale = total > 0 ? 1.0 / total : 0.0;
-    for (size_t j = 0; j < bits_; ++j)
-      out[j] = total > 0 ? float(std::fabs(projection[j]) * scale) : float(1.0 / double(bits_));
+    if (total == 0) {  // x' = 0 (on the offset axis, offset_removal 1): no bit is more reliable
+      std::fill(out, out + bits_, float(1.0 / double(bits_)));
+      return;
+    }
+    for (size_t j = 0; j < bits_; ++j) out[j] = float(std::fabs(projection[j]) / total);
   }
 
   void remove_offset(float* v) const {

@@ -10,7 +10,7 @@ score. Decisions use a score threshold calibrated for a target false-match rate
 else from impostor pairs among the enrolled subjects' codes. Stored codes have no
 reliabilities, so the latter scores code against code, cos(pi * h / bits); that
 estimate of the same cosine is noisier, so its threshold errs high (measured FMR
-at or below the target: tests/test_calibration.py).
+at or below the target: tests/test_gallery.py).
 """
 
 from __future__ import annotations
@@ -170,7 +170,8 @@ class Gallery:
             stored = self._index.reconstruct(np.array([self._id_of(subject)], dtype=np.int64))
         except IdConflictError:  # removed by another thread since the lookup
             raise UnknownSubjectError(f"subject {subject!r} is not enrolled") from None
-        distance = float(weighted_pairs(code, reliability, np.zeros(1), stored, np.zeros(1))[0])
+        first = np.zeros(1, dtype=np.int64)
+        distance = float(weighted_pairs(code, reliability, first, stored, first)[0])
         score = float(self.scheme.weighted_score(distance))
         return VerifyResult(subject=subject, verified=score >= limit, score=score, threshold=limit, distance=distance)
 
@@ -191,7 +192,7 @@ class Gallery:
         result = self._index.search_weighted(codes, reliability, k, self.shortlist)
         out: list[list[Candidate]] = []
         for distances, labels in zip(result.distances.tolist(), result.labels.tolist()):
-            scored = [(1.0 - 2.0 * d, d, l) for d, l in zip(distances, labels) if l >= 0]
+            scored = [(self.scheme.weighted_score(d), d, l) for d, l in zip(distances, labels) if l >= 0]
             matches = [(score, d, l) for score, d, l in scored if score >= limit]
             out.append([Candidate(self._names[l], s, d, rank) for rank, (s, d, l) in enumerate(matches, start=1)])
         return out
@@ -294,9 +295,9 @@ class Gallery:
         gallery._names = {v: k for k, v in gallery._ids.items()}
         gallery._next_id = int(meta["next_id"])
         if "threshold" in meta:
-            gallery._threshold = meta["threshold"]
+            gallery.threshold = meta["threshold"]
         elif meta.get("threshold_distance") is not None:  # files that held a Hamming limit
-            gallery._threshold = float(scheme.score(int(meta["threshold_distance"])))
+            gallery.threshold = float(scheme.score(int(meta["threshold_distance"])))
         if sorted(gallery._names) != sorted(gallery._index.ids().tolist()):
             raise AuthenticationError(f"{source}: subject table and index disagree")
         return gallery

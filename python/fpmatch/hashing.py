@@ -88,8 +88,6 @@ class CancellableHash:
     _hasher: _core.ProjectionHasher = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.scheme not in SCHEMES:
-            raise InvalidInputError(f"unknown hash scheme {self.scheme!r}; known: {', '.join(SCHEMES)}")
         hasher = _core.ProjectionHasher(
             self.key.secret, self.dim, self.bits, self.offset, self.offset_removal, self.scheme
         )
@@ -108,7 +106,7 @@ class CancellableHash:
         """Codes and per-bit reliabilities (n, bits) float32, each row summing to 1.
 
         For probes: pass both to :meth:`fpmatch.FlatIndex.search_weighted` (or any
-        index's) or :func:`fpmatch.codes.weighted_distances`. Never store reliabilities:
+        index's) or :func:`fpmatch.codes.weighted_pairs`. Never store reliabilities:
         unlike codes they keep the projections' magnitudes.
         """
         return self._hasher.hash_with_reliability(as_template_rows(templates, self.dim), self.n_threads)
