@@ -2018,7 +2018,11 @@ class _SpeedGalleries:
         if encrypted:
             for name, target in (("he", self.packed), ("hybrid", self.hybrid)):
                 begin = time.perf_counter()
-                target.enrol(self.names[rows], self.templates[rows])
+                # In chunks: encoding a whole increment at once would hold several
+                # float64 copies of it, more than the ciphertexts of a million.
+                for start in range(rows.start, rows.stop, _GENERATE_CHUNK):
+                    chunk = slice(start, min(rows.stop, start + _GENERATE_CHUNK))
+                    target.enrol(self.names[chunk], self.templates[chunk])
                 point[f"{name}_enrol_per_s"] = added / max(time.perf_counter() - begin, 1e-9)
             point["he_stored_bytes_per_template"] = self.packed.stored_bytes() / n
         elif self.packed is not None:
