@@ -35,14 +35,14 @@ class FlatIndex : public ProtectedIndex {
 
   void erase_position(size_t pos) override { swap_remove(*index_, pos); }
 
-  void knn(const CodeBatch& queries, size_t k, int32_t* distances, int64_t* labels,
+  void knn(const CodeBatch& queries, size_t k, int32_t* distances, int64_t* positions,
            int n_threads) const override {
     const size_t n = labels_.size();
     const uint8_t* codes = index_->xb.data();
     const size_t threads = size_t(resolve_threads(n_threads));
     if (queries.n >= threads || n < 4096 * threads) {
       parallel_for(queries.n, n_threads, [&](size_t q) {
-        scan::knn(queries.row(q), codes, 0, n, code_size(), k, distances + q * k, labels + q * k);
+        scan::knn(queries.row(q), codes, 0, n, code_size(), k, distances + q * k, positions + q * k);
       });
     } else {
       // Few queries, many threads: split the codes, then merge the partial top-k.
@@ -60,12 +60,10 @@ class FlatIndex : public ProtectedIndex {
         });
         for (size_t i = 0; i < k; ++i) {
           distances[q * k + i] = part_d[order[i]];
-          labels[q * k + i] = part_p[order[i]];
+          positions[q * k + i] = part_p[order[i]];
         }
       }
     }
-    for (size_t i = 0; i < queries.n * k; ++i)
-      if (labels[i] >= 0) labels[i] = labels_[size_t(labels[i])];
   }
 
  private:

@@ -19,6 +19,7 @@
 
 #include <limits>
 #include <memory>
+#include <tuple>
 #include <utility>
 
 #include "protected_index.h"
@@ -99,7 +100,7 @@ class HnswIndex : public ProtectedIndex {
     labels_[pos] = kNoLabel;
   }
 
-  void knn(const CodeBatch& queries, size_t k, int32_t* distances, int64_t* labels,
+  void knn(const CodeBatch& queries, size_t k, int32_t* distances, int64_t* positions,
            int n_threads) const override {
     const size_t stored = labels_.size();
     const size_t dead = stored - positions_.size();
@@ -124,7 +125,7 @@ class HnswIndex : public ProtectedIndex {
         for (size_t i = 0; i < want && found < k; ++i) {
           if (p[i] < 0 || labels_[size_t(p[i])] == kNoLabel) continue;
           distances[q * k + found] = int32_t(d[i]);
-          labels[q * k + found] = labels_[size_t(p[i])];
+          positions[q * k + found] = p[i];
           ++found;
         }
         // Tombstones crowded out live results: widen the search.
@@ -133,10 +134,10 @@ class HnswIndex : public ProtectedIndex {
       }
       // Live nodes the graph cannot reach (linked only through removed ones):
       // answer exactly from storage instead.
-      if (found < std::min(k, positions_.size())) found = scan_live(queries.row(q), k, distances + q * k, labels + q * k);
+      if (found < std::min(k, positions_.size())) found = scan_live(queries.row(q), k, distances + q * k, positions + q * k);
       for (size_t i = found; i < k; ++i) {
         distances[q * k + i] = std::numeric_limits<int32_t>::max();
-        labels[q * k + i] = kNoLabel;
+        positions[q * k + i] = kNoLabel;
       }
     });
   }
@@ -152,20 +153,20 @@ class HnswIndex : public ProtectedIndex {
     return index;
   }
 
-  // Exhaustive k nearest live codes; returns how many were written.
-  size_t scan_live(const uint8_t* query, size_t k, int32_t* distances, int64_t* labels) const {
+  // Exhaustive k nearest live codes, ties by label; returns how many were written.
+  size_t scan_live(const uint8_t* query, size_t k, int32_t* distances, int64_t* positions) const {
     const size_t stored = labels_.size();
     std::vector<int32_t> d(stored);
     scan::distances(query, storage().xb.data(), stored, code_size(), d.data());
-    std::vector<std::pair<int32_t, int64_t>> live;
+    std::vector<std::tuple<int32_t, int64_t, int64_t>> live;  // distance, label, position
     live.reserve(positions_.size());
     for (size_t pos = 0; pos < stored; ++pos)
-      if (labels_[pos] != kNoLabel) live.emplace_back(d[pos], labels_[pos]);
+      if (labels_[pos] != kNoLabel) live.emplace_back(d[pos], labels_[pos], int64_t(pos));
     size_t found = std::min(k, live.size());
     std::partial_sort(live.begin(), live.begin() + found, live.end());
     for (size_t i = 0; i < found; ++i) {
-      distances[i] = live[i].first;
-      labels[i] = live[i].second;
+      distances[i] = std::get<0>(live[i]);
+      positions[i] = std::get<2>(live[i]);
     }
     return found;
   }

@@ -21,6 +21,7 @@
 
 #include <memory>
 #include <numeric>
+#include <tuple>
 #include <utility>
 
 #include "byte_io.h"
@@ -194,7 +195,7 @@ class IvfIndex : public ProtectedIndex {
     list_start_ = std::move(start);
   }
 
-  void knn(const CodeBatch& queries, size_t k, int32_t* distances, int64_t* labels,
+  void knn(const CodeBatch& queries, size_t k, int32_t* distances, int64_t* positions,
            int n_threads) const override {
     const size_t probes = std::min(nprobe_, nlist_);
     const size_t shortlist = std::max(rerank_, k);
@@ -209,19 +210,19 @@ class IvfIndex : public ProtectedIndex {
         scan::scan_into_heap(query, &packed_prefixes_[begin * prefix_bytes_], end - begin, prefix_bytes_,
                              &packed_positions_[begin], 0, shortlist, heap_d.data(), heap_p.data());
       }
-      // Order the shortlist by full-code distance.
-      std::vector<std::pair<int32_t, int64_t>> best;
+      // Order the shortlist by full-code distance, ties by label.
+      std::vector<std::tuple<int32_t, int64_t, int64_t>> best;  // distance, label, position
       best.reserve(shortlist);
       for (size_t i = 0; i < shortlist; ++i) {
         if (heap_p[i] < 0) continue;
         const uint8_t* code = storage_->xb.data() + size_t(heap_p[i]) * code_size();
-        best.emplace_back(scan::distance(query, code, code_size()), labels_[size_t(heap_p[i])]);
+        best.emplace_back(scan::distance(query, code, code_size()), labels_[size_t(heap_p[i])], heap_p[i]);
       }
       size_t found = std::min(k, best.size());
       std::partial_sort(best.begin(), best.begin() + found, best.end());
       for (size_t i = 0; i < k; ++i) {
-        distances[q * k + i] = i < found ? best[i].first : std::numeric_limits<int32_t>::max();
-        labels[q * k + i] = i < found ? best[i].second : kNoLabel;
+        distances[q * k + i] = i < found ? std::get<0>(best[i]) : std::numeric_limits<int32_t>::max();
+        positions[q * k + i] = i < found ? std::get<2>(best[i]) : kNoLabel;
       }
     });
   }

@@ -122,6 +122,8 @@ class ProtectedIndex {
     if (k == 0) throw InvalidInput("k must be at least 1");
     std::shared_lock<std::shared_mutex> lock(mutex_);
     knn(queries, k, distances, labels, n_threads);
+    for (size_t i = 0; i < queries.n * k; ++i)
+      if (labels[i] != kNoLabel) labels[i] = labels_[size_t(labels[i])];
   }
 
   // The k best of a Hamming shortlist of max(k, shortlist) candidates per query,
@@ -135,15 +137,17 @@ class ProtectedIndex {
     const size_t depth = std::max(k, shortlist);
     std::shared_lock<std::shared_mutex> lock(mutex_);
     std::vector<int32_t> hamming(queries.n * depth);
-    std::vector<int64_t> candidates(queries.n * depth);
+    std::vector<int64_t> candidates(queries.n * depth);  // positions
     knn(queries, depth, hamming.data(), candidates.data(), n_threads);
     const uint8_t* codes = storage().xb.data();
     parallel_for(queries.n, n_threads, [&](size_t q) {
       WeightedDistance distance(queries.row(q), weights + q * bits_, code_size());
       std::vector<std::pair<float, int64_t>> ranked;
-      for (size_t i = q * depth; i < (q + 1) * depth; ++i)
-        if (candidates[i] != kNoLabel)
-          ranked.emplace_back(distance(codes + positions_.at(candidates[i]) * code_size()), candidates[i]);
+      for (size_t i = q * depth; i < (q + 1) * depth; ++i) {
+        if (candidates[i] == kNoLabel) continue;
+        const size_t pos = size_t(candidates[i]);
+        ranked.emplace_back(distance(codes + pos * code_size()), labels_[pos]);
+      }
       const size_t found = std::min(k, ranked.size());
       std::partial_sort(ranked.begin(), ranked.begin() + found, ranked.end());
       for (size_t i = 0; i < k; ++i) {
@@ -201,7 +205,9 @@ class ProtectedIndex {
   virtual void erase_position(size_t pos) = 0;
   // Called at the end of every add or remove batch, still under the write lock.
   virtual void written() {}
-  virtual void knn(const CodeBatch& queries, size_t k, int32_t* distances, int64_t* labels,
+  // k nearest live codes per query as storage positions (-1: none), nearest
+  // first; callers map positions to labels. Caller holds the lock.
+  virtual void knn(const CodeBatch& queries, size_t k, int32_t* distances, int64_t* positions,
                    int n_threads) const = 0;
 
   // Moves the last stored code into the freed slot pos and zeroes the old tail

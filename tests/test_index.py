@@ -1235,9 +1235,14 @@ def test_weighted_search_pads_and_skips_removed(kind: str, hashed: Data) -> None
     index = filled(kind, hashed)
     gone = hashed.ids[:10]
     index.remove(gone)
-    weights = np.full((10, hashed.bits), 1.0 / hashed.bits, dtype=np.float32)
+    weights = np.random.default_rng(13).random((10, hashed.bits)).astype(np.float32)
     got = index.search_weighted(hashed.codes[:10], weights, 5)
     assert not set(got.labels.ravel().tolist()) & set(gone.tolist())
+    # Removal moved stored codes: each distance must still be that of its own id's code.
+    for q in range(10):
+        rows = hashed.codes[[hashed.pos[i] for i in got.labels[q]]]
+        exact = _weighted_reference(rows, hashed.codes[q], weights[q])
+        np.testing.assert_allclose(got.distances[q], exact, rtol=1e-5, atol=1e-7)
     empty = make_index(kind, hashed.bits, train=hashed.codes)
     padded = empty.search_weighted(hashed.codes[:2], weights[:2], 3)
     assert (padded.labels == -1).all() and np.isinf(padded.distances).all()
