@@ -79,5 +79,9 @@ class StoreClosedError(FpmatchError, RuntimeError):
     """The store or service was used after close()."""
 
 
+class ErasureError(FpmatchError, RuntimeError):
+    """An erased code still appears in the database file after it was rebuilt (VACUUM)."""
+
+
 class TooManyAttemptsError(FpmatchError, PermissionError):
     """Alternative verification is locked after repeated failures; try again later."""

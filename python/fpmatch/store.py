@@ -4,8 +4,13 @@ The database holds the protected codes (never templates), consent records, the
 audit chain and the scheme settings. Every operation is one transaction, in WAL
 mode with ``synchronous=FULL``: after a crash the database holds each operation
 entirely or not at all. ``secure_delete`` makes SQLite overwrite deleted rows
-with zeros, and :meth:`Store.scrub` checkpoints and truncates the WAL, so a
-withdrawn subject's code survives in no file of the directory.
+with zeros, and :meth:`Store.scrub` checkpoints and truncates the WAL. SQLite
+can still leave stale copies of a row in the unused space of a page it
+rebalanced (secure_delete does not cover it), so scrub also looks for every
+erased code in the pages of the subjects table and rebuilds the database
+(VACUUM) if one is found; a store reopened after a crash is rebuilt once, since
+what the crashed process erased is no longer known. A withdrawn subject's code
+survives in no file of the directory.
 
 The index file next to it (``index.cache``) is only a cache: authenticated under
 a key-derived MAC and stamped with the database's generation counter, it is
@@ -35,6 +40,7 @@ from .audit import AuditEntry, AuditEvent, AuditHead, head_mac, make_entry
 from .consent import ConsentRecord, parse_time
 from .errors import (
     AuthenticationError,
+    ErasureError,
     IndexFormatError,
     InvalidInputError,
     KeyMismatchError,
@@ -51,6 +57,10 @@ INDEX_CACHE = "index.cache"
 FORMAT = 1
 _CACHE_MAGIC = b"FPMATCHC"
 _TAG_BYTES = 32
+#: Erasures of more codes than this are verified by rebuilding at once, not by search.
+_SEARCHED_ERASURES = 64
+#: Length of the pieces of an erased code searched for (a partial copy is a copy).
+_PIECE = 16
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -117,6 +127,7 @@ class Transaction:
         self._store = store
         self._conn = conn
         self.changed_subjects = False
+        self.erased_codes: list[bytes] = []
 
     def insert_subject(self, subject: str, code: bytes, enrolled_at: str) -> int:
         """The new row's id; ids are never reused."""
@@ -128,10 +139,14 @@ class Transaction:
         return int(cursor.lastrowid)
 
     def delete_subject(self, subject: str) -> bool:
-        """Whether a row was deleted."""
-        deleted = self._conn.execute("DELETE FROM subjects WHERE subject = ?", (subject,)).rowcount > 0
-        self.changed_subjects = self.changed_subjects or deleted
-        return deleted
+        """Whether a row was deleted. Its code is checked for copies at the next scrub."""
+        row = self._conn.execute("SELECT code FROM subjects WHERE subject = ?", (subject,)).fetchone()
+        if row is None:
+            return False
+        self._conn.execute("DELETE FROM subjects WHERE subject = ?", (subject,))
+        self.erased_codes.append(bytes(row[0]))
+        self.changed_subjects = True
+        return True
 
     def put_consent(self, record: ConsentRecord) -> None:
         """Insert or replace (e.g. to mark withdrawal) a consent record."""
@@ -204,6 +219,7 @@ class Store:
         self._key = key
         self._conn: sqlite3.Connection | None = conn
         self._lock = threading.RLock()
+        self._unverified: list[bytes] = []  # erased codes not yet looked for in the file
         self._audit_key = key.subkey("audit-head")
         self._cache_key = key.subkey("store-cache-mac")
         self._index_key = key.subkey("index-mac")
@@ -228,9 +244,13 @@ class Store:
         path = root / DATABASE
         if not path.exists():
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        # A clean close removes the WAL; one left behind means the last owner crashed.
+        crashed = Path(f"{path}-wal").exists()
         conn = sqlite3.connect(os.fspath(path), timeout=0.0, isolation_level=None, check_same_thread=False)
         try:
             settings = cls._prepare(conn, path, key, dim, bits, offset)
+            if crashed:
+                _rebuild(conn)
         except BaseException:
             conn.close()
             raise
@@ -286,7 +306,7 @@ class Store:
                 )
             conn.execute("COMMIT")
             # After a crash the WAL may still hold pre-deletion copies of erased rows.
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            _checkpoint(conn)
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -307,6 +327,7 @@ class Store:
                 if tx.changed_subjects:
                     conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'generation'")
                 conn.execute("COMMIT")
+                self._unverified += tx.erased_codes
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -327,20 +348,55 @@ class Store:
             return tx.audit(time, event, subject=subject, purpose=purpose, outcome=outcome, detail=detail)
 
     def scrub(self) -> bool:
-        """Checkpoint the WAL into the database and truncate it, so deleted rows leave no old copies.
+        """Checkpoint the WAL into the database and truncate it, then make sure no code
+        erased since the last scrub is left anywhere in the database file: the pages
+        of the subjects table are searched for pieces of each code (or, for a large
+        batch, the database is rebuilt at once) and the database is rebuilt (VACUUM)
+        if one is found.
 
-        Returns False if a reader kept the checkpoint from finishing.
+        Returns False if a reader kept the checkpoint from finishing (the erased codes
+        are then checked at the next scrub). Raises ErasureError if a code is still
+        found after the rebuild.
         """
         with self._lock:
-            busy, _, _ = self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        return int(busy) == 0
+            conn = self._connection()
+            if not _checkpoint(conn):
+                return False
+            erased = self._unverified
+            if erased and (len(erased) > _SEARCHED_ERASURES or self._copies_left(erased)):
+                _rebuild(conn)
+                if self._copies_left(erased):
+                    raise ErasureError(f"an erased code is still in {self.directory / DATABASE} after VACUUM")
+            self._unverified = []
+        return True
+
+    def _copies_left(self, codes: list[bytes]) -> bool:
+        """Whether a piece of any of the codes is in the subjects table's pages (in the file, without dbstat).
+
+        Only those pages can hold one: pages SQLite frees are zeroed (secure_delete).
+        """
+        conn = self._connection()
+        path = self.directory / DATABASE
+        pieces = {code[i : i + _PIECE] for code in codes for i in range(0, len(code) - _PIECE + 1, _PIECE)}
+        pieces = {piece for piece in pieces if len(set(piece)) > 1}  # a run of one byte is no evidence
+        try:
+            size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            pages = conn.execute("SELECT pageno FROM dbstat WHERE name = 'subjects'").fetchall()
+        except sqlite3.OperationalError:  # SQLite built without the dbstat table
+            data = path.read_bytes()
+        else:
+            with open(path, "rb") as f:
+                data = b"".join(os.pread(f.fileno(), size, (page - 1) * size) for (page,) in pages)
+        return any(piece in data for piece in pieces)
 
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
-                self.scrub()
-                self._conn.close()
-                self._conn = None
+                try:
+                    self.scrub()
+                finally:
+                    self._conn.close()
+                    self._conn = None
 
     @property
     def closed(self) -> bool:
@@ -570,3 +626,15 @@ def _fsync_directory(directory: Path) -> None:
 
 
 __all__ = ["DATABASE", "INDEX_CACHE", "Store", "StoreSettings", "StoredSubject", "Transaction"]
+
+
+def _checkpoint(conn: sqlite3.Connection) -> bool:
+    """Copy the WAL into the database and truncate it; False if a reader kept it from finishing."""
+    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return int(busy) == 0
+
+
+def _rebuild(conn: sqlite3.Connection) -> None:
+    """Rewrite every page of the database from its live rows (stale copies in unused space go)."""
+    conn.execute("VACUUM")
+    _checkpoint(conn)
