@@ -346,6 +346,26 @@ def test_erased_codes_are_searched_for_and_stale_copies_rebuilt_away(
             assert files_containing(tmp_path / "checked", needle) == [], name
 
 
+def test_a_large_batch_of_erasures_is_rebuilt_at_once(
+    tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "store"
+    names = [f"b{i:03d}" for i in range(store_module._SEARCHED_ERASURES + 6)]
+    rebuilds = count_rebuilds(monkeypatch)
+    searches = []
+    real_search = Store._copies_left
+    monkeypatch.setattr(Store, "_copies_left", lambda self, codes: (searches.append(1), real_search(self, codes))[1])
+    with open_service(directory, clock) as svc:
+        enrol_people(svc, names[:3])
+        enrol_people(svc, names[3:], days=30)
+        scheme = svc.gallery.scheme
+        clock.advance(days=31)
+        assert svc.expire() == names[3:]
+        assert rebuilds == [1] and searches == []
+    for name in names[3:]:
+        assert files_containing(directory, scheme.protect(sample(name, 0)).tobytes()) == [], name
+
+
 def test_a_store_left_by_a_crash_is_rebuilt_on_open(
     directory: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

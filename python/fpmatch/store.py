@@ -355,17 +355,18 @@ class Store:
         if one is found.
 
         Returns False if a reader kept the checkpoint from finishing (the erased codes
-        are then checked at the next scrub). Raises ErasureError if a code is still
-        found after the rebuild.
+        are then checked at the next scrub). Raises ErasureError if a searched code
+        is still found after the rebuild.
         """
         with self._lock:
             conn = self._connection()
             if not _checkpoint(conn):
                 return False
             erased = self._unverified
-            if erased and (len(erased) > _SEARCHED_ERASURES or self._copies_left(erased)):
+            searched = len(erased) <= _SEARCHED_ERASURES  # a search per code: large batches are rebuilt at once
+            if erased and (not searched or self._copies_left(erased)):
                 _rebuild(conn)
-                if self._copies_left(erased):
+                if searched and self._copies_left(erased):
                     raise ErasureError(f"an erased code is still in {self.directory / DATABASE} after VACUUM")
             self._unverified = []
         return True
