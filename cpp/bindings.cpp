@@ -11,7 +11,6 @@
 
 #include "hamming_scan.h"
 #include "index_io.h"
-#include "parallel.h"
 #include "projection_hash.h"
 #include "weighted_distance.h"
 
@@ -138,15 +137,11 @@ PYBIND11_MODULE(_core, m) {
           const int64_t* b = as_ids(rows_b, n);
           py::array_t<float> out(n);
           float* dst = out.mutable_data();
-          py::gil_scoped_release release;
-          for (size_t i = 0; i < n; ++i)
-            if (a[i] < 0 || size_t(a[i]) >= q.n || b[i] < 0 || size_t(b[i]) >= c.n)
-              throw InvalidInput("pair " + std::to_string(i) + " names a row out of range");
-          for (size_t i = 0; i < w.n; ++i) check_weights(w.data + i * w.row_stride, w.cols);
-          parallel_for(n, n_threads, [&](size_t i) {
-            dst[i] = WeightedDistance::once(q.data + size_t(a[i]) * q.row_stride, w.data + size_t(a[i]) * w.row_stride,
-                                            c.data + size_t(b[i]) * c.row_stride, code_size);
-          });
+          {
+            py::gil_scoped_release release;
+            weighted_pair_distances({q.data, q.n, q.row_stride}, {w.data, w.n, w.row_stride},
+                                    {c.data, c.n, c.row_stride}, code_size, a, b, n, dst, n_threads);
+          }
           return out;
         },
         py::arg("queries"), py::arg("weights"), py::arg("rows_a"), py::arg("codes"), py::arg("rows_b"),

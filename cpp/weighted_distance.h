@@ -10,9 +10,11 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "errors.h"
+#include "parallel.h"
 
 namespace fpmatch {
 
@@ -66,5 +68,28 @@ class WeightedDistance {
   std::vector<uint8_t> query_;
   std::vector<float> table_;
 };
+
+// n rows of T, row i at data + i * stride elements.
+template <class T>
+struct StridedRows {
+  const T* data;
+  size_t n, stride;
+  const T* row(size_t i) const { return data + i * stride; }
+};
+
+// out[i]: weighted distance of query rows_a[i] (with its weights row) to code
+// rows_b[i]. Per pair with once(), so equal to what a search reports.
+inline void weighted_pair_distances(StridedRows<uint8_t> queries, StridedRows<float> weights,
+                                    StridedRows<uint8_t> codes, size_t code_size, const int64_t* rows_a,
+                                    const int64_t* rows_b, size_t n_pairs, float* out, int n_threads) {
+  for (size_t i = 0; i < n_pairs; ++i)
+    if (rows_a[i] < 0 || size_t(rows_a[i]) >= queries.n || rows_b[i] < 0 || size_t(rows_b[i]) >= codes.n)
+      throw InvalidInput("pair " + std::to_string(i) + " names a row out of range");
+  for (size_t q = 0; q < weights.n; ++q) check_weights(weights.row(q), code_size * 8);
+  parallel_for(n_pairs, n_threads, [&](size_t i) {
+    const size_t a = size_t(rows_a[i]);
+    out[i] = WeightedDistance::once(queries.row(a), weights.row(a), codes.row(size_t(rows_b[i])), code_size);
+  });
+}
 
 }  // namespace fpmatch

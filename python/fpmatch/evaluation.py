@@ -883,7 +883,7 @@ def _score_pairs(
 
     def hash_scores(rows: np.ndarray, enrolled: np.ndarray) -> np.ndarray:
         distances = weighted_pairs(probe_codes, probe_weights, rows, gallery_codes, enrolled)
-        return np.asarray(scheme.weighted_score(distances.astype(np.float64)))
+        return np.asarray(scheme.weighted_score(distances))
 
     plain_imp: list[np.ndarray] = []
     hash_imp: list[np.ndarray] = []
@@ -1144,11 +1144,11 @@ def _hash_open_set(
     listed = hit.any(axis=1)
     position = np.argmax(hit, axis=1)
     rank = np.where(listed, position + 1, n + 1).astype(np.int64)
-    distance = found.distances[np.arange(n), position].astype(np.float64)
+    distance = found.distances[np.arange(n), position]
     mate = np.where(listed, np.asarray(scheme.weighted_score(distance)), -np.inf)
     codes, weights = scheme.protect_with_reliability(nonmated)
-    best = index.search_weighted(codes, weights, 1, shortlist).distances[:, 0].astype(np.float64)
-    top = np.asarray(scheme.weighted_score(best), dtype=np.float64)
+    best = index.search_weighted(codes, weights, 1, shortlist).distances[:, 0]
+    top = np.asarray(scheme.weighted_score(best))
     return OpenSet(mate, rank, found.labels[:, 0].astype(np.int64), top)
 
 

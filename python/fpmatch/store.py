@@ -626,9 +626,6 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-__all__ = ["DATABASE", "INDEX_CACHE", "Store", "StoreSettings", "StoredSubject", "Transaction"]
-
-
 def _checkpoint(conn: sqlite3.Connection) -> bool:
     """Copy the WAL into the database and truncate it; False if a reader kept it from finishing."""
     busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
@@ -639,3 +636,6 @@ def _rebuild(conn: sqlite3.Connection) -> None:
     """Rewrite every page of the database from its live rows (stale copies in unused space go)."""
     conn.execute("VACUUM")
     _checkpoint(conn)
+
+
+__all__ = ["DATABASE", "INDEX_CACHE", "Store", "StoreSettings", "StoredSubject", "Transaction"]
