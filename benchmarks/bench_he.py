@@ -411,7 +411,7 @@ def _part_hybrid(args: argparse.Namespace, d: _Setup, result: dict) -> None:
     result.setdefault("bytes_per_template", {}).update(
         {"plain": 4 * d.dim, "hash": scheme.code_size, "hybrid": hybrid.bytes_per_template}
     )
-    stored = hybrid._rows * 2 * d.public.ring.n * 8 / n_large + scheme.code_size
+    stored = hybrid.rows * 2 * d.public.ring.n * 8 / n_large + scheme.code_size
     result.setdefault("stored_bytes_per_enrolled_template", {})["hybrid"] = stored
 
 

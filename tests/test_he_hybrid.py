@@ -53,7 +53,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_layout(world: dict) -> None:
     gallery = world["gallery"]
     assert gallery.group == 8  # 4096 coefficients, 512-D templates
-    assert gallery._rows == -(-N // 8)
+    assert gallery.rows == -(-N // 8)
     assert gallery.bytes_per_template == 2 * 4096 * 8 // 8 + 128
 
 

@@ -41,3 +41,14 @@ def as_subject_list(subjects: str | Sequence[str], n: int) -> list[str]:
     if len(set(names)) != len(names):
         raise InvalidInputError("subject names in one call must be distinct")
     return names
+
+
+def unit_rows(templates: object, dim: int, what: str = "templates") -> np.ndarray:
+    """float32 templates (d,) or (n, d), checked and L2-normalised in float64."""
+    rows = as_template_rows(templates, dim, what).astype(np.float64)
+    if not np.isfinite(rows).all():
+        raise InvalidInputError(f"{what} contain NaN or Inf")
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise InvalidInputError(f"{what} contain a zero vector")
+    return rows / norms

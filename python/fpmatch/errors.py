@@ -47,6 +47,10 @@ class KeyFileError(FpmatchError, ValueError):
     """A key file is unreadable, malformed, or stored where it must not be."""
 
 
+class MessageFormatError(FpmatchError, ValueError):
+    """A capture-edge message (enrolment record or probe) is malformed, truncated or of the wrong kind."""
+
+
 class NotCalibratedError(FpmatchError, RuntimeError):
     """No decision threshold is available yet; call calibrate() or pass one."""
 

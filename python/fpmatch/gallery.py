@@ -89,7 +89,7 @@ class Gallery:
         ef_search: int = 64,
         shortlist: int | None = None,
     ) -> None:
-        _check_fmr(target_fmr)
+        check_fmr(target_fmr)
         if shortlist is None:
             shortlist = default_shortlist(scheme)
         if shortlist < 1:
@@ -214,24 +214,14 @@ class Gallery:
         the score threshold.
         """
         fmr = self.target_fmr if target_fmr is None else target_fmr
-        _check_fmr(fmr)
+        check_fmr(fmr)
         needed = math.ceil(10 / fmr)
         rng = np.random.default_rng(seed)
         if templates is not None or labels is not None:
             scores = self._labelled_impostors(templates, labels, max(needed, max_pairs), rng)
         else:
             scores = self._gallery_impostors(max(needed, max_pairs), rng)
-        if len(scores) < needed:
-            raise NotCalibratedError(
-                f"{len(scores)} impostor pairs cannot estimate FMR {fmr:g} (need {needed}); "
-                "enrol more subjects or pass labelled templates to calibrate()"
-            )
-        # At most floor(fmr * n) impostors may reach the threshold: just above the next one.
-        allowed = int(math.floor(fmr * len(scores)))
-        highest = np.partition(scores, len(scores) - 1 - allowed)[len(scores) - 1 - allowed]
-        threshold = float(np.nextafter(highest, np.inf))
-        if threshold > 1.0:
-            raise NotCalibratedError(f"even identical codes exceed FMR {fmr:g} on this data")
+        threshold = threshold_at_fmr(scores, fmr)
         self._threshold = threshold
         self.target_fmr = fmr
         return threshold
@@ -407,12 +397,33 @@ class Gallery:
         return np.asarray(self.scheme.weighted_score(weighted_pairs(codes, reliability, a, codes, b)))
 
 
+def threshold_at_fmr(scores: np.ndarray, fmr: float) -> float:
+    """The lowest score threshold that at most ``floor(fmr * n)`` of ``n`` impostor scores reach.
+
+    Needs at least ``10 / fmr`` scores (NotCalibratedError otherwise).
+    """
+    check_fmr(fmr)
+    needed = math.ceil(10 / fmr)
+    if len(scores) < needed:
+        raise NotCalibratedError(
+            f"{len(scores)} impostor pairs cannot estimate FMR {fmr:g} (need {needed}); "
+            "enrol more subjects or calibrate with labelled templates"
+        )
+    allowed = int(math.floor(fmr * len(scores)))
+    highest = np.partition(scores, len(scores) - 1 - allowed)[len(scores) - 1 - allowed]
+    threshold = float(np.nextafter(highest, np.inf))
+    if threshold > 1.0:
+        raise NotCalibratedError(f"even identical templates exceed FMR {fmr:g} on this data")
+    return threshold
+
+
 def default_shortlist(scheme: CancellableHash) -> int:
     """Hamming neighbours re-ranked per probe unless a gallery is told otherwise."""
     return 1024 if scheme.offset is not None else 128
 
 
-def _check_fmr(fmr: float) -> None:
+def check_fmr(fmr: float) -> None:
+    """A target false-match rate in (0, 1)."""
     if not 0.0 < fmr < 1.0:
         raise InvalidInputError(f"target FMR must lie in (0, 1), got {fmr}")
 

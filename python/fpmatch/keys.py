@@ -1,10 +1,14 @@
-"""Secret keys for the cancellable hash.
+"""Secret keys: the capture edge's transform key and the matching service's own key.
 
-A :class:`HashKey` is 32 random bytes. It derives the secret projection (and,
-through separate sub-keys, the key that authenticates index files). Whoever
-holds it together with stored codes can approximately reconstruct templates,
-so it must live apart from the gallery: in a key file outside the gallery
-directory, an HSM, or a separate key-holder process.
+A :class:`HashKey` is 32 random bytes held by the capture edge. It derives the
+secret projection of the cancellable hash and the secret rotation applied to
+templates before encryption. Whoever holds it together with stored codes can
+approximately reconstruct templates, so the matching service never holds it.
+
+A :class:`ServiceKey` is the matching service's own secret: it authenticates
+its files, signs the audit head, names subjects in the audit log and peppers
+PINs. It transforms no template, so it inverts nothing. The two are different
+types: a service opened with a hash key is refused.
 """
 
 from __future__ import annotations
@@ -15,34 +19,37 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, TypeVar
 
 from . import _core
 from .errors import KeyFileError
 
-_FORMAT = "fpmatch-hash-key"
 _KEY_BYTES = 32
+_K = TypeVar("_K", bound="_SecretKey")
 
 
 @dataclass(frozen=True)
-class HashKey:
-    """A secret hashing key. Compare keys by :attr:`key_id`, never by printing them."""
-
+class _SecretKey:
     secret: bytes = field(repr=False)
     path: Path | None = field(default=None, compare=False)
 
+    _FORMAT: ClassVar[str]
+    _WHAT: ClassVar[str]
+    _ID_LABEL: ClassVar[bytes]
+
     def __post_init__(self) -> None:
         if not isinstance(self.secret, bytes) or len(self.secret) < 16:
-            raise KeyFileError("a hash key must be at least 16 bytes")
+            raise KeyFileError(f"a {self._WHAT} must be at least 16 bytes")
 
     @classmethod
-    def generate(cls) -> "HashKey":
+    def generate(cls: type[_K]) -> _K:
         """A fresh key from the operating system's CSPRNG."""
         return cls(secrets.token_bytes(_KEY_BYTES))
 
     @property
     def key_id(self) -> str:
         """A public fingerprint (16 hex digits) that names the key without revealing it."""
-        return _core.hmac_sha256(self.secret, b"fpmatch.key-id.v1").hex()[:16]
+        return _core.hmac_sha256(self.secret, self._ID_LABEL).hex()[:16]
 
     def subkey(self, purpose: str) -> bytes:
         """An independent 32-byte key for one purpose (e.g. ``"index-mac"``)."""
@@ -52,7 +59,7 @@ class HashKey:
         """Write the key to a new file readable by its owner only (mode 0600)."""
         target = Path(path)
         body = {
-            "format": _FORMAT,
+            "format": self._FORMAT,
             "version": 1,
             "key_id": self.key_id,
             "secret": base64.b64encode(self.secret).decode("ascii"),
@@ -63,24 +70,44 @@ class HashKey:
         return target
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "HashKey":
+    def load(cls: type[_K], path: str | os.PathLike[str]) -> _K:
         """Read a key file written by :meth:`save`; a damaged file raises KeyFileError."""
         source = Path(path)
         try:
             body = json.loads(source.read_text())
-            if not isinstance(body, dict) or body.get("format") != _FORMAT or body.get("version") != 1:
-                raise KeyFileError(f"{source} is not an fpmatch hash key file")
+            if not isinstance(body, dict) or body.get("version") != 1:
+                raise KeyFileError(f"{source} is not an fpmatch {cls._WHAT} file")
+            if body.get("format") != cls._FORMAT:
+                other = {k._FORMAT: k._WHAT for k in (HashKey, ServiceKey)}.get(str(body.get("format")))
+                found = f"it holds a {other}" if other else "unknown format"
+                raise KeyFileError(f"{source} is not an fpmatch {cls._WHAT} file ({found})")
             key = cls(base64.b64decode(body["secret"], validate=True), path=source.resolve())
         except (OSError, ValueError, KeyError, TypeError) as exc:
             if isinstance(exc, KeyFileError):
                 raise
-            raise KeyFileError(f"cannot read hash key file {source}: {exc}") from exc
+            raise KeyFileError(f"cannot read {cls._WHAT} file {source}: {exc}") from exc
         if key.key_id != body.get("key_id"):
             raise KeyFileError(f"{source} is damaged: its key does not match its key_id")
         return key
 
 
-def ensure_outside(key: HashKey, directory: str | os.PathLike[str]) -> None:
+class HashKey(_SecretKey):
+    """The capture edge's transform key. Compare keys by :attr:`key_id`, never by printing them."""
+
+    _FORMAT = "fpmatch-hash-key"
+    _WHAT = "hash key"
+    _ID_LABEL = b"fpmatch.key-id.v1"
+
+
+class ServiceKey(_SecretKey):
+    """The matching service's own key (file MACs, audit head and pseudonyms, PIN pepper)."""
+
+    _FORMAT = "fpmatch-service-key"
+    _WHAT = "service key"
+    _ID_LABEL = b"fpmatch.service-key-id.v1"
+
+
+def ensure_outside(key: _SecretKey, directory: str | os.PathLike[str]) -> None:
     """Refuse a key whose file lies inside ``directory`` (a stolen store must not carry its key)."""
     if key.path is None:
         return

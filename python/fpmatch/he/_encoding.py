@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validate import as_template_rows
 from ..errors import InvalidInputError
 
 
@@ -26,17 +25,6 @@ class Match:
 
     subject: str
     rank: int
-
-
-def unit_rows(templates: object, dim: int, what: str = "templates") -> np.ndarray:
-    """float32 templates (d,) or (n, d), checked and L2-normalised in float64."""
-    rows = as_template_rows(templates, dim, what).astype(np.float64)
-    if not np.isfinite(rows).all():
-        raise InvalidInputError(f"{what} contain NaN or Inf")
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise InvalidInputError(f"{what} contain a zero vector")
-    return rows / norms
 
 
 def quantise(unit: np.ndarray, bits: int) -> np.ndarray:

@@ -40,9 +40,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .._validate import as_subject_list
+from .._validate import as_subject_list, unit_rows
 from ..errors import AuthenticationError, IdConflictError, InvalidInputError, KeyMismatchError, UnknownSubjectError
-from ._encoding import Match, Verification, check_threshold, quantise, unit_rows
+from ._encoding import Match, Verification, check_threshold, quantise
 from .context import PublicContext
 from .keyholder import ScoreDecider
 from .scores import EncryptedScores

@@ -1,0 +1,396 @@
+"""The capture edge: the one place where plain embeddings exist.
+
+A terminal, kiosk or app already sees the face and runs the face model. A
+:class:`CaptureEdge` there holds the transform key (:class:`~fpmatch.HashKey`)
+and, for the encrypted schemes, the key holder's public context. It turns an
+embedding into an :class:`EnrolmentRecord` or a :class:`ProbeMessage` and
+drops the floats; the matching service receives only those messages.
+
+What a message carries, by scheme:
+
+* ``hash``: the keyed code (and, in a probe, per-bit reliabilities: how far
+  each secret projection lies from zero, normalised to sum 1).
+* ``he``: the template after a secret rotation R (an orthogonal matrix derived
+  from the transform key), as integers at the encryption scale; the service
+  encrypts it into its packed blocks at once and keeps only ciphertexts. A
+  probe is R times the probe, at the probe scale. Inner products are unchanged
+  (R is orthogonal), so encrypted scores equal plain cosines, and without R the
+  rotated vectors do not match anyone's template.
+* ``hybrid``: both of the above.
+
+Every message names the :class:`EdgeProfile` it was made under (scheme,
+dimension, code width, transform key id, encryption key id); a service refuses
+messages of any other profile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import numpy as np
+
+from ._validate import unit_rows
+from .codes import weighted_pairs
+from .errors import InvalidInputError, KeyMismatchError, MessageFormatError
+from .gallery import check_fmr, threshold_at_fmr
+from .hashing import DEFAULT_BITS, DEFAULT_OFFSET_REMOVAL, SCHEME, CancellableHash
+from .keys import HashKey
+
+if TYPE_CHECKING:
+    from .he.context import PublicContext
+
+#: The protection schemes a service can run.
+SCHEMES = ("hash", "he", "hybrid")
+_MAGIC = b"FPEDGE01"
+_HEADER = struct.Struct("<8sc8sIII")  # magic, kind, profile id, code bytes, reliabilities, values
+#: Largest message accepted from the network (a 4096-D probe with 4096-bit codes is far below it).
+MAX_MESSAGE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class EdgeProfile:
+    """What a matching service knows of the edges that feed it: public facts only."""
+
+    scheme: str
+    dim: int
+    edge_key_id: str
+    bits: int | None = None  # code width (hash, hybrid)
+    hash_scheme: str | None = None  # code derivation (hash, hybrid)
+    narrow_cone: bool = False  # the edge removes a shared offset before hashing
+    he_key_id: str | None = None  # encryption key (he, hybrid)
+    he_context: bytes | None = field(default=None, repr=False)  # public context (he, hybrid)
+    template_scale_bits: int | None = None  # fixed point of enrolment values (he, hybrid)
+    probe_scale_bits: int | None = None  # fixed point of probe values (he, hybrid)
+
+    @property
+    def hashed(self) -> bool:
+        return self.scheme in ("hash", "hybrid")
+
+    @property
+    def encrypted(self) -> bool:
+        return self.scheme in ("he", "hybrid")
+
+    @property
+    def profile_id(self) -> str:
+        """A public fingerprint of everything a message must agree with."""
+        facts = {k: v for k, v in self.to_dict().items() if k != "he_context"}
+        return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scheme": self.scheme,
+            "dim": self.dim,
+            "edge_key_id": self.edge_key_id,
+            "bits": self.bits,
+            "hash_scheme": self.hash_scheme,
+            "narrow_cone": self.narrow_cone,
+            "he_key_id": self.he_key_id,
+            "he_context": None if self.he_context is None else self.he_context.hex(),
+            "template_scale_bits": self.template_scale_bits,
+            "probe_scale_bits": self.probe_scale_bits,
+        }
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> "EdgeProfile":
+        context = value.get("he_context")
+        return cls(
+            scheme=str(value["scheme"]),
+            dim=int(value["dim"]),
+            edge_key_id=str(value["edge_key_id"]),
+            bits=None if value.get("bits") is None else int(value["bits"]),
+            hash_scheme=value.get("hash_scheme"),
+            narrow_cone=bool(value.get("narrow_cone", False)),
+            he_key_id=value.get("he_key_id"),
+            he_context=None if context is None else bytes.fromhex(context),
+            template_scale_bits=value.get("template_scale_bits"),
+            probe_scale_bits=value.get("probe_scale_bits"),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class _Message:
+    profile_id: str
+    code: np.ndarray | None  # (bits/8,) uint8
+    reliability: np.ndarray | None  # (bits,) float32, probes only
+    values: np.ndarray | None  # (dim,) int64: the rotated template or probe, fixed point
+
+    _KIND: ClassVar[bytes]
+
+    def to_bytes(self) -> bytes:
+        """The message as bytes: fixed-width little-endian, no pickled objects."""
+        parts = [
+            None if self.code is None else np.ascontiguousarray(self.code, dtype=np.uint8).tobytes(),
+            None if self.reliability is None else np.ascontiguousarray(self.reliability, dtype="<f4").tobytes(),
+            None if self.values is None else np.ascontiguousarray(self.values, dtype="<i8").tobytes(),
+        ]
+        sizes = [0 if part is None else len(part) for part in parts]
+        header = _HEADER.pack(_MAGIC, self._KIND, bytes.fromhex(self.profile_id), *sizes)
+        return header + b"".join(part for part in parts if part)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Any:
+        """Parse bytes made by :meth:`to_bytes`; every length is checked before use."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise MessageFormatError(f"a message must be bytes, got {type(data).__name__}")
+        data = bytes(data)
+        if not _HEADER.size <= len(data) <= MAX_MESSAGE_BYTES:
+            raise MessageFormatError(f"a message of {len(data)} bytes is truncated or too large")
+        magic, kind, profile, code_len, rel_len, values_len = _HEADER.unpack_from(data)
+        if magic != _MAGIC:
+            raise MessageFormatError("not an fpmatch capture-edge message (bad magic)")
+        if kind != cls._KIND:
+            raise MessageFormatError(f"expected a {cls.__name__}, got message kind {kind!r}")
+        if rel_len % 4 or values_len % 8 or _HEADER.size + code_len + rel_len + values_len != len(data):
+            raise MessageFormatError("message lengths do not add up")
+        offset = _HEADER.size
+        code = np.frombuffer(data, np.uint8, code_len, offset).copy() if code_len else None
+        offset += code_len
+        reliability = np.frombuffer(data, "<f4", rel_len // 4, offset).astype(np.float32) if rel_len else None
+        offset += rel_len
+        values = np.frombuffer(data, "<i8", values_len // 8, offset).astype(np.int64) if values_len else None
+        return cls(profile.hex(), code, reliability, values)
+
+
+@dataclass(frozen=True, eq=False)
+class EnrolmentRecord(_Message):
+    """One subject's protected template, as the capture edge sends it to the service."""
+
+    _KIND = b"E"
+
+
+@dataclass(frozen=True, eq=False)
+class ProbeMessage(_Message):
+    """One protected probe, as the capture edge sends it to the service. Never stored."""
+
+    _KIND = b"P"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A decision threshold for a target FMR, computed at the edge from labelled templates.
+
+    Hash scores are probe-weighted code scores; encrypted schemes' thresholds
+    are plain cosines (what the key holder compares encrypted scores with).
+    """
+
+    profile_id: str
+    target_fmr: float
+    threshold: float
+    impostor_pairs: int
+
+
+class CaptureEdge:
+    """Turns embeddings into enrolment records and probes for one service profile.
+
+    ``offset`` (a shared direction of a narrow-cone model, see
+    :func:`fpmatch.estimate_offset`) is partly removed before hashing. The
+    encrypted schemes need ``public_context`` (:meth:`fpmatch.he.KeyHolder.public_context`).
+    """
+
+    def __init__(
+        self,
+        key: HashKey,
+        dim: int,
+        *,
+        scheme: str = "hybrid",
+        public_context: "bytes | PublicContext | None" = None,
+        bits: int = DEFAULT_BITS,
+        offset: np.ndarray | None = None,
+        offset_removal: float = DEFAULT_OFFSET_REMOVAL,
+        hash_scheme: str = SCHEME,
+        n_threads: int = 0,
+    ) -> None:
+        if not isinstance(key, HashKey):
+            raise KeyMismatchError(f"a capture edge takes the transform key (a HashKey), got {type(key).__name__}")
+        if scheme not in SCHEMES:
+            raise InvalidInputError(f"scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2:
+            raise InvalidInputError(f"dim must be an integer of at least 2, got {dim!r}")
+        self.key_id = key.key_id
+        self.dim = dim
+        self._hash: CancellableHash | None = None
+        self._context: PublicContext | None = None
+        self._rotation: np.ndarray | None = None
+        facts: dict[str, Any] = {"scheme": scheme, "dim": dim, "edge_key_id": key.key_id}
+        if scheme in ("hash", "hybrid"):
+            self._hash = CancellableHash(key, dim, bits, offset, n_threads, offset_removal, hash_scheme)
+            facts.update(bits=bits, hash_scheme=hash_scheme, narrow_cone=offset is not None)
+        if scheme in ("he", "hybrid"):
+            if public_context is None:
+                raise InvalidInputError(f"the {scheme} scheme needs the key holder's public context")
+            from .he.context import PublicContext
+
+            context = public_context if isinstance(public_context, PublicContext) else PublicContext(public_context)
+            self._context = context
+            self._rotation = rotation(key, dim)
+            facts.update(
+                he_key_id=context.key_id,
+                he_context=context.to_bytes(),
+                template_scale_bits=context.params.template_scale_bits,
+                probe_scale_bits=context.params.probe_scale_bits_for(dim),
+            )
+        self.profile = EdgeProfile(**facts)
+
+    @property
+    def scheme(self) -> str:
+        return self.profile.scheme
+
+    def enrolments(self, templates: np.ndarray) -> list[EnrolmentRecord]:
+        """One record per template (rows of a (n, dim) float32 array)."""
+        codes, _, values = self._protect(templates, "templates", probe=False)
+        pid = self.profile.profile_id
+        return [
+            EnrolmentRecord(pid, None if codes is None else codes[i], None, None if values is None else values[i])
+            for i in range(len(codes if codes is not None else values))  # type: ignore[arg-type]
+        ]
+
+    def enrolment(self, template: np.ndarray) -> EnrolmentRecord:
+        """The record of one template (dim,) or (1, dim)."""
+        records = self.enrolments(template)
+        if len(records) != 1:
+            raise InvalidInputError("enrolment takes one template; use enrolments() for a batch")
+        return records[0]
+
+    def probe(self, template: np.ndarray) -> ProbeMessage:
+        """The probe message of one template (dim,) or (1, dim)."""
+        codes, reliability, values = self._protect(template, "probe", probe=True)
+        n = len(codes if codes is not None else values)  # type: ignore[arg-type]
+        if n != 1:
+            raise InvalidInputError("a probe message holds one probe")
+        return ProbeMessage(
+            self.profile.profile_id,
+            None if codes is None else codes[0],
+            None if reliability is None else reliability[0],
+            None if values is None else values[0],
+        )
+
+    def calibration(
+        self,
+        templates: np.ndarray,
+        labels: np.ndarray,
+        target_fmr: float,
+        *,
+        max_pairs: int = 2_000_000,
+        seed: int = 0,
+    ) -> Calibration:
+        """The threshold for ``target_fmr`` from labelled embeddings (any people, enrolled or not).
+
+        Impostor pairs are scored as the service will score them: probe-weighted
+        code scores for ``hash``, plain cosines for the encrypted schemes.
+        """
+        check_fmr(target_fmr)
+        rows = unit_rows(templates, self.dim)
+        labels = np.asarray(labels)
+        if labels.shape != (len(rows),):
+            raise InvalidInputError("labels must be 1-D with one label per template")
+        rng = np.random.default_rng(seed)
+        count = max(math.ceil(10 / target_fmr), max_pairs)
+        a = rng.integers(0, len(rows), count)
+        b = rng.integers(0, len(rows), count)
+        keep = labels[a] != labels[b]
+        a, b = a[keep], b[keep]
+        if self.scheme == "hash":
+            assert self._hash is not None
+            codes, reliability = self._hash.protect_with_reliability(rows.astype(np.float32))
+            scores = np.asarray(self._hash.weighted_score(weighted_pairs(codes, reliability, a, codes, b)))
+        else:
+            scores = np.einsum("ij,ij->i", rows[a], rows[b])
+        threshold = threshold_at_fmr(scores, target_fmr)
+        return Calibration(self.profile.profile_id, float(target_fmr), threshold, int(len(scores)))
+
+    def _protect(
+        self, templates: np.ndarray, what: str, *, probe: bool
+    ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        unit = unit_rows(templates, self.dim, what)  # checks dtype, shape, NaN/Inf and zero vectors
+        codes = reliability = values = None
+        if self._hash is not None:
+            if probe:
+                codes, reliability = self._hash.protect_with_reliability(templates)
+            else:
+                codes = self._hash.protect(templates)
+        if self._rotation is not None:
+            assert self._context is not None
+            bits = self.profile.probe_scale_bits if probe else self.profile.template_scale_bits
+            assert bits is not None
+            values = np.rint((unit @ self._rotation.T) * float(1 << bits)).astype(np.int64)
+        unit.fill(0.0)
+        return codes, reliability, values
+
+
+def rotation(key: HashKey, dim: int) -> np.ndarray:
+    """The secret orthogonal (dim, dim) matrix of ``key``: QR of a key-derived Gaussian matrix.
+
+    The Gaussian entries come from SHAKE-256 of a purpose-bound subkey (Box-Muller
+    on 53-bit uniforms); R's diagonal is made positive so the factor is unique.
+    """
+    count = dim * dim + (dim * dim) % 2
+    stream = hashlib.shake_256(key.subkey(f"edge-rotation-v1:{dim}")).digest(8 * count)
+    uniform = ((np.frombuffer(stream, dtype="<u8") >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+    radius = np.sqrt(-2.0 * np.log(uniform[0::2]))
+    angle = 2.0 * np.pi * uniform[1::2]
+    gaussian = np.empty(count)
+    gaussian[0::2] = radius * np.cos(angle)
+    gaussian[1::2] = radius * np.sin(angle)
+    q, r = np.linalg.qr(gaussian[: dim * dim].reshape(dim, dim))
+    return q * np.sign(np.diag(r))
+
+
+M = TypeVar("M", "EnrolmentRecord", "ProbeMessage")
+
+
+def check_message(message: object, kind: type[M], profile: EdgeProfile) -> M:
+    """``message`` itself if it is a ``kind`` made for ``profile`` with parts that fit it."""
+    name = kind.__name__
+    if not isinstance(message, kind):
+        raise MessageFormatError(
+            f"expected a {name} from a capture edge (fpmatch.CaptureEdge), got {type(message).__name__}"
+        )
+    if message.profile_id != profile.profile_id:
+        raise KeyMismatchError(
+            f"this {name} was made by a capture edge with another scheme, dimension, transform key "
+            f"or encryption key (profile {message.profile_id}; this service takes {profile.profile_id})"
+        )
+    probe = kind is ProbeMessage
+    _check_part(name, "code", message.code, profile.hashed, np.uint8, (profile.bits or 0) // 8)
+    _check_part(name, "reliability", message.reliability, profile.hashed and probe, np.float32, profile.bits or 0)
+    _check_part(name, "values", message.values, profile.encrypted, np.int64, profile.dim)
+    if message.reliability is not None and (
+        not np.isfinite(message.reliability).all() or (message.reliability < 0).any()
+    ):
+        raise MessageFormatError(f"{name} reliabilities must be finite and non-negative")
+    if message.values is not None:
+        scale = profile.probe_scale_bits if probe else profile.template_scale_bits
+        assert scale is not None
+        if np.abs(message.values).max() > (1 << scale) + 1:
+            raise MessageFormatError(f"{name} values exceed the unit-norm range")
+    return message
+
+
+def _check_part(message: str, part: str, value: np.ndarray | None, wanted: bool, dtype: type, size: int) -> None:
+    if not wanted:
+        if value is not None:
+            raise MessageFormatError(f"this service's scheme takes no {part} in a {message}")
+        return
+    if value is None:
+        raise MessageFormatError(f"{message} lacks its {part}")
+    if not isinstance(value, np.ndarray) or value.dtype != dtype or value.shape != (size,):
+        got = getattr(value, "shape", type(value).__name__)
+        raise MessageFormatError(f"{message} {part} must be {np.dtype(dtype).name} of shape ({size},), got {got}")
+
+
+__all__ = [
+    "Calibration",
+    "CaptureEdge",
+    "EdgeProfile",
+    "EnrolmentRecord",
+    "MAX_MESSAGE_BYTES",
+    "ProbeMessage",
+    "SCHEMES",
+    "check_message",
+    "rotation",
+]

@@ -1,0 +1,176 @@
+"""Encrypted templates packed g = N // d to a ciphertext ("row"), for scoring a few at a time.
+
+Template p of a row sits in coefficients ``p*d .. p*d + d - 1`` of the row's
+ciphertext (c0 kept as coefficients, c1 as NTT values, both centred mod q).
+Slot ``row * g + p`` names it. A probe w scores one template with the ring
+element P(X) = sum_i w_i X^-i: coefficient ``p*d`` of c * P is the inner
+product, so the key holder receives c1 * P (NTT values) per row and, per
+template, only that coefficient of c0 * P, computed here as d multiply-adds.
+
+Placing templates first fills the last row's free positions, then new rows.
+Each row it touches gets a fresh encryption of zero (the last row is
+re-randomised), so two copies taken before and after do not differ by the
+plain template values. Erasing a slot zeroes its d coefficients of c0, the
+only ones that depend on its template: no ciphertext left decrypts to it, even
+with the secret key. Erased slots are not reused yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import AuthenticationError, InvalidInputError
+from .context import PublicContext
+from .encrypted import MAX_REFRESHES
+from .scores import EncryptedScores
+
+
+@dataclass(frozen=True)
+class StagedRows:
+    """Rows that placing a batch would write, not yet applied."""
+
+    first: int  # index of the first row written
+    c0: np.ndarray  # (r, N) centred coefficients
+    c1: np.ndarray  # (r, N) centred NTT values
+    slots: list[int]  # one per template, in order
+    used: list[int]  # templates placed in each written row afterwards
+    refreshes: list[int]  # fresh encryptions each written row has absorbed afterwards
+
+
+class CiphertextRows:
+    """Rows of packed ciphertexts under one public context."""
+
+    def __init__(self, context: PublicContext, dim: int) -> None:
+        n = context.ring.n
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= n:
+            raise InvalidInputError(f"template dimension must be an integer in [1, {n}], got {dim!r}")
+        self.context = context
+        self.dim = dim
+        self.group = n // dim
+        self._c0 = np.zeros((0, n), dtype=np.int64)
+        self._c1 = np.zeros((0, n), dtype=np.int64)
+        self.count = 0  # rows in use
+        self.used: list[int] = []  # templates placed in each row (erased ones included)
+        self.refreshes: list[int] = []
+
+    @property
+    def row_bytes(self) -> int:
+        return 16 * self.context.ring.n
+
+    def stage(self, values: np.ndarray) -> StagedRows:
+        """Where a batch of fixed-point templates (m, d) int64 would go and the rows it would write."""
+        g, d, ring = self.group, self.dim, self.context.ring
+        m = len(values)
+        places: list[tuple[int, int]] = []
+        reopen = self.count > 0 and self.used[-1] < g and self.refreshes[-1] < MAX_REFRESHES
+        if reopen:
+            places += [(self.count - 1, p) for p in range(self.used[-1], min(g, self.used[-1] + m))]
+        new_rows = -(-(m - len(places)) // g)
+        places += [(self.count + i // g, i % g) for i in range(m - len(places))]
+        c0, c1 = self.context.encrypt_zeros(new_rows + (1 if reopen else 0))
+        first = self.count - 1 if reopen else self.count
+        if reopen:
+            c0[0] += self._c0[first]
+            c1[0] += self._c1[first]
+        for (row, p), value in zip(places, values):
+            c0[row - first, p * d : (p + 1) * d] += value
+        used = ([self.used[-1]] if reopen else []) + [0] * new_rows
+        for row, p in places:
+            used[row - first] = max(used[row - first], p + 1)
+        refreshes = ([self.refreshes[-1] + 1] if reopen else []) + [1] * new_rows
+        return StagedRows(first, ring.centre(c0), ring.centre(c1), [r * g + p for r, p in places], used, refreshes)
+
+    def apply(self, staged: StagedRows) -> None:
+        """Write staged rows into memory (after the store committed them)."""
+        end = staged.first + len(staged.c0)
+        self._ensure_capacity(end)
+        self._c0[staged.first : end] = staged.c0
+        self._c1[staged.first : end] = staged.c1
+        del self.used[staged.first :], self.refreshes[staged.first :]
+        self.used += staged.used
+        self.refreshes += staged.refreshes
+        self.count = end
+
+    def erased_row(self, slot: int) -> tuple[int, bytes, bytes]:
+        """(row, the row's bytes once the slot is erased, the slot's bytes that erasure removes)."""
+        row, window = self._window(slot)
+        c0 = self._c0[row].copy()
+        removed = np.ascontiguousarray(c0[window], dtype="<i8").tobytes()
+        c0[window] = 0
+        return row, _row_bytes(c0, self._c1[row]), removed
+
+    def erase(self, slot: int) -> None:
+        """Zero the only coefficients that encrypt the slot's template."""
+        row, window = self._window(slot)
+        self._c0[row, window] = 0
+
+    def to_bytes(self, row: int) -> bytes:
+        """One row as stored: c0 then c1, int64 little-endian."""
+        return _row_bytes(self._c0[row], self._c1[row])
+
+    def load(self, rows: list[tuple[bytes, int, int]]) -> None:
+        """Replace every row with stored ones: (bytes, templates placed, refreshes) each."""
+        n, half_q = self.context.ring.n, self.context.ring.q // 2
+        self._ensure_capacity(len(rows))
+        for r, (data, used, refreshes) in enumerate(rows):
+            if len(data) != self.row_bytes or not 0 <= used <= self.group:
+                raise AuthenticationError(f"stored ciphertext row {r} has the wrong size")
+            values = np.frombuffer(data, dtype="<i8").reshape(2, n)
+            if (np.abs(values) > half_q).any():
+                raise AuthenticationError(f"stored ciphertext row {r} holds values out of range")
+            self._c0[r], self._c1[r] = values
+        self.count = len(rows)
+        self.used = [int(u) for _, u, _ in rows]
+        self.refreshes = [int(f) for _, _, f in rows]
+
+    def request(self, slots: np.ndarray, weights: np.ndarray) -> EncryptedScores:
+        """Encrypted scores of the fixed-point probe ``weights`` (d,) against ``slots``, in order."""
+        ring = self.context.ring
+        d, n = self.dim, ring.n
+        # P(X) = sum_i w_i X^-i, and X^-i = -X^(N-i) in Z_q[X]/(X^N + 1).
+        poly = np.zeros(n, dtype=np.int64)
+        poly[0] = weights[0]
+        poly[n - np.arange(1, d)] = -weights[1:]
+        p_hat = ring.ntt(poly)
+        row_of_slot, position = np.divmod(np.asarray(slots, dtype=np.int64), self.group)
+        rows, row_index = np.unique(row_of_slot, return_inverse=True)
+        alpha = ring.mulmod(ring.reduce(self._c1[rows]), p_hat[None, :])
+        offsets = position * d
+        gathered = self._c0[row_of_slot[:, None], offsets[:, None] + np.arange(d)]
+        beta = ring.reduce(gathered @ weights)
+        return EncryptedScores(
+            key_id=self.context.key_id,
+            scale_bits=self.context.params.template_scale_bits + self.context.params.probe_scale_bits_for(d),
+            q=ring.q,
+            a=alpha,
+            b=beta,
+            index=offsets,
+            row=row_index.astype(np.int64).reshape(-1),
+        )
+
+    def ciphertexts(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every row in use as (c0 coefficients, c1 NTT values)."""
+        return [(self._c0[r], self._c1[r]) for r in range(self.count)]
+
+    def _window(self, slot: int) -> tuple[int, slice]:
+        row, p = divmod(int(slot), self.group)
+        if not 0 <= row < self.count or p >= self.used[row]:
+            raise InvalidInputError(f"slot {slot} holds no template")
+        return row, slice(p * self.dim, (p + 1) * self.dim)
+
+    def _ensure_capacity(self, rows: int) -> None:
+        if rows <= len(self._c0):
+            return
+        size = max(rows, 2 * len(self._c0), 16)
+        for name in ("_c0", "_c1"):
+            old = getattr(self, name)
+            grown = np.zeros((size, old.shape[1]), dtype=np.int64)
+            grown[: self.count] = old[: self.count]
+            old.fill(0)  # a withdrawal must not find a stale copy in freed memory
+            setattr(self, name, grown)
+
+
+def _row_bytes(c0: np.ndarray, c1: np.ndarray) -> bytes:
+    return np.ascontiguousarray(c0, dtype="<i8").tobytes() + np.ascontiguousarray(c1, dtype="<i8").tobytes()
