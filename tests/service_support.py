@@ -1,4 +1,9 @@
-"""Shared helpers for the consent, audit, store and service tests (not a test module)."""
+"""Shared helpers for the consent, audit, store and service tests (not a test module).
+
+Service tests run once per scheme: the ``scheme`` fixture (conftest.py) sets
+:data:`SCHEME`, and :func:`open_service` returns a :class:`Deployment` (a real
+capture edge beside a real service) for it.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,17 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from fpmatch import HashKey, MatchingService, PinVerifier
+from fpmatch import CaptureEdge, HashKey, MatchingService, PinVerifier, ServiceKey
+from fpmatch.he import KeyHolder, RateLimit
 
 DIM = 128
-KEY = HashKey(bytes(range(32)))
+KEY = HashKey(bytes(range(32)))  # the capture edge's transform key
+SERVICE_KEY = ServiceKey(bytes(range(100, 132)))
+SCHEMES = ("hash", "hybrid")
+SCHEME = "hash"  # set per test by the ``scheme`` fixture
+#: Limits no test reaches; the key holder's own limits are tested in test_he_keyholder.py.
+OPEN_LIMITS = RateLimit(requests_per_second=1e9, burst=10**9, max_decisions=64)
+_KEYHOLDER: list[KeyHolder] = []
 START = datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc)
 TARGET_FMR = 1e-3
 
@@ -56,15 +68,81 @@ def labelled_set(n: int = 300, dim: int = DIM, seed: int = 99) -> tuple[np.ndarr
     return templates, np.tile(np.arange(n), 2)
 
 
-def open_service(directory: Path, clock: ManualClock, **kwargs: Any) -> MatchingService:
-    kwargs.setdefault("dim", DIM)
+def keyholder() -> KeyHolder:
+    """One key holder per test process (key generation is the slow part)."""
+    if not _KEYHOLDER:
+        _KEYHOLDER.append(KeyHolder(limits=OPEN_LIMITS))
+    return _KEYHOLDER[0]
+
+
+def edge(scheme: str | None = None, key: HashKey = KEY, dim: int = DIM) -> CaptureEdge:
+    scheme = SCHEME if scheme is None else scheme
+    context = keyholder().public_context() if scheme in ("he", "hybrid") else None
+    return CaptureEdge(key, dim, scheme=scheme, public_context=context)
+
+
+class Deployment:
+    """A capture edge and a matching service: templates go through the edge, the rest to the service."""
+
+    def __init__(self, service: MatchingService, capture: CaptureEdge) -> None:
+        self.service = service
+        self.edge = capture
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.service, name)
+
+    def __enter__(self) -> "Deployment":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.service.close()
+
+    def __len__(self) -> int:
+        return len(self.service)
+
+    def __contains__(self, subject: object) -> bool:
+        return subject in self.service
+
+    def enrol(self, subject: str, template: np.ndarray) -> None:
+        self.service.enrol(subject, self.edge.enrolment(template))
+
+    def enrol_many(self, subjects: Sequence[str], templates: np.ndarray) -> None:
+        self.service.enrol_many(subjects, self.edge.enrolments(templates))
+
+    def verify(self, subject: str, probe: np.ndarray, purpose: str) -> Any:
+        return self.service.verify(subject, self.edge.probe(probe), purpose)
+
+    def identify(self, probe: np.ndarray, purpose: str, k: int = 5) -> Any:
+        return self.service.identify(self.edge.probe(probe), purpose, k)
+
+    def calibrate(
+        self, target_fmr: float | None = None, templates: np.ndarray | None = None, labels: np.ndarray | None = None
+    ) -> float:
+        if templates is None:
+            return self.service.calibrate(target_fmr)
+        assert labels is not None and target_fmr is not None
+        return self.service.calibrate(calibration=self.edge.calibration(templates, labels, target_fmr, max_pairs=40_000))
+
+
+def decider_options(scheme: str | None = None) -> dict[str, Any]:
+    """What MatchingService.open needs beside the store for ``scheme``: the key holder, if it decides."""
+    return {"keyholder": keyholder()} if (SCHEME if scheme is None else scheme) in ("he", "hybrid") else {}
+
+
+def open_service(
+    directory: Path, clock: ManualClock, scheme: str | None = None, key: ServiceKey = SERVICE_KEY, **kwargs: Any
+) -> Deployment:
+    capture = edge(scheme)
     kwargs.setdefault("alternative", PinVerifier(cost=2**10, clock=clock))
-    return MatchingService.open(directory, KEY, clock=clock, **kwargs)
+    if capture.profile.encrypted:
+        kwargs.setdefault("keyholder", keyholder())
+    service = MatchingService.open(directory, key, edge=capture.profile, clock=clock, **kwargs)
+    return Deployment(service, capture)
 
 
-def calibrate(service: MatchingService) -> float:
+def calibrate(service: Deployment) -> float:
     templates, labels = labelled_set()
-    return service.calibrate(TARGET_FMR, templates, labels, max_pairs=40_000)
+    return service.calibrate(TARGET_FMR, templates, labels)
 
 
 def grant(
@@ -103,6 +181,38 @@ def files_containing(directory: Path, needle: bytes) -> list[str]:
             if needle in path.read_bytes():
                 hits.append(str(path.relative_to(directory)))
     return sorted(hits)
+
+
+def protected_bytes(source: Any, subject: str) -> list[bytes]:
+    """What the store holds of ``subject``'s template, read from its database: the code and
+    (encrypted schemes) the coefficients of c0 that encrypt the template. ``source`` is a
+    store directory, or an open service (it owns its database exclusively)."""
+    import sqlite3
+
+    from fpmatch.store import DATABASE
+
+    if isinstance(source, Path):
+        db = sqlite3.connect(source / DATABASE)
+        query, close = db.execute, db.close
+    else:
+        query, close = source.store._connection().execute, (lambda: None)
+    try:
+        code, slot = query("SELECT code, slot FROM subjects WHERE subject = ?", (subject,)).fetchone()
+        held = [] if code is None else [bytes(code)]
+        if slot is not None:
+            (data,) = query("SELECT data FROM he_rows WHERE row = ?", (slot // _group(),)).fetchone()
+            c0 = bytes(data)[len(data) // 2 :]
+            position = slot % _group()
+            held.append(c0[position * DIM * 8 : (position + 1) * DIM * 8])
+    finally:
+        close()
+    return held
+
+
+def _group() -> int:
+    from fpmatch.he.context import PublicContext
+
+    return PublicContext(keyholder().public_context()).ring.n // DIM
 
 
 def windows(data: bytes, size: int = 16) -> list[bytes]:

@@ -18,8 +18,6 @@ from fpmatch import (
     VerificationOutcome,
 )
 from service_support import (
-    DIM,
-    KEY,
     ManualClock,
     calibrate,
     enrol_people,
@@ -28,6 +26,8 @@ from service_support import (
     open_service,
     sample,
 )
+
+pytestmark = pytest.mark.usefixtures("scheme")  # every test runs for every scheme
 
 FAST = 2**10  # scrypt cost for tests; the default is 2**14
 
@@ -169,9 +169,9 @@ def test_a_service_can_plug_in_its_own_alternative(tmp_path: Path) -> None:
 
 
 def test_default_alternative_is_a_peppered_pin_store_beside_the_database(tmp_path: Path) -> None:
-    with MatchingService.open(tmp_path / "store", KEY, dim=DIM) as svc:
+    with open_service(tmp_path / "store", ManualClock(), alternative=None) as svc:
         assert isinstance(svc.alternative, PinVerifier)
         svc.enrol_alternative("quinn", "90210")
-    with MatchingService.open(tmp_path / "store", KEY) as svc:
+    with open_service(tmp_path / "store", ManualClock(), alternative=None) as svc:
         assert svc.verify_alternative("quinn", "90210", "payment") is VerificationOutcome.MATCH
     assert not PinVerifier(tmp_path / "store" / "alternative.sqlite").verify("quinn", "90210")  # no pepper

@@ -18,6 +18,8 @@ from fpmatch.audit import AuditEvent, dumps_jsonl, export_jsonl, head_mac, make_
 from fpmatch.store import DATABASE
 from service_support import KEY, ManualClock, calibrate, enrol_people, grant, open_service, sample, stranger
 
+pytestmark = pytest.mark.usefixtures("scheme")  # every test runs for every scheme
+
 MAC_KEY = b"k" * 32
 
 

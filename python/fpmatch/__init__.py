@@ -1,8 +1,10 @@
 """fpmatch: privacy-preserving face matching over protected templates.
 
-Templates (face embeddings) are turned into keyed, cancellable binary codes;
-only codes are stored and searched (Hamming distance, FAISS binary indexes in
-the native core).
+A capture edge (:class:`CaptureEdge`) turns face embeddings into protected
+messages: keyed cancellable codes, searched by Hamming distance in FAISS binary
+indexes in the native core, and CKKS ciphertexts scored under encryption. The
+matching service (:class:`MatchingService`) holds neither the transform key nor
+the secret key; a key holder (:mod:`fpmatch.he`) returns decisions only.
 """
 
 from . import errors
@@ -10,6 +12,7 @@ from ._core import scan_kernel
 from .alternative import AlternativeVerifier, PinVerifier
 from .audit import AuditEntry, AuditEvent, AuditHead, AuditReport
 from .consent import ConsentRecord
+from .edge import Calibration, CaptureEdge, EdgeProfile, EnrolmentRecord, ProbeMessage
 from .errors import (
     AuditTamperedError,
     AuthenticationError,
@@ -24,6 +27,7 @@ from .errors import (
     InvalidInputError,
     KeyFileError,
     KeyMismatchError,
+    MessageFormatError,
     NotCalibratedError,
     StoreClosedError,
     StoreFormatError,
@@ -31,10 +35,10 @@ from .errors import (
     TooManyAttemptsError,
     UnknownSubjectError,
 )
-from .gallery import Candidate, Gallery, VerifyResult
+from .gallery import Candidate, Gallery, Match, VerifyResult
 from .hashing import CancellableHash, estimate_offset
 from .index import FlatIndex, HNSWIndex, IVFIndex, RangeResult, SearchResult, WeightedResult, load_index
-from .keys import HashKey
+from .keys import HashKey, ServiceKey
 from .service import IntegrityReport, MatchingService, SubjectReport, VerificationOutcome
 
 __version__ = "0.1.0"
@@ -48,11 +52,15 @@ __all__ = [
     "AuditTamperedError",
     "AuthenticationError",
     "BundledConsentError",
+    "Calibration",
     "CancellableHash",
+    "CaptureEdge",
     "Candidate",
     "ConsentRecord",
     "ConsentRequiredError",
     "DtypeError",
+    "EdgeProfile",
+    "EnrolmentRecord",
     "ErasureError",
     "FlatIndex",
     "FpmatchError",
@@ -67,11 +75,15 @@ __all__ = [
     "InvalidInputError",
     "KeyFileError",
     "KeyMismatchError",
+    "Match",
     "MatchingService",
+    "MessageFormatError",
     "NotCalibratedError",
     "PinVerifier",
+    "ProbeMessage",
     "RangeResult",
     "SearchResult",
+    "ServiceKey",
     "WeightedResult",
     "StoreClosedError",
     "StoreFormatError",

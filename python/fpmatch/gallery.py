@@ -56,6 +56,14 @@ class VerifyResult:
 
 
 @dataclass(frozen=True)
+class Match:
+    """One identification result decided without releasing a score, best first (rank 1)."""
+
+    subject: str
+    rank: int
+
+
+@dataclass(frozen=True)
 class Candidate:
     """One identification candidate, best first (rank 1)."""
 

@@ -1,16 +1,17 @@
 """The embedded store: one SQLite database in a directory, the single source of truth.
 
-The database holds the protected codes (never templates), consent records, the
-audit chain and the scheme settings. Every operation is one transaction, in WAL
+The database holds protected templates (codes without their key, ciphertexts
+without their secret key; never a plain template), consent records, the audit
+chain and the profile of the capture edges that feed it. Every operation is one transaction, in WAL
 mode with ``synchronous=FULL``: after a crash the database holds each operation
 entirely or not at all. ``secure_delete`` makes SQLite overwrite deleted rows
 with zeros, and :meth:`Store.scrub` checkpoints and truncates the WAL. SQLite
 can still leave stale copies of a row in the unused space of a page it
 rebalanced (secure_delete does not cover it), so scrub also looks for every
-erased code in the pages of the subjects table and rebuilds the database
-(VACUUM) if one is found; a store reopened after a crash is rebuilt once, since
+erased code or ciphertext in the pages of the tables that hold them and
+rebuilds the database (VACUUM) if one is found; a store reopened after a crash is rebuilt once, since
 what the crashed process erased is no longer known. A withdrawn subject's code
-survives in no file of the directory.
+and ciphertext survive in no file of the directory.
 
 The index file next to it (``index.cache``) is only a cache: authenticated under
 a key-derived MAC and stamped with the database's generation counter, it is
@@ -34,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import numpy as np
 
 from .audit import AuditEntry, AuditEvent, AuditHead, head_mac, make_entry
 from .consent import ConsentRecord, parse_time
@@ -48,13 +48,17 @@ from .errors import (
     StoreFormatError,
     StoreLockedError,
 )
-from .hashing import DEFAULT_BITS, DEFAULT_OFFSET_REMOVAL, SCHEME, SCHEMES
+from .edge import SCHEMES, EdgeProfile
+from .galleries.base import StoredRow, StoredTemplate
+from .hashing import SCHEMES as HASH_SCHEMES
 from .index import Index, load_index
-from .keys import HashKey, ensure_outside
+from .keys import HashKey, ServiceKey, ensure_outside
 
 DATABASE = "store.sqlite"
 INDEX_CACHE = "index.cache"
-FORMAT = 1
+FORMAT = 2
+#: Tables whose pages can hold protected template bytes (searched after erasures).
+_TEMPLATE_TABLES = ("subjects", "he_rows")
 _CACHE_MAGIC = b"FPMATCHC"
 _TAG_BYTES = 32
 #: Erasures of more codes than this are verified by rebuilding at once, not by search.
@@ -67,8 +71,15 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS subjects (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     subject TEXT NOT NULL UNIQUE,
-    code BLOB NOT NULL,
+    code BLOB,
+    slot INTEGER,
     enrolled_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS he_rows (
+    row INTEGER PRIMARY KEY,
+    data BLOB NOT NULL,
+    used INTEGER NOT NULL,
+    refreshes INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS consents (
     consent_id TEXT PRIMARY KEY,
@@ -99,25 +110,19 @@ CREATE INDEX IF NOT EXISTS audit_by_subject ON audit (subject);
 
 
 @dataclass(frozen=True)
-class StoredSubject:
-    """One enrolled subject's row: index id, protected code, enrolment time."""
-
-    subject: str
-    id: int
-    code: bytes
-    enrolled_at: str
-
-
-@dataclass(frozen=True)
 class StoreSettings:
-    """The scheme a store's codes were made with; fixed when the store is created."""
+    """The service key and the edge profile a store was created with; fixed for its life."""
 
-    key_id: str
-    scheme: str
-    dim: int
-    bits: int
-    offset: np.ndarray | None
-    offset_removal: float = DEFAULT_OFFSET_REMOVAL
+    key_id: str  # the service key's id
+    profile: EdgeProfile
+
+    @property
+    def scheme(self) -> str:
+        return self.profile.scheme
+
+    @property
+    def dim(self) -> int:
+        return self.profile.dim
 
 
 class Transaction:
@@ -127,12 +132,13 @@ class Transaction:
         self._store = store
         self._conn = conn
         self.changed_subjects = False
-        self.erased_codes: list[bytes] = []
+        self.erased: list[bytes] = []
 
-    def insert_subject(self, subject: str, code: bytes, enrolled_at: str) -> int:
+    def insert_subject(self, subject: str, code: bytes | None, enrolled_at: str, slot: int | None = None) -> int:
         """The new row's id; ids are never reused."""
         cursor = self._conn.execute(
-            "INSERT INTO subjects (subject, code, enrolled_at) VALUES (?, ?, ?)", (subject, code, enrolled_at)
+            "INSERT INTO subjects (subject, code, slot, enrolled_at) VALUES (?, ?, ?, ?)",
+            (subject, code, slot, enrolled_at),
         )
         self.changed_subjects = True
         assert cursor.lastrowid is not None
@@ -144,9 +150,20 @@ class Transaction:
         if row is None:
             return False
         self._conn.execute("DELETE FROM subjects WHERE subject = ?", (subject,))
-        self.erased_codes.append(bytes(row[0]))
+        if row[0] is not None:
+            self.erased.append(bytes(row[0]))
         self.changed_subjects = True
         return True
+
+    def put_row(self, row: int, stored: StoredRow) -> None:
+        """Insert or replace one row of packed ciphertexts."""
+        data, used, refreshes = stored
+        self._conn.execute("INSERT OR REPLACE INTO he_rows VALUES (?, ?, ?, ?)", (row, data, used, refreshes))
+        self.changed_subjects = True
+
+    def must_vanish(self, pieces: list[bytes]) -> None:
+        """Bytes (of erased ciphertexts) that the next scrub makes sure survive in no page."""
+        self.erased += pieces
 
     def put_consent(self, record: ConsentRecord) -> None:
         """Insert or replace (e.g. to mark withdrawal) a consent record."""
@@ -213,31 +230,32 @@ class Store:
     on one connection.
     """
 
-    def __init__(self, directory: Path, key: HashKey, conn: sqlite3.Connection, settings: StoreSettings) -> None:
+    def __init__(self, directory: Path, key: ServiceKey, conn: sqlite3.Connection, settings: StoreSettings) -> None:
         self.directory = directory
         self.settings = settings
         self._key = key
         self._conn: sqlite3.Connection | None = conn
         self._lock = threading.RLock()
-        self._unverified: list[bytes] = []  # erased codes not yet looked for in the file
+        self._unverified: list[bytes] = []  # erased bytes not yet looked for in the file
         self._audit_key = key.subkey("audit-head")
         self._cache_key = key.subkey("store-cache-mac")
         self._index_key = key.subkey("index-mac")
 
     @classmethod
     def open(
-        cls,
-        directory: str | os.PathLike[str],
-        key: HashKey,
-        *,
-        dim: int | None = None,
-        bits: int | None = None,
-        offset: np.ndarray | None = None,
+        cls, directory: str | os.PathLike[str], key: ServiceKey, *, profile: EdgeProfile | None = None
     ) -> "Store":
-        """Open a store directory, creating it (``dim`` needed then) if it holds no database.
+        """Open a store directory, creating it (``profile`` needed then) if it holds no database.
 
-        Settings given for an existing store must equal the stored ones.
+        A profile given for an existing store must equal the stored one.
         """
+        if isinstance(key, HashKey):
+            raise KeyMismatchError(
+                "a store is opened with the service's own key (ServiceKey); a HashKey is the capture "
+                "edge's transform key and must never reach the matching service"
+            )
+        if not isinstance(key, ServiceKey):
+            raise KeyMismatchError(f"a store is opened with a ServiceKey, got {type(key).__name__}")
         root = Path(directory)
         ensure_outside(key, root)
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -248,7 +266,7 @@ class Store:
         crashed = Path(f"{path}-wal").exists()
         conn = sqlite3.connect(os.fspath(path), timeout=0.0, isolation_level=None, check_same_thread=False)
         try:
-            settings = cls._prepare(conn, path, key, dim, bits, offset)
+            settings = cls._prepare(conn, path, key, profile)
             if crashed:
                 _rebuild(conn)
         except BaseException:
@@ -262,10 +280,8 @@ class Store:
     def _prepare(
         conn: sqlite3.Connection,
         path: Path,
-        key: HashKey,
-        dim: int | None,
-        bits: int | None,
-        offset: np.ndarray | None,
+        key: ServiceKey,
+        profile: EdgeProfile | None,
     ) -> StoreSettings:
         try:
             conn.execute("PRAGMA locking_mode=EXCLUSIVE")
@@ -287,18 +303,14 @@ class Store:
                 if statement.strip():
                     conn.execute(statement)
             meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
-            settings = _settings(meta, path, key, dim, bits, offset)
+            settings = _settings(meta, path, key, profile)
             if not meta:
                 if any(conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() for table in ("subjects", "audit")):
                     raise StoreFormatError(f"{path} holds data but no settings: not a store this version made")
                 rows = {
                     "format": FORMAT,
-                    "scheme": settings.scheme,
                     "key_id": settings.key_id,
-                    "dim": settings.dim,
-                    "bits": settings.bits,
-                    "offset": None if settings.offset is None else settings.offset.tolist(),
-                    "offset_removal": settings.offset_removal,
+                    "profile": settings.profile.to_dict(),
                     "generation": 0,
                 }
                 conn.executemany(
@@ -327,7 +339,7 @@ class Store:
                 if tx.changed_subjects:
                     conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'generation'")
                 conn.execute("COMMIT")
-                self._unverified += tx.erased_codes
+                self._unverified += tx.erased
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -372,7 +384,8 @@ class Store:
         return True
 
     def _copies_left(self, codes: list[bytes]) -> bool:
-        """Whether a piece of any of the codes is in the subjects table's pages (in the file, without dbstat).
+        """Whether a piece of any of the erased byte strings is in the pages of the tables that
+        hold templates (in the whole file, without dbstat).
 
         Only those pages can hold one: pages SQLite frees are zeroed (secure_delete).
         """
@@ -382,7 +395,8 @@ class Store:
         pieces = {piece for piece in pieces if len(set(piece)) > 1}  # a run of one byte is no evidence
         try:
             size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-            pages = conn.execute("SELECT pageno FROM dbstat WHERE name = 'subjects'").fetchall()
+            marks = ",".join("?" * len(_TEMPLATE_TABLES))
+            pages = conn.execute(f"SELECT pageno FROM dbstat WHERE name IN ({marks})", _TEMPLATE_TABLES).fetchall()
         except sqlite3.OperationalError:  # SQLite built without the dbstat table
             data = path.read_bytes()
         else:
@@ -419,11 +433,19 @@ class Store:
         with self._lock:
             return dict(self._connection().execute("SELECT subject, id FROM subjects").fetchall())
 
-    def subjects(self) -> list[StoredSubject]:
-        """Every enrolled subject with its code, in id order."""
+    def templates(self) -> list[StoredTemplate]:
+        """Every enrolled subject with its code and ciphertext slot, in id order."""
         with self._lock:
-            rows = self._connection().execute("SELECT subject, id, code, enrolled_at FROM subjects ORDER BY id")
-            return [StoredSubject(s, i, bytes(c), t) for s, i, c, t in rows.fetchall()]
+            rows = self._connection().execute("SELECT subject, id, code, slot FROM subjects ORDER BY id")
+            return [StoredTemplate(s, i, None if c is None else bytes(c), t) for s, i, c, t in rows.fetchall()]
+
+    def rows(self) -> list[StoredRow]:
+        """Every row of packed ciphertexts, in order (rows are numbered from 0 without gaps)."""
+        with self._lock:
+            found = self._connection().execute("SELECT row, data, used, refreshes FROM he_rows ORDER BY row").fetchall()
+        if [r for r, _, _, _ in found] != list(range(len(found))):
+            raise StoreFormatError(f"{self.directory / DATABASE}: ciphertext rows are missing")
+        return [(bytes(data), int(used), int(refreshes)) for _, data, used, refreshes in found]
 
     def consents(self, subject: str | None = None) -> list[ConsentRecord]:
         """Consent records (of one subject, or all), oldest grant first."""
@@ -520,7 +542,7 @@ class Store:
             index = load_index(body[head + header_len :], self._index_key)
         except (AuthenticationError, IndexFormatError):
             return None, "unauthenticated"
-        if index.bits != self.settings.bits or sorted(index.ids().tolist()) != sorted(subjects.values()):
+        if index.bits != self.settings.profile.bits or sorted(index.ids().tolist()) != sorted(subjects.values()):
             return None, "mismatch"
         return index, "loaded"
 
@@ -545,44 +567,34 @@ class Store:
         return None if last is None else AuditHead(int(last[0]), str(last[1]), "")
 
 
-def _settings(
-    meta: Mapping[str, str],
-    path: Path,
-    key: HashKey,
-    dim: int | None,
-    bits: int | None,
-    offset: np.ndarray | None,
-) -> StoreSettings:
-    if offset is not None:
-        offset = np.asarray(offset, dtype=np.float32)
+def _settings(meta: Mapping[str, str], path: Path, key: ServiceKey, profile: EdgeProfile | None) -> StoreSettings:
+    if profile is not None and not isinstance(profile, EdgeProfile):
+        raise InvalidInputError(f"profile must be an EdgeProfile (CaptureEdge.profile), got {type(profile).__name__}")
     if not meta:
-        if dim is None:
-            raise InvalidInputError(f"{path} is a new store: pass dim (the template dimension)")
-        return StoreSettings(key.key_id, SCHEME, int(dim), DEFAULT_BITS if bits is None else int(bits), offset)
+        if profile is None:
+            raise InvalidInputError(f"{path} is a new store: pass the capture edge's profile (CaptureEdge.profile)")
+        return StoreSettings(key.key_id, profile)
     try:
         values = {name: json.loads(value) for name, value in meta.items()}
         if values["format"] != FORMAT:
-            raise StoreFormatError(f"{path} has store format {values['format']}, this version reads {FORMAT}")
-        stored = StoreSettings(
-            str(values["key_id"]),
-            str(values["scheme"]),
-            int(values["dim"]),
-            int(values["bits"]),
-            None if values["offset"] is None else np.asarray(values["offset"], dtype=np.float32),
-            float(values["offset_removal"]),
-        )
+            raise StoreFormatError(
+                f"{path} has store format {values['format']}, this version reads {FORMAT} (format 1 stores were "
+                "made by a service that held the transform key: enrol again through a capture edge)"
+            )
+        stored = StoreSettings(str(values["key_id"]), EdgeProfile.from_dict(values["profile"]))
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, StoreFormatError):
             raise
         raise StoreFormatError(f"{path} has unreadable settings: {exc}") from exc
     if stored.key_id != key.key_id:
-        raise KeyMismatchError(f"{path} was created under key {stored.key_id}, not {key.key_id}")
-    if stored.scheme not in SCHEMES:
-        raise KeyMismatchError(f"{path} holds {stored.scheme} codes; this version knows {', '.join(SCHEMES)}")
-    if dim is not None and int(dim) != stored.dim or bits is not None and int(bits) != stored.bits:
-        raise KeyMismatchError(f"{path} holds dim={stored.dim}, bits={stored.bits} codes")
-    if offset is not None and (stored.offset is None or not np.array_equal(offset, stored.offset)):
-        raise KeyMismatchError(f"{path} was created with a different offset direction")
+        raise KeyMismatchError(f"{path} was created under service key {stored.key_id}, not {key.key_id}")
+    if stored.scheme not in SCHEMES or (stored.profile.hashed and stored.profile.hash_scheme not in HASH_SCHEMES):
+        raise KeyMismatchError(f"{path} holds a scheme this version does not know ({stored.profile})")
+    if profile is not None and profile.profile_id != stored.profile.profile_id:
+        raise KeyMismatchError(
+            f"{path} was created for another edge profile (scheme {stored.scheme}, dim {stored.dim}, "
+            f"transform key {stored.profile.edge_key_id}, encryption key {stored.profile.he_key_id})"
+        )
     return stored
 
 
@@ -638,4 +650,4 @@ def _rebuild(conn: sqlite3.Connection) -> None:
     _checkpoint(conn)
 
 
-__all__ = ["DATABASE", "INDEX_CACHE", "Store", "StoreSettings", "StoredSubject", "Transaction"]
+__all__ = ["DATABASE", "INDEX_CACHE", "Store", "StoreSettings", "Transaction"]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..gallery import Match as Match  # re-exported: both encrypted galleries return it
 
 
 @dataclass(frozen=True)
@@ -17,14 +18,6 @@ class Verification:
     subject: str
     verified: bool
     threshold: float
-
-
-@dataclass(frozen=True)
-class Match:
-    """One identification result, best first (rank 1)."""
-
-    subject: str
-    rank: int
 
 
 def quantise(unit: np.ndarray, bits: int) -> np.ndarray:

@@ -13,6 +13,9 @@ re-randomised), so two copies taken before and after do not differ by the
 plain template values. Erasing a slot zeroes its d coefficients of c0, the
 only ones that depend on its template: no ciphertext left decrypts to it, even
 with the secret key. Erased slots are not reused yet.
+
+Stored, a row is c1 then c0: a database may leave a stale copy of the first
+bytes of a record in a page it rebalanced, and c1 carries no template.
 """
 
 from __future__ import annotations
@@ -93,13 +96,16 @@ class CiphertextRows:
         self.refreshes += staged.refreshes
         self.count = end
 
-    def erased_row(self, slot: int) -> tuple[int, bytes, bytes]:
-        """(row, the row's bytes once the slot is erased, the slot's bytes that erasure removes)."""
-        row, window = self._window(slot)
-        c0 = self._c0[row].copy()
-        removed = np.ascontiguousarray(c0[window], dtype="<i8").tobytes()
-        c0[window] = 0
-        return row, _row_bytes(c0, self._c1[row]), removed
+    def stage_erase(self, slots: list[int]) -> tuple[dict[int, bytes], list[bytes]]:
+        """The rows as they are once ``slots`` are erased, and the bytes erasure removes."""
+        changed: dict[int, np.ndarray] = {}
+        removed = []
+        for slot in slots:
+            row, window = self._window(slot)
+            c0 = changed.setdefault(row, self._c0[row].copy())
+            removed.append(np.ascontiguousarray(c0[window], dtype="<i8").tobytes())
+            c0[window] = 0
+        return {row: row_bytes(c0, self._c1[row]) for row, c0 in changed.items()}, removed
 
     def erase(self, slot: int) -> None:
         """Zero the only coefficients that encrypt the slot's template."""
@@ -107,8 +113,8 @@ class CiphertextRows:
         self._c0[row, window] = 0
 
     def to_bytes(self, row: int) -> bytes:
-        """One row as stored: c0 then c1, int64 little-endian."""
-        return _row_bytes(self._c0[row], self._c1[row])
+        """One row as stored: c1 then c0, int64 little-endian."""
+        return row_bytes(self._c0[row], self._c1[row])
 
     def load(self, rows: list[tuple[bytes, int, int]]) -> None:
         """Replace every row with stored ones: (bytes, templates placed, refreshes) each."""
@@ -120,7 +126,7 @@ class CiphertextRows:
             values = np.frombuffer(data, dtype="<i8").reshape(2, n)
             if (np.abs(values) > half_q).any():
                 raise AuthenticationError(f"stored ciphertext row {r} holds values out of range")
-            self._c0[r], self._c1[r] = values
+            self._c1[r], self._c0[r] = values
         self.count = len(rows)
         self.used = [int(u) for _, u, _ in rows]
         self.refreshes = [int(f) for _, _, f in rows]
@@ -172,5 +178,6 @@ class CiphertextRows:
             setattr(self, name, grown)
 
 
-def _row_bytes(c0: np.ndarray, c1: np.ndarray) -> bytes:
-    return np.ascontiguousarray(c0, dtype="<i8").tobytes() + np.ascontiguousarray(c1, dtype="<i8").tobytes()
+def row_bytes(c0: np.ndarray, c1: np.ndarray) -> bytes:
+    """A row as stored: c1 (NTT values) first, then c0 (coefficients), int64 little-endian."""
+    return np.ascontiguousarray(c1, dtype="<i8").tobytes() + np.ascontiguousarray(c0, dtype="<i8").tobytes()

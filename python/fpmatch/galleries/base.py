@@ -1,0 +1,134 @@
+"""One gallery interface for every scheme the matching service runs.
+
+The service holds one :class:`ProtectedGallery` and no per-scheme branches
+(as FAISS holds one ``Index``). A gallery keeps protected templates only:
+codes without their key, ciphertexts without their secret key. It receives
+capture-edge messages, never floats, and answers with decisions.
+
+Writes are two-phase so that the store stays the source of truth: ``stage_*``
+computes everything a change writes (codes, ciphertext rows, the bytes that
+erasure must remove) without touching memory; the service commits that to the
+store, then calls :meth:`Staged.apply`. Reads may run from several threads;
+the service runs writes one at a time and never beside reads.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from ..edge import EdgeProfile, EnrolmentRecord, ProbeMessage
+from ..errors import NotCalibratedError, UnknownSubjectError
+from ..index import Index
+
+#: A row of packed ciphertexts as stored: (bytes, templates placed, refreshes).
+StoredRow = tuple[bytes, int, int]
+
+
+@dataclass
+class Staged:
+    """A change computed but not applied: what the store must commit first."""
+
+    codes: list[bytes | None] = field(default_factory=list)  # per added subject
+    slots: list[int | None] = field(default_factory=list)  # per added subject
+    rows: dict[int, StoredRow] = field(default_factory=dict)  # ciphertext rows to write
+    erased: list[bytes] = field(default_factory=list)  # bytes that must survive nowhere
+    apply: Callable[[Sequence[int]], None] = lambda ids: None  # the store's ids of added subjects
+
+
+@dataclass(frozen=True)
+class StoredTemplate:
+    """What the store holds of one subject for its gallery."""
+
+    subject: str
+    id: int
+    code: bytes | None
+    slot: int | None
+
+
+class ProtectedGallery(ABC):
+    """Protected templates of enrolled subjects under one scheme."""
+
+    scheme: ClassVar[str]
+
+    def __init__(self, profile: EdgeProfile) -> None:
+        self.profile = profile
+        self._ids: dict[str, int] = {}
+        self._names: dict[int, str] = {}
+
+    # -- membership -------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, subject: object) -> bool:
+        return subject in self._ids
+
+    def subjects(self) -> list[str]:
+        return list(self._ids)
+
+    def id_of(self, subject: str) -> int:
+        """The store id of an enrolled subject."""
+        try:
+            return self._ids[subject]
+        except (KeyError, TypeError):
+            raise UnknownSubjectError(f"subject {subject!r} is not enrolled") from None
+
+    def _name(self, id_: int) -> str | None:
+        return self._names.get(id_)
+
+    def _bind(self, names: Sequence[str], ids: Sequence[int]) -> None:
+        for name, id_ in zip(names, ids):
+            self._names[id_] = name
+            self._ids[name] = id_
+
+    def _unbind(self, names: Sequence[str]) -> None:
+        for name in names:
+            del self._names[self._ids.pop(name)]
+
+    # -- the scheme ---------------------------------------------------------------
+
+    @property
+    def index(self) -> Index | None:
+        """The code index, for schemes that have one (it is cached beside the store)."""
+        return None
+
+    @abstractmethod
+    def stage_add(self, subjects: Sequence[str], records: Sequence[EnrolmentRecord]) -> Staged:
+        """Enrolment of checked records for new subjects."""
+
+    @abstractmethod
+    def stage_remove(self, subjects: Sequence[str]) -> Staged:
+        """Erasure of enrolled subjects."""
+
+    @abstractmethod
+    def restore(self, stored: Sequence[StoredTemplate], rows: Sequence[StoredRow], index: Index | None) -> bool:
+        """Load everything from the store, with the cached index if it fits (returns whether it did)."""
+
+    @abstractmethod
+    def decide(self, subject: str, probe: ProbeMessage, threshold: float) -> bool:
+        """1:1: does the probe reach ``threshold`` against the subject?"""
+
+    @abstractmethod
+    def search(
+        self, probe: ProbeMessage, k: int, threshold: float, eligible: Callable[[str], bool]
+    ) -> list[str]:
+        """1:N: up to ``k`` eligible subjects reaching ``threshold``, best first.
+
+        Ineligible subjects are passed over before any score is computed or
+        decided, so they can neither appear nor push an eligible one out.
+        """
+
+    @abstractmethod
+    def problems(self, stored: Mapping[str, StoredTemplate], rows: Sequence[StoredRow]) -> list[str]:
+        """Where memory and store disagree (empty: they agree)."""
+
+    def impostor_scores(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        """Scores of pairs of distinct enrolled subjects, in threshold units (code-only calibration)."""
+        raise NotCalibratedError(
+            f"the {self.scheme} scheme is calibrated at the capture edge: pass "
+            "CaptureEdge.calibration(templates, labels, target_fmr) to calibrate()"
+        )

@@ -1,0 +1,134 @@
+"""The ``hybrid`` scheme at the service: a code shortlist, re-scored under encryption by the key holder.
+
+Codes (without their key) give a Hamming shortlist re-ranked by weighted
+distance; the ``candidates`` nearest eligible subjects are scored under CKKS
+against the rotated probe, and the key holder returns which pass the
+threshold, best first. Thresholds are plain cosines.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..edge import EdgeProfile, EnrolmentRecord, ProbeMessage
+from ..errors import NotCalibratedError
+from ..he.context import PublicContext
+from ..he.keyholder import ScoreDecider
+from ..he.rows import CiphertextRows, row_bytes
+from ..index import Index
+from .base import ProtectedGallery, Staged, StoredRow, StoredTemplate
+from .codes import CodeTable
+from .hashed import _eligible, default_shortlist
+
+#: Shortlisted subjects re-scored under encryption per identification.
+DEFAULT_CANDIDATES = 32
+
+
+class HybridSchemeGallery(ProtectedGallery):
+    """Codes for the shortlist, packed ciphertexts for exact scores; decisions from the key holder."""
+
+    scheme = "hybrid"
+
+    def __init__(
+        self,
+        profile: EdgeProfile,
+        index: str = "flat",
+        *,
+        decider: ScoreDecider,
+        caller: str,
+        shortlist: int | None = None,
+        candidates: int = DEFAULT_CANDIDATES,
+        **options: int,
+    ) -> None:
+        super().__init__(profile)
+        assert profile.bits is not None and profile.he_context is not None
+        depth = default_shortlist(profile) if shortlist is None else shortlist
+        self.codes = CodeTable(profile.bits, index, depth, **options)
+        self.rows = CiphertextRows(PublicContext(profile.he_context), profile.dim)
+        self.candidates = candidates
+        self._decider = decider
+        self._caller = caller
+        self._slot: dict[int, int] = {}  # id -> ciphertext slot
+
+    @property
+    def index(self) -> Index:
+        return self.codes.index
+
+    def stage_add(self, subjects: Sequence[str], records: Sequence[EnrolmentRecord]) -> Staged:
+        codes = np.stack([r.code for r in records])
+        staged = self.rows.stage(np.stack([r.values for r in records]))
+        rows = {
+            staged.first + i: (row_bytes(staged.c0[i], staged.c1[i]), staged.used[i], staged.refreshes[i])
+            for i in range(len(staged.c0))
+        }
+
+        def apply(ids: Sequence[int]) -> None:
+            self.codes.add(codes, np.asarray(ids, dtype=np.int64))
+            self.rows.apply(staged)
+            self._slot.update(zip(ids, staged.slots))
+            self._bind(subjects, ids)
+
+        return Staged([c.tobytes() for c in codes], list(staged.slots), rows, apply=apply)
+
+    def stage_remove(self, subjects: Sequence[str]) -> Staged:
+        ids = [self.id_of(s) for s in subjects]
+        slots = [self._slot[id_] for id_ in ids]
+        written, removed = self.rows.stage_erase(slots)
+        codes = [code.tobytes() for code in self.codes.index.reconstruct(np.array(ids, dtype=np.int64))]
+        rows = {row: (data, self.rows.used[row], self.rows.refreshes[row]) for row, data in written.items()}
+
+        def apply(_: Sequence[int]) -> None:
+            self.codes.remove(np.array(ids, dtype=np.int64))
+            for id_, slot in zip(ids, slots):
+                self.rows.erase(slot)
+                del self._slot[id_]
+            self._unbind(subjects)
+
+        return Staged(rows=rows, erased=codes + removed, apply=apply)
+
+    def restore(self, stored: Sequence[StoredTemplate], rows: Sequence[StoredRow], index: Index | None) -> bool:
+        ids = [t.id for t in stored]
+        adopted = self.codes.adopt(index)
+        if not adopted:
+            self.codes.load(ids, [t.code or b"" for t in stored])
+        self.rows.load(list(rows))
+        self._slot = {t.id: int(t.slot) for t in stored if t.slot is not None}
+        self._bind([t.subject for t in stored], ids)
+        return adopted
+
+    def decide(self, subject: str, probe: ProbeMessage, threshold: float) -> bool:
+        assert probe.values is not None
+        request = self.rows.request(np.array([self._slot[self.id_of(subject)]]), probe.values)
+        (verified,) = self._decider.decide(request.to_bytes(), threshold, caller=self._caller)
+        return bool(verified)
+
+    def search(self, probe: ProbeMessage, k: int, threshold: float, eligible: Callable[[str], bool]) -> list[str]:
+        assert probe.code is not None and probe.reliability is not None and probe.values is not None
+        found = self.codes.nearest(
+            probe.code, probe.reliability, max(k, self.candidates), lambda id_: _eligible(self, id_, eligible)
+        )
+        if not found:
+            return []
+        ids = [id_ for id_, _ in found]
+        request = self.rows.request(np.array([self._slot[id_] for id_ in ids]), probe.values)
+        positions = self._decider.best(request.to_bytes(), threshold, min(k, len(ids)), caller=self._caller)
+        return [self._names[ids[p]] for p in positions]
+
+    def problems(self, stored: Mapping[str, StoredTemplate], rows: Sequence[StoredRow]) -> list[str]:
+        problems = self.codes.problems({t.id: t.code or b"" for t in stored.values()})
+        if {t.id: t.slot for t in stored.values()} != self._slot:
+            problems.append("ciphertext slots differ from the database")
+        held = [(self.rows.to_bytes(r), self.rows.used[r], self.rows.refreshes[r]) for r in range(self.rows.count)]
+        if held != list(rows):
+            problems.append("ciphertext rows in memory differ from the database")
+        return problems
+
+    def impostor_scores(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        if self.profile.narrow_cone:  # codes of offset-removed templates do not estimate raw cosines
+            raise NotCalibratedError(
+                "codes of a narrow-cone model do not estimate its cosines: pass "
+                "CaptureEdge.calibration(templates, labels, target_fmr) to calibrate()"
+            )
+        return self.codes.impostor_scores(count, rng)
