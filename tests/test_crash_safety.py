@@ -15,9 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fpmatch import HashKey, MatchingService, VerificationOutcome
+import service_support
+from fpmatch import MatchingService, ServiceKey, VerificationOutcome
 from fpmatch.store import INDEX_CACHE
-from service_support import KEY, files_containing, sample
+from service_support import SERVICE_KEY, decider_options, edge, keyholder, sample, windows
+
+pytestmark = pytest.mark.usefixtures("scheme")  # every test runs for every scheme
 
 WRITER = Path(__file__).resolve().parent / "crash_writer.py"
 ROUNDS = 5
@@ -25,12 +28,19 @@ ROUNDS = 5
 
 @pytest.fixture
 def key_file(tmp_path: Path) -> Path:
-    return HashKey(KEY.secret).save(tmp_path / "hash.key")
+    """The keys directory a writer process opens: the service key and the key holder's secret."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    ServiceKey(SERVICE_KEY.secret).save(keys / "service.key")
+    if service_support.SCHEME != "hash":
+        keyholder().save(keys / "keyholder.key")
+    return keys
 
 
 def start_writer(directory: Path, key_file: Path, round_: int, log: Path, *extra: str) -> subprocess.Popen:
+    scheme = service_support.SCHEME
     proc = subprocess.Popen(
-        [sys.executable, str(WRITER), str(directory), str(key_file), str(round_), str(log), *extra],
+        [sys.executable, str(WRITER), str(directory), str(key_file), scheme, str(round_), str(log), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -43,27 +53,35 @@ def start_writer(directory: Path, key_file: Path, round_: int, log: Path, *extra
     return proc
 
 
-def withdrawn_names(log: Path) -> set[str]:
+def withdrawn_log(log: Path) -> dict[str, list[bytes]]:
+    """Withdrawn subject -> the protected bytes the store held of them."""
     if not log.exists():
-        return set()
+        return {}
     text = log.read_text()
     complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]  # a line cut by the kill is not a claim
-    return set(complete.split())
+    entries = (line.split(" ") for line in complete.splitlines())
+    return {name: [bytes.fromhex(part) for part in parts.split(",")] for name, parts in entries}
+
+
+def withdrawn_names(log: Path) -> set[str]:
+    return set(withdrawn_log(log))
 
 
 def check_store(directory: Path, log: Path) -> tuple[str, int]:
     """Reopen after a crash and check every invariant; returns the cache status and subject count."""
     claimed_withdrawn = withdrawn_names(log)
-    with MatchingService.open(directory, KEY) as svc:
+    capture = edge()
+    with MatchingService.open(directory, SERVICE_KEY, **decider_options()) as svc:
         integrity = svc.check_integrity()
         assert integrity.ok, integrity.problems
         in_db = svc.store.subject_ids()
         in_index = {name: svc.gallery.id_of(name) for name in svc.gallery.subjects()}
         assert in_db == in_index
         assert sorted(svc.gallery.index.ids().tolist()) == sorted(in_db.values())
-        scheme = svc.gallery.scheme
-        for row in svc.store.subjects():  # no half-written code: each is exactly its subject's
-            assert row.code == scheme.protect(sample(row.subject, 0)).tobytes(), row.subject
+        for row in svc.store.templates():  # no half-written code: each is exactly its subject's
+            assert row.code == capture.enrolment(sample(row.subject, 0)).code.tobytes(), row.subject
+        for name in sorted(in_db)[:5]:  # and each template still decides as its subject's
+            assert svc.gallery.decide(name, capture.probe(sample(name, 1)), 0.3)
         consents = svc.store.consents()
         for name in in_db:
             assert any(c.subject == name and c.withdrawn_at is None for c in consents), name
@@ -71,12 +89,13 @@ def check_store(directory: Path, log: Path) -> tuple[str, int]:
         fully_withdrawn = {c.subject for c in consents if c.withdrawn_at is not None}
         assert claimed_withdrawn <= fully_withdrawn and not fully_withdrawn & set(in_db)
         for name in sorted(fully_withdrawn)[:5]:
-            assert svc.verify(name, sample(name, 1), "entry") is VerificationOutcome.USE_ALTERNATIVE
+            assert svc.verify(name, capture.probe(sample(name, 1)), "entry") is VerificationOutcome.USE_ALTERNATIVE
         status = svc.cache_status
         count = len(svc)
-        erased = [scheme.protect(sample(name, 0)).tobytes() for name in sorted(fully_withdrawn)]
-    for code in erased:
-        assert files_containing(directory, code) == []
+    contents = [path.read_bytes() for path in directory.rglob("*") if path.is_file()]
+    for name, parts in withdrawn_log(log).items():
+        for piece in (w for part in parts for w in windows(part)):
+            assert not any(piece in data for data in contents), name
     return status, count
 
 
@@ -114,9 +133,9 @@ def test_sigkill_at_the_worst_moments(tmp_path: Path, key_file: Path, point: str
     status, after = check_store(directory, log)
     if point == "enrol-committed":
         assert after == before + 1  # committed before the crash: enrolled, and the rebuilt index has it
-        with MatchingService.open(directory, KEY) as svc:
+        with MatchingService.open(directory, SERVICE_KEY, **decider_options()) as svc:
             stored = svc.gallery.index.reconstruct(np.array([svc.gallery.id_of("r1-0")], dtype=np.int64))
-            assert stored.tobytes() == svc.gallery.scheme.protect(sample("r1-0", 0)).tobytes()
+            assert stored.tobytes() == edge().enrolment(sample("r1-0", 0)).code.tobytes()
     if point == "withdraw-committed":
         assert after == before  # one enrolled, one withdrawn
     if point == "cache-written":
