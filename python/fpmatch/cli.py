@@ -1,5 +1,12 @@
 """The ``fpmatch`` command line.
 
+A deployment has three parties, and the store commands play all three on one
+machine, each from its own key file: the capture edge (``--key``, the hash or
+transform key) turns .npy templates into protected messages; the matching
+service (``--service-key``) stores and matches those messages and holds
+neither other key; the key holder (``--keyholder-key``, hybrid and he stores)
+holds the CKKS secret key and answers only decisions on encrypted scores.
+
 Exit status: 0 when a command ran (``verify`` and ``identify`` print their
 outcome; ``--exit-code`` turns it into the status), 1 when ``audit verify``
 finds the chain broken, 2 on an error or a usage error, with one line
@@ -13,6 +20,7 @@ import json
 import os
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -20,10 +28,13 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from ._progress import Progress, progress_wanted
-from .errors import FpmatchError, NotCalibratedError
-from .keys import HashKey
+from .consent import system_clock
+from .edge import SCHEMES, CaptureEdge, EdgeProfile
+from .errors import ConsentRequiredError, FpmatchError, IdConflictError, KeyFileError, NotCalibratedError
+from .hashing import DEFAULT_BITS, SCHEME as HASH_SCHEME
+from .keys import HashKey, ServiceKey, ensure_outside
 from .service import MatchingService, VerificationOutcome
-from .store import DATABASE
+from .store import DATABASE, Store
 
 #: ``verify --exit-code``: the status for each outcome (2 stays reserved for errors).
 VERIFY_STATUS = {
@@ -31,11 +42,29 @@ VERIFY_STATUS = {
     VerificationOutcome.NO_MATCH: 1,
     VerificationOutcome.USE_ALTERNATIVE: 3,
 }
+#: The scheme of a new store unless --scheme says otherwise.
+DEFAULT_SCHEME = "hybrid"
+#: Subjects per transaction in a batch enrolment.
+ENROL_CHUNK = 1000
 _MAX_RETENTION_DAYS = 36_525
-_DEMO_MIN_SUBJECTS = 1100
 _FORMATTER = argparse.RawDescriptionHelpFormatter
 
 Handler = Callable[[argparse.Namespace], int]
+
+#: Key file kinds: (option, environment variable, what the file holds).
+_KEY_KINDS = {
+    "edge": ("--key", "FPMATCH_KEY", "capture edge's hash key"),
+    "service": ("--service-key", "FPMATCH_SERVICE_KEY", "matching service's key"),
+    "keyholder": ("--keyholder-key", "FPMATCH_KEYHOLDER_KEY", "key holder's secret key"),
+}
+
+_ROLES = (
+    "The command line plays the three parties of a deployment on one machine, each from its own\n"
+    "key file: the capture edge (--key, the hash or transform key) turns .npy templates into\n"
+    "protected messages; the matching service (--service-key) stores and matches only those and\n"
+    "holds neither other key; the key holder (--keyholder-key; hybrid and he stores) holds the\n"
+    "CKKS secret key and answers decisions on encrypted scores, never decryptions."
+)
 
 
 class CliError(Exception):
@@ -143,24 +172,187 @@ def _read_subjects(path: str) -> list[tuple[int, str]]:
     return [(number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()]
 
 
+# -- the three parties ----------------------------------------------------------
+
+
+def _he() -> Any:
+    """The encrypted schemes' package, or a CliError saying what to install."""
+    try:
+        from . import he
+    except ImportError:
+        raise CliError(
+            "the hybrid and he schemes need TenSEAL (pip install 'fpmatch[he]'); "
+            "a store created with --scheme hash does without it"
+        ) from None
+    return he
+
+
+def _load_keyholder(path: str) -> Any:
+    he = _he()
+    # One local command for one operator: the key holder's per-caller request budget (there to
+    # slow a remote caller probing the secret key) would only cut a batch short here.
+    local = he.RateLimit(requests_per_second=1e9, burst=10**9)
+    return he.KeyHolder.load(path, limits=local)
+
+
+def _loaders() -> dict[str, Callable[[str], Any]]:
+    return {"edge": HashKey.load, "service": ServiceKey.load, "keyholder": _load_keyholder}
+
+
+def _load_key(args: argparse.Namespace, kind: str, why: str = "") -> Any:
+    """The key file of one party, named by its option or environment variable."""
+    option, variable, what = _KEY_KINDS[kind]
+    path = getattr(args, option.lstrip("-").replace("-", "_"))
+    if path is None:
+        raise CliError(
+            f"no {what}{why}: pass {option} FILE or set {variable} "
+            f"(create one with `fpmatch keys new --kind {kind} FILE`)"
+        )
+    if not Path(path).is_file():
+        raise CliError(f"{what} file not found: {path} ({option})")
+    loaders = _loaders()
+    try:
+        return loaders[kind](path)
+    except KeyFileError as exc:
+        for other, load in loaders.items():  # name the file's real kind and the option it belongs to
+            if other == kind:
+                continue
+            try:
+                load(path)
+            except (KeyFileError, CliError):
+                continue
+            raise CliError(
+                f"{path} holds the {_KEY_KINDS[other][2]}, not the {what}: pass it with {_KEY_KINDS[other][0]}"
+            ) from exc
+        raise CliError(f"{option}: {_one_line(exc)}") from exc
+
+
+def _outside(path: str, directory: Path, what: str) -> None:
+    """Refuse a key file inside the store directory (a copied store must not carry it)."""
+    key = Path(path).resolve()
+    store = directory.resolve()
+    if key == store or store in key.parents:
+        raise CliError(f"the {what} file {key} is inside the store directory {store}; keep keys elsewhere")
+
+
+def _stored_profile(directory: Path, service_key: ServiceKey) -> EdgeProfile:
+    store = Store.open(directory, service_key)
+    try:
+        return store.settings.profile
+    finally:
+        store.close()
+
+
+def _check_scheme(scheme: str) -> None:
+    if scheme == "he":
+        raise CliError(
+            "the matching service does not run the he scheme yet; use --scheme hybrid (the default: "
+            "encrypted decisions on a code shortlist) or --scheme hash"
+        )
+
+
+def _capture_edge(args: argparse.Namespace, directory: Path, profile: EdgeProfile, holder: Any) -> CaptureEdge:
+    """The capture edge for ``profile`` from the hash key file, checked against it."""
+    if profile.narrow_cone:
+        raise CliError(
+            f"{directory} takes templates from an edge that removes a model offset; the command line "
+            "cannot rebuild that edge (the offset is not stored): use fpmatch.CaptureEdge(..., offset=...)"
+        )
+    key = _load_key(args, "edge", " (the capture edge protects templates)")
+    ensure_outside(key, directory)
+    edge = CaptureEdge(
+        key,
+        profile.dim,
+        scheme=profile.scheme,
+        public_context=None if holder is None else holder.public_context(),
+        bits=profile.bits or DEFAULT_BITS,
+        hash_scheme=profile.hash_scheme or HASH_SCHEME,
+    )
+    if edge.profile.profile_id != profile.profile_id:
+        if edge.profile.edge_key_id != profile.edge_key_id:
+            raise CliError(
+                f"the hash key {args.key} (key id {edge.profile.edge_key_id}) is not the one {directory}'s "
+                f"templates were made under ({profile.edge_key_id}): pass that capture-edge key with --key"
+            )
+        raise CliError(
+            f"a capture edge made from these keys does not match {directory} "
+            f"(profile {edge.profile.profile_id}, the store takes {profile.profile_id})"
+        )
+    return edge
+
+
+@dataclass
+class _Parties:
+    service: MatchingService
+    edge: CaptureEdge | None  # only for commands that take templates
+    purged: list[str]
+
+
 @contextmanager
-def _session(args: argparse.Namespace, *, announce_purge: bool = True) -> Iterator[tuple[MatchingService, list[str]]]:
-    """Open the store named on the command line; yields the service and the subjects purged on opening."""
+def _session(
+    args: argparse.Namespace, *, edge: bool = False, announce_purge: bool = True
+) -> Iterator[_Parties]:
+    """Open the store named on the command line, with the parties the command needs.
+
+    A new store needs all three keys (the edge's profile is fixed at creation);
+    an existing one needs the service key, the key holder's for encrypted
+    schemes, and the hash key only when ``edge`` (templates to protect).
+    """
     if args.store is None:
         raise CliError("no store: pass --store DIR or set FPMATCH_STORE")
-    if args.key is None:
-        raise CliError("no key: pass --key FILE or set FPMATCH_KEY (create one with `fpmatch keys new FILE`)")
-    key = HashKey.load(args.key)
     directory = Path(args.store)
-    if args.dim is None and not (directory / DATABASE).exists():
-        raise CliError(f"no fpmatch store in {directory}; pass --dim D (the template dimension) to create one")
-    service = MatchingService.open(directory, key, dim=args.dim, bits=args.bits, purge_on_open=False)
+    service_key = _load_key(args, "service")
+    creating = not (directory / DATABASE).exists()
+    if creating:
+        if args.dim is None:
+            raise CliError(f"no fpmatch store in {directory}; pass --dim D (the template dimension) to create one")
+        scheme = args.scheme or DEFAULT_SCHEME
+        _check_scheme(scheme)
+        ensure_outside(service_key, directory)
+        holder = None
+        if scheme in ("he", "hybrid"):
+            why = f" (a new store runs the {scheme} scheme unless --scheme says otherwise)"
+            holder = _load_key(args, "keyholder", why)
+            _outside(args.keyholder_key, directory, "key holder's key")
+        key = _load_key(args, "edge", " (a new store takes the capture edge's profile)")
+        ensure_outside(key, directory)
+        context = None if holder is None else holder.public_context()
+        capture = CaptureEdge(key, args.dim, scheme=scheme, public_context=context, bits=args.bits or DEFAULT_BITS)
+        profile = capture.profile
+    else:
+        profile = _stored_profile(directory, service_key)
+        given = {
+            "--dim": (args.dim, profile.dim),
+            "--bits": (args.bits, profile.bits),
+            "--scheme": (args.scheme, profile.scheme),
+        }
+        for option, (value, stored) in given.items():
+            if value is not None and value != stored:
+                raise CliError(
+                    f"{directory} takes {profile.dim}-D templates, scheme {profile.scheme}"
+                    + (f", {profile.bits}-bit codes" if profile.bits else "")
+                    + f"; {option} applies only when creating a store"
+                )
+        _check_scheme(profile.scheme)
+        holder = None
+        if profile.encrypted:
+            holder = _load_key(args, "keyholder", f" ({directory} runs the {profile.scheme} scheme)")
+            _outside(args.keyholder_key, directory, "key holder's key")
+            if holder.key_id != profile.he_key_id:
+                raise CliError(
+                    f"the key holder's key {args.keyholder_key} (key id {holder.key_id}) is not the one "
+                    f"{directory}'s templates are encrypted under ({profile.he_key_id}): pass that with --keyholder-key"
+                )
+        capture = _capture_edge(args, directory, profile, holder) if edge else None
+    service = MatchingService.open(
+        directory, service_key, edge=profile if creating else None, keyholder=holder, purge_on_open=False
+    )
     try:
         purged = service.expire()
         if purged and announce_purge:
             shown = ", ".join(purged[:5]) + (", ..." if len(purged) > 5 else "")
             _note(f"erased {len(purged)} subject(s) whose consent lapsed: {shown}")
-        yield service, purged
+        yield _Parties(service, capture if edge else None, purged)
     except NotCalibratedError as exc:
         raise CliError(f"{_one_line(exc)}; see `fpmatch calibrate --help`") from exc
     finally:
@@ -173,14 +365,9 @@ def _session(args: argparse.Namespace, *, announce_purge: bool = True) -> Iterat
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run
 
-    if args.subjects < _DEMO_MIN_SUBJECTS:
-        raise CliError(
-            f"--subjects must be at least {_DEMO_MIN_SUBJECTS}: the open-set threshold (FPIR 1e-2 over N) "
-            "is calibrated from impostor pairs among the enrolled subjects"
-        )
     if args.probes > args.subjects:
         raise CliError(f"--probes ({args.probes}) cannot exceed --subjects ({args.subjects})")
-    run(args.subjects, args.probes, args.seed)
+    run(args.subjects, args.probes, args.seed, profiles=args.profile or ("centred", "offset"))
     return 0
 
 
@@ -288,17 +475,28 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_keys_new(args: argparse.Namespace) -> int:
     target = Path(args.out)
     if target.exists() or target.is_symlink():
-        raise CliError(f"{target} exists; refusing to overwrite a key (codes made under it would stop matching)")
-    key = HashKey.generate()
+        raise CliError(f"{target} exists; refusing to overwrite a key (what was protected under it would be lost)")
+    if args.kind == "keyholder":
+        holder = _he().KeyHolder()
+        holder.save(target)
+        print(f"wrote the key holder's CKKS secret key {holder.key_id} to {target} (mode 0600)")
+        print("only the key holder reads it; back it up: encrypted templates are useless without it")
+        return 0
+    key = (HashKey if args.kind == "edge" else ServiceKey).generate()
     key.save(target)
-    print(f"wrote hash key {key.key_id} to {target} (mode 0600)")
-    print("keep it outside every store directory and back it up: stored codes are useless without it")
+    if args.kind == "edge":
+        print(f"wrote the capture edge's hash key {key.key_id} to {target} (mode 0600)")
+        print("keep it at the capture edge, never with the matching service or in a store directory;")
+        print("back it up: stored codes are useless without it")
+    else:
+        print(f"wrote the matching service's key {key.key_id} to {target} (mode 0600)")
+        print("keep it outside every store directory and back it up: the store cannot be opened without it")
     return 0
 
 
 def _cmd_consent_grant(args: argparse.Namespace) -> int:
-    with _session(args) as (service, _):
-        record = service.grant_consent(
+    with _session(args) as parties:
+        record = parties.service.grant_consent(
             args.subject,
             args.purpose,
             notice_version=args.notice_version,
@@ -312,7 +510,8 @@ def _cmd_consent_grant(args: argparse.Namespace) -> int:
 
 
 def _cmd_consent_withdraw(args: argparse.Namespace) -> int:
-    with _session(args) as (service, _):
+    with _session(args) as parties:
+        service = parties.service
         pending = [r for r in service.consents(args.subject) if r.withdrawn_at is None]
         erased = service.withdraw(args.subject, args.consent_id)
         still_enrolled = args.subject in service
@@ -331,10 +530,22 @@ def _cmd_consent_withdraw(args: argparse.Namespace) -> int:
 
 
 def _cmd_consent_show(args: argparse.Namespace) -> int:
-    with _session(args) as (service, _):
-        report = service.subject_report(args.subject)
+    with _session(args) as parties:
+        report = parties.service.subject_report(args.subject)
     print(json.dumps(report.to_dict(), indent=2))
     return 0
+
+
+def _refused_lines(service: MatchingService, lines: Sequence[tuple[int, str]]) -> list[tuple[int, str, str]]:
+    """(line, subject, why) for each subject of a refused batch that the service would refuse."""
+    now = system_clock()
+    refused = []
+    for number, name in lines:
+        if name in service:
+            refused.append((number, name, "already enrolled (--skip-enrolled skips such subjects)"))
+        elif not any(record.active(now) for record in service.consents(name)):
+            refused.append((number, name, "no active consent; record one before enrolment"))
+    return refused
 
 
 def _cmd_enrol(args: argparse.Namespace) -> int:
@@ -345,11 +556,12 @@ def _cmd_enrol(args: argparse.Namespace) -> int:
         args.parser.error("give SUBJECT --template FILE.npy, or --batch SUBJECTS.txt --templates FILE.npy")
     if single:
         template = _load_templates(args.template, "template", single=True)
-        with _session(args) as (service, _):
-            if args.skip_enrolled and args.subject in service:
+        with _session(args, edge=True) as parties:
+            if args.skip_enrolled and args.subject in parties.service:
                 print(f"{args.subject}: already enrolled, skipped")
                 return 0
-            service.enrol(args.subject, template)
+            assert parties.edge is not None
+            parties.service.enrol(args.subject, parties.edge.enrolment(template))
         print(f"{args.subject}: enrolled")
         return 0
 
@@ -369,26 +581,42 @@ def _cmd_enrol(args: argparse.Namespace) -> int:
         number, name = subjects[int(bad[0])]
         raise CliError(f"{args.templates} row {int(bad[0])} ({name!r}, line {number}) holds NaN/Inf or is all zeros")
     enrolled = skipped = 0
-    with _session(args) as (service, _):
-        dim = service.gallery.scheme.dim
-        if rows.shape[1] != dim:
-            raise CliError(f"{args.templates} holds {rows.shape[1]}-D templates; this store takes {dim}-D")
+    with _session(args, edge=True) as parties:
+        service, edge = parties.service, parties.edge
+        assert edge is not None
+        if rows.shape[1] != edge.dim:
+            raise CliError(f"{args.templates} holds {rows.shape[1]}-D templates; this store takes {edge.dim}-D")
         with Progress("enrolling", len(rows), enabled=progress_wanted(args.progress)) as bar:
-            for (number, name), row in zip(subjects, rows):
-                if args.skip_enrolled and name in service:
-                    skipped += 1
+            for start in range(0, len(rows), ENROL_CHUNK):
+                chunk = list(range(start, min(start + ENROL_CHUNK, len(rows))))
+                if args.skip_enrolled:
+                    todo = [i for i in chunk if subjects[i][1] not in service]
+                    skipped += len(chunk) - len(todo)
                 else:
-                    try:
-                        service.enrol(name, row)
+                    todo = chunk
+                if todo:
+                    lines = [subjects[i] for i in todo]
+                    try:  # one transaction per chunk: a refused subject leaves the whole chunk out
+                        service.enrol_many([name for _, name in lines], edge.enrolments(rows[todo]))
                     except FpmatchError as exc:
-                        raise CliError(
-                            f"{args.batch} line {number} ({name!r}): {_one_line(exc)} "
-                            f"({enrolled} enrolled before it)"
-                        ) from exc
-                    enrolled += 1
-                bar.advance()
+                        raise CliError(_batch_error(args.batch, service, lines, exc, enrolled)) from exc
+                    enrolled += len(todo)
+                bar.advance(len(chunk))
     print(f"enrolled {enrolled} subject(s)" + (f", skipped {skipped} already enrolled" if skipped else ""))
     return 0
+
+
+def _batch_error(
+    batch: str, service: MatchingService, lines: Sequence[tuple[int, str]], exc: FpmatchError, enrolled: int
+) -> str:
+    span = f"line {lines[0][0]}" if len(lines) == 1 else f"lines {lines[0][0]}-{lines[-1][0]}"
+    outcome = f"nobody on {span} was enrolled, {enrolled} before them were"
+    refused = _refused_lines(service, lines) if isinstance(exc, (ConsentRequiredError, IdConflictError)) else []
+    if not refused:
+        return f"{batch} {span}: {_one_line(exc)} ({outcome})"
+    number, name, why = refused[0]
+    more = f"; {len(refused) - 1} more refused on later lines" if len(refused) > 1 else ""
+    return f"{batch} line {number} ({name!r}): {why}{more} ({outcome})"
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
@@ -400,36 +628,45 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         labels = _load_array(args.labels, "labels")
         if labels.ndim != 1 or len(labels) != len(templates):
             raise CliError(f"labels must be 1-D with one label per template ({len(templates)}); got {labels.shape}")
-    with _session(args) as (service, _):
-        score = service.calibrate(args.target_fmr, templates, labels, max_pairs=args.max_pairs)
-        fmr = service.gallery.target_fmr
-    source = "labelled templates" if templates is not None else "enrolled codes"
-    print(f"threshold: score >= {score:.4f} for a false-match rate of {fmr:g} (from {source})")
+    with _session(args, edge=templates is not None) as parties:
+        service = parties.service
+        if parties.edge is not None:
+            fmr = service.target_fmr if args.target_fmr is None else args.target_fmr
+            calibration = parties.edge.calibration(templates, labels, fmr, max_pairs=args.max_pairs)
+            score = service.calibrate(calibration=calibration)
+        else:
+            score = service.calibrate(args.target_fmr, max_pairs=args.max_pairs)
+        fmr = service.target_fmr
+        unit = "cosine" if service.profile.encrypted else "score"
+    source = "labelled templates, at the capture edge" if templates is not None else "enrolled codes"
+    print(f"threshold: {unit} >= {score:.4f} for a false-match rate of {fmr:g} (from {source})")
     return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     probe = _load_templates(args.probe, "probe", single=True)
-    with _session(args) as (service, _):
-        outcome = service.verify(args.subject, probe, args.purpose)
+    with _session(args, edge=True) as parties:
+        assert parties.edge is not None
+        outcome = parties.service.verify(args.subject, parties.edge.probe(probe), args.purpose)
     print(outcome.value)
     return VERIFY_STATUS[outcome] if args.exit_code else 0
 
 
 def _cmd_identify(args: argparse.Namespace) -> int:
     probe = _load_templates(args.probe, "probe", single=True)
-    with _session(args) as (service, _):
-        candidates = service.identify(probe, args.purpose, k=args.k)
+    with _session(args, edge=True) as parties:
+        assert parties.edge is not None
+        candidates = parties.service.identify(parties.edge.probe(probe), args.purpose, k=args.k)
     for candidate in candidates:
-        print(json.dumps({"rank": candidate.rank, "subject": candidate.subject, "score": round(candidate.score, 4)}))
+        print(json.dumps({"rank": candidate.rank, "subject": candidate.subject}))
     if not candidates:
         _note("no match")
     return (0 if candidates else 1) if args.exit_code else 0
 
 
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
-    with _session(args) as (service, _):
-        report = service.audit_verify()
+    with _session(args) as parties:
+        report = parties.service.audit_verify()
     if report.ok:
         print(report.message)
         return 0
@@ -442,7 +679,8 @@ def _cmd_audit_export(args: argparse.Namespace) -> int:
     target = Path(args.out)
     if not to_stdout and not args.force and (target.exists() or target.is_symlink()):
         raise CliError(f"{target} exists; pass --force to overwrite it")
-    with _session(args) as (service, _):
+    with _session(args) as parties:
+        service = parties.service
         report = service.audit_verify()
         if to_stdout:
             count = service.export_audit(sys.stdout)
@@ -457,8 +695,8 @@ def _cmd_audit_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_purge(args: argparse.Namespace) -> int:
-    with _session(args, announce_purge=False) as (_, purged):
-        pass
+    with _session(args, announce_purge=False) as parties:
+        purged = parties.purged
     for subject in purged:
         print(subject)
     _note(f"purged {len(purged)} subject(s) whose consent lapsed" if purged else "nothing to purge")
@@ -494,7 +732,11 @@ def _group(group: Any, name: str, summary: str, examples: Sequence[str]) -> Any:
 
 
 def _store_options(parser: argparse.ArgumentParser) -> None:
-    options = parser.add_argument_group("store")
+    options = parser.add_argument_group(
+        "store and parties",
+        _ROLES + "\nHere the key holder serves one local command, so its per-caller request rate limit\n"
+        "(there against remote callers probing its key) is lifted.",
+    )
     options.add_argument(
         "--store", metavar="DIR", default=_env("FPMATCH_STORE"), help="store directory (default: $FPMATCH_STORE)"
     )
@@ -502,13 +744,32 @@ def _store_options(parser: argparse.ArgumentParser) -> None:
         "--key",
         metavar="FILE",
         default=_env("FPMATCH_KEY"),
-        help="hash key file, kept outside the store (default: $FPMATCH_KEY)",
+        help="capture edge: hash (transform) key file; needed to create a store and for commands "
+        "that take templates (default: $FPMATCH_KEY)",
+    )
+    options.add_argument(
+        "--service-key",
+        metavar="FILE",
+        default=_env("FPMATCH_SERVICE_KEY"),
+        help="matching service: its own key file, kept outside the store (default: $FPMATCH_SERVICE_KEY)",
+    )
+    options.add_argument(
+        "--keyholder-key",
+        metavar="FILE",
+        default=_env("FPMATCH_KEYHOLDER_KEY"),
+        help="key holder: CKKS secret key file; needed for hybrid and he stores (default: $FPMATCH_KEYHOLDER_KEY)",
+    )
+    options.add_argument(
+        "--scheme",
+        choices=SCHEMES,
+        help=f"protection scheme of a new store (default {DEFAULT_SCHEME}; the matching service does not run "
+        "he yet); an existing store keeps its own",
     )
     options.add_argument(
         "--dim", type=_positive_int, metavar="D", help="template dimension; needed only to create a new store"
     )
     options.add_argument(
-        "--bits", type=_positive_int, metavar="B", help="code length when creating a store (default 1024)"
+        "--bits", type=_positive_int, metavar="B", help=f"code length when creating a store (default {DEFAULT_BITS})"
     )
 
 
@@ -518,13 +779,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="fpmatch",
-        description="Privacy-preserving face matching over protected templates (keyed cancellable codes).",
+        description="Privacy-preserving face matching over protected templates.\n\n" + _ROLES,
         epilog=_examples(
-            "fpmatch keys new ~/keys/shop.key",
-            "export FPMATCH_STORE=/srv/faces FPMATCH_KEY=~/keys/shop.key",
+            "fpmatch keys new ~/keys/edge.key",
+            "fpmatch keys new --kind service ~/keys/service.key",
+            "fpmatch keys new --kind keyholder ~/keys/keyholder.key",
+            "export FPMATCH_STORE=/srv/faces FPMATCH_KEY=~/keys/edge.key \\",
+            "    FPMATCH_SERVICE_KEY=~/keys/service.key FPMATCH_KEYHOLDER_KEY=~/keys/keyholder.key",
             "fpmatch consent grant alice --purpose payment --notice-version 2026-01 \\",
             "    --evidence form-81 --method signed-form --retention-days 365 --dim 512",
             "fpmatch enrol alice --template alice.npy",
+            "fpmatch calibrate --target-fmr 1e-4 --templates labelled.npy --labels labels.npy",
             "fpmatch verify alice --probe probe.npy --purpose payment",
         )
         + "\n\nexit status: 0 ran (see verify/identify --exit-code), 1 audit chain broken, 2 error.\n"
@@ -535,17 +800,27 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     demo = _command(
-        commands, "demo", "Run the end-to-end demo on synthetic faces.", _cmd_demo,
-        ["fpmatch demo", "fpmatch demo --subjects 1000 --probes 100"],
-    )  # fmt: skip
-    demo.add_argument(
-        "--subjects",
-        type=_positive_int,
-        default=5000,
-        help=f"subjects per profile, at least {_DEMO_MIN_SUBJECTS} (default 5000)",
+        commands,
+        "demo",
+        "Run the default deployment (key holder, capture edge, matching service) on synthetic faces.",
+        _cmd_demo,
+        ["fpmatch demo", "fpmatch demo --subjects 5000 --probes 500 --profile centred"],
+        "Creates the three parties' keys and a store in a temporary directory, records consent,\n"
+        "enrols in batches, calibrates at the edge from labelled templates, verifies and identifies\n"
+        "mated and non-mated probes, withdraws a subject, and prints the figures. The hybrid scheme\n"
+        "needs TenSEAL; without it the demo runs the hash scheme and says so.",
     )
-    demo.add_argument("--probes", type=_positive_int, default=500, help="probes per profile (default 500)")
-    demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    demo.add_argument("--subjects", type=_positive_int, default=2000, help="subjects per profile (default 2000)")
+    demo.add_argument(
+        "--probes", type=_positive_int, default=200, help="mated and non-mated probes per profile (default 200)"
+    )
+    demo.add_argument(
+        "--profile",
+        action="append",
+        choices=["centred", "offset"],
+        help="synthetic model: centred (512-D) or offset (dlib-like, 128-D); repeat for both (default both)",
+    )
+    demo.add_argument("--seed", type=int, default=7, help="random seed of the synthetic faces (default 7)")
 
     bench = _command(
         commands,
@@ -592,13 +867,26 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-encrypted", action="store_true", help="leave out the he and hybrid schemes")
     bench.add_argument("--progress", action="store_true", help="show progress bars even when stderr is not a terminal")
 
-    keys = _group(commands, "keys", "Manage hash key files.", ["fpmatch keys new ~/keys/shop.key"])
+    keys = _group(
+        commands, "keys", "Create key files for the capture edge, the matching service and the key holder.",
+        ["fpmatch keys new ~/keys/edge.key", "fpmatch keys new --kind keyholder ~/keys/keyholder.key"],
+    )  # fmt: skip
     keys_new = _command(
-        keys, "new", "Write a new random hash key to a new file (mode 0600).", _cmd_keys_new,
-        ["fpmatch keys new ~/keys/shop.key"],
-        "Refuses to overwrite an existing file. Keep the key outside every store directory.",
+        keys, "new", "Write a new random key of one party to a new file (mode 0600).", _cmd_keys_new,
+        [
+            "fpmatch keys new ~/keys/edge.key",
+            "fpmatch keys new --kind service ~/keys/service.key",
+            "fpmatch keys new --kind keyholder ~/keys/keyholder.key",
+        ],
+        "edge: the capture edge's hash (transform) key (--key); service: the matching service's own\n"
+        "key (--service-key); keyholder: the key holder's CKKS secret key (--keyholder-key, needs\n"
+        "TenSEAL). Each party holds only its own. Refuses to overwrite an existing file; keep every\n"
+        "key outside every store directory.",
     )  # fmt: skip
     keys_new.add_argument("out", metavar="OUT", help="key file to create")
+    keys_new.add_argument(
+        "--kind", choices=list(_KEY_KINDS), default="edge", help="whose key to create (default edge)"
+    )
 
     consent = _group(
         commands, "consent", "Record, withdraw and show consent.",
@@ -658,9 +946,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Enrol subjects from float32 .npy templates (each needs an active consent).",
         _cmd_enrol,
         ["fpmatch enrol alice --template alice.npy", "fpmatch enrol --batch subjects.txt --templates templates.npy"],
-        "A single template is (d,) or (1, d). A batch pairs line i of SUBJECTS.txt (blank lines\n"
-        "skipped) with row i of an (n, d) array; it is checked whole before anything is enrolled and\n"
-        "stops at the first refused subject. Only the protected code is stored.",
+        "The capture edge (--key) protects each template and drops it; the matching service stores\n"
+        "only the protected record (code, and for hybrid the template encrypted under a secret\n"
+        "rotation). A single template is (d,) or (1, d). A batch pairs line i of SUBJECTS.txt (blank\n"
+        "lines skipped) with row i of an (n, d) array. It is checked whole first, then enrolled in\n"
+        f"transactions of {ENROL_CHUNK:,} subjects: a refused subject (no active consent, already\n"
+        "enrolled) leaves its whole transaction out; the error names its line and how many went in.",
     )
     enrol.add_argument("subject", nargs="?", metavar="SUBJECT")
     enrol.add_argument("--template", metavar="FILE.npy", help="one template, shape (d,) or (1, d)")
@@ -679,15 +970,20 @@ def build_parser() -> argparse.ArgumentParser:
             "fpmatch calibrate --target-fmr 1e-4",
             "fpmatch calibrate --target-fmr 1e-3 --templates labelled.npy --labels labels.npy",
         ],
-        "Without --templates the impostor pairs come from the enrolled codes (a few hundred subjects\n"
-        "are needed for 1e-4). Labelled templates from the same model (two or more per person, not\n"
-        "enrolled) are hashed, compared and dropped. verify and identify calibrate on first use.",
+        "With --templates the capture edge (--key) scores impostor pairs of labelled templates from\n"
+        "the same model (two or more per person, enrolled or not) as the service will decide them\n"
+        "(plain cosines for hybrid, probe-weighted code scores for hash) and hands the service only\n"
+        "the threshold. Without, the impostor pairs come from the enrolled codes (a few hundred\n"
+        "subjects are needed for 1e-4). verify and identify calibrate from codes on first use.",
     )
     calibrate.add_argument("--target-fmr", type=_rate, metavar="FMR", help="default: the store's current target (1e-4)")
     calibrate.add_argument("--templates", metavar="FILE.npy", help="labelled float32 templates, shape (n, d)")
     calibrate.add_argument("--labels", metavar="FILE.npy", help="1-D array: the person of each template")
     calibrate.add_argument(
-        "--max-pairs", type=_positive_int, default=2_000_000, help="impostor pairs to draw (default 2e6)"
+        "--max-pairs",
+        type=_positive_int,
+        default=2_000_000,
+        help="impostor pairs to draw, at least 10/FMR (default 2e6; fewer use less memory with --templates)",
     )
     _store_options(calibrate)
 
@@ -700,6 +996,8 @@ def build_parser() -> argparse.ArgumentParser:
             "fpmatch verify alice --probe probe.npy --purpose payment",
             "fpmatch verify alice --probe probe.npy --purpose entry --exit-code || open-pin-pad",
         ],
+        "The capture edge (--key) protects the probe and drops it; the matching service decides (for\n"
+        "hybrid, the key holder compares the encrypted score with the threshold).\n"
         "use_alternative means no active consent covers the purpose (or the subject is not enrolled):\n"
         "send the person to the non-biometric method; it is not a rejection. The exit status is 0\n"
         "whenever the request ran; with --exit-code it is 0 match, 1 no_match, 3 use_alternative.",
@@ -716,8 +1014,9 @@ def build_parser() -> argparse.ArgumentParser:
         "1:N: print the matching subjects whose consent covers the purpose, best first, as JSON lines.",
         _cmd_identify,
         ["fpmatch identify --probe probe.npy --purpose entry -k 3"],
-        'Each line is {"rank": 1, "subject": "...", "score": 0.71}; nothing is printed when nobody\n'
-        "matches. With --exit-code the status is 1 when nobody matches.",
+        'Each line is {"rank": 1, "subject": "..."}: no score leaves the service (for hybrid the key\n'
+        "holder only says which shortlisted subjects pass the threshold, best first). Nothing is\n"
+        "printed when nobody matches; with --exit-code the status is 1 then.",
     )
     identify.add_argument("--probe", required=True, metavar="FILE.npy", help="one float32 template, (d,) or (1, d)")
     identify.add_argument("--purpose", required=True, help="the purpose of this request, e.g. entry")

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 SCHEMES = ("hash", "he", "hybrid")
 _MAGIC = b"FPEDGE01"
 _HEADER = struct.Struct("<8sc8sIII")  # magic, kind, profile id, code bytes, reliabilities, values
+_CHUNK = 65536  # pairs scored per numpy step
 #: Largest message accepted from the network (a 4096-D probe with 4096-bit codes is far below it).
 MAX_MESSAGE_BYTES = 1 << 20
 
@@ -281,17 +282,22 @@ class CaptureEdge:
         """The threshold for ``target_fmr`` from labelled embeddings (any people, enrolled or not).
 
         Impostor pairs are scored as the service will score them: probe-weighted
-        code scores for ``hash``, plain cosines for the encrypted schemes.
+        code scores for ``hash``, plain cosines for the encrypted schemes. Every
+        pair is used when there are at most ``max(max_pairs, 10 / target_fmr)``,
+        else that many are drawn.
         """
         check_fmr(target_fmr)
         rows = unit_rows(templates, self.dim)
         labels = np.asarray(labels)
         if labels.shape != (len(rows),):
             raise InvalidInputError("labels must be 1-D with one label per template")
-        rng = np.random.default_rng(seed)
         count = max(math.ceil(10 / target_fmr), max_pairs)
-        a = rng.integers(0, len(rows), count)
-        b = rng.integers(0, len(rows), count)
+        n = len(rows)
+        if n * (n - 1) // 2 <= count:  # every pair once
+            a, b = np.triu_indices(n, 1)
+        else:
+            rng = np.random.default_rng(seed)
+            a, b = rng.integers(0, n, count), rng.integers(0, n, count)
         keep = labels[a] != labels[b]
         a, b = a[keep], b[keep]
         if self.scheme == "hash":
@@ -299,7 +305,10 @@ class CaptureEdge:
             codes, reliability = self._hash.protect_with_reliability(rows.astype(np.float32))
             scores = np.asarray(self._hash.weighted_score(weighted_pairs(codes, reliability, a, codes, b)))
         else:
-            scores = np.einsum("ij,ij->i", rows[a], rows[b])
+            scores = np.concatenate(
+                [np.einsum("ij,ij->i", rows[a[i : i + _CHUNK]], rows[b[i : i + _CHUNK]]) for i in range(0, len(a), _CHUNK)]
+                or [np.zeros(0)]
+            )
         threshold = threshold_at_fmr(scores, target_fmr)
         return Calibration(self.profile.profile_id, float(target_fmr), threshold, int(len(scores)))
 
