@@ -295,11 +295,17 @@ class CaptureEdge:
         n = len(rows)
         if n * (n - 1) // 2 <= count:  # every pair once
             a, b = np.triu_indices(n, 1)
-        else:
+            keep = labels[a] != labels[b]
+            a, b = a[keep], b[keep]
+        else:  # draw until ``count`` pairs of different people are in hand
             rng = np.random.default_rng(seed)
-            a, b = rng.integers(0, n, count), rng.integers(0, n, count)
-        keep = labels[a] != labels[b]
-        a, b = a[keep], b[keep]
+            a, b = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+            for _ in range(64):
+                x, y = rng.integers(0, n, 2 * count), rng.integers(0, n, 2 * count)
+                keep = labels[x] != labels[y]
+                a, b = np.concatenate([a, x[keep]])[:count], np.concatenate([b, y[keep]])[:count]
+                if len(a) == count:
+                    break
         if self.scheme == "hash":
             assert self._hash is not None
             codes, reliability = self._hash.protect_with_reliability(rows.astype(np.float32))
