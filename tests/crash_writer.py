@@ -29,6 +29,7 @@ import service_support  # noqa: E402
 from fpmatch import MatchingService, ServiceKey  # noqa: E402
 from fpmatch.galleries.codes import CodeTable  # noqa: E402
 from fpmatch.he import KeyHolder  # noqa: E402
+from fpmatch.he.blocks import CiphertextBlocks  # noqa: E402
 from fpmatch.store import Store  # noqa: E402
 from service_support import OPEN_LIMITS, protected_bytes, sample  # noqa: E402
 
@@ -40,6 +41,7 @@ def die(*_: Any, **__: Any) -> None:
 def arm(point: str) -> None:
     if point == "enrol-committed":
         CodeTable.add = die  # type: ignore[method-assign, assignment]
+        CiphertextBlocks.apply = die  # type: ignore[method-assign, assignment]
     elif point == "withdraw-committed":
         Store.scrub = die  # type: ignore[method-assign, assignment]
     elif point == "cache-written":

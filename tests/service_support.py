@@ -20,7 +20,7 @@ from fpmatch.he import KeyHolder, RateLimit
 DIM = 128
 KEY = HashKey(bytes(range(32)))  # the capture edge's transform key
 SERVICE_KEY = ServiceKey(bytes(range(100, 132)))
-SCHEMES = ("hash", "hybrid")
+SCHEMES = ("hash", "he", "hybrid")
 SCHEME = "hash"  # set per test by the ``scheme`` fixture
 #: Limits no test reaches; the key holder's own limits are tested in test_he_keyholder.py.
 OPEN_LIMITS = RateLimit(requests_per_second=1e9, burst=10**9, max_decisions=64)
@@ -185,7 +185,8 @@ def files_containing(directory: Path, needle: bytes) -> list[str]:
 
 def protected_bytes(source: Any, subject: str) -> list[bytes]:
     """What the store holds of ``subject``'s template, read from its database: the code and
-    (encrypted schemes) the coefficients of c0 that encrypt the template. ``source`` is a
+    (encrypted schemes) the coefficients of c0 that encrypt the template (he: the subject's
+    column; hybrid: its window of a packed row). ``source`` is a
     store directory, or an open service (it owns its database exclusively)."""
     import sqlite3
 
@@ -197,9 +198,9 @@ def protected_bytes(source: Any, subject: str) -> list[bytes]:
     else:
         query, close = source.store._connection().execute, (lambda: None)
     try:
-        code, slot = query("SELECT code, slot FROM subjects WHERE subject = ?", (subject,)).fetchone()
-        held = [] if code is None else [bytes(code)]
-        if slot is not None:
+        code, slot, sealed = query("SELECT code, slot, sealed FROM subjects WHERE subject = ?", (subject,)).fetchone()
+        held = [bytes(part) for part in (code, sealed) if part is not None]
+        if slot is not None and sealed is None:
             (data,) = query("SELECT data FROM he_rows WHERE row = ?", (slot // _group(),)).fetchone()
             c0 = bytes(data)[len(data) // 2 :]
             position = slot % _group()

@@ -77,9 +77,10 @@ def check_store(directory: Path, log: Path) -> tuple[str, int]:
         in_db = svc.store.subject_ids()
         in_index = {name: svc.gallery.id_of(name) for name in svc.gallery.subjects()}
         assert in_db == in_index
-        assert sorted(svc.gallery.index.ids().tolist()) == sorted(in_db.values())
-        for row in svc.store.templates():  # no half-written code: each is exactly its subject's
-            assert row.code == capture.enrolment(sample(row.subject, 0)).code.tobytes(), row.subject
+        if capture.profile.hashed:
+            assert sorted(svc.gallery.index.ids().tolist()) == sorted(in_db.values())
+            for row in svc.store.templates():  # no half-written code: each is exactly its subject's
+                assert row.code == capture.enrolment(sample(row.subject, 0)).code.tobytes(), row.subject
         for name in sorted(in_db)[:5]:  # and each template still decides as its subject's
             assert svc.gallery.decide(name, capture.probe(sample(name, 1)), 0.3)
         consents = svc.store.consents()
@@ -106,7 +107,8 @@ def test_sigkill_at_random_points_leaves_a_consistent_store(tmp_path: Path, key_
     started = time.monotonic()
     for round_ in range(ROUNDS):
         proc = start_writer(directory, key_file, round_, log)
-        time.sleep(rng.uniform(0.05, 0.8))
+        # he opens a new block (d fresh encryptions) on its first enrolment after each start
+        time.sleep(rng.uniform(0.05, 0.8) + (1.0 if service_support.SCHEME == "he" else 0.0))
         os.kill(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == -signal.SIGKILL
@@ -121,6 +123,8 @@ def test_sigkill_at_random_points_leaves_a_consistent_store(tmp_path: Path, key_
 
 @pytest.mark.parametrize("point", ["enrol-committed", "withdraw-committed", "cache-written"])
 def test_sigkill_at_the_worst_moments(tmp_path: Path, key_file: Path, point: str) -> None:
+    if point == "cache-written" and service_support.SCHEME == "he":
+        pytest.skip("the he scheme keeps no code index, so it writes no index cache")
     directory, log = tmp_path / "store", tmp_path / "withdrawn.log"
     proc = start_writer(directory, key_file, 0, log)  # a first life, killed anywhere, leaves some state
     time.sleep(0.3)
@@ -132,7 +136,8 @@ def test_sigkill_at_the_worst_moments(tmp_path: Path, key_file: Path, point: str
     assert proc.returncode == -signal.SIGKILL
     status, after = check_store(directory, log)
     if point == "enrol-committed":
-        assert after == before + 1  # committed before the crash: enrolled, and the rebuilt index has it
+        assert after == before + 1  # committed before the crash: enrolled, and the rebuilt gallery has it
+    if point == "enrol-committed" and edge().profile.hashed:
         with MatchingService.open(directory, SERVICE_KEY, **decider_options()) as svc:
             stored = svc.gallery.index.reconstruct(np.array([svc.gallery.id_of("r1-0")], dtype=np.int64))
             assert stored.tobytes() == edge().enrolment(sample("r1-0", 0)).code.tobytes()

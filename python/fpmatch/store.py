@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS subjects (
     subject TEXT NOT NULL UNIQUE,
     code BLOB,
     slot INTEGER,
+    sealed BLOB,
     enrolled_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS he_rows (
@@ -134,11 +135,18 @@ class Transaction:
         self.changed_subjects = False
         self.erased: list[bytes] = []
 
-    def insert_subject(self, subject: str, code: bytes | None, enrolled_at: str, slot: int | None = None) -> int:
+    def insert_subject(
+        self,
+        subject: str,
+        code: bytes | None,
+        enrolled_at: str,
+        slot: int | None = None,
+        sealed: bytes | None = None,
+    ) -> int:
         """The new row's id; ids are never reused."""
         cursor = self._conn.execute(
-            "INSERT INTO subjects (subject, code, slot, enrolled_at) VALUES (?, ?, ?, ?)",
-            (subject, code, slot, enrolled_at),
+            "INSERT INTO subjects (subject, code, slot, sealed, enrolled_at) VALUES (?, ?, ?, ?, ?)",
+            (subject, code, slot, sealed, enrolled_at),
         )
         self.changed_subjects = True
         assert cursor.lastrowid is not None
@@ -146,12 +154,11 @@ class Transaction:
 
     def delete_subject(self, subject: str) -> bool:
         """Whether a row was deleted. Its code is checked for copies at the next scrub."""
-        row = self._conn.execute("SELECT code FROM subjects WHERE subject = ?", (subject,)).fetchone()
+        row = self._conn.execute("SELECT code, sealed FROM subjects WHERE subject = ?", (subject,)).fetchone()
         if row is None:
             return False
         self._conn.execute("DELETE FROM subjects WHERE subject = ?", (subject,))
-        if row[0] is not None:
-            self.erased.append(bytes(row[0]))
+        self.erased += [bytes(part) for part in row if part is not None]
         self.changed_subjects = True
         return True
 
@@ -436,8 +443,11 @@ class Store:
     def templates(self) -> list[StoredTemplate]:
         """Every enrolled subject with its code and ciphertext slot, in id order."""
         with self._lock:
-            rows = self._connection().execute("SELECT subject, id, code, slot FROM subjects ORDER BY id")
-            return [StoredTemplate(s, i, None if c is None else bytes(c), t) for s, i, c, t in rows.fetchall()]
+            rows = self._connection().execute("SELECT subject, id, code, slot, sealed FROM subjects ORDER BY id")
+            return [
+                StoredTemplate(s, i, None if c is None else bytes(c), t, None if e is None else bytes(e))
+                for s, i, c, t, e in rows.fetchall()
+            ]
 
     def rows(self) -> list[StoredRow]:
         """Every row of packed ciphertexts, in order (rows are numbered from 0 without gaps)."""

@@ -19,7 +19,10 @@ def open_gallery(profile: EdgeProfile, index: str, **options: Any) -> ProtectedG
         from .hybrid import HybridSchemeGallery
 
         return HybridSchemeGallery(profile, index, **options)
-    raise NotImplementedError(f"the {profile.scheme} scheme has no service gallery yet")
+    from .encrypted import EncryptedSchemeGallery
+
+    options.pop("shortlist", None), options.pop("candidates", None), options.pop("ivf_train_at", None)
+    return EncryptedSchemeGallery(profile, index, **options)
 
 
 __all__ = [

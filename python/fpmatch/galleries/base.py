@@ -34,7 +34,8 @@ class Staged:
 
     codes: list[bytes | None] = field(default_factory=list)  # per added subject
     slots: list[int | None] = field(default_factory=list)  # per added subject
-    rows: dict[int, StoredRow] = field(default_factory=dict)  # ciphertext rows to write
+    rows: dict[int, StoredRow] = field(default_factory=dict)  # ciphertext rows (or blocks) to write
+    sealed: list[bytes | None] = field(default_factory=list)  # per added subject: its own ciphertext part
     erased: list[bytes] = field(default_factory=list)  # bytes that must survive nowhere
     apply: Callable[[Sequence[int]], None] = lambda ids: None  # the store's ids of added subjects
 
@@ -47,6 +48,7 @@ class StoredTemplate:
     id: int
     code: bytes | None
     slot: int | None
+    sealed: bytes | None = None  # the subject's own ciphertext part (he: its c0 column)
 
 
 class ProtectedGallery(ABC):

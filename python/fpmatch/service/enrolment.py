@@ -52,9 +52,10 @@ class EnrolmentOps(ServiceState):
                 raise IdConflictError(f"already enrolled: {', '.join(taken[:5])}")
             staged = self._gallery.stage_add(names, records)
             with self._store.transaction() as tx:
+                sealed = staged.sealed or [None] * len(names)
                 ids = [
-                    tx.insert_subject(name, code, time, slot)
-                    for name, code, slot in zip(names, staged.codes, staged.slots)
+                    tx.insert_subject(name, code, time, slot, part)
+                    for name, code, slot, part in zip(names, staged.codes, staged.slots, sealed)
                 ]
                 for row, stored in staged.rows.items():
                     tx.put_row(row, stored)

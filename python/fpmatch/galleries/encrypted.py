@@ -1,0 +1,102 @@
+"""The ``he`` scheme at the service: every template encrypted, every one scored on each search.
+
+The service receives a template rotated by the edge's secret rotation, as
+integers, and encrypts it into a block at once (:mod:`fpmatch.he.blocks`); it
+keeps ciphertexts only. A probe (also rotated) scores every eligible slot
+under encryption and the key holder returns the best that pass the threshold.
+Thresholds are plain cosines, calibrated at the capture edge.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..edge import EdgeProfile, EnrolmentRecord, ProbeMessage
+from ..he.blocks import CiphertextBlocks
+from ..he.context import PublicContext
+from ..he.keyholder import ScoreDecider
+from ..index import Index
+from .base import ProtectedGallery, Staged, StoredRow, StoredTemplate
+
+
+class EncryptedSchemeGallery(ProtectedGallery):
+    """Column-packed ciphertext blocks; decisions from the key holder."""
+
+    scheme = "he"
+
+    def __init__(self, profile: EdgeProfile, index: str = "flat", *, decider: ScoreDecider, caller: str) -> None:
+        super().__init__(profile)
+        assert profile.he_context is not None
+        self.blocks = CiphertextBlocks(PublicContext(profile.he_context), profile.dim)
+        self._decider = decider
+        self._caller = caller
+        self._slot: dict[int, int] = {}  # id -> slot
+        self._ids_at: dict[int, int] = {}  # slot -> id
+
+    def stage_add(self, subjects: Sequence[str], records: Sequence[EnrolmentRecord]) -> Staged:
+        staged = self.blocks.stage(np.stack([r.values for r in records]))
+        n = self.blocks.n
+        rows = {b: (np.ascontiguousarray(data[:, n:], dtype="<i8").tobytes(), staged.used[b], 1) for b, data in staged.blocks.items()}
+        rows.update({b: (self.blocks.c1_bytes(b), used, 1) for b, used in staged.used.items() if b not in rows})
+
+        def apply(ids: Sequence[int]) -> None:
+            self.blocks.apply(staged)
+            for id_, slot in zip(ids, staged.slots):
+                self._slot[id_], self._ids_at[slot] = slot, id_
+            self._bind(subjects, ids)
+
+        return Staged([None] * len(records), list(staged.slots), rows, sealed=list(staged.columns), apply=apply)
+
+    def stage_remove(self, subjects: Sequence[str]) -> Staged:
+        ids = [self.id_of(s) for s in subjects]
+        slots = [self._slot[id_] for id_ in ids]
+        erased = [self.blocks.column(slot) for slot in slots]
+
+        def apply(_: Sequence[int]) -> None:
+            for id_, slot in zip(ids, slots):
+                self.blocks.erase(slot)
+                del self._slot[id_], self._ids_at[slot]
+            self._unbind(subjects)
+
+        return Staged(erased=erased, apply=apply)
+
+    def restore(self, stored: Sequence[StoredTemplate], rows: Sequence[StoredRow], index: Index | None) -> bool:
+        self.blocks.load(list(rows), {int(t.slot): t.sealed or b"" for t in stored if t.slot is not None})
+        self._slot = {t.id: int(t.slot) for t in stored if t.slot is not None}
+        self._ids_at = {slot: id_ for id_, slot in self._slot.items()}
+        self._bind([t.subject for t in stored], [t.id for t in stored])
+        return False
+
+    def decide(self, subject: str, probe: ProbeMessage, threshold: float) -> bool:
+        assert probe.values is not None
+        request = self.blocks.request(np.array([self._slot[self.id_of(subject)]]), probe.values)
+        (verified,) = self._decider.decide(request.to_bytes(), threshold, caller=self._caller)
+        return bool(verified)
+
+    def search(self, probe: ProbeMessage, k: int, threshold: float, eligible: Callable[[str], bool]) -> list[str]:
+        assert probe.values is not None
+        n = self.blocks.n
+        chosen = sorted(self._slot[id_] for name, id_ in self._ids.items() if eligible(name))
+        if not chosen:
+            return []
+        slots = np.array(chosen, dtype=np.int64)
+        block_of = slots // n
+        bounds = np.searchsorted(block_of, np.arange(self.blocks.count + 1))
+        live = [slots[bounds[b] : bounds[b + 1]] % n for b in range(self.blocks.count)]
+        request = self.blocks.request_all(probe.values, live)
+        positions = self._decider.best(request.to_bytes(), threshold, min(k, len(slots)), caller=self._caller)
+        return [self._names[self._ids_at[int(slots[p])]] for p in positions]
+
+    def problems(self, stored: Mapping[str, StoredTemplate], rows: Sequence[StoredRow]) -> list[str]:
+        problems = []
+        if {t.id: t.slot for t in stored.values()} != self._slot:
+            problems.append("ciphertext slots differ from the database")
+        held = [(self.blocks.c1_bytes(b), self.blocks.used[b], 1) for b in range(self.blocks.count)]
+        if held != list(rows):
+            problems.append("ciphertext blocks in memory differ from the database")
+        bad = [t.subject for t in stored.values() if t.slot is not None and t.slot in self._ids_at and t.sealed != self.blocks.column(t.slot)]
+        if bad:
+            problems.append(f"ciphertexts in memory differ from the database for {bad[:5]}")
+        return problems
