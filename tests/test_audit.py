@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
@@ -303,3 +304,40 @@ def test_a_removed_or_forged_head_is_never_re_signed(store_dir: Path, clock: Man
     assert report.problem == "head" and not report.ok
     with pytest.raises(AuditTamperedError):
         report.raise_if_broken()
+
+
+def test_concurrent_match_requests_share_audit_commits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Group commit: appends arriving together take one transaction (one fsync), none is lost."""
+    from fpmatch.store import Store
+
+    commits: list[int] = []
+    real = Store.transaction
+
+    def counted(self: Store):  # type: ignore[no-untyped-def]
+        commits.append(1)
+        return real(self)
+
+    with open_service(tmp_path / "store", ManualClock()) as svc:
+        enrol_people(svc, ["ann"])
+        monkeypatch.setattr(Store, "transaction", counted)
+        errors: list[BaseException] = []
+
+        def requests() -> None:
+            try:
+                for _ in range(40):
+                    svc.verify("nobody", sample("ann", 1), "entry")  # no consent: audited, nothing decided
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=requests) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        monkeypatch.undo()
+        assert errors == []
+        entries = svc.store.audit_entries()
+        assert sum(1 for e in entries if e.event == "verify") == 320
+        assert len(commits) < 320  # grouped
+        report = svc.audit_verify()
+        assert report.ok, report.message

@@ -246,3 +246,33 @@ def test_withdrawn_and_expired_subjects_are_not_matched(service: MatchingService
     service.withdraw("person-1")
     assert service.verify("person-1", sample("person-1", 1), "entry") is USE_ALTERNATIVE
     assert "person-1" not in [c.subject for c in service.identify(sample("person-1", 1), "entry", k=20)]
+
+
+def test_batch_consent_and_enrolment_are_all_or_nothing(service: MatchingService, clock: ManualClock) -> None:
+    def record(name: str, **changes: Any) -> ConsentRecord:
+        fields: dict[str, Any] = dict(
+            subject=name, purposes={"entry"}, granted_at=clock.now, expires_at=clock.now + timedelta(days=30),
+            notice_version="v1", evidence_ref=f"migrated-{name}", method="signed-form", separate=True,
+        )  # fmt: skip
+        fields.update(changes)
+        return ConsentRecord(**fields)
+
+    names = [f"batch-{i}" for i in range(300)]
+    entries = len(service.store.audit_entries())
+    good = [record(name) for name in names]
+    withdrawn = record("late", withdrawn_at=clock.now)
+    with pytest.raises(InvalidConsentError):
+        service.grant_consents([*good[:5], withdrawn])
+    with pytest.raises(InvalidConsentError):
+        service.grant_consents([good[0], good[0]])
+    assert service.consents(names[0]) == () and len(service.store.audit_entries()) == entries
+    service.grant_consents(good)
+    assert all(service.consents(name) == (rec,) for name, rec in zip(names, good))
+
+    templates = np.stack([sample(name, 0) for name in names])
+    with pytest.raises(ConsentRequiredError, match="nobody in this batch"):
+        service.enrol_many([*names[:10], "no-consent"], np.concatenate([templates[:10], sample("x", 0)[None]]))
+    assert not any(name in service for name in names[:10])
+    service.enrol_many(names, templates)
+    assert all(name in service for name in names) and service.check_integrity().ok
+    assert service.verify(names[7], sample(names[7], 1), "entry") is MATCH

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from ..audit import AuditEvent
 from ..consent import ConsentRecord, as_utc, format_time
@@ -57,21 +57,44 @@ class ConsentOps(ServiceState):
                     format_time(now), AuditEvent.CONSENT_REFUSED, subject=self.pseudonym(subject), outcome="bundled"
                 )
             raise
+        self._record_consents([record], now)
+        return record
+
+    def grant_consents(self, records: Sequence[ConsentRecord]) -> None:
+        """Record a batch of consents (made as :class:`ConsentRecord`) in one transaction: all or none.
+
+        For migrating existing, documented consents at scale; each record is
+        checked as :meth:`grant_consent` checks one (separate, named purposes,
+        expiry after the grant, not yet withdrawn).
+        """
+        records = list(records)
+        for record in records:
+            if not isinstance(record, ConsentRecord):
+                raise InvalidConsentError(f"expected ConsentRecord objects, got {type(record).__name__}")
+            if record.withdrawn_at is not None:
+                raise InvalidConsentError(f"consent {record.consent_id} is already withdrawn")
+        if len({r.consent_id for r in records}) != len(records):
+            raise InvalidConsentError("consent ids in one batch must be distinct")
+        if records:
+            self._record_consents(records, self._now())
+
+    def _record_consents(self, records: list[ConsentRecord], now: datetime) -> None:
         with self._rw.write():
             with self._store.transaction() as tx:
-                tx.put_consent(record)
-                tx.audit(
-                    format_time(now),
-                    AuditEvent.CONSENT_GRANTED,
-                    subject=self.pseudonym(subject),
-                    outcome="granted",
-                    detail={
-                        "consent_id": record.consent_id,
-                        "purposes": sorted(record.purposes),
-                        "expires_at": format_time(record.expires_at),
-                        "notice_version": record.notice_version,
-                        "method": record.method,
-                    },
-                )
-            self._consents[subject] = self._consents.get(subject, ()) + (record,)
-        return record
+                for record in records:
+                    tx.put_consent(record)
+                    tx.audit(
+                        format_time(now),
+                        AuditEvent.CONSENT_GRANTED,
+                        subject=self.pseudonym(record.subject),
+                        outcome="granted",
+                        detail={
+                            "consent_id": record.consent_id,
+                            "purposes": sorted(record.purposes),
+                            "expires_at": format_time(record.expires_at),
+                            "notice_version": record.notice_version,
+                            "method": record.method,
+                        },
+                    )
+            for record in records:
+                self._consents[record.subject] = self._consents.get(record.subject, ()) + (record,)
