@@ -89,16 +89,21 @@ class CodeTable:
         eligibility never hides an eligible neighbour.
         """
         total = len(self.index)
-        depth = min(total, max(4 * want, 16))
+        depth = min(total, max(want, 16))
         found: list[tuple[int, float]] = []
         while depth:
             result = self.index.search_weighted(code[None, :], reliability[None, :], depth, max(self.shortlist, depth))
-            pairs = [(l, d) for d, l in zip(result.distances[0].tolist(), result.labels[0].tolist()) if l >= 0]
-            found = [(l, d) for l, d in pairs if eligible(l)]
-            if len(found) >= want or len(pairs) < depth or depth >= total:
+            labels = result.labels[0].tolist()
+            found = []
+            for label, distance in zip(labels, result.distances[0].tolist()):
+                if label >= 0 and eligible(label):
+                    found.append((label, distance))
+                    if len(found) == want:
+                        return found
+            if labels.count(-1) or depth >= total:  # nothing more to find
                 break
             depth = min(total, depth * 4)
-        return found[:want]
+        return found
 
     def impostor_scores(self, count: int, rng: np.random.Generator) -> np.ndarray:
         """Code-to-code scores cos(pi h / bits) of distinct stored codes."""
