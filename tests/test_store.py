@@ -120,8 +120,9 @@ def test_the_service_refuses_the_transform_key_and_foreign_messages(directory: P
         ServiceKey.load(HashKey.generate().save(directory.parent / "edge.key"))
     other_key = edge(key=HashKey(bytes(range(1, 33))))
     other_dim = edge(dim=DIM * 2)
+    other_scheme = edge("hash" if service_support.SCHEME != "hash" else "hybrid")
     with open_service(directory, clock) as svc:
-        for foreign in (other_key, other_dim):
+        for foreign in (other_key, other_dim, other_scheme):
             with pytest.raises(KeyMismatchError):
                 svc.service.verify(NAMES[0], foreign.probe(sample(NAMES[0], 1, foreign.dim)), "entry")
             with pytest.raises(KeyMismatchError):

@@ -138,8 +138,10 @@ class CodeTable:
 
 
 def _trained_ivf(bits: int, codes: np.ndarray, shortlist: int) -> IVFIndex:
-    # About 2 sqrt(n) lists, half of them probed: near-exact shortlists, a fraction of a flat scan.
+    # About 2 sqrt(n) lists, three quarters of them probed. Measured on 200,000 centred 512-D
+    # codes (300 probes): the plain top-1 was among the 32 re-ranked neighbours for 0.98 of
+    # probes with half the lists probed, 1.000 with three quarters, at 0.42 and 0.53 ms (flat: 1.01).
     nlist = int(min(2048, max(16, 2 * math.isqrt(len(codes)))))
-    index = IVFIndex(bits, nlist=nlist, nprobe=max(1, nlist // 2), rerank=max(256, shortlist))
+    index = IVFIndex(bits, nlist=nlist, nprobe=max(1, 3 * nlist // 4), rerank=max(256, shortlist))
     index.train(codes)
     return index

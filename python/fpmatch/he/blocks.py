@@ -46,8 +46,7 @@ class CiphertextBlocks:
 
     def __init__(self, context: PublicContext, dim: int) -> None:
         n = context.ring.n
-        if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= n:
-            raise InvalidInputError(f"template dimension must be an integer in [1, {n}], got {dim!r}")
+        self.probe_scale_bits = context.params.probe_scale_bits_for(dim)  # checks dim too
         self.context = context
         self.dim = dim
         self.n = n
@@ -186,7 +185,7 @@ class CiphertextBlocks:
         params = self.context.params
         return EncryptedScores(
             key_id=self.context.key_id,
-            scale_bits=params.template_scale_bits + params.probe_scale_bits_for(self.dim),
+            scale_bits=params.template_scale_bits + self.probe_scale_bits,
             q=self.context.ring.q,
             a=alpha,
             b=np.asarray(beta, dtype=np.int64),

@@ -47,8 +47,7 @@ class CiphertextRows:
 
     def __init__(self, context: PublicContext, dim: int) -> None:
         n = context.ring.n
-        if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= n:
-            raise InvalidInputError(f"template dimension must be an integer in [1, {n}], got {dim!r}")
+        self.probe_scale_bits = context.params.probe_scale_bits_for(dim)  # checks dim too
         self.context = context
         self.dim = dim
         self.group = n // dim
@@ -148,7 +147,7 @@ class CiphertextRows:
         beta = ring.reduce(gathered @ weights)
         return EncryptedScores(
             key_id=self.context.key_id,
-            scale_bits=self.context.params.template_scale_bits + self.context.params.probe_scale_bits_for(d),
+            scale_bits=self.context.params.template_scale_bits + self.probe_scale_bits,
             q=ring.q,
             a=alpha,
             b=beta,
