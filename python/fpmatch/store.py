@@ -145,6 +145,8 @@ class Transaction:
         self._conn = conn
         self.changed_subjects = False
         self.erased: list[bytes] = []
+        self._head: AuditHead | None = None  # the audit head as this transaction left it
+        self._head_changed = False
 
     def insert_subject(
         self,
@@ -216,7 +218,7 @@ class Transaction:
         detail: Mapping[str, Any] | None = None,
     ) -> AuditEntry:
         """Append an audit entry, chained from the signed head (not the last row, so a cut tail stays cut)."""
-        head = self._store._head(self._conn)
+        head = self._head if self._head_changed else self._store._head(self._conn)
         entry = make_entry(
             head, time=time, event=event, subject=subject, purpose=purpose, outcome=outcome, detail=detail
         )
@@ -237,8 +239,13 @@ class Transaction:
         # A head that does not verify is never re-signed: the break stays visible.
         intact = head is None or head.valid(self._store._audit_key)
         mac = head_mac(self._store._audit_key, entry.seq, entry.hash) if intact else ""
-        self.set_meta("audit_head", {"seq": entry.seq, "hash": entry.hash, "mac": mac})
+        self._head, self._head_changed = AuditHead(entry.seq, entry.hash, mac), True  # written once, at commit
         return entry
+
+    def _finish(self) -> None:
+        if self._head_changed and self._head is not None:
+            head = self._head
+            self.set_meta("audit_head", {"seq": head.seq, "hash": head.hash, "mac": head.mac})
 
 
 class Store:
@@ -357,6 +364,7 @@ class Store:
             tx = Transaction(self, conn)
             try:
                 yield tx
+                tx._finish()
                 if tx.changed_subjects:
                     conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'generation'")
                 conn.execute("COMMIT")
