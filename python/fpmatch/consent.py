@@ -132,7 +132,13 @@ class ConsentRecord:
 
     def covers(self, purpose: str, now: datetime) -> bool:
         """Whether this record authorises matching for ``purpose`` at ``now``."""
-        return purpose in self.purposes and self.active(now)
+        if purpose not in self.purposes:
+            return False
+        if not isinstance(now, datetime) or now.tzinfo is not timezone.utc:  # UTC already: no conversion
+            now = as_utc(now, "now")
+        if self.withdrawn_at is not None and self.withdrawn_at <= now:
+            return False
+        return self.granted_at <= now < self.expires_at
 
     def status(self, now: datetime) -> str:
         """``"active"``, ``"pending"`` (granted in the future), ``"expired"`` or ``"withdrawn"``."""

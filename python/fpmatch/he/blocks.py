@@ -146,9 +146,9 @@ class CiphertextBlocks:
         ring, n = self.context.ring, self.n
         block_of, coefficient = np.divmod(np.asarray(slots, dtype=np.int64), n)
         blocks, row = np.unique(block_of, return_inverse=True)
-        alpha = np.stack([ring.reduce(weights @ self._data[b][:, n:]) for b in blocks.tolist()])
+        alpha = np.stack([ring.reduce(np.einsum("j,jk->k", weights, self._data[b][:, n:])) for b in blocks.tolist()])
         beta = np.array(
-            [int(weights @ self._data[b][:, t]) % ring.q for b, t in zip(block_of.tolist(), coefficient.tolist())],
+            [int(np.dot(weights, self._data[b][:, t])) % ring.q for b, t in zip(block_of.tolist(), coefficient.tolist())],
             dtype=np.int64,
         )
         return self._scores(alpha, beta, coefficient, row.astype(np.int64).reshape(-1))
@@ -162,7 +162,7 @@ class CiphertextBlocks:
         chosen = [b for b, slots in enumerate(live) if len(slots)]
         alpha, beta = [], []
         for b in chosen:
-            product = weights @ self._data[b]
+            product = np.einsum("j,jk->k", weights, self._data[b])  # integer einsum: several times faster than @
             alpha.append(ring.reduce(product[n:]))
             beta.append(ring.reduce(product[live[b]]))
         counts = [len(live[b]) for b in chosen]

@@ -68,7 +68,10 @@ class ServiceState:
 
     def _ineligible(self, subject: str, purpose: str, now: datetime) -> str | None:
         """Why ``subject`` cannot be matched for ``purpose`` now, or None if they can."""
-        if not any(r.covers(purpose, now) for r in self._consents.get(subject, ())):
+        for record in self._consents.get(subject, ()):  # a loop, not any(): this runs per candidate
+            if record.covers(purpose, now):
+                break
+        else:
             return "no_consent"
         if subject not in self._gallery:
             return "not_enrolled"
