@@ -104,7 +104,8 @@ def rows_of(buffer: np.ndarray | bytes, dim: int) -> list[np.ndarray]:
         values = np.frombuffer(data[: len(data) // np.dtype(dtype).itemsize * np.dtype(dtype).itemsize], dtype=dtype)
         usable = len(values) // dim * dim
         if usable:
-            rows = values[:usable].reshape(-1, dim).astype(np.float64)
+            with np.errstate(invalid="ignore", over="ignore"):  # arbitrary bytes read as floats
+                rows = values[:usable].reshape(-1, dim).astype(np.float64)
             rows = rows[np.isfinite(rows).all(axis=1) & (np.abs(rows).max(axis=1) > 0)]
             if len(rows):
                 out.append(rows)
