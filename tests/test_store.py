@@ -494,3 +494,15 @@ def test_probes_are_never_written(directory: Path, clock: ManualClock) -> None:
         needles = [probe.tobytes()] + [w for part in parts for w in windows(part.tobytes())]
         assert found_anywhere(directory, needles) == []
     assert found_anywhere(directory, needles) == []
+
+
+def test_the_erasure_search_finds_a_piece_at_any_offset() -> None:
+    rng = np.random.default_rng(8)
+    pieces = {rng.bytes(16) for _ in range(300)}
+    finder = store_module._PieceFinder(pieces)
+    noise = rng.bytes(100_000)
+    assert not finder.found(noise) and not finder.found(b"") and not finder.found(noise[:15])
+    piece = sorted(pieces)[7]
+    for offset in [*range(9), 50_001, len(noise) - 16]:
+        assert finder.found(noise[:offset] + piece + noise[offset + 16 :]), offset
+    assert not finder.found(noise[:500] + piece[:15] + noise[515:])  # a partial piece is not a piece

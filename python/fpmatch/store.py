@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+import numpy as np
+
 
 from .audit import AuditEntry, AuditEvent, AuditHead, head_mac, make_entry
 from .consent import ConsentRecord, parse_time
@@ -65,6 +67,8 @@ _TAG_BYTES = 32
 _SEARCHED_ERASURES = 64
 #: Length of the pieces of an erased code searched for (a partial copy is a copy).
 _PIECE = 16
+#: Pages read and searched at a time (memory stays bounded on large stores).
+_PAGES_PER_SCAN = 16384
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -441,25 +445,37 @@ class Store:
         return True
 
     def _copies_left(self, codes: list[bytes]) -> bool:
-        """Whether a piece of any of the erased byte strings is in the pages of the tables that
+        """Whether a piece of any of the erased byte strings is in a leaf page of the tables that
         hold templates (in the whole file, without dbstat).
 
-        Only those pages can hold one: pages SQLite frees are zeroed (secure_delete).
+        Only those pages can hold one: pages SQLite frees, overflow pages included, are zeroed
+        (secure_delete), and a stale copy left by rebalancing lies in a leaf page. Such a copy
+        is at most a page long, so only pieces from the first page's worth of each string are
+        looked for.
         """
         conn = self._connection()
         path = self.directory / DATABASE
-        pieces = {code[i : i + _PIECE] for code in codes for i in range(0, len(code) - _PIECE + 1, _PIECE)}
+        size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        pieces = {
+            code[i : i + _PIECE] for code in codes for i in range(0, min(len(code), size) - _PIECE + 1, _PIECE)
+        }
         pieces = {piece for piece in pieces if len(set(piece)) > 1}  # a run of one byte is no evidence
+        if not pieces:
+            return False
+        finder = _PieceFinder(pieces)
         try:
-            size = int(conn.execute("PRAGMA page_size").fetchone()[0])
             marks = ",".join("?" * len(_TEMPLATE_TABLES))
-            pages = conn.execute(f"SELECT pageno FROM dbstat WHERE name IN ({marks})", _TEMPLATE_TABLES).fetchall()
+            pages = conn.execute(
+                f"SELECT pageno FROM dbstat WHERE name IN ({marks}) AND pagetype = 'leaf'", _TEMPLATE_TABLES
+            ).fetchall()
         except sqlite3.OperationalError:  # SQLite built without the dbstat table
-            data = path.read_bytes()
-        else:
-            with open(path, "rb") as f:
-                data = b"".join(os.pread(f.fileno(), size, (page - 1) * size) for (page,) in pages)
-        return any(piece in data for piece in pieces)
+            return finder.found(path.read_bytes())
+        with open(path, "rb") as f:
+            for first in range(0, len(pages), _PAGES_PER_SCAN):
+                batch = pages[first : first + _PAGES_PER_SCAN]
+                if finder.found(b"".join(os.pread(f.fileno(), size, (page - 1) * size) for (page,) in batch)):
+                    return True
+        return False
 
     def close(self) -> None:
         with self._lock:
@@ -656,6 +672,38 @@ def _settings(meta: Mapping[str, str], path: Path, key: ServiceKey, profile: Edg
             f"transform key {stored.profile.edge_key_id}, encryption key {stored.profile.he_key_id})"
         )
     return stored
+
+
+class _PieceFinder:
+    """Finds any of many 16-byte pieces in a buffer in one pass per byte alignment.
+
+    The first 8 bytes of every position are hashed (multiply-shift) into a bitmap of the
+    pieces' hashes; only the few positions that hit are compared in full.
+    """
+
+    _BITS = 22
+    _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
+
+    def __init__(self, pieces: set[bytes]) -> None:
+        self.pieces = pieces
+        keys = np.array([int.from_bytes(piece[:8], "little") for piece in pieces], dtype=np.uint64)
+        self._table = np.zeros(1 << self._BITS, dtype=bool)
+        self._table[self._hash(keys)] = True
+
+    def _hash(self, words: np.ndarray) -> np.ndarray:
+        return (words * self._MULTIPLIER) >> np.uint64(64 - self._BITS)
+
+    def found(self, data: bytes) -> bool:
+        for alignment in range(8):
+            count = (len(data) - alignment - _PIECE) // 8 + 1  # windows that fit whole
+            if count <= 0:
+                continue
+            words = np.frombuffer(data, dtype="<u8", count=count, offset=alignment)
+            for hit in np.flatnonzero(self._table[self._hash(words)]).tolist():
+                start = alignment + 8 * hit
+                if data[start : start + _PIECE] in self.pieces:
+                    return True
+        return False
 
 
 def _consent_from_row(row: tuple[Any, ...]) -> ConsentRecord:
