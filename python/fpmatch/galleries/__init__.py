@@ -13,16 +13,19 @@ from .hashed import HashSchemeGallery
 def open_gallery(profile: EdgeProfile, index: str, **options: Any) -> ProtectedGallery:
     """An empty gallery of the profile's scheme (the encrypted ones need ``decider`` and ``caller``)."""
     if profile.scheme == "hash":
-        options.pop("decider", None), options.pop("caller", None), options.pop("candidates", None)
-        return HashSchemeGallery(profile, index, **options)
+        return HashSchemeGallery(profile, index, **_without(options, "decider", "caller", "candidates"))
     if profile.scheme == "hybrid":
         from .hybrid import HybridSchemeGallery
 
         return HybridSchemeGallery(profile, index, **options)
     from .encrypted import EncryptedSchemeGallery
 
-    options.pop("shortlist", None), options.pop("candidates", None), options.pop("ivf_train_at", None)
-    return EncryptedSchemeGallery(profile, index, **options)
+    return EncryptedSchemeGallery(profile, index, **_without(options, "shortlist", "candidates", "ivf_train_at"))
+
+
+def _without(options: dict[str, Any], *names: str) -> dict[str, Any]:
+    """Options of other schemes dropped (a service opened with them runs another scheme)."""
+    return {name: value for name, value in options.items() if name not in names}
 
 
 __all__ = [
