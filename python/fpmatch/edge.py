@@ -30,6 +30,7 @@ import json
 import math
 import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
@@ -76,14 +77,14 @@ class EdgeProfile:
     def encrypted(self) -> bool:
         return self.scheme in ("he", "hybrid")
 
-    @property
+    @cached_property
     def profile_id(self) -> str:
-        """A public fingerprint of everything a message must agree with."""
-        facts = {k: v for k, v in self.to_dict().items() if k != "he_context"}
+        """A public fingerprint of everything a message must agree with (computed once: every message checks it)."""
+        facts = self.to_dict(with_context=False)
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
+    def to_dict(self, *, with_context: bool = True) -> dict[str, Any]:
+        facts = {
             "scheme": self.scheme,
             "dim": self.dim,
             "edge_key_id": self.edge_key_id,
@@ -91,10 +92,12 @@ class EdgeProfile:
             "hash_scheme": self.hash_scheme,
             "narrow_cone": self.narrow_cone,
             "he_key_id": self.he_key_id,
-            "he_context": None if self.he_context is None else self.he_context.hex(),
             "template_scale_bits": self.template_scale_bits,
             "probe_scale_bits": self.probe_scale_bits,
         }
+        if with_context:
+            facts["he_context"] = None if self.he_context is None else self.he_context.hex()
+        return facts
 
     @classmethod
     def from_dict(cls, value: dict[str, Any]) -> "EdgeProfile":
