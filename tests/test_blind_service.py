@@ -214,3 +214,46 @@ def test_no_plain_or_rotated_template_is_written(deployment: dict[str, Any]) -> 
             needles.append(record.values.tobytes())
         pieces = [piece for needle in needles for piece in windows(needle)[:4]]
         assert not any(piece in data for piece in pieces for data in contents)
+
+
+def _serve_key_holder(connection: Any, peer: Any) -> None:
+    from fpmatch.he import KeyHolder, serve
+
+    peer.close()
+    serve(KeyHolder(limits=OPEN_LIMITS), connection)  # the secret key exists in this process only
+
+
+@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(), reason="needs fork")
+def test_the_parties_in_separate_processes(tmp_path: Path) -> None:
+    """The key holder in its own process, its key made there: the service reaches it only
+    through its connection, and nothing reachable from the service is secret-key material."""
+    import multiprocessing
+
+    from fpmatch.he import RemoteKeyHolder
+
+    context = multiprocessing.get_context("fork")
+    ours, theirs = context.Pipe()
+    process = context.Process(target=_serve_key_holder, args=(theirs, ours), daemon=True)
+    process.start()
+    theirs.close()
+    try:
+        remote = RemoteKeyHolder(ours)
+        faces = FaceGenerator("centred", 5)
+        people = faces.identities(300)
+        stored, fresh = faces.samples(people), faces.samples(people)
+        edge = CaptureEdge(EDGE_KEY, stored.shape[1], public_context=remote.public_context())
+        with MatchingService.open(tmp_path / "store", ServiceKey(b"\x31" * 32), edge=edge.profile, keyholder=remote) as svc:
+            names = [f"p{i}" for i in range(300)]
+            for name in names:
+                svc.grant_consent(name, ["entry"], notice_version="v1", evidence_ref=name, method="app",
+                                  separate=True, retention=timedelta(days=30))  # fmt: skip
+            svc.enrol_many(names, edge.enrolments(stored))
+            svc.calibrate(0.01)  # from the codes: centred model
+            assert svc.verify("p3", edge.probe(fresh[3]), "entry").value == "match"
+            assert svc.verify("p3", edge.probe(fresh[4]), "entry").value == "no_match"
+            assert [m.subject for m in svc.identify(edge.probe(fresh[7]), "entry", k=1)] == ["p7"]
+            assert not any(isinstance(b, bytes) and b"FPHESEC1" in b for b in reachable_arrays(svc))
+    finally:
+        ours.close()
+        process.join(10)
+    assert process.exitcode == 0
