@@ -118,7 +118,8 @@ def test_sigkill_at_random_points_leaves_a_consistent_store(tmp_path: Path, key_
     assert sum(progress) > 10, progress  # the writer got somewhere before being killed
     assert len(withdrawn_names(log)) > 0
     assert set(statuses) <= {"missing", "stale", "loaded"}  # a kill never leaves a corrupt cache behind
-    assert time.monotonic() - started < 60
+    # A bound on the test's own length; he restarts cost a new block each (about 50 s in all here).
+    assert time.monotonic() - started < (120 if service_support.SCHEME == "he" else 60)
 
 
 @pytest.mark.parametrize("point", ["enrol-committed", "withdraw-committed", "cache-written"])
