@@ -79,8 +79,10 @@ class ProtectedGallery(ABC):
         except (KeyError, TypeError):
             raise UnknownSubjectError(f"subject {subject!r} is not enrolled") from None
 
-    def _name(self, id_: int) -> str | None:
-        return self._names.get(id_)
+    def _eligible_id(self, id_: int, eligible: Callable[[str], bool]) -> bool:
+        """Whether the subject stored under ``id_`` is still enrolled and ``eligible``."""
+        name = self._names.get(id_)
+        return name is not None and eligible(name)
 
     def _bind(self, names: Sequence[str], ids: Sequence[int]) -> None:
         for name, id_ in zip(names, ids):

@@ -66,7 +66,7 @@ class HashSchemeGallery(ProtectedGallery):
 
     def search(self, probe: ProbeMessage, k: int, threshold: float, eligible: Callable[[str], bool]) -> list[str]:
         assert probe.code is not None and probe.reliability is not None
-        found = self.codes.nearest(probe.code, probe.reliability, k, lambda id_: _eligible(self, id_, eligible))
+        found = self.codes.nearest(probe.code, probe.reliability, k, lambda id_: self._eligible_id(id_, eligible))
         return [self._names[id_] for id_, d in found if weighted_score(d) >= threshold]
 
     def problems(self, stored: Mapping[str, StoredTemplate], rows: Sequence[StoredRow]) -> list[str]:
@@ -75,7 +75,3 @@ class HashSchemeGallery(ProtectedGallery):
     def impostor_scores(self, count: int, rng: np.random.Generator) -> np.ndarray:
         return self.codes.impostor_scores(count, rng)
 
-
-def _eligible(gallery: ProtectedGallery, id_: int, eligible: Callable[[str], bool]) -> bool:
-    name = gallery._name(id_)
-    return name is not None and eligible(name)

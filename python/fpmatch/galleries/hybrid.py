@@ -20,7 +20,7 @@ from ..he.rows import CiphertextRows, row_bytes
 from ..index import Index
 from .base import ProtectedGallery, Staged, StoredRow, StoredTemplate
 from .codes import CodeTable
-from .hashed import _eligible, default_shortlist
+from .hashed import default_shortlist
 
 #: Shortlisted subjects re-scored under encryption per identification.
 DEFAULT_CANDIDATES = 32
@@ -107,7 +107,7 @@ class HybridSchemeGallery(ProtectedGallery):
     def search(self, probe: ProbeMessage, k: int, threshold: float, eligible: Callable[[str], bool]) -> list[str]:
         assert probe.code is not None and probe.reliability is not None and probe.values is not None
         found = self.codes.nearest(
-            probe.code, probe.reliability, max(k, self.candidates), lambda id_: _eligible(self, id_, eligible)
+            probe.code, probe.reliability, max(k, self.candidates), lambda id_: self._eligible_id(id_, eligible)
         )
         if not found:
             return []
