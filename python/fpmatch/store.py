@@ -179,6 +179,12 @@ class Transaction:
         self.changed_subjects = True
         return True
 
+    def reseal(self, id_: int, sealed: bytes) -> None:
+        """Replace an enrolled subject's ciphertext part (its block was re-randomised)."""
+        if self._conn.execute("UPDATE subjects SET sealed = ? WHERE id = ?", (sealed, id_)).rowcount != 1:
+            raise StoreFormatError(f"no enrolled subject has id {id_}")
+        self.changed_subjects = True
+
     def put_row(self, row: int, stored: StoredRow) -> None:
         """Insert or replace one row of packed ciphertexts."""
         data, used, refreshes = stored

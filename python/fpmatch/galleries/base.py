@@ -36,6 +36,7 @@ class Staged:
     slots: list[int | None] = field(default_factory=list)  # per added subject
     rows: dict[int, StoredRow] = field(default_factory=dict)  # ciphertext rows (or blocks) to write
     sealed: list[bytes | None] = field(default_factory=list)  # per added subject: its own ciphertext part
+    resealed: dict[int, bytes] = field(default_factory=dict)  # store id -> new ciphertext part of an enrolled subject
     erased: list[bytes] = field(default_factory=list)  # bytes that must survive nowhere
     apply: Callable[[Sequence[int]], None] = lambda ids: None  # the store's ids of added subjects
 

@@ -9,6 +9,7 @@ Thresholds are plain cosines, calibrated at the capture edge.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -17,6 +18,7 @@ from ..edge import EdgeProfile, EnrolmentRecord, ProbeMessage
 from ..he.blocks import CiphertextBlocks
 from ..he.context import PublicContext
 from ..he.keyholder import ScoreDecider
+from ..he.reclaim import reclaim_through
 from ..index import Index
 from .base import ProtectedGallery, Staged, StoredRow, StoredTemplate
 
@@ -30,16 +32,24 @@ class EncryptedSchemeGallery(ProtectedGallery):
         super().__init__(profile)
         assert profile.he_context is not None
         self.blocks = CiphertextBlocks(PublicContext(profile.he_context), profile.dim)
+        self._reclaim = partial(reclaim_through, decider, caller, self.blocks.context)
         self._decider = decider
         self._caller = caller
         self._slot: dict[int, int] = {}  # id -> slot
         self._ids_at: dict[int, int] = {}  # slot -> id
 
     def stage_add(self, subjects: Sequence[str], records: Sequence[EnrolmentRecord]) -> Staged:
-        staged = self.blocks.stage(np.stack([r.values for r in records]))
+        staged = self.blocks.stage(np.stack([r.values for r in records]), self._reclaim)
         n = self.blocks.n
-        rows = {b: (np.ascontiguousarray(data[:, n:], dtype="<i8").tobytes(), staged.used[b], 1) for b, data in staged.blocks.items()}
-        rows.update({b: (self.blocks.c1_bytes(b), used, 1) for b, used in staged.used.items() if b not in rows})
+        rows = {
+            b: (
+                np.ascontiguousarray(staged.blocks[b][:, n:], dtype="<i8").tobytes() if b in staged.blocks else self.blocks.c1_bytes(b),
+                used,
+                staged.refreshes[b],
+            )
+            for b, used in staged.used.items()
+        }
+        resealed = {self._ids_at[slot]: column for slot, column in staged.resealed.items()}
 
         def apply(ids: Sequence[int]) -> None:
             self.blocks.apply(staged)
@@ -47,7 +57,9 @@ class EncryptedSchemeGallery(ProtectedGallery):
                 self._slot[id_], self._ids_at[slot] = slot, id_
             self._bind(subjects, ids)
 
-        return Staged([None] * len(records), list(staged.slots), rows, sealed=list(staged.columns), apply=apply)
+        return Staged(
+            [None] * len(records), list(staged.slots), rows, sealed=list(staged.columns), resealed=resealed, apply=apply
+        )
 
     def stage_remove(self, subjects: Sequence[str]) -> Staged:
         ids = [self.id_of(s) for s in subjects]
@@ -93,7 +105,7 @@ class EncryptedSchemeGallery(ProtectedGallery):
         problems = []
         if {t.id: t.slot for t in stored.values()} != self._slot:
             problems.append("ciphertext slots differ from the database")
-        held = [(self.blocks.c1_bytes(b), self.blocks.used[b], 1) for b in range(self.blocks.count)]
+        held = [(self.blocks.c1_bytes(b), self.blocks.used[b], self.blocks.refreshes[b]) for b in range(self.blocks.count)]
         if held != list(rows):
             problems.append("ciphertext blocks in memory differ from the database")
         bad = [t.subject for t in stored.values() if t.slot is not None and t.slot in self._ids_at and t.sealed != self.blocks.column(t.slot)]

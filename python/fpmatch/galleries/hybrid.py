@@ -8,6 +8,7 @@ threshold, best first. Thresholds are plain cosines.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -16,6 +17,7 @@ from ..edge import EdgeProfile, EnrolmentRecord, ProbeMessage
 from ..errors import NotCalibratedError
 from ..he.context import PublicContext
 from ..he.keyholder import ScoreDecider
+from ..he.reclaim import reclaim_through
 from ..he.rows import CiphertextRows, row_bytes
 from ..index import Index
 from .base import ProtectedGallery, Staged, StoredRow, StoredTemplate
@@ -47,6 +49,7 @@ class HybridSchemeGallery(ProtectedGallery):
         depth = default_shortlist(profile) if shortlist is None else shortlist
         self.codes = CodeTable(profile.bits, index, depth, **options)
         self.rows = CiphertextRows(PublicContext(profile.he_context), profile.dim)
+        self._reclaim = partial(reclaim_through, decider, caller, self.rows.context)
         self.candidates = candidates
         self._decider = decider
         self._caller = caller
@@ -58,10 +61,10 @@ class HybridSchemeGallery(ProtectedGallery):
 
     def stage_add(self, subjects: Sequence[str], records: Sequence[EnrolmentRecord]) -> Staged:
         codes = np.stack([r.code for r in records])
-        staged = self.rows.stage(np.stack([r.values for r in records]))
+        staged = self.rows.stage(np.stack([r.values for r in records]), self._reclaim)
         rows = {
-            staged.first + i: (row_bytes(staged.c0[i], staged.c1[i]), staged.used[i], staged.refreshes[i])
-            for i in range(len(staged.c0))
+            row: (row_bytes(staged.c0[i], staged.c1[i]), staged.used[i], staged.refreshes[i])
+            for i, row in enumerate(staged.rows)
         }
 
         def apply(ids: Sequence[int]) -> None:
@@ -93,8 +96,8 @@ class HybridSchemeGallery(ProtectedGallery):
         adopted = self.codes.adopt(index)
         if not adopted:
             self.codes.load(ids, [t.code or b"" for t in stored])
-        self.rows.load(list(rows))
         self._slot = {t.id: int(t.slot) for t in stored if t.slot is not None}
+        self.rows.load(list(rows), set(self._slot.values()))
         self._bind([t.subject for t in stored], ids)
         return adopted
 

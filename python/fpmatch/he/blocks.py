@@ -9,13 +9,20 @@ element per block) and, for each slot asked about, coefficient t of the c0 half.
 Storage. A block's c1 halves are stored once, and each slot's d coefficients
 of c0 (its "column", the only values that depend on its template) are stored
 with its subject, so enrolling one subject writes d numbers and erasing one
-deletes them. Columns of empty slots (fresh encryptions of zero) are never
-stored: they exist only in the memory of the process that created the block, so
-a copy of the store taken before an enrolment holds nothing the enrolled column
-could be compared with. Without them, an empty slot of a block restored from
-the store decrypts to noise that no one without the secret key can cancel, so a
-restored block takes no more templates: enrolment opens a new block, and at most
-one partly filled block is left per restart. Erased slots are not reused either.
+deletes them. Columns of empty slots (encryptions of zero) are never stored:
+they exist only in the memory of the process that made them, so a copy of the
+store taken before an enrolment holds nothing the enrolled column could be
+compared with.
+
+Reuse. An erased slot, or an empty one whose column this process does not
+know (a block restored from the store), decrypts to noise that nobody without
+the secret key can cancel. The key holder can (:mod:`fpmatch.he.reclaim`): a
+reclaim adds to each of the block's d ciphertexts a fresh encryption that
+makes all such positions encrypt zero again. It changes every column of the
+block, so enrolled subjects' stored columns are rewritten with the block; a
+block is therefore reclaimed only when enrolment needs slots and it offers at
+least what is needed or an eighth of a block, and at most ``MAX_REFRESHES``
+times in its life (each adds a unit of fresh noise to every template in it).
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ import numpy as np
 
 from ..errors import AuthenticationError, InvalidInputError
 from .context import PublicContext
+from .encrypted import MAX_REFRESHES
+from .rows import Reclaimer
 from .scores import EncryptedScores
 
 
@@ -35,10 +44,12 @@ class StagedBlocks:
 
     slots: list[int]  # one per template, in order
     columns: list[bytes]  # one per template: its stored c0 column
-    blocks: dict[int, np.ndarray]  # blocks created: their whole (d, 2N) data
-    used: dict[int, int]  # slots filled in each touched block afterwards
-    filled: dict[int, np.ndarray]  # block -> (d, k) values written into slots ``fill_slots[block]``
-    fill_slots: dict[int, list[int]]
+    blocks: dict[int, np.ndarray]  # blocks created or reclaimed: their whole new (d, 2N) data
+    written: dict[int, tuple[list[int], np.ndarray]]  # other blocks: positions and their new (d, k) columns
+    used: dict[int, int]  # per touched block: slots used afterwards
+    refreshes: dict[int, int]  # per touched block: fresh encryptions absorbed afterwards
+    free: dict[int, set[int]]  # per touched block: positions known to encrypt zero afterwards
+    resealed: dict[int, bytes]  # enrolled slots of reclaimed blocks: their new stored column
 
 
 class CiphertextBlocks:
@@ -51,61 +62,114 @@ class CiphertextBlocks:
         self.dim = dim
         self.n = n
         self._data: list[np.ndarray] = []  # (d, 2N) int64 per block, centred: c0 coefficients | c1 NTT values
-        self.used: list[int] = []
-        self._columns_known = False  # whether the last block's empty columns exist in this process
+        self.used: list[int] = []  # per block: one past the highest position ever filled
+        self.refreshes: list[int] = []  # per block: fresh encryptions absorbed (1 at creation)
+        self._live: list[set[int]] = []  # per block: positions holding a template
+        self._free: list[set[int]] = []  # per block: positions whose column is known (in memory) to encrypt zero
 
     @property
     def count(self) -> int:
         return len(self._data)
 
-    def stage(self, values: np.ndarray) -> StagedBlocks:
-        """Where fixed-point templates (m, d) int64 would go, and everything that would change."""
-        n, ring = self.n, self.context.ring
-        m = len(values)
+    def reclaimable(self, block: int) -> set[int]:
+        """Positions of a block that hold no template and no known encryption of zero."""
+        return set(range(self.n)) - self._live[block] - self._free[block]
+
+    def stage(self, values: np.ndarray, reclaim: Reclaimer | None = None) -> StagedBlocks:
+        """Where fixed-point templates (m, d) int64 would go, and everything that would change.
+
+        Known-free positions are filled first; then, with ``reclaim`` (the key
+        holder's help), erased or unknown positions of the blocks that have
+        most of them, as long as a block offers at least what is needed or an
+        eighth of a block; then new blocks.
+        """
+        n, ring, m = self.n, self.context.ring, len(values)
+        places: list[tuple[int, int]] = []
         blocks: dict[int, np.ndarray] = {}
-        used: dict[int, int] = {}
-        filled: dict[int, np.ndarray] = {}
-        fill_slots: dict[int, list[int]] = {}
-        slots: list[int] = []
-        done = 0
-        last = self.count - 1
-        if last >= 0 and self.used[last] < n and self._columns_known:
-            take = min(n - self.used[last], m)
-            start = self.used[last]
-            filled[last] = values[:take].T
-            fill_slots[last] = list(range(start, start + take))
-            used[last] = start + take
-            done = take
-        position = self.count
-        while done < m:
-            take = min(n, m - done)
-            blocks[position] = self._fresh()
-            filled[position] = values[done : done + take].T
-            fill_slots[position] = list(range(take))
-            used[position] = take
-            done += take
-            position += 1
+        free: dict[int, set[int]] = {}
+
+        def take(b: int) -> None:
+            chosen = sorted(free[b])[: m - len(places)]
+            free[b].difference_update(chosen)
+            places.extend((b, t) for t in chosen)
+
+        for b in range(self.count):
+            if len(places) < m and self._free[b]:
+                free[b] = set(self._free[b])
+                take(b)
+        if reclaim is not None and len(places) < m:
+            dirty = {b: self.reclaimable(b) for b in range(self.count)}
+            for b in sorted(dirty, key=lambda b: -len(dirty[b])):
+                if self.refreshes[b] >= MAX_REFRESHES:
+                    continue
+                if len(places) == m or len(dirty[b]) < min(m - len(places), max(1, n // 8)):
+                    break
+                mask = np.zeros((self.dim, n), dtype=bool)
+                mask[:, sorted(dirty[b])] = True
+                fresh = reclaim(self._data[b][:, n:], mask)
+                if fresh is None:
+                    break
+                blocks[b] = np.concatenate(fresh, axis=1) + self._data[b]
+                blocks[b][:, sorted(dirty[b])] = fresh[0][:, sorted(dirty[b])]  # the reclaim cancels c1*s only
+                free[b] = free.get(b, set()) | dirty[b]
+                take(b)
+        while len(places) < m:
+            b = self.count + sum(1 for key in blocks if key >= self.count)
+            blocks[b] = self._fresh()
+            free[b] = set(range(n))
+            take(b)
+        filled: dict[int, tuple[list[int], list[np.ndarray]]] = {}
         columns = []
-        for b, ts in fill_slots.items():
-            data = blocks[b] if b in blocks else self._data[b]
-            written = ring.centre(data[:, ts] + filled[b])
+        for (b, t), value in zip(places, values):
+            column = ring.centre((blocks[b] if b in blocks else self._data[b])[:, t] + value)
             if b in blocks:
-                blocks[b][:, ts] = written
-            columns += [np.ascontiguousarray(written[:, i], dtype="<i8").tobytes() for i in range(len(ts))]
-            slots += [b * n + t for t in ts]
-        return StagedBlocks(slots, columns, blocks, used, filled, fill_slots)
+                blocks[b][:, t] = column
+            else:
+                filled.setdefault(b, ([], []))[0].append(t)
+                filled[b][1].append(column)
+            columns.append(column)
+        written = {b: (positions, np.stack(cols, axis=1)) for b, (positions, cols) in filled.items()}
+        for b in blocks:
+            blocks[b] = ring.centre(blocks[b])
+        resealed = {
+            b * n + t: np.ascontiguousarray(blocks[b][:, t], dtype="<i8").tobytes()
+            for b in blocks
+            if b < self.count
+            for t in sorted(self._live[b])
+        }
+        used = {b: max([self.used[b] if b < self.count else 0] + [t + 1 for c, t in places if c == b]) for b in free}
+        refreshes = {b: (self.refreshes[b] if b < self.count else 0) + (b in blocks) for b in free}
+        return StagedBlocks(
+            [b * n + t for b, t in places],
+            [np.ascontiguousarray(c, dtype="<i8").tobytes() for c in columns],
+            blocks,
+            written,
+            used,
+            refreshes,
+            free,
+            resealed,
+        )
 
     def apply(self, staged: StagedBlocks) -> None:
         """Write a staged batch into memory (after the store committed it)."""
-        for b in sorted(set(staged.used)):
-            if b in staged.blocks:
+        for b in sorted(staged.used):
+            if b >= self.count:
                 self._data.append(staged.blocks[b])
                 self.used.append(0)
+                self.refreshes.append(0)
+                self._live.append(set())
+                self._free.append(set())
+            elif b in staged.blocks:
+                old, self._data[b] = self._data[b], staged.blocks[b]
+                old.fill(0)  # no stale copy in freed memory
             else:
-                ts = staged.fill_slots[b]
-                self._data[b][:, ts] = self.context.ring.centre(self._data[b][:, ts] + staged.filled[b])
+                positions, columns = staged.written[b]
+                self._data[b][:, positions] = columns
             self.used[b] = staged.used[b]
-        self._columns_known = True
+            self.refreshes[b] = staged.refreshes[b]
+            self._free[b] = staged.free[b]
+        for slot in staged.slots:
+            self._live[slot // self.n].add(slot % self.n)
 
     def column(self, slot: int) -> bytes:
         """The stored form of a slot's c0 column."""
@@ -120,26 +184,29 @@ class CiphertextBlocks:
         """Zero the only coefficients that encrypt the slot's template."""
         b, t = self._where(slot)
         self._data[b][:, t] = 0
+        self._live[b].discard(t)
 
     def load(self, blocks: list[tuple[bytes, int, int]], columns: dict[int, bytes]) -> None:
-        """Replace everything with stored blocks (c1 bytes, slots used, 1) and slot columns."""
+        """Replace everything with stored blocks (c1 bytes, slots used, refreshes) and slot columns."""
         d, n, half_q = self.dim, self.n, self.context.ring.q // 2
-        self._data, self.used = [], []
-        for b, (c1, used, _) in enumerate(blocks):
-            if len(c1) != 8 * d * n or not 0 <= used <= n:
+        self._data, self.used, self.refreshes = [], [], []
+        self._live, self._free = [set() for _ in blocks], [set() for _ in blocks]
+        for b, (c1, used, refreshes) in enumerate(blocks):
+            if len(c1) != 8 * d * n or not 0 <= used <= n or not 1 <= refreshes <= MAX_REFRESHES:
                 raise AuthenticationError(f"stored ciphertext block {b} has the wrong size")
             data = np.zeros((d, 2 * n), dtype=np.int64)
             data[:, n:] = np.frombuffer(c1, dtype="<i8").reshape(d, n)
             self._data.append(data)
             self.used.append(int(used))
+            self.refreshes.append(int(refreshes))
         for slot, column in columns.items():
             b, t = self._where(slot)
             if len(column) != 8 * d:
                 raise AuthenticationError(f"stored column of slot {slot} has the wrong size")
             self._data[b][:, t] = np.frombuffer(column, dtype="<i8")
+            self._live[b].add(t)
         if any((np.abs(data) > half_q).any() for data in self._data):
             raise AuthenticationError("stored ciphertexts hold values out of range")
-        self._columns_known = False
 
     def request(self, slots: np.ndarray, weights: np.ndarray) -> EncryptedScores:
         """Encrypted scores of the fixed-point probe ``weights`` (d,) against ``slots``, in order."""

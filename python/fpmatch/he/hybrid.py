@@ -240,8 +240,10 @@ class HybridGallery:
         used, refreshes = meta["used"], meta["refreshes"]
         if len(body) != start + size * len(used) or len(refreshes) != len(used):
             raise AuthenticationError(f"{source}: ciphertext section has the wrong size")
+        slots = {int(id_): int(slot) for id_, slot in meta["subjects"].values()}
         gallery._rows.load(
-            [(body[start + r * size : start + (r + 1) * size], int(used[r]), int(refreshes[r])) for r in range(len(used))]
+            [(body[start + r * size : start + (r + 1) * size], int(used[r]), int(refreshes[r])) for r in range(len(used))],
+            set(slots.values()),
         )
         gallery._next_id = int(meta["next_id"])
         subjects = {str(name): int(id_) for name, (id_, _) in meta["subjects"].items()}
@@ -249,5 +251,5 @@ class HybridGallery:
             gallery._hash = Gallery.from_index(scheme, stored_index, subjects)
         except InvalidInputError:
             raise AuthenticationError(f"{source}: subject table and index disagree") from None
-        gallery._slot = {int(id_): int(slot) for id_, slot in meta["subjects"].values()}
+        gallery._slot = slots
         return gallery

@@ -1,13 +1,17 @@
 """The key holder: the only party that holds the CKKS secret key.
 
 It answers three questions about encrypted scores (see
-:class:`~fpmatch.he.scores.EncryptedScores`), and nothing else:
+:class:`~fpmatch.he.scores.EncryptedScores`):
 
 * :meth:`KeyHolder.decide` - one accept/reject bit per score (small requests);
 * :meth:`KeyHolder.best` - the positions of at most ``k`` scores that pass a
   threshold, best first (large requests: a whole 1:N search);
 * :meth:`KeyHolder.coarse_scores` - scores with Gaussian noise flooding, on a
-  coarse grid (a few per request).
+  coarse grid (a few per request);
+
+and does one thing besides, nothing else: :meth:`KeyHolder.reclaim` returns fresh
+ciphertexts that let the matching side reuse erased slots (see
+:mod:`fpmatch.he.reclaim`); it decrypts nothing for the caller.
 
 It never returns a raw decryption: a CKKS decryption carries the encryption
 noise, and enough of them reveal the secret key (Li and Micciancio, 2021);
@@ -43,10 +47,11 @@ import tenseal as ts
 
 from ..errors import InvalidInputError, KeyFileError
 from ._encoding import check_threshold
-from ._ring import Ring, secret_ntt
+from ._ring import Ring, ZeroEncryptor, secret_ntt
 from .context import pack_public_context
 from .errors import CiphertextIntegrityError, DecryptionRefusedError, RateLimitExceededError
 from .params import DEFAULT_PARAMS, HEParams
+from .reclaim import parse_request, reclaim_reply
 from .scores import EncryptedScores
 
 #: A decrypted score beyond +-(1 + this) cannot come from unit-norm templates.
@@ -69,6 +74,8 @@ class ScoreDecider(Protocol):
 
     def coarse_scores(self, scores: bytes, *, caller: str, noise_sigma: float | None = None) -> list[float]: ...
 
+    def reclaim(self, request: bytes, *, caller: str) -> bytes: ...
+
 
 @dataclass(frozen=True)
 class RateLimit:
@@ -78,7 +85,8 @@ class RateLimit:
     :meth:`KeyHolder.decide` may hold at most ``max_decisions`` scores (it
     returns a bit for each), :meth:`KeyHolder.best` at most ``max_scores``
     scores and ``max_k`` results, :meth:`KeyHolder.coarse_scores` at most
-    ``max_coarse`` scores.
+    ``max_coarse`` scores, :meth:`KeyHolder.reclaim` at most ``max_reclaim``
+    ciphertexts.
     """
 
     requests_per_second: float = 20.0
@@ -87,11 +95,12 @@ class RateLimit:
     max_scores: int = 1 << 21
     max_k: int = 100
     max_coarse: int = 16
+    max_reclaim: int = 64
 
     def __post_init__(self) -> None:
         if not self.requests_per_second > 0 or self.burst < 1:
             raise InvalidInputError("a rate limit needs requests_per_second > 0 and burst >= 1")
-        if min(self.max_decisions, self.max_scores, self.max_k, self.max_coarse) < 1:
+        if min(self.max_decisions, self.max_scores, self.max_k, self.max_coarse, self.max_reclaim) < 1:
             raise InvalidInputError("per-request limits must be at least 1")
 
 
@@ -102,6 +111,7 @@ class Usage:
     requests: int = 0
     scores: int = 0
     refused: int = 0
+    reclaimed: int = 0  # ciphertexts whose erased coefficients were reclaimed
     last_request: float | None = None
 
 
@@ -152,6 +162,7 @@ class KeyHolder:
         self.params = params
         self.key_id = self._ring.fingerprint(self._ring.public_key(_context))
         self._s_hat = secret_ntt(_context, self._ring)
+        self._zero = ZeroEncryptor(self._ring, self._ring.public_key(_context))
         self._public = pack_public_context(_context, params, self.key_id)
         self.limits = limits
         self.decision_noise = float(decision_noise)
@@ -262,6 +273,23 @@ class KeyHolder:
         noisy = [round((v + rng.gauss(0.0, sigma)) / step) * step for v in exact]
         return [round(min(1.0, max(-1.0, v)), 9) for v in noisy]
 
+    def reclaim(self, request: bytes, *, caller: str) -> bytes:
+        """Fresh encryptions that make erased coefficients encrypt zero again (see :mod:`fpmatch.he.reclaim`).
+
+        The reply is ciphertexts only; nothing decrypted leaves the key holder.
+        """
+        self._charge(caller)
+        ring = self._ring
+        c1, mask = parse_request(
+            request, key_id=self.key_id, n=ring.n, q=ring.q, max_rows=self.limits.max_reclaim
+        )
+        secret_products = np.stack([ring.intt(row) for row in ring.mulmod(c1, self._s_hat[None, :])])
+        fresh_c0, fresh_c1 = self._zero.encrypt(len(c1))
+        fresh_c0 = ring.centre(fresh_c0 - np.where(mask, secret_products, 0))
+        with self._lock:
+            self._callers[caller].usage.reclaimed += len(c1)
+        return reclaim_reply(self.key_id, ring.q, fresh_c0, fresh_c1)
+
     def usage(self, caller: str) -> Usage:
         """A copy of the caller's counters."""
         with self._lock:
@@ -290,6 +318,19 @@ class KeyHolder:
 
     def _admit(self, data: bytes, caller: str, max_scores: int, what: str) -> EncryptedScores:
         """Count the request, enforce the caller's budget, then parse it."""
+        bucket = self._charge(caller)
+        request = EncryptedScores.from_bytes(data, key_id=self.key_id, n=self._ring.n, q=self._ring.q)
+        with self._lock:
+            if len(request) > max_scores:
+                bucket.usage.refused += 1
+                raise DecryptionRefusedError(
+                    f"{what} takes at most {max_scores} scores per request, got {len(request)}"
+                )
+            bucket.usage.scores += len(request)
+        return request
+
+    def _charge(self, caller: str) -> _Bucket:
+        """Count one request against the caller's rate; raises when over it."""
         with self._lock:
             now = self._clock()
             bucket = self._bucket(caller, now)
@@ -303,15 +344,7 @@ class KeyHolder:
                 wait = (1.0 - bucket.tokens) / rate
                 raise RateLimitExceededError(f"caller {caller!r} is over its request budget; retry in {wait:.2f} s")
             bucket.tokens -= 1.0
-        request = EncryptedScores.from_bytes(data, key_id=self.key_id, n=self._ring.n, q=self._ring.q)
-        with self._lock:
-            if len(request) > max_scores:
-                bucket.usage.refused += 1
-                raise DecryptionRefusedError(
-                    f"{what} takes at most {max_scores} scores per request, got {len(request)}"
-                )
-            bucket.usage.scores += len(request)
-        return request
+        return bucket
 
     def _decrypt(self, request: EncryptedScores) -> np.ndarray:
         """Scores in cosine units; raises if any cannot be an honest score."""

@@ -64,11 +64,13 @@ def handle(holder: KeyHolder, message: bytes) -> bytes:
             result = holder.best(payload, header["threshold"], header["k"], caller=caller)
         elif op == "coarse_scores":
             result = holder.coarse_scores(payload, caller=caller, noise_sigma=header.get("noise_sigma"))
+        elif op == "reclaim":
+            return _pack({"ok": True}, holder.reclaim(payload, caller=caller))
         elif op == "usage":
             result = dataclasses.asdict(holder.usage(caller))
         else:
             raise DecryptionRefusedError(
-                f"the key holder does not do {op!r}: it returns decisions and coarse scores only"
+                f"the key holder does not do {op!r}: it returns decisions, coarse scores and reclaim ciphertexts only"
             )
         return _pack({"ok": True, "result": result})
     except FpmatchError as exc:
@@ -117,6 +119,9 @@ class RemoteKeyHolder:
     def coarse_scores(self, scores: bytes, *, caller: str, noise_sigma: float | None = None) -> list[float]:
         header = {"op": "coarse_scores", "caller": caller, "noise_sigma": noise_sigma}
         return [float(v) for v in self._call(header, scores)[0]["result"]]
+
+    def reclaim(self, request: bytes, *, caller: str) -> bytes:
+        return self._call({"op": "reclaim", "caller": caller}, request)[1]
 
     def usage(self, caller: str) -> Usage:
         return Usage(**self._call({"op": "usage", "caller": caller})[0]["result"])

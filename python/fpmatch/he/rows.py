@@ -7,12 +7,14 @@ element P(X) = sum_i w_i X^-i: coefficient ``p*d`` of c * P is the inner
 product, so the key holder receives c1 * P (NTT values) per row and, per
 template, only that coefficient of c0 * P, computed here as d multiply-adds.
 
-Placing templates first fills the last row's free positions, then new rows.
-Each row it touches gets a fresh encryption of zero (the last row is
-re-randomised), so two copies taken before and after do not differ by the
-plain template values. Erasing a slot zeroes its d coefficients of c0, the
-only ones that depend on its template: no ciphertext left decrypts to it, even
-with the secret key. Erased slots are not reused yet.
+Placing templates first fills erased slots (with the key holder's help, see
+:mod:`fpmatch.he.reclaim`), then the last row's free positions, then new
+rows. Each row it touches gets a fresh encryption (of zero, or the reclaim
+one), so two copies taken before and after do not differ by the plain
+template values. Erasing a slot zeroes its d coefficients of c0, the only ones
+that depend on its template: no ciphertext left decrypts to it, even with the
+secret key. A row stops taking templates after ``MAX_REFRESHES`` fresh
+encryptions, which bounds the noise they add.
 
 Stored, a row is c1 then c0: a database may leave a stale copy of the first
 bytes of a record in a page it rebalanced, and c1 carries no template.
@@ -21,6 +23,7 @@ bytes of a record in a page it rebalanced, and c1 carries no template.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -34,12 +37,16 @@ from .scores import EncryptedScores
 class StagedRows:
     """Rows that placing a batch would write, not yet applied."""
 
-    first: int  # index of the first row written
-    c0: np.ndarray  # (r, N) centred coefficients
+    rows: list[int]  # rows written, ascending
+    c0: np.ndarray  # (r, N) centred coefficients, one per written row
     c1: np.ndarray  # (r, N) centred NTT values
     slots: list[int]  # one per template, in order
     used: list[int]  # templates placed in each written row afterwards
     refreshes: list[int]  # fresh encryptions each written row has absorbed afterwards
+
+
+#: Fresh ciphertexts that cancel the secret product on a mask: (c1 rows, mask) -> (c0, c1), or None.
+Reclaimer = Callable[[np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray] | None"]
 
 
 class CiphertextRows:
@@ -56,44 +63,75 @@ class CiphertextRows:
         self.count = 0  # rows in use
         self.used: list[int] = []  # templates placed in each row (erased ones included)
         self.refreshes: list[int] = []
+        self.erased: set[int] = set()  # slots erased and not yet reclaimed
 
     @property
     def row_bytes(self) -> int:
         return 16 * self.context.ring.n
 
-    def stage(self, values: np.ndarray) -> StagedRows:
-        """Where a batch of fixed-point templates (m, d) int64 would go and the rows it would write."""
-        g, d, ring = self.group, self.dim, self.context.ring
+    def stage(self, values: np.ndarray, reclaim: Reclaimer | None = None) -> StagedRows:
+        """Where a batch of fixed-point templates (m, d) int64 would go and the rows it would write.
+
+        With ``reclaim`` (the key holder's help), erased slots are filled
+        first; then the last row's free positions, then new rows.
+        """
+        g, d, n = self.group, self.dim, self.context.ring.n
         m = len(values)
-        places: list[tuple[int, int]] = []
-        reopen = self.count > 0 and self.used[-1] < g and self.refreshes[-1] < MAX_REFRESHES
-        if reopen:
-            places += [(self.count - 1, p) for p in range(self.used[-1], min(g, self.used[-1] + m))]
-        new_rows = -(-(m - len(places)) // g)
+        reused = sorted(s for s in self.erased if self.refreshes[s // g] < MAX_REFRESHES)[:m] if reclaim else []
+        reclaimed_rows = sorted({s // g for s in reused})
+        fresh = None
+        if reclaimed_rows:
+            mask = np.zeros((len(reclaimed_rows), n), dtype=bool)
+            for s in reused:
+                row, p = divmod(s, g)
+                mask[reclaimed_rows.index(row), p * d : (p + 1) * d] = True
+            fresh = reclaim(self._c1[reclaimed_rows], mask)  # type: ignore[misc]
+        if fresh is None:
+            reused, reclaimed_rows = [], []
+        places = [divmod(s, g) for s in reused]
+        last = self.count - 1
+        if len(places) < m and last >= 0 and self.used[last] < g and self.refreshes[last] < MAX_REFRESHES:
+            places += [(last, p) for p in range(self.used[last], min(g, self.used[last] + m - len(places)))]
         places += [(self.count + i // g, i % g) for i in range(m - len(places))]
-        c0, c1 = self.context.encrypt_zeros(new_rows + (1 if reopen else 0))
-        first = self.count - 1 if reopen else self.count
-        if reopen:
-            c0[0] += self._c0[first]
-            c1[0] += self._c1[first]
+        rows = sorted({row for row, _ in places})
+        plain = [row for row in rows if row not in reclaimed_rows]
+        c0, c1 = np.zeros((len(rows), n), dtype=np.int64), np.zeros((len(rows), n), dtype=np.int64)
+        z0, z1 = self.context.encrypt_zeros(len(plain))
+        for i, row in enumerate(rows):
+            if row in reclaimed_rows:
+                at = reclaimed_rows.index(row)
+                c0[i], c1[i] = fresh[0][at], fresh[1][at]  # type: ignore[index]
+            else:
+                at = plain.index(row)
+                c0[i], c1[i] = z0[at], z1[at]
+            if row < self.count:
+                c0[i] += self._c0[row]
+                c1[i] += self._c1[row]
+        for s in reused:  # an earlier re-randomisation left noise in erased windows: the reclaim cancels c1*s only
+            row, p = divmod(s, g)
+            c0[rows.index(row), p * d : (p + 1) * d] = fresh[0][reclaimed_rows.index(row), p * d : (p + 1) * d]  # type: ignore[index]
+        used = [self.used[row] if row < self.count else 0 for row in rows]
         for (row, p), value in zip(places, values):
-            c0[row - first, p * d : (p + 1) * d] += value
-        used = ([self.used[-1]] if reopen else []) + [0] * new_rows
-        for row, p in places:
-            used[row - first] = max(used[row - first], p + 1)
-        refreshes = ([self.refreshes[-1] + 1] if reopen else []) + [1] * new_rows
-        return StagedRows(first, ring.centre(c0), ring.centre(c1), [r * g + p for r, p in places], used, refreshes)
+            i = rows.index(row)
+            c0[i, p * d : (p + 1) * d] += value
+            used[i] = max(used[i], p + 1)
+        refreshes = [(self.refreshes[row] if row < self.count else 0) + 1 for row in rows]
+        ring = self.context.ring
+        return StagedRows(rows, ring.centre(c0), ring.centre(c1), [r * g + p for r, p in places], used, refreshes)
 
     def apply(self, staged: StagedRows) -> None:
         """Write staged rows into memory (after the store committed them)."""
-        end = staged.first + len(staged.c0)
+        end = max(self.count, staged.rows[-1] + 1) if staged.rows else self.count
         self._ensure_capacity(end)
-        self._c0[staged.first : end] = staged.c0
-        self._c1[staged.first : end] = staged.c1
-        del self.used[staged.first :], self.refreshes[staged.first :]
-        self.used += staged.used
-        self.refreshes += staged.refreshes
+        self.used += [0] * (end - self.count)
+        self.refreshes += [0] * (end - self.count)
+        for i, row in enumerate(staged.rows):
+            self._c0[row] = staged.c0[i]
+            self._c1[row] = staged.c1[i]
+            self.used[row] = staged.used[i]
+            self.refreshes[row] = staged.refreshes[i]
         self.count = end
+        self.erased.difference_update(staged.slots)
 
     def stage_erase(self, slots: list[int]) -> tuple[dict[int, bytes], list[bytes]]:
         """The rows as they are once ``slots`` are erased, and the bytes erasure removes."""
@@ -110,13 +148,17 @@ class CiphertextRows:
         """Zero the only coefficients that encrypt the slot's template."""
         row, window = self._window(slot)
         self._c0[row, window] = 0
+        self.erased.add(int(slot))
 
     def to_bytes(self, row: int) -> bytes:
         """One row as stored: c1 then c0, int64 little-endian."""
         return row_bytes(self._c0[row], self._c1[row])
 
-    def load(self, rows: list[tuple[bytes, int, int]]) -> None:
-        """Replace every row with stored ones: (bytes, templates placed, refreshes) each."""
+    def load(self, rows: list[tuple[bytes, int, int]], occupied: set[int]) -> None:
+        """Replace every row with stored ones: (bytes, templates placed, refreshes) each.
+
+        Placed slots not in ``occupied`` count as erased.
+        """
         n, half_q = self.context.ring.n, self.context.ring.q // 2
         self._ensure_capacity(len(rows))
         for r, (data, used, refreshes) in enumerate(rows):
@@ -129,6 +171,8 @@ class CiphertextRows:
         self.count = len(rows)
         self.used = [int(u) for _, u, _ in rows]
         self.refreshes = [int(f) for _, _, f in rows]
+        g = self.group
+        self.erased = {r * g + p for r in range(self.count) for p in range(self.used[r])} - set(occupied)
 
     def request(self, slots: np.ndarray, weights: np.ndarray) -> EncryptedScores:
         """Encrypted scores of the fixed-point probe ``weights`` (d,) against ``slots``, in order."""

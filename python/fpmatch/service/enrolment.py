@@ -59,6 +59,8 @@ class EnrolmentOps(ServiceState):
                 ]
                 for row, stored in staged.rows.items():
                     tx.put_row(row, stored)
+                for id_, part in staged.resealed.items():
+                    tx.reseal(id_, part)
                 for name in names:
                     tx.audit(
                         time,
