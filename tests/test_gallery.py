@@ -638,3 +638,68 @@ def test_default_shortlist_follows_the_model_and_survives_save(tmp_path, faces: 
     assert loaded.shortlist == 300 and loaded.threshold == 0.3
     with pytest.raises(InvalidInputError):
         Gallery(CancellableHash(KEY_A, DIM), shortlist=0)
+
+
+# --------------------------------------------------------------------------- bounds and races
+
+
+def test_the_gallery_is_the_hash_scheme_gallery_the_service_runs(gallery: Gallery, faces: dict) -> None:
+    from fpmatch.edge import CaptureEdge
+    from fpmatch.galleries import HashSchemeGallery, ProtectedGallery
+
+    assert isinstance(gallery, HashSchemeGallery) and isinstance(gallery, ProtectedGallery)
+    # A capture edge under the same key makes probes this gallery decides on, as the service would.
+    edge = CaptureEdge(KEY_A, DIM, scheme="hash")
+    assert edge.profile.profile_id == gallery.profile.profile_id
+    probe = edge.probe(faces["genuine"][7])
+    assert gallery.decide(faces["names"][7], probe, gallery.threshold)
+    assert gallery.search(probe, 1, gallery.threshold, lambda name: True) == [faces["names"][7]]
+    assert gallery.search(probe, 1, gallery.threshold, lambda name: name != faces["names"][7]) != [faces["names"][7]]
+
+
+def test_identify_takes_exactly_one_probe_and_bounded_k(gallery: Gallery, faces: dict) -> None:
+    for probes in (faces["genuine"][:0], faces["genuine"][:4]):
+        with pytest.raises(InvalidInputError, match="one probe"):
+            gallery.identify(probes)
+    for k in (0, True, 10**9, 2.0):
+        with pytest.raises(InvalidInputError, match="k must be"):
+            gallery.identify(faces["genuine"][0], k=k)  # type: ignore[arg-type]
+    for shortlist in (0, 10**9, True):
+        with pytest.raises(InvalidInputError, match="shortlist"):
+            Gallery(CancellableHash(KEY_A, DIM), shortlist=shortlist)
+    assert len(gallery.identify_many(faces["genuine"][:3], k=2)) == 3
+
+
+def test_a_huge_or_endless_key_file_is_refused(tmp_path) -> None:
+    from fpmatch.errors import KeyFileError
+
+    big = tmp_path / "big.key"
+    big.write_bytes(b"{" + b" " * (1 << 17) + b"}")
+    for path in (big, "/dev/zero"):
+        with pytest.raises(KeyFileError, match="over"):
+            HashKey.load(path)
+
+
+def test_identify_while_another_thread_removes_never_fails(faces: dict) -> None:
+    import threading
+
+    g = small_gallery(faces, n=1500)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def search() -> None:
+        while not done.is_set():
+            try:
+                g.identify(faces["genuine"][int(np.random.default_rng().integers(1500))], k=10, threshold=-1.0)
+            except BaseException as exc:  # noqa: BLE001 - any error is the failure
+                errors.append(exc)
+
+    threads = [threading.Thread(target=search) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for name in faces["names"][:600]:
+        g.remove(name)
+    done.set()
+    for t in threads:
+        t.join()
+    assert not errors and len(g) == 900

@@ -38,7 +38,7 @@ import numpy as np
 from ._validate import unit_rows
 from .codes import weighted_pairs
 from .errors import InvalidInputError, KeyMismatchError, MessageFormatError
-from .gallery import check_fmr, threshold_at_fmr
+from .thresholds import check_fmr, threshold_at_fmr
 from .hashing import DEFAULT_BITS, DEFAULT_OFFSET_REMOVAL, SCHEME, CancellableHash
 from .keys import HashKey
 

@@ -28,20 +28,20 @@ import numpy as np
 
 from ._validate import as_subject_list, as_template_rows, require_array
 from .codes import weighted_pairs
-from .errors import (
-    AuthenticationError,
-    IdConflictError,
-    InvalidInputError,
-    KeyMismatchError,
-    NotCalibratedError,
-    UnknownSubjectError,
-)
+from .edge import EdgeProfile
+from .errors import AuthenticationError, IdConflictError, InvalidInputError, KeyMismatchError, UnknownSubjectError
+from .galleries.codes import check_shortlist, weighted_score
+from .galleries.hashed import HashSchemeGallery
+from .galleries.hashed import default_shortlist as hashed_default_shortlist
 from .hashing import CancellableHash
 from .index import FlatIndex, HNSWIndex, Index, IVFIndex, load_index
 from .keys import HashKey, ensure_outside
+from .thresholds import DEFAULT_TARGET_FMR, check_fmr, check_score, threshold_at_fmr
 
-DEFAULT_TARGET_FMR = 1e-4
+__all__ = ["Gallery", "VerifyResult", "Match", "Candidate", "DEFAULT_TARGET_FMR", "check_fmr", "threshold_at_fmr"]
 _MAGIC = b"FPMATCHG"
+#: Most results one identification returns (a bound, so that k cannot allocate without limit).
+MAX_RESULTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,13 @@ class Candidate:
     rank: int
 
 
-class Gallery:
+class Gallery(HashSchemeGallery):
     """Protected templates of enrolled subjects, searchable by Hamming distance.
+
+    The ``hash`` scheme's gallery (:class:`~fpmatch.galleries.HashSchemeGallery`,
+    which the matching service runs on codes alone) for a party that also holds
+    the transform key: it takes float templates and probes, protects them at
+    once, assigns ids, releases scores, and saves itself to one authenticated file.
 
     ``index="flat"`` searches exactly; ``"ivf"`` scales to millions approximately
     (it learns its lists from the first enrolment batch, which must hold at least
@@ -98,45 +103,22 @@ class Gallery:
         shortlist: int | None = None,
     ) -> None:
         check_fmr(target_fmr)
-        if shortlist is None:
-            shortlist = default_shortlist(scheme)
-        if shortlist < 1:
-            raise InvalidInputError("shortlist must be at least 1")
+        chosen = code_index(scheme.bits, index, hnsw_m, ef_construction, ef_search)
+        super().__init__(profile_of(scheme), chosen, shortlist=shortlist)
         self.scheme = scheme
         self.target_fmr = target_fmr
-        self.shortlist = shortlist
-        self._index: Index
-        if isinstance(index, (FlatIndex, IVFIndex, HNSWIndex)):
-            if index.bits != scheme.bits or len(index):
-                raise InvalidInputError("a gallery needs an empty index of the scheme's code width")
-            self._index = index
-        elif index == "flat":
-            self._index = FlatIndex(scheme.bits)
-        elif index == "ivf":
-            self._index = IVFIndex(scheme.bits)
-        elif index == "hnsw":
-            self._index = HNSWIndex(scheme.bits, hnsw_m, ef_construction, ef_search)
-        else:
-            raise InvalidInputError(f"index must be 'flat', 'ivf', 'hnsw' or an index object, got {index!r}")
-        self._ids: dict[str, int] = {}
-        self._names: dict[int, str] = {}
         self._next_id = 0
         self._threshold: float | None = None
 
-    # -- membership -----------------------------------------------------------
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def __contains__(self, subject: object) -> bool:
-        return subject in self._ids
-
-    def subjects(self) -> list[str]:
-        return list(self._ids)
-
     @property
-    def index(self) -> Index:
-        return self._index
+    def shortlist(self) -> int:
+        """Hamming neighbours re-ranked per probe."""
+        return self.codes.shortlist
+
+    @shortlist.setter
+    def shortlist(self, value: int) -> None:
+        check_shortlist(value)
+        self.codes.shortlist = value
 
     def enrol(self, subjects: str | Sequence[str], templates: np.ndarray) -> None:
         """Protect and store one template per subject. All or nothing: on any error nothing is stored."""
@@ -150,10 +132,8 @@ class Gallery:
 
     def remove(self, subject: str) -> None:
         """Delete the subject's code from the index; afterwards they match nothing."""
-        id_ = self._id_of(subject)
-        self._index.remove(np.array([id_], dtype=np.int64))
-        del self._ids[subject]
-        del self._names[id_]
+        self.codes.remove(np.array([self.id_of(subject)], dtype=np.int64))
+        self._unbind([subject])
 
     # -- decisions ------------------------------------------------------------
 
@@ -165,7 +145,7 @@ class Gallery:
     @threshold.setter
     def threshold(self, value: float | None) -> None:
         if value is not None:
-            _check_score(value)
+            check_score(value)
         self._threshold = None if value is None else float(value)
 
     def verify(self, subject: str, probe: np.ndarray, threshold: float | None = None) -> VerifyResult:
@@ -175,34 +155,37 @@ class Gallery:
         if len(code) != 1:
             raise InvalidInputError("verify takes one probe")
         try:
-            stored = self._index.reconstruct(np.array([self._id_of(subject)], dtype=np.int64))
+            distance = self.codes.distance(self.id_of(subject), code[0], reliability[0])
         except IdConflictError:  # removed by another thread since the lookup
             raise UnknownSubjectError(f"subject {subject!r} is not enrolled") from None
-        first = np.zeros(1, dtype=np.int64)
-        distance = float(weighted_pairs(code, reliability, first, stored, first)[0])
-        score = float(self.scheme.weighted_score(distance))
+        score = float(weighted_score(distance))
         return VerifyResult(subject=subject, verified=score >= limit, score=score, threshold=limit, distance=distance)
 
     def identify(self, probe: np.ndarray, k: int = 5, threshold: float | None = None) -> list[Candidate]:
         """1:N: up to ``k`` subjects whose score reaches the threshold, best first. Empty: no match."""
-        return self.identify_many(as_template_rows(probe, self.scheme.dim, "probe")[:1], k, threshold)[0]
+        rows = as_template_rows(probe, self.scheme.dim, "probe")
+        if len(rows) != 1:
+            raise InvalidInputError(f"identify takes one probe, got {len(rows)}; use identify_many for a batch")
+        return self.identify_many(rows, k, threshold)[0]
 
     def identify_many(
         self, probes: np.ndarray, k: int = 5, threshold: float | None = None
     ) -> list[list[Candidate]]:
         """:meth:`identify` for a batch of probes (n, dim)."""
-        if k < 1:
-            raise InvalidInputError("k must be at least 1")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_RESULTS:
+            raise InvalidInputError(f"k must be an integer in [1, {MAX_RESULTS}], got {k!r}")
         limit = self._threshold_for(threshold)
         codes, reliability = self.scheme.protect_with_reliability(
             as_template_rows(probes, self.scheme.dim, "probes")
         )
-        result = self._index.search_weighted(codes, reliability, k, self.shortlist)
+        result = self.codes.index.search_weighted(codes, reliability, k, self.shortlist)
         out: list[list[Candidate]] = []
         for distances, labels in zip(result.distances.tolist(), result.labels.tolist()):
-            scored = [(self.scheme.weighted_score(d), d, l) for d, l in zip(distances, labels) if l >= 0]
-            matches = [(score, d, l) for score, d, l in scored if score >= limit]
-            out.append([Candidate(self._names[l], s, d, rank) for rank, (s, d, l) in enumerate(matches, start=1)])
+            # A subject removed by another thread during the search is passed over.
+            named = [(self._names.get(label), d) for d, label in zip(distances, labels) if label >= 0]
+            scored = [(name, float(weighted_score(d)), d) for name, d in named if name is not None]
+            matches = [(name, score, d) for name, score, d in scored if score >= limit]
+            out.append([Candidate(name, s, d, rank) for rank, (name, s, d) in enumerate(matches, start=1)])
         return out
 
     def calibrate(
@@ -228,7 +211,7 @@ class Gallery:
         if templates is not None or labels is not None:
             scores = self._labelled_impostors(templates, labels, max(needed, max_pairs), rng)
         else:
-            scores = self._gallery_impostors(max(needed, max_pairs), rng)
+            scores = self.codes.impostor_scores(max(needed, max_pairs), rng)
         threshold = threshold_at_fmr(scores, fmr)
         self._threshold = threshold
         self.target_fmr = fmr
@@ -255,7 +238,7 @@ class Gallery:
             "subjects": self._ids,
         }
         meta_bytes = json.dumps(meta).encode()
-        index_bytes = self._index.serialize(self.scheme.key.subkey("index-mac"))
+        index_bytes = self.codes.index.serialize(self.scheme.key.subkey("index-mac"))
         body = _MAGIC + struct.pack("<Q", len(meta_bytes)) + meta_bytes + index_bytes
         tag = hmac.new(self.scheme.key.subkey("gallery-mac"), body, "sha256").digest()
         tmp = target.with_name(target.name + ".tmp")
@@ -287,17 +270,21 @@ class Gallery:
         scheme = CancellableHash(
             key, meta["dim"], meta["bits"], offset, n_threads, meta["offset_removal"], meta["scheme"]
         )
-        gallery = cls(scheme, target_fmr=meta["target_fmr"], shortlist=meta.get("shortlist"))
-        gallery._index = load_index(body[start + meta_len :], key.subkey("index-mac"))
-        gallery._ids = {str(k): int(v) for k, v in meta["subjects"].items()}
-        gallery._names = {v: k for k, v in gallery._ids.items()}
-        gallery._next_id = int(meta["next_id"])
         if "threshold" in meta:
-            gallery.threshold = meta["threshold"]
+            threshold = meta["threshold"]
         elif meta.get("threshold_distance") is not None:  # files that held a Hamming limit
-            gallery.threshold = float(scheme.score(int(meta["threshold_distance"])))
-        if sorted(gallery._names) != sorted(gallery._index.ids().tolist()):
-            raise AuthenticationError(f"{source}: subject table and index disagree")
+            threshold = float(scheme.score(int(meta["threshold_distance"])))
+        else:
+            threshold = None
+        subjects = {str(k): int(v) for k, v in meta["subjects"].items()}
+        index = load_index(body[start + meta_len :], key.subkey("index-mac"))
+        try:
+            gallery = cls.from_index(
+                scheme, index, subjects, target_fmr=meta["target_fmr"], threshold=threshold, shortlist=meta.get("shortlist")
+            )
+        except InvalidInputError:
+            raise AuthenticationError(f"{source}: subject table and index disagree") from None
+        gallery._next_id = max(gallery._next_id, int(meta["next_id"]))
         return gallery
 
     # -- for stores that keep codes and ids themselves -------------------------
@@ -312,30 +299,15 @@ class Gallery:
             raise IdConflictError(f"already enrolled: {', '.join(taken[:5])}")
         if ids.shape != (len(names),):
             raise InvalidInputError(f"need one id per code, got ids of shape {ids.shape}")
-        if isinstance(self._index, IVFIndex) and not self._index.is_trained:
-            if len(codes) < self._index.nlist:
-                raise InvalidInputError(
-                    f"an IVF gallery learns its lists from the first enrolment: enrol at least "
-                    f"{self._index.nlist} subjects at once, or pass a trained IVFIndex"
-                )
-            self._index.train(codes)
         # Names first, index second (and the reverse on removal): a concurrent
         # search never returns an id whose name is unknown.
-        for name, id_ in zip(names, ids.tolist()):
-            self._names[id_] = name
+        self._bind(names, ids.tolist())
         try:
-            self._index.add(codes, ids)
+            self.codes.add(codes, ids)
         except Exception:
-            for id_ in ids.tolist():
-                del self._names[id_]
+            self._unbind(names)
             raise
         self._next_id = max([self._next_id, *(id_ + 1 for id_ in ids.tolist())])
-        for name, id_ in zip(names, ids.tolist()):
-            self._ids[name] = id_
-
-    def id_of(self, subject: str) -> int:
-        """The index id of an enrolled subject."""
-        return self._id_of(subject)
 
     @classmethod
     def from_index(
@@ -355,39 +327,22 @@ class Gallery:
         if ids != sorted(index.ids().tolist()) or len(set(ids)) != len(ids):
             raise InvalidInputError("the subject table and the index hold different ids")
         gallery = cls(scheme, target_fmr=target_fmr, shortlist=shortlist)
-        gallery._index = index
-        gallery._ids = {str(name): int(id_) for name, id_ in subjects.items()}
-        gallery._names = {id_: name for name, id_ in gallery._ids.items()}
+        gallery.codes.hold(index)
+        gallery._bind([str(name) for name in subjects], [int(id_) for id_ in subjects.values()])
         gallery._next_id = ids[-1] + 1 if ids else 0
         gallery.threshold = threshold
         return gallery
 
     # -- internals ------------------------------------------------------------
 
-    def _id_of(self, subject: str) -> int:
-        try:
-            return self._ids[subject]
-        except (KeyError, TypeError):
-            raise UnknownSubjectError(f"subject {subject!r} is not enrolled") from None
-
     def _threshold_for(self, threshold: float | None) -> float:
         if threshold is not None:
-            _check_score(threshold)
+            check_score(threshold)
             return float(threshold)
         if self._threshold is None:
             self.calibrate()
         assert self._threshold is not None
         return self._threshold
-
-    def _gallery_impostors(self, max_pairs: int, rng: np.random.Generator) -> np.ndarray:
-        ids = self._index.ids()
-        n = len(ids)
-        if n < 2:
-            return np.zeros(0, dtype=np.int64)
-        queries = rng.permutation(ids)[: max(1, min(n, math.ceil(max_pairs / (n - 1))))]
-        found = self._index.range_search(self._index.reconstruct(queries), self.scheme.bits)
-        self_match = np.repeat(queries, np.diff(found.lims))
-        return np.asarray(self.scheme.score(found.distances[found.labels != self_match]))
 
     def _labelled_impostors(
         self, templates: np.ndarray | None, labels: np.ndarray | None, max_pairs: int, rng: np.random.Generator
@@ -402,40 +357,32 @@ class Gallery:
         b = rng.integers(0, len(codes), max_pairs)
         keep = labels[a] != labels[b]
         a, b = a[keep], b[keep]
-        return np.asarray(self.scheme.weighted_score(weighted_pairs(codes, reliability, a, codes, b)))
+        return np.asarray(weighted_score(weighted_pairs(codes, reliability, a, codes, b)))
 
 
-def threshold_at_fmr(scores: np.ndarray, fmr: float) -> float:
-    """The lowest score threshold that at most ``floor(fmr * n)`` of ``n`` impostor scores reach.
+def code_index(bits: int, index: str | Index, hnsw_m: int, ef_construction: int, ef_search: int) -> str | Index:
+    """The index a single-party gallery asked for ``index`` searches: "flat", or an index object."""
+    if isinstance(index, (FlatIndex, IVFIndex, HNSWIndex)) or index == "flat":
+        return index
+    if index == "ivf":
+        return IVFIndex(bits)  # trained on the first enrolment
+    if index == "hnsw":
+        return HNSWIndex(bits, hnsw_m, ef_construction, ef_search)
+    raise InvalidInputError(f"index must be 'flat', 'ivf', 'hnsw' or an index object, got {index!r}")
 
-    Needs at least ``10 / fmr`` scores (NotCalibratedError otherwise).
-    """
-    check_fmr(fmr)
-    needed = math.ceil(10 / fmr)
-    if len(scores) < needed:
-        raise NotCalibratedError(
-            f"{len(scores)} impostor pairs cannot estimate FMR {fmr:g} (need {needed}); "
-            "enrol more subjects or calibrate with labelled templates"
-        )
-    allowed = int(math.floor(fmr * len(scores)))
-    highest = np.partition(scores, len(scores) - 1 - allowed)[len(scores) - 1 - allowed]
-    threshold = float(np.nextafter(highest, np.inf))
-    if threshold > 1.0:
-        raise NotCalibratedError(f"even identical templates exceed FMR {fmr:g} on this data")
-    return threshold
+
+def profile_of(scheme: CancellableHash) -> EdgeProfile:
+    """The public facts of the ``hash`` scheme that ``scheme`` protects under."""
+    return EdgeProfile(
+        scheme="hash",
+        dim=scheme.dim,
+        edge_key_id=scheme.key.key_id,
+        bits=scheme.bits,
+        hash_scheme=scheme.scheme,
+        narrow_cone=scheme.offset is not None,
+    )
 
 
 def default_shortlist(scheme: CancellableHash) -> int:
     """Hamming neighbours re-ranked per probe unless a gallery is told otherwise."""
-    return 1024 if scheme.offset is not None else 128
-
-
-def check_fmr(fmr: float) -> None:
-    """A target false-match rate in (0, 1)."""
-    if not 0.0 < fmr < 1.0:
-        raise InvalidInputError(f"target FMR must lie in (0, 1), got {fmr}")
-
-
-def _check_score(score: float) -> None:
-    if not -1.0 <= float(score) <= 1.0:
-        raise InvalidInputError(f"a score threshold must lie in [-1, 1], got {score}")
+    return hashed_default_shortlist(profile_of(scheme))

@@ -25,6 +25,8 @@ from . import _core
 from .errors import KeyFileError
 
 _KEY_BYTES = 32
+#: Largest key file read: a key file is a few hundred bytes, and a device or a huge file must not exhaust memory.
+MAX_KEY_FILE_BYTES = 1 << 16
 _K = TypeVar("_K", bound="_SecretKey")
 
 
@@ -74,7 +76,11 @@ class _SecretKey:
         """Read a key file written by :meth:`save`; a damaged file raises KeyFileError."""
         source = Path(path)
         try:
-            body = json.loads(source.read_text())
+            with open(source, "rb") as f:
+                raw = f.read(MAX_KEY_FILE_BYTES + 1)
+            if len(raw) > MAX_KEY_FILE_BYTES:
+                raise KeyFileError(f"{source} is not an fpmatch {cls._WHAT} file (over {MAX_KEY_FILE_BYTES} bytes)")
+            body = json.loads(raw)
             if not isinstance(body, dict) or body.get("version") != 1:
                 raise KeyFileError(f"{source} is not an fpmatch {cls._WHAT} file")
             if body.get("format") != cls._FORMAT:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -54,8 +54,6 @@ class StoredTemplate:
 
 class ProtectedGallery(ABC):
     """Protected templates of enrolled subjects under one scheme."""
-
-    scheme: ClassVar[str]
 
     def __init__(self, profile: EdgeProfile) -> None:
         self.profile = profile
@@ -134,6 +132,6 @@ class ProtectedGallery(ABC):
     def impostor_scores(self, count: int, rng: np.random.Generator) -> np.ndarray:
         """Scores of pairs of distinct enrolled subjects, in threshold units (code-only calibration)."""
         raise NotCalibratedError(
-            f"the {self.scheme} scheme is calibrated at the capture edge: pass "
+            f"the {self.profile.scheme} scheme is calibrated at the capture edge: pass "
             "CaptureEdge.calibration(templates, labels, target_fmr) to calibrate()"
         )

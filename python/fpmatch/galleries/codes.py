@@ -6,7 +6,9 @@ shortlist re-ranked by weighted distance, and a score is ``1 - 2 d``.
 
 ``index="ivf"`` needs training. Until the gallery holds ``ivf_train_at``
 codes they are searched exactly (flat); then the lists are learnt from every
-code held and the IVF index takes over.
+code held and the IVF index takes over. An index object may be passed
+instead (empty, of the code width): an untrained IVF index given so learns its
+lists from the first batch added, which must hold at least ``nlist`` codes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ from ..index import FlatIndex, HNSWIndex, Index, IVFIndex
 INDEX_KINDS = ("flat", "ivf", "hnsw")
 #: Codes held before an IVF index is trained (exact search until then).
 IVF_TRAIN_AT = 10_000
+#: Deepest Hamming shortlist re-ranked per probe.
+MAX_SHORTLIST = 1 << 16
+
+
+def check_shortlist(shortlist: object) -> None:
+    """A shortlist depth: a positive integer, bounded so that it cannot allocate without limit."""
+    if isinstance(shortlist, bool) or not isinstance(shortlist, int) or not 1 <= shortlist <= MAX_SHORTLIST:
+        raise InvalidInputError(f"shortlist must be an integer in [1, {MAX_SHORTLIST}], got {shortlist!r}")
 
 
 def weighted_score(distance: np.ndarray | float) -> np.ndarray:
@@ -33,18 +43,26 @@ def weighted_score(distance: np.ndarray | float) -> np.ndarray:
 class CodeTable:
     """Codes by store id in one index of the kind asked for."""
 
-    def __init__(self, bits: int, kind: str, shortlist: int, *, ivf_train_at: int = IVF_TRAIN_AT) -> None:
-        if kind not in INDEX_KINDS:
-            raise InvalidInputError(f"index must be one of {', '.join(INDEX_KINDS)}, got {kind!r}")
-        if isinstance(shortlist, bool) or not isinstance(shortlist, int) or shortlist < 1:
-            raise InvalidInputError(f"shortlist must be a positive integer, got {shortlist!r}")
+    def __init__(self, bits: int, kind: str | Index, shortlist: int, *, ivf_train_at: int = IVF_TRAIN_AT) -> None:
+        given = kind if isinstance(kind, (FlatIndex, IVFIndex, HNSWIndex)) else None
+        if given is not None:
+            if given.bits != bits or len(given):
+                raise InvalidInputError("a gallery needs an empty index of the scheme's code width")
+        elif kind not in INDEX_KINDS:
+            raise InvalidInputError(f"index must be one of {', '.join(INDEX_KINDS)} or an index object, got {kind!r}")
+        check_shortlist(shortlist)
         self.bits = bits
-        self.kind = kind
         self.shortlist = shortlist  # Hamming neighbours re-ranked by weighted distance
         if isinstance(ivf_train_at, bool) or not isinstance(ivf_train_at, int) or ivf_train_at < 64:
             raise InvalidInputError(f"ivf_train_at must be an integer of at least 64, got {ivf_train_at!r}")
         self.ivf_train_at = ivf_train_at
-        self.index: Index = self._empty()
+        self.kind: str
+        self.index: Index
+        if given is None:
+            self.kind = str(kind)
+            self.index = self._empty()
+        else:
+            self.hold(given)
 
     def _empty(self) -> Index:
         return HNSWIndex(self.bits) if self.kind == "hnsw" else FlatIndex(self.bits)
@@ -60,8 +78,22 @@ class CodeTable:
         self.index = index
         return True
 
+    def hold(self, index: Index) -> None:
+        """Search ``index`` (codes already in it) from now on, whatever its kind."""
+        if index.bits != self.bits:
+            raise InvalidInputError(f"the index holds {index.bits}-bit codes, this table {self.bits}")
+        self.kind = "ivf" if isinstance(index, IVFIndex) else "hnsw" if isinstance(index, HNSWIndex) else "flat"
+        self.index = index
+
     def add(self, codes: np.ndarray, ids: np.ndarray) -> None:
-        if self.kind == "ivf" and not isinstance(self.index, IVFIndex):
+        if isinstance(self.index, IVFIndex) and not self.index.is_trained:
+            if len(codes) < self.index.nlist:
+                raise InvalidInputError(
+                    f"an IVF gallery learns its lists from the first enrolment: enrol at least "
+                    f"{self.index.nlist} subjects at once, or pass a trained IVFIndex"
+                )
+            self.index.train(codes)
+        elif self.kind == "ivf" and not isinstance(self.index, IVFIndex):
             held = self.index.ids()
             if len(held) + len(ids) >= self.ivf_train_at:
                 all_ids = np.concatenate([held, ids])

@@ -26,8 +26,6 @@ from .base import ProtectedGallery, Staged, StoredRow, StoredTemplate
 class EncryptedSchemeGallery(ProtectedGallery):
     """Column-packed ciphertext blocks; decisions from the key holder."""
 
-    scheme = "he"
-
     def __init__(self, profile: EdgeProfile, index: str = "flat", *, decider: ScoreDecider, caller: str) -> None:
         super().__init__(profile)
         assert profile.he_context is not None

@@ -20,9 +20,9 @@ def default_shortlist(profile: EdgeProfile) -> int:
 class HashSchemeGallery(ProtectedGallery):
     """Codes in a binary index; scores are probe-weighted code scores (estimated cosines)."""
 
-    scheme = "hash"
-
-    def __init__(self, profile: EdgeProfile, index: str = "flat", *, shortlist: int | None = None, **options: int):
+    def __init__(
+        self, profile: EdgeProfile, index: str | Index = "flat", *, shortlist: int | None = None, **options: int
+    ) -> None:
         super().__init__(profile)
         assert profile.bits is not None
         depth = default_shortlist(profile) if shortlist is None else shortlist

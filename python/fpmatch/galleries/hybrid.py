@@ -14,7 +14,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ..edge import EdgeProfile, EnrolmentRecord, ProbeMessage
-from ..errors import NotCalibratedError
+from ..errors import InvalidInputError, NotCalibratedError
 from ..he.context import PublicContext
 from ..he.keyholder import ScoreDecider
 from ..he.reclaim import reclaim_through
@@ -31,14 +31,12 @@ DEFAULT_CANDIDATES = 32
 class HybridSchemeGallery(ProtectedGallery):
     """Codes for the shortlist, packed ciphertexts for exact scores; decisions from the key holder."""
 
-    scheme = "hybrid"
-
     def __init__(
         self,
         profile: EdgeProfile,
-        index: str = "flat",
+        index: str | Index = "flat",
         *,
-        decider: ScoreDecider,
+        decider: ScoreDecider | None,
         caller: str,
         shortlist: int | None = None,
         candidates: int = DEFAULT_CANDIDATES,
@@ -48,8 +46,8 @@ class HybridSchemeGallery(ProtectedGallery):
         assert profile.bits is not None and profile.he_context is not None
         depth = default_shortlist(profile) if shortlist is None else shortlist
         self.codes = CodeTable(profile.bits, index, depth, **options)
-        self.rows = CiphertextRows(PublicContext(profile.he_context), profile.dim)
-        self._reclaim = partial(reclaim_through, decider, caller, self.rows.context)
+        self.ciphertext_rows = CiphertextRows(PublicContext(profile.he_context), profile.dim)
+        self._reclaim = None if decider is None else partial(reclaim_through, decider, caller, self.ciphertext_rows.context)
         self.candidates = candidates
         self._decider = decider
         self._caller = caller
@@ -61,7 +59,7 @@ class HybridSchemeGallery(ProtectedGallery):
 
     def stage_add(self, subjects: Sequence[str], records: Sequence[EnrolmentRecord]) -> Staged:
         codes = np.stack([r.code for r in records])
-        staged = self.rows.stage(np.stack([r.values for r in records]), self._reclaim)
+        staged = self.ciphertext_rows.stage(np.stack([r.values for r in records]), self._reclaim)
         rows = {
             row: (row_bytes(staged.c0[i], staged.c1[i]), staged.used[i], staged.refreshes[i])
             for i, row in enumerate(staged.rows)
@@ -69,7 +67,7 @@ class HybridSchemeGallery(ProtectedGallery):
 
         def apply(ids: Sequence[int]) -> None:
             self.codes.add(codes, np.asarray(ids, dtype=np.int64))
-            self.rows.apply(staged)
+            self.ciphertext_rows.apply(staged)
             self._slot.update(zip(ids, staged.slots))
             self._bind(subjects, ids)
 
@@ -78,14 +76,14 @@ class HybridSchemeGallery(ProtectedGallery):
     def stage_remove(self, subjects: Sequence[str]) -> Staged:
         ids = [self.id_of(s) for s in subjects]
         slots = [self._slot[id_] for id_ in ids]
-        written, removed = self.rows.stage_erase(slots)
+        written, removed = self.ciphertext_rows.stage_erase(slots)
         codes = [code.tobytes() for code in self.codes.index.reconstruct(np.array(ids, dtype=np.int64))]
-        rows = {row: (data, self.rows.used[row], self.rows.refreshes[row]) for row, data in written.items()}
+        rows = {row: (data, self.ciphertext_rows.used[row], self.ciphertext_rows.refreshes[row]) for row, data in written.items()}
 
         def apply(_: Sequence[int]) -> None:
             self.codes.remove(np.array(ids, dtype=np.int64))
             for id_, slot in zip(ids, slots):
-                self.rows.erase(slot)
+                self.ciphertext_rows.erase(slot)
                 del self._slot[id_]
             self._unbind(subjects)
 
@@ -97,33 +95,40 @@ class HybridSchemeGallery(ProtectedGallery):
         if not adopted:
             self.codes.load(ids, [t.code or b"" for t in stored])
         self._slot = {t.id: int(t.slot) for t in stored if t.slot is not None}
-        self.rows.load(list(rows), set(self._slot.values()))
+        self.ciphertext_rows.load(list(rows), set(self._slot.values()))
         self._bind([t.subject for t in stored], ids)
         return adopted
 
     def decide(self, subject: str, probe: ProbeMessage, threshold: float) -> bool:
         assert probe.values is not None
-        request = self.rows.request(np.array([self._slot[self.id_of(subject)]]), probe.values)
-        (verified,) = self._decider.decide(request.to_bytes(), threshold, caller=self._caller)
+        request = self.ciphertext_rows.request(np.array([self._slot[self.id_of(subject)]]), probe.values)
+        (verified,) = self._key_holder().decide(request.to_bytes(), threshold, caller=self._caller)
         return bool(verified)
 
     def search(self, probe: ProbeMessage, k: int, threshold: float, eligible: Callable[[str], bool]) -> list[str]:
         assert probe.code is not None and probe.reliability is not None and probe.values is not None
-        found = self.codes.nearest(
-            probe.code, probe.reliability, max(k, self.candidates), lambda id_: self._eligible_id(id_, eligible)
-        )
-        if not found:
+        ids = self._shortlist(probe.code, probe.reliability, max(k, self.candidates), eligible)
+        if not ids:
             return []
-        ids = [id_ for id_, _ in found]
-        request = self.rows.request(np.array([self._slot[id_] for id_ in ids]), probe.values)
-        positions = self._decider.best(request.to_bytes(), threshold, min(k, len(ids)), caller=self._caller)
+        request = self.ciphertext_rows.request(np.array([self._slot[id_] for id_ in ids]), probe.values)
+        positions = self._key_holder().best(request.to_bytes(), threshold, min(k, len(ids)), caller=self._caller)
         return [self._names[ids[p]] for p in positions]
+
+    def _shortlist(self, code: np.ndarray, reliability: np.ndarray, want: int, eligible: Callable[[str], bool]) -> list[int]:
+        """Ids of the ``want`` eligible subjects whose codes are nearest the probe's, nearest first."""
+        found = self.codes.nearest(code, reliability, want, lambda id_: self._eligible_id(id_, eligible))
+        return [id_ for id_, _ in found]
+
+    def _key_holder(self) -> ScoreDecider:
+        if self._decider is None:
+            raise InvalidInputError("this gallery was made without a key holder: pass one to decide")
+        return self._decider
 
     def problems(self, stored: Mapping[str, StoredTemplate], rows: Sequence[StoredRow]) -> list[str]:
         problems = self.codes.problems({t.id: t.code or b"" for t in stored.values()})
         if {t.id: t.slot for t in stored.values()} != self._slot:
             problems.append("ciphertext slots differ from the database")
-        held = [(self.rows.to_bytes(r), self.rows.used[r], self.rows.refreshes[r]) for r in range(self.rows.count)]
+        held = [(self.ciphertext_rows.to_bytes(r), self.ciphertext_rows.used[r], self.ciphertext_rows.refreshes[r]) for r in range(self.ciphertext_rows.count)]
         if held != list(rows):
             problems.append("ciphertext rows in memory differ from the database")
         return problems

@@ -27,6 +27,7 @@ import hmac
 import json
 import os
 import struct
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -34,8 +35,12 @@ import numpy as np
 
 from .._validate import as_subject_list, as_template_rows, unit_rows
 from ..errors import AuthenticationError, IdConflictError, InvalidInputError, KeyMismatchError
+from ..edge import EnrolmentRecord
+from ..galleries.base import StoredTemplate
+from ..galleries.codes import check_shortlist
+from ..galleries.hybrid import HybridSchemeGallery
+from ..gallery import code_index, profile_of
 from ..hashing import CancellableHash
-from ..gallery import Gallery
 from ..index import Index, load_index
 from ..keys import HashKey, ensure_outside
 from ._encoding import Match, Verification, check_threshold, quantise
@@ -48,8 +53,15 @@ from .scores import EncryptedScores
 _MAGIC = b"FPHEHYB2"
 
 
-class HybridGallery:
-    """Hash-code shortlist plus encrypted re-scoring; decisions come from a key holder."""
+class HybridGallery(HybridSchemeGallery):
+    """Hash-code shortlist plus encrypted re-scoring; decisions come from a key holder.
+
+    The ``hybrid`` scheme's gallery (:class:`~fpmatch.galleries.HybridSchemeGallery`)
+    for a party that also holds the transform key: it takes float templates,
+    hashes and encrypts them itself (without the capture edge's rotation), and
+    saves itself to one authenticated file. ``shortlist`` is the number of
+    nearest codes re-scored under encryption.
+    """
 
     def __init__(
         self,
@@ -62,34 +74,28 @@ class HybridGallery:
         ef_construction: int = 80,
         ef_search: int = 64,
     ) -> None:
+        context = context if isinstance(context, PublicContext) else PublicContext(context)
+        check_shortlist(shortlist)
+        profile = replace(
+            profile_of(scheme),
+            scheme="hybrid",
+            he_key_id=context.key_id,
+            he_context=context.to_bytes(),
+            template_scale_bits=context.params.template_scale_bits,
+            probe_scale_bits=context.params.probe_scale_bits_for(scheme.dim),
+        )
+        chosen = code_index(scheme.bits, index, hnsw_m, ef_construction, ef_search)
+        super().__init__(profile, chosen, decider=None, caller="", candidates=shortlist)
         self.scheme = scheme
-        self.context = context if isinstance(context, PublicContext) else PublicContext(context)
+        self.context = context
         self.dim = scheme.dim
         self.probe_scale_bits = self.context.params.probe_scale_bits_for(self.dim)
-        if isinstance(shortlist, bool) or not isinstance(shortlist, int) or shortlist < 1:
-            raise InvalidInputError(f"shortlist must be a positive integer, got {shortlist!r}")
-        self.shortlist = shortlist
-        # The hash part: codes, subject names and ids, the shortlist search.
-        self._hash = Gallery(scheme, index, hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search)
-        self._rows = CiphertextRows(self.context, self.dim)
-        self.group = self._rows.group
-        self._slot: dict[int, int] = {}  # id -> slot
+        self.group = self.ciphertext_rows.group
         self._next_id = 0
 
-    # -- membership --------------------------------------------------------------------
-
-    def __len__(self) -> int:
-        return len(self._hash)
-
-    def __contains__(self, subject: object) -> bool:
-        return subject in self._hash
-
-    def subjects(self) -> list[str]:
-        return self._hash.subjects()
-
     @property
-    def index(self) -> Index:
-        return self._hash.index
+    def shortlist(self) -> int:
+        return self.candidates
 
     @property
     def key_id(self) -> str:
@@ -98,44 +104,37 @@ class HybridGallery:
     @property
     def rows(self) -> int:
         """Ciphertexts in use."""
-        return self._rows.count
+        return self.ciphertext_rows.count
 
     @property
     def bytes_per_template(self) -> int:
         """Ciphertext bytes per template in a full row, plus its hash code."""
-        return self._rows.row_bytes // self.group + self.scheme.code_size
+        return self.ciphertext_rows.row_bytes // self.group + self.scheme.code_size
 
     def enrol(self, subjects: str | Sequence[str], templates: np.ndarray) -> None:
         """Hash, encrypt and store one template per subject. All or nothing."""
         rows = as_template_rows(templates, self.dim)
         values = quantise(unit_rows(rows, self.dim), self.context.params.template_scale_bits)
         names = as_subject_list(subjects, len(values))
-        taken = [name for name in names if name in self._hash]
+        taken = [name for name in names if name in self]
         if taken:
             raise IdConflictError(f"already enrolled: {', '.join(taken[:5])}")
+        pid = self.profile.profile_id
         codes = self.scheme.protect(rows)
-        staged = self._rows.stage(values)
-        ids = np.arange(self._next_id, self._next_id + len(names), dtype=np.int64)
-        self._hash.add_codes(names, codes, ids)  # the first change to the gallery; all checks are done
-        self._rows.apply(staged)
-        self._slot.update(zip(ids.tolist(), staged.slots))
+        staged = self.stage_add(names, [EnrolmentRecord(pid, code, None, v) for code, v in zip(codes, values)])
+        staged.apply(range(self._next_id, self._next_id + len(names)))
         self._next_id += len(names)
 
     def withdraw(self, subject: str) -> None:
         """Erase the subject: remove their code, zero the coefficients that encrypt their template."""
-        id_ = self._hash.id_of(subject)
-        self._hash.remove(subject)
-        self._rows.erase(self._slot.pop(id_))
+        self.stage_remove([subject]).apply([])
 
     # -- matching ---------------------------------------------------------------------
 
     def scores_for(self, subjects: Sequence[str], probe: np.ndarray) -> EncryptedScores:
         """Encrypted scores of ``probe`` against the named subjects, in that order."""
-        slots = np.array([self._slot[self._hash.id_of(name)] for name in subjects], dtype=np.int64)
-        unit = unit_rows(probe, self.dim, "probe")
-        if len(unit) != 1:
-            raise InvalidInputError("one probe at a time")
-        return self._rows.request(slots, quantise(unit[0], self.probe_scale_bits))
+        slots = np.array([self._slot[self.id_of(name)] for name in subjects], dtype=np.int64)
+        return self.ciphertext_rows.request(slots, self._probe_values(probe))
 
     def verify(
         self, subject: str, probe: np.ndarray, decider: ScoreDecider, threshold: float, *, caller: str
@@ -151,7 +150,9 @@ class HybridGallery:
         rows = as_template_rows(probe, self.dim, "probe")
         if len(rows) != 1:
             raise InvalidInputError("one probe at a time")
-        return [c.subject for c in self._hash.identify(rows, k=self.shortlist, threshold=-1.0)]
+        code, reliability = self.scheme.protect_with_reliability(rows)
+        ids = self._shortlist(code[0], reliability[0], self.shortlist, lambda name: True)
+        return [self._names[id_] for id_ in ids]
 
     def identify(
         self, probe: np.ndarray, decider: ScoreDecider, threshold: float, k: int = 5, *, caller: str
@@ -167,12 +168,18 @@ class HybridGallery:
 
     def location(self, subject: str) -> tuple[int, int]:
         """(row, position): ciphertext ``row`` holds the subject at coefficients ``position * dim`` onwards."""
-        row, position = divmod(self._slot[self._hash.id_of(subject)], self.group)
+        row, position = divmod(self._slot[self.id_of(subject)], self.group)
         return row, position
 
     def ciphertexts(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every ciphertext the gallery keeps, as (c0 coefficients, c1 NTT values)."""
-        yield from self._rows.ciphertexts()
+        yield from self.ciphertext_rows.ciphertexts()
+
+    def _probe_values(self, probe: np.ndarray) -> np.ndarray:
+        unit = unit_rows(probe, self.dim, "probe")
+        if len(unit) != 1:
+            raise InvalidInputError("one probe at a time")
+        return quantise(unit[0], self.probe_scale_bits)
 
     # -- persistence ----------------------------------------------------------------------
 
@@ -195,15 +202,15 @@ class HybridGallery:
                 "he_key_id": self.key_id,
                 "n": self.context.ring.n,
                 "shortlist": self.shortlist,
-                "used": self._rows.used,
-                "refreshes": self._rows.refreshes,
+                "used": self.ciphertext_rows.used,
+                "refreshes": self.ciphertext_rows.refreshes,
                 "next_id": self._next_id,
-                "subjects": {name: [self._hash.id_of(name), self._slot[self._hash.id_of(name)]] for name in self.subjects()},
+                "subjects": {name: [id_, self._slot[id_]] for name, id_ in self._ids.items()},
             }
         ).encode()
         public = self.context.to_bytes()
-        index = self._hash.index.serialize(key.subkey("index-mac"))
-        rows = [self._rows.to_bytes(r) for r in range(self._rows.count)]
+        index = self.index.serialize(key.subkey("index-mac"))
+        rows = [self.ciphertext_rows.to_bytes(r) for r in range(self.ciphertext_rows.count)]
         body = b"".join([_MAGIC, struct.pack("<QQQ", len(meta), len(public), len(index)), meta, public, index, *rows])
         tag = hmac.new(key.subkey("hybrid-gallery-mac"), body, "sha256").digest()
         _write_atomic(target, body + tag)
@@ -236,20 +243,18 @@ class HybridGallery:
         start += public_len
         stored_index = load_index(body[start : start + index_len], key.subkey("index-mac"))
         start += index_len
-        size = gallery._rows.row_bytes
+        size = gallery.ciphertext_rows.row_bytes
         used, refreshes = meta["used"], meta["refreshes"]
         if len(body) != start + size * len(used) or len(refreshes) != len(used):
             raise AuthenticationError(f"{source}: ciphertext section has the wrong size")
+        subjects = {str(name): int(id_) for name, (id_, _) in meta["subjects"].items()}
         slots = {int(id_): int(slot) for id_, slot in meta["subjects"].values()}
-        gallery._rows.load(
-            [(body[start + r * size : start + (r + 1) * size], int(used[r]), int(refreshes[r])) for r in range(len(used))],
-            set(slots.values()),
+        if sorted(subjects.values()) != sorted(stored_index.ids().tolist()) or len(slots) != len(subjects):
+            raise AuthenticationError(f"{source}: subject table and index disagree")
+        rows = [(body[start + r * size : start + (r + 1) * size], int(used[r]), int(refreshes[r])) for r in range(len(used))]
+        gallery.codes.hold(stored_index)
+        gallery.restore(
+            [StoredTemplate(name, id_, None, slots[id_]) for name, id_ in subjects.items()], rows, stored_index
         )
         gallery._next_id = int(meta["next_id"])
-        subjects = {str(name): int(id_) for name, (id_, _) in meta["subjects"].items()}
-        try:
-            gallery._hash = Gallery.from_index(scheme, stored_index, subjects)
-        except InvalidInputError:
-            raise AuthenticationError(f"{source}: subject table and index disagree") from None
-        gallery._slot = slots
         return gallery

@@ -31,7 +31,7 @@ from ..consent import Clock, ConsentRecord, system_clock
 from ..edge import EdgeProfile
 from ..errors import InvalidInputError, KeyMismatchError
 from ..galleries import INDEX_KINDS, ProtectedGallery, open_gallery
-from ..gallery import DEFAULT_TARGET_FMR
+from ..thresholds import DEFAULT_TARGET_FMR
 from ..keys import HashKey, ServiceKey
 from ..store import Store
 from .accountability import AccountabilityOps, IntegrityReport, SubjectReport

@@ -18,7 +18,8 @@ from ..audit import AuditEvent
 from ..consent import check_purpose, format_time
 from ..edge import Calibration, ProbeMessage, check_message
 from ..errors import InvalidInputError, KeyMismatchError, TooManyAttemptsError
-from ..gallery import Match, check_fmr, threshold_at_fmr
+from ..gallery import Match
+from ..thresholds import check_fmr, threshold_at_fmr
 from .state import ServiceState, VerificationOutcome
 
 #: The most candidates one identification may return.

@@ -57,7 +57,7 @@ class ServiceState:
 
     @property
     def scheme(self) -> str:
-        return self._gallery.scheme
+        return self._gallery.profile.scheme
 
     def pseudonym(self, subject: str) -> str:
         """How the audit log names ``subject``."""
