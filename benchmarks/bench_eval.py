@@ -49,7 +49,7 @@ from typing import Any
 
 from _common import cpu_model, log, peak_rss_mb
 
-from fpmatch._progress import Progress, progress_wanted
+from fpmatch._progress import progress_bars
 from fpmatch.evaluation import (
     EncryptedSizes,
     load_labelled,
@@ -186,11 +186,7 @@ def run(args: argparse.Namespace, previous: dict[str, Any] | None = None) -> dic
     """Run the selected part(s); with ``previous`` (an earlier report), keep what this run does not redo."""
     started = time.perf_counter()
     load_start = os.getloadavg()
-    show = progress_wanted(args.progress)
-
-    def bar(label: str, total: int) -> Progress:
-        return Progress(label, total, enabled=show)
-
+    bar = progress_bars(args.progress)
     report: dict[str, Any] = dict(previous or {})
     parameters: dict[str, Any] = dict(report.get("parameters") or {})
     notes: list[str] = []

@@ -125,6 +125,7 @@ def test_identification_on_synthetic_faces() -> None:
 
 def test_hash_figures_score_as_the_gallery_decides() -> None:
     from fpmatch import Gallery
+    from fpmatch._progress import silent
     from fpmatch.evaluation import _score_pairs, evaluate_profile, open_set_searches, synthetic_data
 
     data = synthetic_data("offset", 150, 40, seed=8)
@@ -132,7 +133,7 @@ def test_hash_figures_score_as_the_gallery_decides() -> None:
     gallery = Gallery(scheme)
     names = [f"s{i}" for i in range(150)]
     gallery.enrol(names, data.enrolment)
-    _, hashed = _score_pairs(data.enrolment, data.probes, scheme, 150 * 149, 150, lambda label, total: _quiet())
+    _, hashed = _score_pairs(data.enrolment, data.probes, scheme, 150 * 149, 150, silent)
     for i in (0, 7, 149):
         assert hashed.genuine[i] == pytest.approx(gallery.verify(names[i], data.probes[i], threshold=0.0).score, abs=1e-6)
     # Impostor pairs are laid out probe by probe: probe 0 against rows 1, 2, ...
@@ -142,12 +143,6 @@ def test_hash_figures_score_as_the_gallery_decides() -> None:
     np.testing.assert_array_equal(search.top1, [gallery.id_of(c[0].subject) for c in found])
     report = evaluate_profile(150, data=data, max_impostors=20_000, linkage_pairs=2000, inversion_pairs=2000)
     assert report["schemes"]["hash"]["rank1"] == report["identification"]["hash"]["rank1"]
-
-
-def _quiet() -> Any:
-    from fpmatch._progress import Progress
-
-    return Progress("", 1, enabled=False)
 
 
 # -- unlinkability -----------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ._progress import Progress, progress_wanted
+from ._progress import progress_bars
 from .consent import system_clock
 from .edge import SCHEMES, CaptureEdge, EdgeProfile
 from .errors import ConsentRequiredError, FpmatchError, IdConflictError, KeyFileError, NotCalibratedError
@@ -400,11 +400,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise CliError("--n must be at least 2")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    show = progress_wanted(args.progress)
-
-    def bar(label: str, total: int) -> Progress:
-        return Progress(label, total, enabled=show)
-
+    bar = progress_bars(args.progress)
     profiles = args.profile or ["centred", "offset"]
     encrypted = None
     if not args.no_encrypted:
@@ -586,7 +582,7 @@ def _cmd_enrol(args: argparse.Namespace) -> int:
         assert edge is not None
         if rows.shape[1] != edge.dim:
             raise CliError(f"{args.templates} holds {rows.shape[1]}-D templates; this store takes {edge.dim}-D")
-        with Progress("enrolling", len(rows), enabled=progress_wanted(args.progress)) as bar:
+        with progress_bars(args.progress)("enrolling", len(rows)) as bar:
             for start in range(0, len(rows), ENROL_CHUNK):
                 chunk = list(range(start, min(start + ENROL_CHUNK, len(rows))))
                 if args.skip_enrolled:
@@ -601,7 +597,7 @@ def _cmd_enrol(args: argparse.Namespace) -> int:
                     except FpmatchError as exc:
                         raise CliError(_batch_error(args.batch, service, lines, exc, enrolled)) from exc
                     enrolled += len(todo)
-                bar.advance(len(chunk))
+                bar.update(len(chunk))
     print(f"enrolled {enrolled} subject(s)" + (f", skipped {skipped} already enrolled" if skipped else ""))
     return 0
 

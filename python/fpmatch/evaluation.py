@@ -53,7 +53,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ._core import scan_kernel
-from ._progress import Progress
+from ._progress import ProgressFactory, silent
 from ._validate import as_template_rows
 from .codes import PAIR_CHUNK, hamming_pairs, weighted_pairs
 from .errors import InvalidInputError
@@ -83,10 +83,6 @@ _CHUNK = 256
 _GENERATE_CHUNK = 65536
 _DET_POINTS = 120
 _OFFSET_SAMPLES = 2000
-
-#: Makes a progress bar: (label, total) -> Progress.
-ProgressFactory = Callable[[str, int], Progress]
-
 
 @dataclass
 class Scores:
@@ -489,10 +485,6 @@ def score_summary(scores: np.ndarray) -> dict[str, float | int]:
     return {"mean": float(values.mean()), "std": float(values.std()), "count": int(len(values))}
 
 
-def _silent(label: str, total: int) -> Progress:
-    return Progress(label, total, enabled=False)
-
-
 def _bench_key(seed: int, role: str = "") -> HashKey:
     label = f"fpmatch.evaluation.{seed}" + (f".{role}" if role else "")
     return HashKey(hashlib.sha256(label.encode()).digest())
@@ -745,9 +737,9 @@ def evaluate_profile(
     nonmated_count = n if nonmated_searches is None else nonmated_searches
     if isinstance(nonmated_count, bool) or not isinstance(nonmated_count, int) or nonmated_count < 1:
         raise InvalidInputError(f"nonmated_searches must be a positive integer, got {nonmated_searches!r}")
-    make_bar = _silent if progress is None else progress
+    make_bar = silent if progress is None else progress
 
-    def bar(label: str, total: int) -> Progress:
+    def bar(label: str, total: int) -> Any:
         return make_bar(f"{profile}: {label}", total)
 
     started = time.perf_counter()
@@ -904,7 +896,7 @@ def _score_pairs(
             plain_imp.append(cos[keep].astype(np.float64))
             pair_rows, pair_columns = np.nonzero(keep)  # row-major: the order of cos[keep]
             hash_imp.append(hash_scores(pair_rows + start, pair_columns))
-            progress.advance()
+            progress.update()
 
     every = np.arange(n, dtype=np.int64)
     genuine_cos = np.einsum("ij,ij->i", probe_plain, gallery_plain).astype(np.float64)
@@ -939,7 +931,7 @@ def _time_queries(
             verify_s += t1 - t0
             identify_s += t2 - t1
             plain_s += t3 - t2
-            progress.advance()
+            progress.update()
     return {
         "hash_verify_ms": verify_s * 1000 / count,
         "hash_identify_ms": identify_s * 1000 / count,
@@ -1068,7 +1060,7 @@ def open_set_searches(
         raise InvalidInputError("need 2+ enrolled rows, one mated probe per row and non-mated probes")
     if candidates < 1:
         raise InvalidInputError(f"candidates must be positive, got {candidates}")
-    bar = _silent if progress is None else progress
+    bar = silent if progress is None else progress
     return {
         "plain": _plain_open_set(enrolment, mated_probes, nonmated_probes, bar),
         "hash": _hash_open_set(enrolment, mated_probes, nonmated_probes, scheme, min(candidates, n)),
@@ -1116,11 +1108,11 @@ def _plain_open_set(enrolment: np.ndarray, mated: np.ndarray, nonmated: np.ndarr
             mate[start:stop] = own
             rank[start:stop] = np.count_nonzero(scores >= own[:, None], axis=1)
             top1[start:stop] = np.argmax(scores, axis=1)
-            progress.advance()
+            progress.update()
         for start in range(0, len(others), _CHUNK):
             stop = min(len(others), start + _CHUNK)
             top[start:stop] = np.max(others[start:stop] @ gallery.T, axis=1)
-            progress.advance()
+            progress.update()
     return OpenSet(mate, rank, top1, top)
 
 
@@ -1325,7 +1317,7 @@ def evaluate_encrypted(
     n, dim = enrolment.shape
     if n < 2 or probes.shape != enrolment.shape or len(strangers) < 1:
         raise InvalidInputError("need 2+ enrolled rows, one mated probe per row and non-mated probes")
-    bar = _silent if progress is None else progress
+    bar = silent if progress is None else progress
     count = min(n, sizes.probes)
     others = min(len(strangers), sizes.nonmated)
     if count < 2:
@@ -1367,12 +1359,12 @@ def evaluate_encrypted(
             he_search.mate_scores[i] = scores[i]
             he_search.mate_ranks[i] = np.count_nonzero(scores >= scores[i])
             he_search.top1[i] = int(np.argmax(scores))
-            step.advance()
+            step.update()
         for j in range(others):
             scores = he_scores(strangers[j])
             he_error = max(he_error, float(np.max(np.abs(scores - gallery_unit @ stranger_unit[j]))))
             he_search.nonmated_top[j] = float(scores.max())
-            step.advance()
+            step.update()
     he_s = time.perf_counter() - begin
     del packed
 
@@ -1414,11 +1406,11 @@ def evaluate_encrypted(
             hybrid_search.mate_scores[i] = mate
             hybrid_search.mate_ranks[i] = np.count_nonzero(scores >= mate) if listed[i] else n + 1
             hybrid_search.top1[i] = rows[int(np.argmax(scores))]
-            step.advance()
+            step.update()
         for j in range(others):
             _, scores = rescored(hybrid.shortlist_for(strangers[j]), strangers[j], stranger_unit[j])
             hybrid_search.nonmated_top[j] = float(scores.max())
-            step.advance()
+            step.update()
     hybrid_s = time.perf_counter() - begin
 
     # Plain cosine on exactly the pairs and searches each encrypted scheme scored.
@@ -1859,7 +1851,7 @@ def speed_vs_gallery_size(
         raise InvalidInputError("queries, k and shortlist must be positive, warmup and encrypted_max_n non-negative")
     if profile not in PROFILES:
         raise InvalidInputError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
-    bar = _silent if progress is None else progress
+    bar = silent if progress is None else progress
     faiss = _import_faiss()
     notes = [] if faiss is not None else ["faiss is not importable: no plain IndexFlatIP baseline"]
     he = _import_he() if encrypted_max_n > 0 else None
@@ -1884,7 +1876,7 @@ def speed_vs_gallery_size(
             gallery[start:stop] = faces.samples(people)
             low, high = np.searchsorted(needed, [start, stop])
             kept[low:high] = people[needed[low:high] - start]
-            step.advance()
+            step.update()
     offset = estimate_offset(faces.samples(faces.identities(_OFFSET_SAMPLES)))
     # One thread everywhere, enrolment included, so that schemes compare like for like.
     scheme = CancellableHash(_bench_key(seed), dim, bits, offset=offset, n_threads=1)
@@ -1903,7 +1895,7 @@ def speed_vs_gallery_size(
                 point = galleries.grow(n, encrypted=n in encrypted_sizes)
                 point.update(_time_size(n, galleries, probes, truth, k, warmup))
                 points.append(point)
-                step.advance()
+                step.update()
     finally:
         if faiss is not None:
             faiss.omp_set_num_threads(threads_before)
