@@ -381,7 +381,7 @@ _BENCH_QUICK = {"n": 400, "nonmated": 1000, "sizes": [1000], "queries": 20, "lin
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .evaluation import (
+    from .eval import (
         EncryptedSizes,
         report_summary,
         report_text,

@@ -1,0 +1,40 @@
+"""What several evaluation modules share: keys derived from the seed, unit rows, the optional he package."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from ..keys import HashKey
+
+
+def import_he() -> Any:
+    """:mod:`fpmatch.he`, or None without TenSEAL."""
+    try:
+        from .. import he
+    except ImportError:
+        return None
+    return he
+
+
+def bench_key(seed: int, role: str = "") -> HashKey:
+    """A key derived from the seed, for reproducible runs; it protects nothing real.
+
+    The label keeps the evaluation's first module name: a new label would change every report's figures.
+    """
+    label = f"fpmatch.evaluation.{seed}" + (f".{role}" if role else "")
+    return HashKey(hashlib.sha256(label.encode()).digest())
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length."""
+    return np.asarray(x / np.linalg.norm(x, axis=1, keepdims=True))
+
+
+__all__ = [
+    "bench_key",
+    "import_he",
+    "unit",
+]
