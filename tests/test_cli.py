@@ -336,7 +336,7 @@ def test_hash_store_needs_no_keyholder_key(
     with per-line errors, purges, and only the service key where no template is involved."""
     ws = workspace
     make_keys(capsys, ws, "edge", "service")
-    monkeypatch.setattr(cli, "ENROL_CHUNK", 2)  # several transactions from a small batch
+    monkeypatch.setattr(cli.matching, "ENROL_CHUNK", 2)  # several transactions from a small batch
     monkeypatch.setenv("FPMATCH_STORE", str(ws["store"]))
     monkeypatch.setenv("FPMATCH_KEY", str(ws["key"]))
     monkeypatch.setenv("FPMATCH_SERVICE_KEY", str(ws["service_key"]))
