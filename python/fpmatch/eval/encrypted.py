@@ -13,7 +13,7 @@ import numpy as np
 from .._progress import ProgressFactory, silent
 from ..errors import InvalidInputError
 from ..hashing import CancellableHash
-from ._shared import import_he, unit
+from ._shared import import_he, run_key_holder, unit
 from .metrics import (
     DEFAULT_CANDIDATES,
     DEFAULT_FARS,
@@ -73,8 +73,7 @@ def _he_parties(he: Any) -> tuple[Any, Any, Any]:
 
     from ..he.audit import SecretKeyAudit
 
-    limits = he.RateLimit(requests_per_second=1e9, burst=10**9, max_scores=1 << 23, max_k=100)
-    holder = he.KeyHolder(limits=limits)
+    holder = run_key_holder(he)
     with TemporaryDirectory(prefix="fpmatch-eval-") as tmp:
         audit = SecretKeyAudit(holder.save(Path(tmp) / "he.key"))
     return holder, audit, he.PublicContext(holder.public_context())

@@ -16,7 +16,7 @@ from ..gallery import default_shortlist
 from ..hashing import DEFAULT_BITS, CancellableHash, estimate_offset
 from ..index import FlatIndex, IVFIndex
 from ..synthetic import PROFILES, FaceGenerator
-from ._shared import bench_key, import_he
+from ._shared import bench_key, import_he, run_key_holder
 from .data import OFFSET_SAMPLES
 
 
@@ -193,8 +193,7 @@ class _SpeedGalleries:
         self.packed: Any = None
         self.hybrid: Any = None
         if he is not None:
-            limits = he.RateLimit(requests_per_second=1e9, burst=10**9, max_scores=1 << 23, max_k=100)
-            self.holder = he.KeyHolder(limits=limits)
+            self.holder = run_key_holder(he)
             public = he.PublicContext(self.holder.public_context())
             self.packed = he.EncryptedGallery(public, templates.shape[1])
             self.hybrid = he.HybridGallery(scheme, public, shortlist=shortlist)
