@@ -2,7 +2,7 @@
 """Evaluation benchmark: accuracy, 1:N, ISO/IEC 24745 security figures and speed, in one run.
 
 For each synthetic profile (``centred`` and ``offset`` by default), plain cosine
-beside the ``hash``, ``he`` and ``hybrid`` schemes (:mod:`fpmatch.evaluation`):
+beside the ``hash``, ``he`` and ``hybrid`` schemes (:mod:`fpmatch.eval`):
 
 * verification (ISO/IEC 19795-1): FMR/FNMR curves, EER, TAR at FAR 1e-3 and 1e-4;
 * open-set identification: rank-1 and FNIR at FPIR 3e-3 (hash: exact flat index;
@@ -49,8 +49,8 @@ from typing import Any
 
 from _common import cpu_model, log, peak_rss_mb
 
-from fpmatch._progress import Progress, progress_wanted
-from fpmatch.evaluation import (
+from fpmatch._progress import progress_bars
+from fpmatch.eval import (
     EncryptedSizes,
     load_labelled,
     report_summary,
@@ -186,11 +186,7 @@ def run(args: argparse.Namespace, previous: dict[str, Any] | None = None) -> dic
     """Run the selected part(s); with ``previous`` (an earlier report), keep what this run does not redo."""
     started = time.perf_counter()
     load_start = os.getloadavg()
-    show = progress_wanted(args.progress)
-
-    def bar(label: str, total: int) -> Progress:
-        return Progress(label, total, enabled=show)
-
+    bar = progress_bars(args.progress)
     report: dict[str, Any] = dict(previous or {})
     parameters: dict[str, Any] = dict(report.get("parameters") or {})
     notes: list[str] = []

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 import fpmatch
-from fpmatch.evaluation import evaluate_inversion
+from fpmatch.eval import evaluate_inversion
 from fpmatch.synthetic import PROFILES, FaceGenerator
 
 #: Samples of people never enrolled that estimate the model's offset direction.

@@ -110,7 +110,7 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("sha256", [](const py::bytes& data) {
     std::string s = data;
-    Digest d = Sha256().update(s.data(), s.size()).finish();
+    Digest d = sha256(s.data(), s.size());
     return py::bytes(reinterpret_cast<const char*>(d.data()), d.size());
   }, py::arg("data"));
   m.def("hmac_sha256", [](const py::bytes& key, const py::bytes& msg) {

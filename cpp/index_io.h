@@ -19,10 +19,10 @@
 #include <vector>
 
 #include "byte_io.h"
+#include "digest.h"
 #include "flat_index.h"
 #include "hnsw_index.h"
 #include "ivf_index.h"
-#include "sha256.h"
 
 namespace fpmatch {
 

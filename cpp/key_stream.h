@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "sha256.h"
+#include "digest.h"
 
 namespace fpmatch {
 

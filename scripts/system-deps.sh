@@ -3,7 +3,7 @@
 # As root it uses apt-get; otherwise it names what to install and fails.
 set -euo pipefail
 
-packages=(libfaiss-dev libopenblas-dev cmake g++)
+packages=(libfaiss-dev libopenblas-dev libssl-dev cmake g++)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -11,7 +11,7 @@ done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if ! command -v apt-get >/dev/null 2>&1; then
-  echo "fpmatch needs FAISS 1.7.3+ (C++ headers, static library, CMake config) and BLAS: ${missing[*]}" >&2
+  echo "fpmatch needs FAISS 1.7.3+ (C++ headers, static library, CMake config), BLAS and OpenSSL 3 (static libcrypto): ${missing[*]}" >&2
   exit 1
 fi
 if [ "$(id -u)" -ne 0 ]; then

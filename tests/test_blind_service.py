@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from fpmatch import CancellableHash, CaptureEdge, HashKey, MatchingService, ProbeMessage, ServiceKey
 from fpmatch.edge import rotation
-from fpmatch.evaluation import reconstruct_templates, tar_at_far
+from fpmatch.eval import reconstruct_templates, tar_at_far
 from fpmatch.synthetic import FaceGenerator
 from service_support import OPEN_LIMITS, keyholder, windows
 

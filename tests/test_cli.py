@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fpmatch import ProbeMessage, cli, demo
-from fpmatch._progress import Progress
+from fpmatch._progress import progress_bars
 from fpmatch.edge import CaptureEdge
 from fpmatch.he import KeyHolder
 from service_support import DIM, labelled_set, sample, stranger
@@ -336,7 +336,7 @@ def test_hash_store_needs_no_keyholder_key(
     with per-line errors, purges, and only the service key where no template is involved."""
     ws = workspace
     make_keys(capsys, ws, "edge", "service")
-    monkeypatch.setattr(cli, "ENROL_CHUNK", 2)  # several transactions from a small batch
+    monkeypatch.setattr(cli.matching, "ENROL_CHUNK", 2)  # several transactions from a small batch
     monkeypatch.setenv("FPMATCH_STORE", str(ws["store"]))
     monkeypatch.setenv("FPMATCH_KEY", str(ws["key"]))
     monkeypatch.setenv("FPMATCH_SERVICE_KEY", str(ws["service_key"]))
@@ -360,7 +360,7 @@ def test_hash_store_needs_no_keyholder_key(
     code, out, err = run(capsys, "enrol", "--batch", str(subjects), "--templates", str(templates),
                          "--skip-enrolled", "--progress")  # fmt: skip
     assert code == 0 and "enrolled 1 subject(s), skipped 4" in out, err
-    assert "enrolling [" in err and "100%" in err
+    assert "enrolling: 100%" in err and "5/5" in err
 
     np.save(templates, np.stack([sample(name, 0) for name in names[:2]]))
     code, _, err = run(capsys, "enrol", "--batch", str(subjects), "--templates", str(templates))
@@ -627,14 +627,22 @@ def test_bench_without_matplotlib(
     assert not list(tmp_path.glob("*.png"))
 
 
-def test_progress_bar() -> None:
-    stream = io.StringIO()
-    with Progress("work", 4, enabled=True, stream=stream) as bar:
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("requested, terminal, drawn", [(True, False, True), (False, True, True), (False, False, False)])
+def test_progress_bars_only_when_asked_or_on_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, requested: bool, terminal: bool, drawn: bool
+) -> None:
+    stderr = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    with progress_bars(requested)("work", 4) as bar:
         for _ in range(4):
-            bar.advance()
-    text = stream.getvalue()
-    assert text.startswith("\rwork [") and "100%" in text and "4/4" in text and text.endswith("\n")
-    quiet = io.StringIO()
-    with Progress("work", 4, enabled=False, stream=quiet) as bar:
-        bar.advance(4)
-    assert quiet.getvalue() == ""
+            bar.update()
+    text = stderr.getvalue()
+    if drawn:
+        assert text.startswith("\rwork:") and "100%" in text and "4/4" in text and text.endswith("\n")
+    else:
+        assert text == ""

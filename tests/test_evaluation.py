@@ -15,8 +15,9 @@ import pytest
 
 import fpmatch
 from fpmatch import CancellableHash, HashKey, estimate_offset
+from fpmatch.codes import hamming_pairs
 from fpmatch.errors import InvalidInputError
-from fpmatch.evaluation import (
+from fpmatch.eval import (
     D_SYS_TARGET,
     d_sys,
     eer_interval,
@@ -24,7 +25,6 @@ from fpmatch.evaluation import (
     evaluate_identification,
     evaluate_linkage,
     fnir_at_fpir,
-    hamming_pairs,
     ks_statistic,
     local_linkability,
     speed_vs_gallery_size,
@@ -125,14 +125,16 @@ def test_identification_on_synthetic_faces() -> None:
 
 def test_hash_figures_score_as_the_gallery_decides() -> None:
     from fpmatch import Gallery
-    from fpmatch.evaluation import _score_pairs, evaluate_profile, open_set_searches, synthetic_data
+    from fpmatch._progress import silent
+    from fpmatch.eval import evaluate_profile, open_set_searches, synthetic_data
+    from fpmatch.eval.scoring import score_pairs
 
     data = synthetic_data("offset", 150, 40, seed=8)
     scheme = CancellableHash(HashKey(b"\x03" * 32), 128, offset=estimate_offset(data.offset_samples))
     gallery = Gallery(scheme)
     names = [f"s{i}" for i in range(150)]
     gallery.enrol(names, data.enrolment)
-    _, hashed = _score_pairs(data.enrolment, data.probes, scheme, 150 * 149, 150, lambda label, total: _quiet())
+    _, hashed = score_pairs(data.enrolment, data.probes, scheme, 150 * 149, 150, silent)
     for i in (0, 7, 149):
         assert hashed.genuine[i] == pytest.approx(gallery.verify(names[i], data.probes[i], threshold=0.0).score, abs=1e-6)
     # Impostor pairs are laid out probe by probe: probe 0 against rows 1, 2, ...
@@ -142,12 +144,6 @@ def test_hash_figures_score_as_the_gallery_decides() -> None:
     np.testing.assert_array_equal(search.top1, [gallery.id_of(c[0].subject) for c in found])
     report = evaluate_profile(150, data=data, max_impostors=20_000, linkage_pairs=2000, inversion_pairs=2000)
     assert report["schemes"]["hash"]["rank1"] == report["identification"]["hash"]["rank1"]
-
-
-def _quiet() -> Any:
-    from fpmatch._progress import Progress
-
-    return Progress("", 1, enabled=False)
 
 
 # -- unlinkability -----------------------------------------------------------------------
@@ -390,7 +386,7 @@ def _labelled(tmp_path, n_people: int = 300, per_person: int = 3):
 
 
 def test_load_labelled_npz_and_npy(tmp_path) -> None:
-    from fpmatch.evaluation import load_labelled
+    from fpmatch.eval import load_labelled
 
     x, y = _labelled(tmp_path)
     np.savez(tmp_path / "data.npz", embeddings=x, labels=y)
@@ -412,7 +408,7 @@ def test_load_labelled_npz_and_npy(tmp_path) -> None:
 
 
 def test_split_labelled_keeps_people_apart(tmp_path) -> None:
-    from fpmatch.evaluation import split_labelled
+    from fpmatch.eval import split_labelled
 
     x, y = _labelled(tmp_path)
     data = split_labelled(x, y, stranger_share=0.3, seed=1)
@@ -426,7 +422,7 @@ def test_split_labelled_keeps_people_apart(tmp_path) -> None:
 
 
 def test_evaluation_runs_on_labelled_data(tmp_path) -> None:
-    from fpmatch.evaluation import run_evaluation, split_labelled
+    from fpmatch.eval import run_evaluation, split_labelled
 
     x, y = _labelled(tmp_path)
     data = split_labelled(x, y, name="mine", seed=1)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from typing import Any
 
 import numpy as np
 import pytest
 
+import fpmatch
 from fpmatch import CancellableHash, FlatIndex, HashKey, estimate_offset
-from fpmatch import evaluation
 from fpmatch.errors import InvalidInputError
-from fpmatch.evaluation import (
+from fpmatch.eval import (
     EncryptedSizes,
     evaluate_encrypted,
     min_trials,
@@ -150,7 +151,8 @@ def test_hybrid_decisions_follow_the_hash_shortlist() -> None:
 
 
 def test_without_tenseal_the_report_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(evaluation, "_import_he", lambda: None)
+    monkeypatch.setitem(sys.modules, "fpmatch.he", None)  # importing it now fails, as without TenSEAL
+    monkeypatch.delattr(fpmatch, "he", raising=False)
     report = run_evaluation(120, profiles=("offset",), max_impostors=20_000, linkage_pairs=5000, timing_queries=5)
     assert report["schemes"] == ["plain", "hash"] and "TenSEAL" in report["notes"][0]
     assert "encrypted" not in report["profiles"]["offset"]["parameters"]

@@ -13,7 +13,7 @@ import pytest
 from fpmatch import CancellableHash, HashKey, estimate_offset
 from fpmatch.errors import InvalidInputError
 from fpmatch.hashing import DEFAULT_OFFSET_REMOVAL
-from fpmatch.evaluation import evaluate_inversion, reconstruct_templates
+from fpmatch.eval import evaluate_inversion, reconstruct_templates
 from fpmatch.synthetic import FaceGenerator
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_security.py"

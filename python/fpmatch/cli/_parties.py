@@ -1,0 +1,269 @@
+"""The three parties of a deployment, each from its own key file, and the store session a command opens."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from ..edge import SCHEMES, CaptureEdge, EdgeProfile
+from ..errors import KeyFileError, NotCalibratedError
+from ..hashing import DEFAULT_BITS, SCHEME as HASH_SCHEME
+from ..keys import HashKey, ServiceKey, ensure_outside
+from ..service import MatchingService
+from ..store import DATABASE, Store
+from ._common import CliError, note, one_line, positive_int
+
+
+#: The scheme of a new store unless --scheme says otherwise.
+DEFAULT_SCHEME = "hybrid"
+#: Key file kinds: (option, environment variable, what the file holds).
+KEY_KINDS = {
+    "edge": ("--key", "FPMATCH_KEY", "capture edge's hash key"),
+    "service": ("--service-key", "FPMATCH_SERVICE_KEY", "matching service's key"),
+    "keyholder": ("--keyholder-key", "FPMATCH_KEYHOLDER_KEY", "key holder's secret key"),
+}
+
+ROLES = (
+    "The command line plays the three parties of a deployment on one machine, each from its own\n"
+    "key file: the capture edge (--key, the hash or transform key) turns .npy templates into\n"
+    "protected messages; the matching service (--service-key) stores and matches only those and\n"
+    "holds neither other key; the key holder (--keyholder-key; hybrid and he stores) holds the\n"
+    "CKKS secret key and answers decisions on encrypted scores, never decryptions."
+)
+
+
+def require_he() -> Any:
+    """The encrypted schemes' package, or a CliError saying what to install."""
+    try:
+        from .. import he
+    except ImportError:
+        raise CliError(
+            "the hybrid and he schemes need TenSEAL (pip install 'fpmatch[he]'); "
+            "a store created with --scheme hash does without it"
+        ) from None
+    return he
+
+
+def _load_keyholder(path: str) -> Any:
+    he = require_he()
+    # One local command for one operator: the key holder's per-caller request budget (there to
+    # slow a remote caller probing the secret key) would only cut a batch short here.
+    local = he.RateLimit(requests_per_second=1e9, burst=10**9)
+    return he.KeyHolder.load(path, limits=local)
+
+
+def _loaders() -> dict[str, Callable[[str], Any]]:
+    return {"edge": HashKey.load, "service": ServiceKey.load, "keyholder": _load_keyholder}
+
+
+def _load_key(args: argparse.Namespace, kind: str, why: str = "") -> Any:
+    """The key file of one party, named by its option or environment variable."""
+    option, variable, what = KEY_KINDS[kind]
+    path = getattr(args, option.lstrip("-").replace("-", "_"))
+    if path is None:
+        raise CliError(
+            f"no {what}{why}: pass {option} FILE or set {variable} "
+            f"(create one with `fpmatch keys new --kind {kind} FILE`)"
+        )
+    if not Path(path).is_file():
+        raise CliError(f"{what} file not found: {path} ({option})")
+    loaders = _loaders()
+    try:
+        return loaders[kind](path)
+    except KeyFileError as exc:
+        for other, load in loaders.items():  # name the file's real kind and the option it belongs to
+            if other == kind:
+                continue
+            try:
+                load(path)
+            except (KeyFileError, CliError):
+                continue
+            raise CliError(
+                f"{path} holds the {KEY_KINDS[other][2]}, not the {what}: pass it with {KEY_KINDS[other][0]}"
+            ) from exc
+        raise CliError(f"{option}: {one_line(exc)}") from exc
+
+
+def _outside(path: str, directory: Path, what: str) -> None:
+    """Refuse a key file inside the store directory (a copied store must not carry it)."""
+    key = Path(path).resolve()
+    store = directory.resolve()
+    if key == store or store in key.parents:
+        raise CliError(f"the {what} file {key} is inside the store directory {store}; keep keys elsewhere")
+
+
+def _stored_profile(directory: Path, service_key: ServiceKey) -> EdgeProfile:
+    store = Store.open(directory, service_key)
+    try:
+        return store.settings.profile
+    finally:
+        store.close()
+
+
+def _check_scheme(scheme: str) -> None:
+    if scheme == "he":
+        raise CliError(
+            "the matching service does not run the he scheme yet; use --scheme hybrid (the default: "
+            "encrypted decisions on a code shortlist) or --scheme hash"
+        )
+
+
+def _capture_edge(args: argparse.Namespace, directory: Path, profile: EdgeProfile, holder: Any) -> CaptureEdge:
+    """The capture edge for ``profile`` from the hash key file, checked against it."""
+    if profile.narrow_cone:
+        raise CliError(
+            f"{directory} takes templates from an edge that removes a model offset; the command line "
+            "cannot rebuild that edge (the offset is not stored): use fpmatch.CaptureEdge(..., offset=...)"
+        )
+    key = _load_key(args, "edge", " (the capture edge protects templates)")
+    ensure_outside(key, directory)
+    edge = CaptureEdge(
+        key,
+        profile.dim,
+        scheme=profile.scheme,
+        public_context=None if holder is None else holder.public_context(),
+        bits=profile.bits or DEFAULT_BITS,
+        hash_scheme=profile.hash_scheme or HASH_SCHEME,
+    )
+    if edge.profile.profile_id != profile.profile_id:
+        if edge.profile.edge_key_id != profile.edge_key_id:
+            raise CliError(
+                f"the hash key {args.key} (key id {edge.profile.edge_key_id}) is not the one {directory}'s "
+                f"templates were made under ({profile.edge_key_id}): pass that capture-edge key with --key"
+            )
+        raise CliError(
+            f"a capture edge made from these keys does not match {directory} "
+            f"(profile {edge.profile.profile_id}, the store takes {profile.profile_id})"
+        )
+    return edge
+
+
+@dataclass
+class Parties:
+    service: MatchingService
+    edge: CaptureEdge | None  # only for commands that take templates
+    purged: list[str]
+
+
+@contextmanager
+def session(
+    args: argparse.Namespace, *, edge: bool = False, announce_purge: bool = True
+) -> Iterator[Parties]:
+    """Open the store named on the command line, with the parties the command needs.
+
+    A new store needs all three keys (the edge's profile is fixed at creation);
+    an existing one needs the service key, the key holder's for encrypted
+    schemes, and the hash key only when ``edge`` (templates to protect).
+    """
+    if args.store is None:
+        raise CliError("no store: pass --store DIR or set FPMATCH_STORE")
+    directory = Path(args.store)
+    service_key = _load_key(args, "service")
+    creating = not (directory / DATABASE).exists()
+    if creating:
+        if args.dim is None:
+            raise CliError(f"no fpmatch store in {directory}; pass --dim D (the template dimension) to create one")
+        scheme = args.scheme or DEFAULT_SCHEME
+        _check_scheme(scheme)
+        ensure_outside(service_key, directory)
+        holder = None
+        if scheme in ("he", "hybrid"):
+            why = f" (a new store runs the {scheme} scheme unless --scheme says otherwise)"
+            holder = _load_key(args, "keyholder", why)
+            _outside(args.keyholder_key, directory, "key holder's key")
+        key = _load_key(args, "edge", " (a new store takes the capture edge's profile)")
+        ensure_outside(key, directory)
+        context = None if holder is None else holder.public_context()
+        capture = CaptureEdge(key, args.dim, scheme=scheme, public_context=context, bits=args.bits or DEFAULT_BITS)
+        profile = capture.profile
+    else:
+        profile = _stored_profile(directory, service_key)
+        given = {
+            "--dim": (args.dim, profile.dim),
+            "--bits": (args.bits, profile.bits),
+            "--scheme": (args.scheme, profile.scheme),
+        }
+        for option, (value, stored) in given.items():
+            if value is not None and value != stored:
+                raise CliError(
+                    f"{directory} takes {profile.dim}-D templates, scheme {profile.scheme}"
+                    + (f", {profile.bits}-bit codes" if profile.bits else "")
+                    + f"; {option} applies only when creating a store"
+                )
+        _check_scheme(profile.scheme)
+        holder = None
+        if profile.encrypted:
+            holder = _load_key(args, "keyholder", f" ({directory} runs the {profile.scheme} scheme)")
+            _outside(args.keyholder_key, directory, "key holder's key")
+            if holder.key_id != profile.he_key_id:
+                raise CliError(
+                    f"the key holder's key {args.keyholder_key} (key id {holder.key_id}) is not the one "
+                    f"{directory}'s templates are encrypted under ({profile.he_key_id}): pass that with --keyholder-key"
+                )
+        capture = _capture_edge(args, directory, profile, holder) if edge else None
+    service = MatchingService.open(
+        directory, service_key, edge=profile if creating else None, keyholder=holder, purge_on_open=False
+    )
+    try:
+        purged = service.expire()
+        if purged and announce_purge:
+            shown = ", ".join(purged[:5]) + (", ..." if len(purged) > 5 else "")
+            note(f"erased {len(purged)} subject(s) whose consent lapsed: {shown}")
+        yield Parties(service, capture if edge else None, purged)
+    except NotCalibratedError as exc:
+        raise CliError(f"{one_line(exc)}; see `fpmatch calibrate --help`") from exc
+    finally:
+        service.close()
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
+def store_options(parser: argparse.ArgumentParser) -> None:
+    options = parser.add_argument_group(
+        "store and parties",
+        ROLES + "\nHere the key holder serves one local command, so its per-caller request rate limit\n"
+        "(there against remote callers probing its key) is lifted.",
+    )
+    options.add_argument(
+        "--store", metavar="DIR", default=_env("FPMATCH_STORE"), help="store directory (default: $FPMATCH_STORE)"
+    )
+    options.add_argument(
+        "--key",
+        metavar="FILE",
+        default=_env("FPMATCH_KEY"),
+        help="capture edge: hash (transform) key file; needed to create a store and for commands "
+        "that take templates (default: $FPMATCH_KEY)",
+    )
+    options.add_argument(
+        "--service-key",
+        metavar="FILE",
+        default=_env("FPMATCH_SERVICE_KEY"),
+        help="matching service: its own key file, kept outside the store (default: $FPMATCH_SERVICE_KEY)",
+    )
+    options.add_argument(
+        "--keyholder-key",
+        metavar="FILE",
+        default=_env("FPMATCH_KEYHOLDER_KEY"),
+        help="key holder: CKKS secret key file; needed for hybrid and he stores (default: $FPMATCH_KEYHOLDER_KEY)",
+    )
+    options.add_argument(
+        "--scheme",
+        choices=SCHEMES,
+        help=f"protection scheme of a new store (default {DEFAULT_SCHEME}; the matching service does not run "
+        "he yet); an existing store keeps its own",
+    )
+    options.add_argument(
+        "--dim", type=positive_int, metavar="D", help="template dimension; needed only to create a new store"
+    )
+    options.add_argument(
+        "--bits", type=positive_int, metavar="B", help=f"code length when creating a store (default {DEFAULT_BITS})"
+    )
+
+
+__all__ = ["DEFAULT_SCHEME", "KEY_KINDS", "ROLES", "Parties", "require_he", "session", "store_options"]
