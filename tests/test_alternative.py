@@ -175,3 +175,14 @@ def test_default_alternative_is_a_peppered_pin_store_beside_the_database(tmp_pat
     with open_service(tmp_path / "store", ManualClock(), alternative=None) as svc:
         assert svc.verify_alternative("quinn", "90210", "payment") is VerificationOutcome.MATCH
     assert not PinVerifier(tmp_path / "store" / "alternative.sqlite").verify("quinn", "90210")  # no pepper
+
+
+def test_a_damaged_or_odd_pin_database_is_a_typed_error(tmp_path: Path) -> None:
+    from fpmatch import StoreFormatError
+
+    damaged = tmp_path / "alternative.sqlite"
+    damaged.write_bytes(b"garbage" * 200)
+    (tmp_path / "folder").mkdir()
+    for path in (damaged, tmp_path / "folder"):
+        with pytest.raises(StoreFormatError, match="not a PIN database"):
+            PinVerifier(path)

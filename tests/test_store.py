@@ -161,8 +161,54 @@ def test_settings_are_fixed_at_creation(directory: Path, tmp_path: Path) -> None
     with db:
         db.execute("DELETE FROM meta")
     db.close()
-    with pytest.raises(StoreFormatError, match="no settings"):
+    with pytest.raises(StoreFormatError, match="no store settings"):
         MatchingService.open(tmp_path / "headless", SERVICE_KEY, edge=edge().profile, **options)
+
+
+def test_a_damaged_database_is_refused_never_recreated_empty(directory: Path, tmp_path: Path) -> None:
+    options = decider_options()
+    truncated = tmp_path / "truncated"
+    shutil.copytree(directory, truncated)
+    (truncated / DATABASE).write_bytes(b"")  # every subject and consent record would be gone
+    for _ in range(2):  # and it stays refused: nothing was made of it
+        with pytest.raises(StoreFormatError, match="empty"):
+            MatchingService.open(truncated, SERVICE_KEY, edge=edge().profile, **options)
+    assert (truncated / DATABASE).stat().st_size == 0
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / DATABASE).mkdir()
+    with pytest.raises(StoreFormatError, match="not a regular file"):
+        MatchingService.open(tmp_path / "odd", SERVICE_KEY, edge=edge().profile, **options)
+    header = tmp_path / "header"
+    shutil.copytree(directory, header)
+    with open(header / DATABASE, "r+b") as f:
+        f.write(b"x" * 16)  # the SQLite magic
+    with pytest.raises(StoreFormatError):
+        MatchingService.open(header, SERVICE_KEY, edge=edge().profile, **options)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"dim": 0}, {"dim": -3}, {"dim": True}, {"bits": 12}, {"scheme": "lsh"}, {"edge_key_id": "zz"}]
+)
+def test_a_refused_profile_leaves_the_directory_as_it_was(tmp_path: Path, bad: dict) -> None:
+    import dataclasses
+
+    good = edge().profile
+    with pytest.raises(InvalidInputError, match="invalid edge profile"):
+        profile = dataclasses.replace(good, **bad)
+        MatchingService.open(tmp_path / "new", SERVICE_KEY, edge=profile, **decider_options())
+    MatchingService.open(tmp_path / "new", SERVICE_KEY, edge=good, **decider_options()).close()
+
+
+def test_a_store_whose_creation_fails_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store_module.os, "replace", refuse)
+    with pytest.raises(OSError):
+        MatchingService.open(tmp_path / "new", SERVICE_KEY, edge=edge().profile, **decider_options())
+    assert os.listdir(tmp_path / "new") == []
+    monkeypatch.undo()
+    MatchingService.open(tmp_path / "new", SERVICE_KEY, edge=edge().profile, **decider_options()).close()
 
 
 def test_one_process_owns_a_store_and_closed_means_closed(directory: Path, clock: ManualClock) -> None:
@@ -175,6 +221,9 @@ def test_one_process_owns_a_store_and_closed_means_closed(directory: Path, clock
         svc.verify(NAMES[0], sample(NAMES[0], 1), "entry")
     with pytest.raises(StoreClosedError):
         grant(svc, "late")
+    for read in (svc.expire, svc.enrolled, lambda: svc.consents(NAMES[0]), lambda: len(svc), lambda: NAMES[0] in svc):
+        with pytest.raises(StoreClosedError):
+            read()
     MatchingService.open(directory, SERVICE_KEY, **decider_options()).close()
 
 

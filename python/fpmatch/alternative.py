@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 from .consent import Clock, as_utc, format_time, parse_time, system_clock
-from .errors import InvalidInputError, StoreClosedError, TooManyAttemptsError
+from .errors import InvalidInputError, StoreClosedError, StoreFormatError, TooManyAttemptsError
 
 _PIN = re.compile(r"[0-9]{4,12}")
 _SALT_BYTES = 16
@@ -87,16 +87,21 @@ class PinVerifier:
         self._lockout = lockout
         self._clock = clock
         self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = sqlite3.connect(
-            ":memory:" if path is None else os.fspath(path), isolation_level=None, check_same_thread=False
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA secure_delete=ON")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS pins (subject TEXT PRIMARY KEY, salt BLOB NOT NULL, "
-            "digest BLOB NOT NULL, cost INTEGER NOT NULL, failures INTEGER NOT NULL, locked_until TEXT)"
-        )
+        where = ":memory:" if path is None else os.fspath(path)
+        self._db: sqlite3.Connection | None = None
+        try:
+            self._db = sqlite3.connect(where, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA secure_delete=ON")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS pins (subject TEXT PRIMARY KEY, salt BLOB NOT NULL, "
+                "digest BLOB NOT NULL, cost INTEGER NOT NULL, failures INTEGER NOT NULL, locked_until TEXT)"
+            )
+        except sqlite3.Error as exc:
+            if self._db is not None:
+                self._db.close()
+            raise StoreFormatError(f"{where} is not a PIN database (damaged, or not a file): {exc}") from exc
 
     def enrol_secret(self, subject: str, secret: str) -> None:
         """Store a fresh salt and the PIN's digest; resets failures and any lock."""

@@ -40,6 +40,7 @@ from .codes import weighted_pairs
 from .errors import InvalidInputError, KeyMismatchError, MessageFormatError
 from .thresholds import check_fmr, threshold_at_fmr
 from .hashing import DEFAULT_BITS, DEFAULT_OFFSET_REMOVAL, SCHEME, CancellableHash
+from .hashing import SCHEMES as HASH_SCHEMES
 from .keys import HashKey
 
 if TYPE_CHECKING:
@@ -68,6 +69,32 @@ class EdgeProfile:
     he_context: bytes | None = field(default=None, repr=False)  # public context (he, hybrid)
     template_scale_bits: int | None = None  # fixed point of enrolment values (he, hybrid)
     probe_scale_bits: int | None = None  # fixed point of probe values (he, hybrid)
+
+    def __post_init__(self) -> None:
+        """Refuse a profile no capture edge makes (it may come from a file or the network)."""
+        problems = []
+        if self.scheme not in SCHEMES:
+            problems.append(f"scheme must be one of {', '.join(SCHEMES)}, got {self.scheme!r}")
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or not 2 <= self.dim <= 65536:
+            problems.append(f"dim must be an integer in [2, 65536], got {self.dim!r}")
+        if not _is_key_id(self.edge_key_id):
+            problems.append(f"edge_key_id must be 16 hex digits, got {self.edge_key_id!r}")
+        hashed, encrypted = self.scheme in ("hash", "hybrid"), self.scheme in ("he", "hybrid")
+        if hashed != (self.bits is not None) or hashed != (self.hash_scheme is not None):
+            problems.append(f"bits and hash_scheme are set exactly for hashed schemes ({self.scheme})")
+        elif hashed and (isinstance(self.bits, bool) or not isinstance(self.bits, int) or self.bits % 64 or not 64 <= self.bits <= 8192):
+            problems.append(f"bits must be a multiple of 64 in [64, 8192], got {self.bits!r}")
+        elif hashed and self.hash_scheme not in HASH_SCHEMES:
+            problems.append(f"hash_scheme must be one of {', '.join(HASH_SCHEMES)}, got {self.hash_scheme!r}")
+        he_facts = (self.he_key_id, self.he_context, self.template_scale_bits, self.probe_scale_bits)
+        if any((fact is not None) != encrypted for fact in he_facts):
+            problems.append(f"the encryption facts are set exactly for encrypted schemes ({self.scheme})")
+        elif encrypted and not (_is_key_id(self.he_key_id) and isinstance(self.he_context, bytes)):
+            problems.append("he_key_id must be 16 hex digits and he_context bytes")
+        elif encrypted and not all(isinstance(b, int) and 1 <= b <= 60 for b in he_facts[2:]):
+            problems.append("template_scale_bits and probe_scale_bits must be integers in [1, 60]")
+        if problems:
+            raise InvalidInputError("invalid edge profile: " + "; ".join(problems))
 
     @property
     def hashed(self) -> bool:
@@ -114,6 +141,10 @@ class EdgeProfile:
             template_scale_bits=value.get("template_scale_bits"),
             probe_scale_bits=value.get("probe_scale_bits"),
         )
+
+
+def _is_key_id(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 16 and all(c in "0123456789abcdef" for c in value)
 
 
 @dataclass(frozen=True, eq=False)

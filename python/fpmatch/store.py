@@ -298,13 +298,21 @@ class Store:
         ensure_outside(key, root)
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = root / DATABASE
-        if not path.exists():
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        if path.exists() or path.is_symlink():
+            if not path.is_file():
+                raise StoreFormatError(f"{path} is not a regular file: not a store")
+            if path.stat().st_size == 0:
+                raise StoreFormatError(
+                    f"{path} is empty: it was truncated or not made by fpmatch (a store is created whole). "
+                    "Restore it from a backup; to start a new, empty store, move it away first"
+                )
+        else:
+            cls._create(root, path, key, profile)
         # A clean close removes the WAL; one left behind means the last owner crashed.
         crashed = Path(f"{path}-wal").exists()
-        conn = sqlite3.connect(os.fspath(path), timeout=0.0, isolation_level=None, check_same_thread=False)
+        conn = _connect(path)
         try:
-            settings = cls._prepare(conn, path, key, profile)
+            settings = cls._prepare(conn, path, key, profile, create=False)
             if crashed:
                 _rebuild(conn)
         except BaseException:
@@ -314,12 +322,39 @@ class Store:
             leftover.unlink(missing_ok=True)
         return cls(root, key, conn, settings)
 
+    @classmethod
+    def _create(cls, root: Path, path: Path, key: ServiceKey, profile: EdgeProfile | None) -> None:
+        """A new store, built beside its final name and renamed into place whole.
+
+        Nothing is left behind when the settings are refused, and a crash
+        mid-way leaves no half-made store that later opens would trip on.
+        """
+        building = root / f"{DATABASE}.new"
+        for leftover in (building, Path(f"{building}-wal"), Path(f"{building}-shm")):
+            leftover.unlink(missing_ok=True)
+        os.close(os.open(building, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            conn = _connect(building)
+            try:
+                cls._prepare(conn, building, key, profile, create=True)
+            finally:
+                conn.close()
+            if Path(f"{building}-wal").exists():
+                raise StoreFormatError(f"{building}: the new database kept a write-ahead log")
+            os.replace(building, path)
+        except BaseException:
+            building.unlink(missing_ok=True)
+            raise
+        _fsync_directory(root)
+
     @staticmethod
     def _prepare(
         conn: sqlite3.Connection,
         path: Path,
         key: ServiceKey,
         profile: EdgeProfile | None,
+        *,
+        create: bool,
     ) -> StoreSettings:
         try:
             conn.execute("PRAGMA locking_mode=EXCLUSIVE")
@@ -341,10 +376,13 @@ class Store:
                 if statement.strip():
                     conn.execute(statement)
             meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
+            if not meta and not create:
+                raise StoreFormatError(
+                    f"{path} holds no store settings: damaged, or not a store this version made. "
+                    "Restore it from a backup"
+                )
             settings = _settings(meta, path, key, profile)
-            if not meta:
-                if any(conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() for table in ("subjects", "audit")):
-                    raise StoreFormatError(f"{path} holds data but no settings: not a store this version made")
+            if create:
                 rows = {
                     "format": FORMAT,
                     "key_id": settings.key_id,
@@ -736,6 +774,13 @@ def _detail(text: str) -> Mapping[str, Any]:
     except (TypeError, ValueError):
         value = None
     return value if isinstance(value, dict) else {"unreadable": str(text)}
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        return sqlite3.connect(os.fspath(path), timeout=0.0, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise StoreFormatError(f"{path}: cannot open the database: {exc}") from exc
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -155,7 +155,7 @@ class MatchingService(ConsentOps, EnrolmentOps, MatchingOps, ErasureOps, Account
 
     def close(self) -> None:
         """Write the index cache, checkpoint the database and release the directory."""
-        with self._rw.write():
+        with self._rw.write(closing=True):
             if self._store.closed:
                 return
             try:
@@ -180,10 +180,12 @@ class MatchingService(ConsentOps, EnrolmentOps, MatchingOps, ErasureOps, Account
         return self._alternative
 
     def __len__(self) -> int:
-        return len(self._gallery)
+        with self._rw.read():
+            return len(self._gallery)
 
     def __contains__(self, subject: object) -> bool:
-        return subject in self._gallery
+        with self._rw.read():
+            return subject in self._gallery
 
     def enrolled(self) -> list[str]:
         with self._rw.read():

@@ -1,16 +1,20 @@
-"""The service's reader-writer lock."""
+"""The service's reader-writer lock, which also refuses callers once the service is closed."""
 
 from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 class ReadWriteLock:
-    """Many readers or one writer; a waiting writer holds back new readers. Not reentrant."""
+    """Many readers or one writer; a waiting writer holds back new readers. Not reentrant.
 
-    def __init__(self) -> None:
+    ``ensure_open`` runs once the lock is held (it raises when the service is closed).
+    """
+
+    def __init__(self, ensure_open: Callable[[], None] = lambda: None) -> None:
+        self._ensure_open = ensure_open
         self._cond = threading.Condition(threading.Lock())
         self._readers = 0
         self._writer = False
@@ -23,6 +27,7 @@ class ReadWriteLock:
                 self._cond.wait()
             self._readers += 1
         try:
+            self._ensure_open()
             yield
         finally:
             with self._cond:
@@ -31,7 +36,7 @@ class ReadWriteLock:
                     self._cond.notify_all()
 
     @contextmanager
-    def write(self) -> Iterator[None]:
+    def write(self, *, closing: bool = False) -> Iterator[None]:
         with self._cond:
             self._writers_waiting += 1
             try:
@@ -41,6 +46,8 @@ class ReadWriteLock:
                 self._writers_waiting -= 1
             self._writer = True
         try:
+            if not closing:
+                self._ensure_open()
             yield
         finally:
             with self._cond:

@@ -9,6 +9,7 @@ from ..alternative import AlternativeVerifier
 from ..audit import pseudonym
 from ..consent import Clock, ConsentRecord, as_utc
 from ..edge import EdgeProfile
+from ..errors import StoreClosedError
 from ..galleries import ProtectedGallery
 from ..store import Store
 from .locks import ReadWriteLock
@@ -45,7 +46,7 @@ class ServiceState:
         self._alternative = alternative
         self._owns_alternative = owns_alternative
         self._subject_key = store._key.subkey("audit-subject")
-        self._rw = ReadWriteLock()
+        self._rw = ReadWriteLock(self._ensure_open)
         self._threshold = threshold
         self.target_fmr = target_fmr
         self.cache_status = cache_status  # how the index was obtained at open: "loaded" or why it was rebuilt
@@ -62,6 +63,10 @@ class ServiceState:
     def pseudonym(self, subject: str) -> str:
         """How the audit log names ``subject``."""
         return pseudonym(self._subject_key, subject)
+
+    def _ensure_open(self) -> None:
+        if self._store.closed:
+            raise StoreClosedError(f"this service is closed (store {self._store.directory})")
 
     def _now(self) -> datetime:
         return as_utc(self._clock(), "clock()")
