@@ -13,6 +13,12 @@ run measures:
   exact flat Hamming index, encrypted re-scoring, decision), and at
   n = 1,000,000 with the hash search run on 10^6 codes and the encrypted
   re-scoring run on that search's actual shortlist;
+* 1:N at ``--n`` enrolled (default: the larger packed size) on ``--threads``
+  threads: identification latency with the native scoring kernel beside the
+  numpy reference it replaced (same gallery, same run), ciphertext bytes
+  scanned per second beside a plain streaming read of the same arrays
+  (``memory_bandwidth_gb_s``), plain faiss-cpu ``IndexFlatIP`` on the same
+  templates (``plain_flat_ms``), and rank-1 agreement with plain cosine;
 * bytes per template of every scheme;
 * TAR at FAR = 1e-4 of plain cosine, ``hash``, ``he`` and ``hybrid`` on the
   same pairs. Encrypted scores are computed from the secret-key decryption of
@@ -28,6 +34,7 @@ Usage::
 
     python benchmarks/bench_he.py --json reports/he.json
     python benchmarks/bench_he.py --quick --profile offset --json quick.json
+    python benchmarks/bench_he.py --part he --n 1000000 --threads 2 --json reports/he_1m.json
     # the same as the first, in two shorter runs:
     python benchmarks/bench_he.py --part he --json reports/he.json
     python benchmarks/bench_he.py --part hybrid --update --json reports/he.json
@@ -45,6 +52,8 @@ import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
+from contextlib import nullcontext
+
 import numpy as np
 from _common import cpu_model as _cpu_model
 from _common import log as _log
@@ -53,8 +62,9 @@ from _common import peak_rss_mb as _peak_rss_mb
 import fpmatch
 from fpmatch.codes import hamming_pairs
 from fpmatch.gallery import default_shortlist
-from fpmatch import CancellableHash, FlatIndex, HashKey, IVFIndex, estimate_offset
+from fpmatch import CancellableHash, FlatIndex, HashKey, IVFIndex, _core, estimate_offset
 from fpmatch.he import EncryptedGallery, HybridGallery, KeyHolder, PublicContext, RateLimit
+from fpmatch.he import _kernel
 from fpmatch.he._encoding import quantise
 from fpmatch.he.audit import SecretKeyAudit
 from fpmatch.synthetic import PROFILES, FaceGenerator
@@ -218,8 +228,8 @@ def _part_he(args: argparse.Namespace, d: _Setup, result: dict) -> None:
     enrol_rate = {}
     for n in (args.n_small, args.n_large):
         _log(f"he: enrolling {n} templates into packed blocks")
-        g = EncryptedGallery(d.public, d.dim)
-        _, ns = _timed(g.enrol, names[:n], d.gallery[:n])
+        g = EncryptedGallery(d.public, d.dim, n_threads=1)
+        _, ns = _timed(_enrol, g, names[:n], d.gallery[:n])
         packed[n] = g
         enrol_rate[n] = n / (ns / 1e9)
     result["he_enrol_per_s"] = enrol_rate[args.n_large]
@@ -249,8 +259,11 @@ def _part_he(args: argparse.Namespace, d: _Setup, result: dict) -> None:
             keyh.append(_timed(holder.best, request.to_bytes(), 0.5, 5, caller=CALLER)[1])
             whole.append(_timed(g.identify, probes[i], holder, 0.5, 5, caller=CALLER)[1])
         per_s = n / (np.median(side) / 1e9)
+        with _kernel.reference_scoring():
+            numpy_side = [_timed(g.identification_request, probes[i])[1] for i in q_idx[:reps]]
         entry = {
             "templates_per_s_per_core": per_s,
+            "templates_per_s_per_core_numpy": n / (np.median(numpy_side) / 1e9),
             "matching_side_ms": _ms(side),
             "key_holder_ms": _ms(keyh),
             "key_holder_templates_per_s": n / (np.median(keyh) / 1e9),
@@ -268,6 +281,7 @@ def _part_he(args: argparse.Namespace, d: _Setup, result: dict) -> None:
         _log(f"he 1:N n={n}: {per_s:,.0f} templates/s/core, key holder {entry['key_holder_ms']['p50']:.1f} ms")
     result["packed"] = throughput
     result["packed_templates_per_s_per_core"] = throughput[str(args.n_large)]["templates_per_s_per_core"]
+    _part_scale(args, d, result, packed)
 
     _log("he: TAR at FAR 1e-4")
     decrypted = _decrypted_packed(g_small, d.audit, names[: args.n_small])
@@ -290,6 +304,122 @@ def _part_he(args: argparse.Namespace, d: _Setup, result: dict) -> None:
     )
     stored = packed[args.n_large].stored_bytes() / args.n_large
     result.setdefault("stored_bytes_per_enrolled_template", {})["he"] = stored
+
+
+def _enrol(gallery: EncryptedGallery, names: list[str], templates: np.ndarray) -> None:
+    """Enrol in batches, so that memory holds one batch's staged blocks at a time."""
+    for s in range(0, len(names), CHUNK):
+        gallery.enrol(names[s : s + CHUNK], templates[s : s + CHUNK])
+
+
+def _label(n: int) -> str:
+    """1000000 -> "1m", 100000 -> "100k"."""
+    if n % 1_000_000 == 0:
+        return f"{n // 1_000_000}m"
+    return f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
+def _part_scale(args: argparse.Namespace, d: _Setup, result: dict, packed: dict[int, EncryptedGallery]) -> None:
+    """1:N at --n: the native kernel against the numpy reference, memory bandwidth, plain IndexFlatIP."""
+    import faiss
+
+    holder, names, probes, q_idx = d.holder, d.names, d.probes, d.q_idx
+    n, threads, reps = args.n, args.threads, args.throughput_reps
+    g = packed.get(n)
+    if g is None:
+        _log(f"he: enrolling {n} templates for the --n run")
+        g = EncryptedGallery(d.public, d.dim)
+        _enrol(g, names[:n], d.gallery[:n])
+    blocks = [block.data for block in g._blocks]  # the arrays identification scans
+    scanned = sum(block.nbytes for block in blocks)
+    timed = q_idx[:reps]
+
+    def identify_times(n_threads: int, reference: bool) -> dict[str, list[int]]:
+        g.n_threads = n_threads
+        with _kernel.reference_scoring() if reference else nullcontext():
+            g.identify(probes[q_idx[0]], holder, 0.5, 5, caller=CALLER)
+            out: dict[str, list[int]] = {"side": [], "key_holder": [], "whole": []}
+            for i in timed:
+                (request, _slots), ns = _timed(g.identification_request, probes[i])
+                out["side"].append(ns)
+                out["key_holder"].append(_timed(holder.best, request.to_bytes(), 0.5, 5, caller=CALLER)[1])
+                out["whole"].append(_timed(g.identify, probes[i], holder, 0.5, 5, caller=CALLER)[1])
+        return out
+
+    _log(f"he n={n}: identification, native kernel on {threads} thread(s), on 1, and the numpy reference")
+    runs = {
+        "native": identify_times(threads, False),
+        "native_1_thread": identify_times(1, False),
+        "numpy_reference": identify_times(1, True),
+    }
+    weights = quantise(d.unit_probes[q_idx[0]], g.probe_scale_bits)
+    q = g.context.ring.q
+    kernel_ns = {t: [_timed(_core.modular_combine, blocks, weights, q, n_threads=t)[1] for _ in timed] for t in (threads, 1)}
+    read_ns = {t: [_timed(_core.modular_read, blocks, n_threads=t)[1] for _ in timed] for t in (threads, 1)}
+
+    def gb_s(samples: list[int]) -> float:
+        return scanned / float(np.median(samples))  # bytes per ns = GB/s
+
+    _log(f"he n={n}: rank-1 against plain cosine ({len(q_idx)} probes)")
+    g.n_threads = threads
+    he_top = []
+    for i in q_idx:
+        found = g.identify(probes[i], holder, -1.0, 1, caller=CALLER)
+        he_top.append(int(found[0].subject[2:]) if found else -1)
+
+    _log(f"plain IndexFlatIP on the same {n} templates")
+    index = faiss.IndexFlatIP(d.dim)
+    for s in range(0, n, CHUNK):
+        index.add(_unit(d.gallery[s : min(s + CHUNK, n)]).astype(np.float32))
+    unit_probes = d.unit_probes.astype(np.float32)
+    plain_ms = {}
+    for t in (threads, 1):
+        faiss.omp_set_num_threads(t)
+        index.search(unit_probes[q_idx[:1]], 5)
+        plain_ms[t] = _ms([_timed(index.search, unit_probes[i : i + 1], 5)[1] for i in timed])
+    plain_top = index.search(unit_probes[q_idx], 1)[1][:, 0]
+    del index
+
+    ms = {name: {part: _ms(samples) for part, samples in run.items()} for name, run in runs.items()}
+    label = _label(n)
+    native, baseline = ms["native"]["whole"]["p50"], ms["numpy_reference"]["whole"]["p50"]
+    result[f"he_identify_ms_{label}"] = native
+    result[f"he_identify_ms_{label}_numpy"] = baseline
+    result["he_scan_gb_s"] = gb_s(runs["native"]["side"])
+    result["memory_bandwidth_gb_s"] = gb_s(read_ns[threads])
+    result["plain_flat_ms"] = plain_ms[threads]["p50"]
+    result["he_scale"] = {
+        "n": n,
+        "threads": threads,
+        "kernel": _core.modular_kernels()[0],
+        "ciphertext_bytes_scanned": scanned,
+        "identify_ms": {name: m["whole"] for name, m in ms.items()},
+        "matching_side_ms": {name: m["side"] for name, m in ms.items()},
+        "key_holder_ms": {name: m["key_holder"] for name, m in ms.items()},
+        "he_scan_gb_s": {name: gb_s(run["side"]) for name, run in runs.items()},
+        "kernel_only_gb_s": {f"{t}_threads": gb_s(ns) for t, ns in kernel_ns.items()},
+        "memory_bandwidth_gb_s": {f"{t}_threads": gb_s(ns) for t, ns in read_ns.items()},
+        "plain_flat_ms": {f"{t}_threads": m for t, m in plain_ms.items()},
+        "ratios": {
+            "identify_speedup_vs_numpy": baseline / native,
+            "identify_speedup_vs_numpy_1_thread": baseline / ms["native_1_thread"]["whole"]["p50"],
+            "matching_side_speedup_vs_numpy": ms["numpy_reference"]["side"]["p50"] / ms["native"]["side"]["p50"],
+            "he_scan_over_memory_bandwidth": gb_s(runs["native"]["side"]) / gb_s(read_ns[threads]),
+            "he_identify_over_plain_flat": native / plain_ms[threads]["p50"],
+        },
+        "rank1_agreement_with_plain": float(np.mean(np.array(he_top) == plain_top)),
+        "rank1_accuracy": {"plain": float(np.mean(plain_top == q_idx)), "he": float(np.mean(np.array(he_top) == q_idx))},
+        "queries": {"timed": int(len(timed)), "rank1": int(len(q_idx))},
+        "note": "identify: probe in, 5 best above 0.5 out, key holder in process; matching side: the encrypted "
+        "scores only; numpy_reference: the scoring code the native kernel replaced, one thread; memory "
+        "bandwidth: one plain read of the same ciphertext arrays; rank-1: top-1 of identify at threshold -1 "
+        "(decision noise included) against IndexFlatIP's top-1",
+    }
+    _log(
+        f"he n={n}: identify {native:.1f} ms native ({threads} threads) vs {baseline:.1f} ms numpy; scan "
+        f"{result['he_scan_gb_s']:.1f} GB/s, read {result['memory_bandwidth_gb_s']:.1f} GB/s; plain "
+        f"{result['plain_flat_ms']:.1f} ms; rank-1 agreement {result['he_scale']['rank1_agreement_with_plain']:.3f}"
+    )
 
 
 def _part_hybrid(args: argparse.Namespace, d: _Setup, result: dict) -> None:
@@ -419,6 +549,8 @@ def run(args: argparse.Namespace, result: dict | None = None) -> dict:
     """Run the selected parts, adding to ``result`` (a previous run's, with --update)."""
     result = {} if result is None else result
     n_gen = args.n_large if args.part == "he" else max(args.n_large, args.n_hash)
+    if args.part in ("all", "he"):
+        n_gen = max(n_gen, args.n)
     result.setdefault("load_average_at_start", {})[args.part] = list(os.getloadavg())
     data = _Setup(args, n_gen)
     try:
@@ -444,6 +576,8 @@ def run(args: argparse.Namespace, result: dict | None = None) -> dict:
             "n_small": args.n_small,
             "n_large": args.n_large,
             "n_hash": args.n_hash,
+            "n": args.n,
+            "threads": args.threads,
             "queries": int(len(data.q_idx)),
             "impostor_pairs": args.impostor_pairs,
             "public_context_bytes": len(data.holder.public_context()),
@@ -475,6 +609,16 @@ def _table(r: dict) -> str:
                 f"he packed 1:N n={n:<8} {v['templates_per_s_per_core']:>12,.0f} templates/s/core, "
                 f"key holder {v['key_holder_ms']['p50']:.1f} ms"
             )
+    if "he_scale" in r:
+        s = r["he_scale"]
+        label = _label(s["n"])
+        lines += [
+            f"he identify n={s['n']:<8} {r[f'he_identify_ms_{label}']:.1f} ms native ({s['threads']} threads, "
+            f"{s['kernel']}) vs {r[f'he_identify_ms_{label}_numpy']:.1f} ms numpy reference "
+            f"({s['ratios']['identify_speedup_vs_numpy']:.2f}x)",
+            f"he scan {r['he_scan_gb_s']:.1f} GB/s, plain read {r['memory_bandwidth_gb_s']:.1f} GB/s, "
+            f"plain IndexFlatIP {r['plain_flat_ms']:.1f} ms, rank-1 agreement {s['rank1_agreement_with_plain']:.3f}",
+        ]
     if "hybrid_ms_100k" in r:
         h = r["hybrid_1m"]
         lines += [
@@ -504,7 +648,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hash-index", choices=["flat", "ivf"], default="flat", help="hash stage of the 1M hybrid run")
     p.add_argument("--nlist", type=int, default=2048, help="IVF lists for --hash-index ivf")
     p.add_argument("--nprobe", type=int, default=848, help="IVF lists probed for --hash-index ivf")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads of the multithreaded figures")
+    p.add_argument("--n", type=int, default=None, help="enrolled templates of the 1:N scaling figures (default --n-large)")
     p.add_argument("--part", choices=["all", "he", "hybrid"], default="all", help="run only part of the benchmark")
     p.add_argument("--update", action="store_true", help="add to the results already in --json")
     args = p.parse_args(argv)
@@ -517,6 +662,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.impostor_pairs = min(args.impostor_pairs, 200_000)
     if not 0 < args.n_small <= args.n_large:
         p.error("need 0 < --n-small <= --n-large")
+    if args.n is None:
+        args.n = args.n_large
+    if not args.n_small <= args.n or args.threads < 1:
+        p.error("need --n >= --n-small and --threads >= 1")
     return args
 
 

@@ -11,6 +11,7 @@
 
 #include "hamming_scan.h"
 #include "index_io.h"
+#include "modular_scan.h"
 #include "projection_hash.h"
 #include "weighted_distance.h"
 
@@ -76,6 +77,50 @@ std::vector<uint8_t> as_key(const py::bytes& key) {
 CodeBatch as_codes(const py::array& a, const ProtectedIndex& index, const char* what) {
   Rows<uint8_t> rows = as_rows<uint8_t>(a, what, index.code_size());
   return {rows.data, rows.n, rows.row_stride};
+}
+
+// A 2-D int64 array read in place: aligned, contiguous within rows, rows
+// forwards and not overlapping. Anything else is refused, never copied.
+modq::Matrix as_matrix(const py::array& a, const char* what) {
+  check_dtype<int64_t>(a, what);
+  if (a.ndim() != 2) throw InvalidInput(std::string(what) + " must be 2-D arrays");
+  const size_t rows = size_t(a.shape(0)), cols = size_t(a.shape(1));
+  if (rows == 0 || cols == 0) throw InvalidInput(std::string(what) + " must not be empty");
+  if (reinterpret_cast<uintptr_t>(a.data()) % alignof(int64_t) != 0)
+    throw InvalidInput(std::string(what) + " must be aligned; pass np.ascontiguousarray(x)");
+  if (cols > 1 && a.strides(1) != ssize_t(sizeof(int64_t)))
+    throw InvalidInput(std::string(what) + " must be contiguous within each row; pass np.ascontiguousarray(x)");
+  size_t stride = cols;
+  if (rows > 1) {
+    if (a.strides(0) <= 0 || a.strides(0) % ssize_t(sizeof(int64_t)) != 0 ||
+        size_t(a.strides(0)) / sizeof(int64_t) < cols)
+      throw InvalidInput(std::string(what) + " rows must be laid out forwards without overlap; pass np.ascontiguousarray(x)");
+    stride = size_t(a.strides(0)) / sizeof(int64_t);
+  }
+  return {static_cast<const int64_t*>(a.data()), rows, cols, stride};
+}
+
+// A list of same-shape matrices; `keep` holds them while the GIL is released.
+std::vector<modq::Matrix> as_matrices(const py::sequence& seq, std::vector<py::array>& keep) {
+  std::vector<modq::Matrix> out;
+  for (const py::handle& item : seq) {
+    if (!py::isinstance<py::array>(item)) throw WrongDtype("matrices must be numpy int64 arrays");
+    keep.push_back(py::reinterpret_borrow<py::array>(item));
+    out.push_back(as_matrix(keep.back(), "matrices"));
+    if (out.back().rows != out[0].rows || out.back().cols != out[0].cols)
+      throw InvalidInput("all matrices must have the same shape");
+  }
+  if (out.empty()) throw InvalidInput("no matrices given");
+  return out;
+}
+
+const int64_t* as_vector(const py::array& a, const char* what, size_t n) {
+  check_dtype<int64_t>(a, what);
+  if (a.ndim() != 1 || size_t(a.shape(0)) != n)
+    throw InvalidInput(std::string(what) + " must be a 1-D array of length " + std::to_string(n));
+  if (reinterpret_cast<uintptr_t>(a.data()) % alignof(int64_t) != 0 || (n > 1 && a.strides(0) != ssize_t(sizeof(int64_t))))
+    throw InvalidInput(std::string(what) + " must be contiguous and aligned; pass np.ascontiguousarray(x)");
+  return static_cast<const int64_t*>(a.data());
 }
 
 py::bytes to_bytes(const std::vector<uint8_t>& v) {
@@ -148,6 +193,53 @@ PYBIND11_MODULE(_core, m) {
         py::arg("n_threads") = 0,
         "Weighted Hamming distance of pair i, queries[rows_a[i]] to codes[rows_b[i]]: a mismatch in "
         "bit j costs weights[rows_a[i], j].");
+
+  m.def("modular_kernels", [] {
+    std::vector<std::string> names;
+    for (modq::Kernel k : modq::available_kernels()) names.push_back(modq::kernel_name(k));
+    return names;
+  }, "The encrypted-scoring kernels this CPU can run, fastest (the default) first.");
+  m.def("modular_combine", [](const py::sequence& matrices, const py::array& weights, uint64_t q, int n_threads,
+                              const std::string& kernel) {
+          std::vector<py::array> keep;
+          std::vector<modq::Matrix> ms = as_matrices(matrices, keep);
+          const int64_t* w = as_vector(weights, "weights", ms[0].rows);
+          const modq::Kernel k = modq::kernel_named(kernel);
+          modq::check_modulus(q);
+          py::array_t<int64_t> out({ms.size(), ms[0].cols});
+          int64_t* dst = out.mutable_data();
+          {
+            py::gil_scoped_release release;
+            modq::combine(ms, w, q, dst, n_threads, k);
+          }
+          return out;
+        },
+        py::arg("matrices"), py::arg("weights"), py::arg("q"), py::kw_only(), py::arg("n_threads") = 0,
+        py::arg("kernel") = "auto",
+        "out[i] = sum_j weights[j] * matrices[i][j] mod q, in [0, q), for same-shape int64 matrices of values "
+        "centred mod q (q odd, below 2^50). Values out of [-(q-1)/2, (q-1)/2] raise InvalidInputError.");
+  m.def("modular_multiply", [](const py::array& a, const py::array& b, uint64_t q) {
+          modq::Matrix x = as_matrix(a, "a");
+          const int64_t* y = as_vector(b, "b", x.cols);
+          modq::check_modulus(q);
+          py::array_t<int64_t> out({x.rows, x.cols});
+          int64_t* dst = out.mutable_data();
+          {
+            py::gil_scoped_release release;
+            modq::multiply(x, y, q, dst);
+          }
+          return out;
+        },
+        py::arg("a"), py::arg("b"), py::arg("q"),
+        "a * b mod q elementwise by row, in [0, q): a centred mod q, b (one row) in [0, q).");
+  m.def("modular_read", [](const py::sequence& matrices, int n_threads) {
+          std::vector<py::array> keep;
+          std::vector<modq::Matrix> ms = as_matrices(matrices, keep);
+          py::gil_scoped_release release;
+          return modq::read_all(ms, n_threads);
+        },
+        py::arg("matrices"), py::kw_only(), py::arg("n_threads") = 0,
+        "XOR of every value, read as modular_combine reads them (a memory-bandwidth baseline).");
 
   py::class_<ProjectionHasher>(m, "ProjectionHasher")
       .def(py::init([](const py::bytes& key, size_t dim, size_t bits, std::optional<py::array> offset,

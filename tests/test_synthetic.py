@@ -20,6 +20,7 @@ from fpmatch.synthetic import (
 TARGETS = {
     "centred": (0.63, 0.05, 0.0, 1.0 / np.sqrt(512)),
     "offset": (0.95, 0.015, 0.83, 0.035),
+    "hard": (0.216, 0.053, 0.0, 1.0 / np.sqrt(512)),
 }
 MEAN_TOL = 0.02
 STD_TOL = 0.01
@@ -32,7 +33,7 @@ def gallery(request: pytest.FixtureRequest) -> Faces:
 
 
 def test_builtin_profiles() -> None:
-    assert set(PROFILES) == {"centred", "offset"}
+    assert set(PROFILES) == {"centred", "offset", "hard"}
     assert PROFILES["centred"].dim == 512
     assert PROFILES["centred"].offset_weight == 0.0
     assert PROFILES["offset"].dim == 128
@@ -70,6 +71,13 @@ def test_centred_genuine_range() -> None:
     lo, hi = np.quantile(genuine, [0.001, 0.999])
     assert 0.4 <= lo < 0.55
     assert 0.72 < hi <= 0.8
+
+
+def test_hard_profile_loses_genuine_pairs_at_a_low_false_accept_rate() -> None:
+    faces = make_faces(5000, 2, profile="hard", seed=2)
+    genuine, impostor = pair_scores(faces.embeddings, faces.labels, 200_000, seed=2)
+    threshold = np.sort(impostor)[-21]  # 20 impostors above it: FAR 1e-4
+    assert 0.7 < np.mean(genuine > threshold) < 0.95
 
 
 def test_offset_genuine_spread_not_degenerate() -> None:
@@ -127,11 +135,12 @@ def test_generator_gallery_and_probes(name: str) -> None:
     assert probes.shape == (800, gen.profile.dim)
     assert probes.dtype == np.float32 and probes.flags.c_contiguous
     assert not np.array_equal(probes[0::2], gallery)
-    # Each probe is closer to its own identity's gallery sample than to others'.
+    # Each probe is closer to its own identity's gallery sample than to others' (on "hard",
+    # which is meant to confuse some, most probes).
     scores = probes.astype(np.float64) @ gallery.T.astype(np.float64)
     own = scores[np.arange(800), np.arange(800) // 2]
     scores[np.arange(800), np.arange(800) // 2] = -np.inf
-    assert np.mean(own > scores.max(axis=1)) > 0.95
+    assert np.mean(own > scores.max(axis=1)) > (0.85 if name == "hard" else 0.95)
     # Fresh identities differ from the first batch.
     assert not np.array_equal(gen.identities(400), ids)
 

@@ -29,6 +29,13 @@ Built-in profiles (:data:`PROFILES`):
     effective dimensions (covariance eigenvalues decaying as ``k ** -0.93``),
     which is what gives impostor scores their comparatively wide spread.
 
+``"hard"``
+    ``"centred"`` with noise taking 68 to 88% of each sample's squared norm
+    (a weak model, or poor captures): genuine scores (about 0.22) overlap
+    the impostor tail, so plain cosine accepts about 83% of genuine pairs at
+    a false accept rate of 1e-4. A profile on which an accuracy loss of a
+    protected scheme would show.
+
 Measured with ``make_faces(20_000, 2, seed=0)`` and
 ``pair_scores(..., n_pairs=200_000, seed=0)`` (other seeds agree to within
 0.001 in mean and std):
@@ -38,12 +45,14 @@ profile    genuine mean  genuine std  impostor mean  impostor std
 =========  ============  ===========  =============  ============
 centred    0.638         0.047        0.000          0.044
 offset     0.949         0.015        0.831          0.035
+hard       0.216         0.053        0.000          0.044
 =========  ============  ===========  =============  ============
 
 The 0.1st to 99.9th percentiles of genuine scores are 0.51 to 0.76 for
-``"centred"`` and 0.91 to 0.98 for ``"offset"``; impostor scores of
-``"offset"`` span 0.66 to 0.90. The mean ``"offset"`` template has norm
-0.91 (it is 0.006 for ``"centred"``).
+``"centred"``, 0.91 to 0.98 for ``"offset"`` and 0.06 to 0.37 for
+``"hard"``; impostor scores of ``"offset"`` span 0.66 to 0.90. The mean
+``"offset"`` template has norm 0.91 (it is 0.006 for ``"centred"`` and
+``"hard"``).
 
 Everything is drawn with :func:`numpy.random.default_rng` (PCG64): the same
 seed gives identical arrays (on one platform and numpy version; BLAS and SIMD
@@ -167,6 +176,14 @@ PROFILES: dict[str, FaceProfile] = {
         noise_share=(0.015, 0.085),
         identity_decay=0.93,
         unit_identity=False,
+    ),
+    "hard": FaceProfile(
+        name="hard",
+        dim=512,
+        offset_weight=0.0,
+        noise_share=(0.68, 0.88),
+        identity_decay=0.0,
+        unit_identity=True,
     ),
 }
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import AuthenticationError, InvalidInputError
+from ._kernel import combine
 from .context import PublicContext
 from .encrypted import MAX_REFRESHES
 from .rows import Reclaimer
@@ -210,32 +211,26 @@ class CiphertextBlocks:
 
     def request(self, slots: np.ndarray, weights: np.ndarray) -> EncryptedScores:
         """Encrypted scores of the fixed-point probe ``weights`` (d,) against ``slots``, in order."""
-        ring, n = self.context.ring, self.n
+        q, n = self.context.ring.q, self.n
         block_of, coefficient = np.divmod(np.asarray(slots, dtype=np.int64), n)
         blocks, row = np.unique(block_of, return_inverse=True)
-        alpha = np.stack([ring.reduce(np.einsum("j,jk->k", weights, self._data[b][:, n:])) for b in blocks.tolist()])
-        beta = np.array(
-            [int(np.dot(weights, self._data[b][:, t])) % ring.q for b, t in zip(block_of.tolist(), coefficient.tolist())],
-            dtype=np.int64,
-        )
+        alpha = combine([self._data[b][:, n:] for b in blocks.tolist()], weights, q)
+        columns = [self._data[b][:, t : t + 1] for b, t in zip(block_of.tolist(), coefficient.tolist())]
+        beta = combine(columns, weights, q)[:, 0]
         return self._scores(alpha, beta, coefficient, row.astype(np.int64).reshape(-1))
 
     def request_all(self, weights: np.ndarray, live: list[np.ndarray]) -> EncryptedScores:
         """Encrypted scores against the slots ``live[b]`` (coefficients, ascending) of each block b.
 
-        One product of the probe with each block that has a live slot.
+        One product of the probe with each block that has a live slot, on every core.
         """
-        ring, n = self.context.ring, self.n
+        n = self.n
         chosen = [b for b, slots in enumerate(live) if len(slots)]
-        alpha, beta = [], []
-        for b in chosen:
-            product = np.einsum("j,jk->k", weights, self._data[b])  # integer einsum: several times faster than @
-            alpha.append(ring.reduce(product[n:]))
-            beta.append(ring.reduce(product[live[b]]))
+        product = combine([self._data[b] for b in chosen], weights, self.context.ring.q)
         counts = [len(live[b]) for b in chosen]
         return self._scores(
-            np.stack(alpha),
-            np.concatenate(beta),
+            np.ascontiguousarray(product[:, n:]),
+            np.concatenate([product[i, live[b]] for i, b in enumerate(chosen)]),
             np.concatenate([live[b] for b in chosen]),
             np.repeat(np.arange(len(chosen), dtype=np.int64), counts),
         )

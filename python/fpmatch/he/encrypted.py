@@ -33,7 +33,6 @@ import hmac
 import json
 import os
 import struct
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -43,6 +42,7 @@ import numpy as np
 from .._validate import as_subject_list, unit_rows
 from ..errors import AuthenticationError, IdConflictError, InvalidInputError, KeyMismatchError, UnknownSubjectError
 from ._encoding import Match, Verification, check_threshold, quantise
+from ._kernel import combine
 from .context import PublicContext
 from .keyholder import ScoreDecider
 from .scores import EncryptedScores
@@ -71,14 +71,14 @@ class _Block:
 class EncryptedGallery:
     """Encrypted templates of enrolled subjects; decisions come from a key holder.
 
-    ``n_threads`` blocks are scored at once during identification.
+    Identification scores blocks on ``n_threads`` threads (0: every core).
     """
 
-    def __init__(self, context: PublicContext | bytes, dim: int, *, n_threads: int = 1) -> None:
+    def __init__(self, context: PublicContext | bytes, dim: int, *, n_threads: int = 0) -> None:
         self.context = context if isinstance(context, PublicContext) else PublicContext(context)
         self.probe_scale_bits = self.context.params.probe_scale_bits_for(dim)
         self.dim = dim
-        self.n_threads = max(1, int(n_threads))
+        self.n_threads = max(0, int(n_threads))
         self._blocks: list[_Block] = []
         self._where: dict[str, tuple[int, int]] = {}
 
@@ -163,10 +163,9 @@ class EncryptedGallery:
         b, t = self._locate(subject)
         weights = self._probe_weights(probe)
         block = self._blocks[b].data
-        ring = self.context.ring
-        n = ring.n
-        beta = int(np.dot(weights, block[:, t])) % ring.q
-        alpha = ring.reduce(np.einsum("j,jk->k", weights, block[:, n:]))
+        q, n = self.context.ring.q, self.context.ring.n
+        beta = combine([block[:, t : t + 1]], weights, q)[0, 0]
+        alpha = combine([block[:, n:]], weights, q)[0]
         return self._scores(alpha[None, :], np.array([beta]), np.array([t]), np.zeros(1, dtype=np.int64))
 
     def verify(
@@ -187,22 +186,11 @@ class EncryptedGallery:
         chosen = [b for b, block in enumerate(self._blocks) if block.live.size]
         if not chosen:
             raise UnknownSubjectError("the gallery is empty")
-        ring = self.context.ring
-        n = ring.n
-
-        def score(b: int) -> tuple[np.ndarray, np.ndarray]:
-            block = self._blocks[b]
-            product = np.einsum("j,jk->k", weights, block.data)
-            return ring.reduce(product[n:]), ring.reduce(product[block.live])
-
-        if self.n_threads > 1 and len(chosen) > 1:
-            with ThreadPoolExecutor(min(self.n_threads, len(chosen))) as pool:
-                parts = list(pool.map(score, chosen))
-        else:
-            parts = [score(b) for b in chosen]
+        n = self.context.ring.n
+        product = combine([self._blocks[b].data for b in chosen], weights, self.context.ring.q, n_threads=self.n_threads)
         live = [self._blocks[b].live for b in chosen]
-        alpha = np.stack([part[0] for part in parts])
-        beta = np.concatenate([part[1] for part in parts])
+        alpha = np.ascontiguousarray(product[:, n:])
+        beta = np.concatenate([product[i, slots] for i, slots in enumerate(live)])
         index = np.concatenate(live)
         row = np.repeat(np.arange(len(chosen), dtype=np.int64), [len(slots) for slots in live])
         slots = index + n * np.repeat(np.array(chosen, dtype=np.int64), [len(slots) for slots in live])
@@ -263,7 +251,7 @@ class EncryptedGallery:
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike[str], mac_key: bytes | None = None, *, n_threads: int = 1
+        cls, path: str | os.PathLike[str], mac_key: bytes | None = None, *, n_threads: int = 0
     ) -> "EncryptedGallery":
         """Check and load a gallery written by :meth:`save`."""
         body, meta, public, offset = _read_checked(Path(path), mac_key)

@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import AuthenticationError, InvalidInputError
+from ._kernel import combine, multiply
 from .context import PublicContext
 from .encrypted import MAX_REFRESHES
 from .scores import EncryptedScores
@@ -185,10 +186,10 @@ class CiphertextRows:
         p_hat = ring.ntt(poly)
         row_of_slot, position = np.divmod(np.asarray(slots, dtype=np.int64), self.group)
         rows, row_index = np.unique(row_of_slot, return_inverse=True)
-        alpha = ring.mulmod(ring.reduce(self._c1[rows]), p_hat[None, :])
+        alpha = multiply(self._c1[rows], p_hat, ring.q)
         offsets = position * d
-        gathered = self._c0[row_of_slot[:, None], offsets[:, None] + np.arange(d)]
-        beta = ring.reduce(gathered @ weights)
+        windows = [self._c0[r, o : o + d].reshape(d, 1) for r, o in zip(row_of_slot.tolist(), offsets.tolist())]
+        beta = combine(windows, weights, ring.q)[:, 0]
         return EncryptedScores(
             key_id=self.context.key_id,
             scale_bits=self.context.params.template_scale_bits + self.probe_scale_bits,

@@ -1,0 +1,99 @@
+// AVX-512 kernels for modular_scan.h, built with function-level target
+// attributes (the module itself targets baseline x86-64) and called only when
+// the CPU has the instructions. Both compute what accumulate_portable does,
+// 8 columns and 4 rows at a time, with 64-bit partial sums in scratch (room
+// for 3 * cols values); leftover columns go to the portable loop.
+//
+// A row pass has at most kRowsPerPass (4096) rows, u < 2^50 and v < 2^50, so
+// the 64-bit partial sums below cannot overflow:
+//   avx512ifma: u * v = hi * 2^52 + lo with lo, hi < 2^52 (IFMA's 52-bit
+//               multiply-add), so sum lo < 2^64 and sum hi < 2^60.
+//   avx512:     u = u1 * 2^26 + u0 and v = v1 * 2^26 + v0 (u0, v0 < 2^26;
+//               u1, v1 < 2^24), so each 32 x 32-bit product is exact and the
+//               sums of u0 v0, u0 v1 + u1 v0 and u1 v1 stay below 2^64.
+// A value out of range may wrap these sums; the pass then reports failure.
+#pragma once
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FPMATCH_MODQ_AVX512 1
+#include <immintrin.h>
+
+// GCC 12's AVX-512 intrinsic headers trip this warning on their own
+// placeholder operands, not on anything here.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace fpmatch {
+namespace modq {
+
+__attribute__((target("avx512f,avx512ifma"))) inline bool accumulate_avx512ifma(
+    const int64_t* x, size_t stride, size_t rows, size_t cols, const uint64_t* v, uint64_t h, u128* acc,
+    uint64_t* scratch) {
+  const size_t wide = cols - cols % 8;
+  uint64_t *lo = scratch, *hi = scratch + wide;
+  std::fill(scratch, scratch + 2 * wide, 0);
+  const __m512i shift = _mm512_set1_epi64(int64_t(h));
+  __m512i worst = _mm512_setzero_si512();
+  for (size_t j = 0; j < rows; j += 4) {
+    const FourRows r(x, stride, rows, v, j);
+    __m512i w[4];
+    for (int k = 0; k < 4; ++k) w[k] = _mm512_set1_epi64(int64_t(r.weight[k]));
+    for (size_t c = 0; c < wide; c += 8) {
+      __m512i l = _mm512_loadu_si512(lo + c), m = _mm512_loadu_si512(hi + c);
+      for (int k = 0; k < 4; ++k) {
+        const __m512i u = _mm512_add_epi64(_mm512_loadu_si512(r.row[k] + c), shift);
+        worst = _mm512_max_epu64(worst, u);
+        l = _mm512_madd52lo_epu64(l, u, w[k]);
+        m = _mm512_madd52hi_epu64(m, u, w[k]);
+      }
+      _mm512_storeu_si512(lo + c, l);
+      _mm512_storeu_si512(hi + c, m);
+    }
+  }
+  const bool in_range = _mm512_cmpgt_epu64_mask(worst, _mm512_set1_epi64(int64_t(2 * h))) == 0;
+  for (size_t c = 0; c < wide; ++c) acc[c] += (u128(hi[c]) << 52) + lo[c];
+  return accumulate_portable(x + wide, stride, rows, cols - wide, v, h, acc + wide) && in_range;
+}
+
+__attribute__((target("avx512f"))) inline bool accumulate_avx512(const int64_t* x, size_t stride, size_t rows,
+                                                                size_t cols, const uint64_t* v, uint64_t h,
+                                                                u128* acc, uint64_t* scratch) {
+  const size_t wide = cols - cols % 8;
+  uint64_t *s0 = scratch, *s1 = scratch + wide, *s2 = scratch + 2 * wide;
+  std::fill(scratch, scratch + 3 * wide, 0);
+  const __m512i shift = _mm512_set1_epi64(int64_t(h));
+  const __m512i low = _mm512_set1_epi64((int64_t(1) << 26) - 1);
+  __m512i worst = _mm512_setzero_si512();
+  for (size_t j = 0; j < rows; j += 4) {
+    const FourRows r(x, stride, rows, v, j);
+    __m512i v0[4], v1[4];
+    for (int k = 0; k < 4; ++k) {
+      v0[k] = _mm512_set1_epi64(int64_t(r.weight[k] & ((uint64_t(1) << 26) - 1)));
+      v1[k] = _mm512_set1_epi64(int64_t(r.weight[k] >> 26));
+    }
+    for (size_t c = 0; c < wide; c += 8) {
+      __m512i a0 = _mm512_loadu_si512(s0 + c), a1 = _mm512_loadu_si512(s1 + c), a2 = _mm512_loadu_si512(s2 + c);
+      for (int k = 0; k < 4; ++k) {
+        const __m512i u = _mm512_add_epi64(_mm512_loadu_si512(r.row[k] + c), shift);
+        worst = _mm512_max_epu64(worst, u);
+        const __m512i u0 = _mm512_and_si512(u, low), u1 = _mm512_srli_epi64(u, 26);
+        a0 = _mm512_add_epi64(a0, _mm512_mul_epu32(u0, v0[k]));
+        a1 = _mm512_add_epi64(a1, _mm512_add_epi64(_mm512_mul_epu32(u0, v1[k]), _mm512_mul_epu32(u1, v0[k])));
+        a2 = _mm512_add_epi64(a2, _mm512_mul_epu32(u1, v1[k]));
+      }
+      _mm512_storeu_si512(s0 + c, a0);
+      _mm512_storeu_si512(s1 + c, a1);
+      _mm512_storeu_si512(s2 + c, a2);
+    }
+  }
+  const bool in_range = _mm512_cmpgt_epu64_mask(worst, _mm512_set1_epi64(int64_t(2 * h))) == 0;
+  for (size_t c = 0; c < wide; ++c) acc[c] += u128(s0[c]) + (u128(s1[c]) << 26) + (u128(s2[c]) << 52);
+  return accumulate_portable(x + wide, stride, rows, cols - wide, v, h, acc + wide) && in_range;
+}
+
+}  // namespace modq
+}  // namespace fpmatch
+#pragma GCC diagnostic pop
+#else
+#define FPMATCH_MODQ_AVX512 0
+#endif
