@@ -330,7 +330,7 @@ def _part_scale(args: argparse.Namespace, d: _Setup, result: dict, packed: dict[
         _log(f"he: enrolling {n} templates for the --n run")
         g = EncryptedGallery(d.public, d.dim)
         _enrol(g, names[:n], d.gallery[:n])
-    blocks = [block.data for block in g._blocks]  # the arrays identification scans
+    blocks = g.blocks.arrays()  # the arrays identification scans
     scanned = sum(block.nbytes for block in blocks)
     timed = q_idx[:reps]
 

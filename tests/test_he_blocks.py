@@ -15,7 +15,7 @@ from fpmatch.he.audit import SecretKeyAudit
 from fpmatch.errors import KeyMismatchError
 from fpmatch.he.blocks import CiphertextBlocks
 from fpmatch.he.context import PublicContext
-from fpmatch.he.encrypted import MAX_REFRESHES
+from fpmatch.he.params import MAX_REFRESHES
 from fpmatch.he.errors import CiphertextFormatError
 from fpmatch.he.reclaim import parse_reply, reclaim_request, reclaim_through
 from fpmatch.he.remote import handle

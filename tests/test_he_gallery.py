@@ -44,7 +44,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     probes = faces.embeddings[1::2]
     gallery = EncryptedGallery(holder.public_context(), DIM)
     names = [f"p{i:04d}" for i in range(N)]
-    gallery.enrol(names[:250], templates[:250])  # two batches: the second refreshes the open block
+    gallery.enrol(names[:250], templates[:250])  # two batches: the second fills the open block
     gallery.enrol(names[250:], templates[250:])
     return {
         "holder": holder,
@@ -91,8 +91,8 @@ def test_decisions_follow_plain_cosine(world: dict) -> None:
 
 def test_layout_and_sizes(world: dict) -> None:
     gallery = world["gallery"]
-    assert gallery.block_size == 4096 and len(gallery._blocks) == 1
-    assert gallery._blocks[0].refreshes == 2
+    assert gallery.block_size == 4096 and gallery.blocks.count == 1
+    assert gallery.blocks.refreshes == [1]  # the second batch filled columns known to be empty
     assert gallery.bytes_per_template == 2 * DIM * 8
     assert gallery.stored_bytes() == DIM * 2 * 4096 * 8
     assert len(gallery) == N and "p0001" in gallery and "nobody" not in gallery
@@ -170,7 +170,7 @@ def test_withdrawal_leaves_nothing_decryptable(world: dict) -> None:
     with pytest.raises(UnknownSubjectError):
         gallery.subject_at(target)
     assert gallery.identify(templates[target], holder, 0.999, caller="t") == []
-    # A later batch refreshes the block; the withdrawn slot stays dead.
+    # A later batch fills an empty slot; the withdrawn slot stays dead.
     gallery.enrol(["late"], world["templates"][400])
     assert np.linalg.norm(columns() - wanted, axis=1).min() > 0.3
     assert gallery.verify("late", world["probes"][400], holder, 0.9, caller="t").verified
@@ -225,3 +225,57 @@ def test_gallery_under_another_key_is_refused(world: dict) -> None:
     gallery.enrol(["a"], world["templates"][0])
     with pytest.raises(KeyMismatchError):
         gallery.verify("a", world["probes"][0], world["holder"], 0.5, caller="t")
+
+
+def test_the_gallery_is_the_he_scheme_gallery_and_saves_no_empty_column(world: dict, tmp_path: Path) -> None:
+    from fpmatch.galleries import ProtectedGallery
+    from fpmatch.galleries.encrypted import EncryptedSchemeGallery
+
+    holder = world["holder"]
+    gallery = EncryptedGallery(holder.public_context(), DIM)
+    assert isinstance(gallery, EncryptedSchemeGallery) and isinstance(gallery, ProtectedGallery)
+    gallery.enrol(["a", "b", "c"], world["templates"][:3])
+    gallery.withdraw("b")
+    path = tmp_path / "g.he"
+    gallery.save(path)
+    data = path.read_bytes()
+    meta_len, public_len = struct.unpack_from("<QQ", data, 8)
+    # c1 halves of one block and the two live subjects' columns: no empty or withdrawn column.
+    assert len(data) == 8 + 16 + meta_len + public_len + DIM * 4096 * 8 + 2 * DIM * 8 + 32
+    loaded = EncryptedGallery.load(path)
+    assert loaded.subjects() == ["a", "c"]
+    assert loaded.verify("c", world["probes"][2], holder, 0.9, caller="t").verified
+    loaded.enrol(["d"], world["templates"][3])  # its empty columns are unknown after loading: a new block
+    assert loaded.location("d") == (1, 0)
+    assert [m.subject for m in loaded.identify(world["probes"][3], holder, 0.9, caller="t")] == ["d"]
+
+
+def test_a_file_of_the_earlier_format_still_loads(world: dict, tmp_path: Path) -> None:
+    import hashlib
+    import json
+
+    holder = world["holder"]
+    gallery = EncryptedGallery(holder.public_context(), DIM)
+    gallery.enrol(["a", "b", "c"], world["templates"][:3])
+    gallery.withdraw("b")
+    ring = gallery.context.ring
+    # The earlier format kept whole blocks (every column) and a name per filled slot.
+    blocks = [np.stack([np.concatenate([c0, c1]) for c0, c1 in gallery.ciphertexts()])]
+    meta = json.dumps(
+        {"format": 1, "dim": DIM, "key_id": gallery.key_id, "n": ring.n, "q": ring.q,
+         "blocks": [{"names": ["a", None, "c"], "refreshes": 1}]}
+    ).encode()
+    public = gallery.context.to_bytes()
+    body = b"FPHEGAL1" + struct.pack("<QQ", len(meta), len(public)) + meta + public + blocks[0].astype("<i8").tobytes()
+    path = tmp_path / "old.he"
+    path.write_bytes(body + hashlib.sha256(body).digest())
+    loaded = EncryptedGallery.load(path)
+    assert loaded.subjects() == ["a", "c"] and loaded.location("c") == (0, 2)
+    probe = world["probes"][0]
+    assert np.array_equal(
+        loaded.identification_request(probe)[0].to_bytes(), gallery.identification_request(probe)[0].to_bytes()
+    )
+    doubled = body.replace(b'"c"]', b'"a"]')
+    path.write_bytes(doubled + hashlib.sha256(doubled).digest())
+    with pytest.raises(AuthenticationError, match="twice"):
+        EncryptedGallery.load(path)

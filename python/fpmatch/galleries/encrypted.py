@@ -17,8 +17,10 @@ import numpy as np
 from ..edge import EdgeProfile, EnrolmentRecord, ProbeMessage
 from ..he.blocks import CiphertextBlocks
 from ..he.context import PublicContext
+from ..errors import InvalidInputError
 from ..he.keyholder import ScoreDecider
 from ..he.reclaim import reclaim_through
+from ..he.scores import EncryptedScores
 from ..index import Index
 from .base import ProtectedGallery, Staged, StoredRow, StoredTemplate
 
@@ -26,11 +28,19 @@ from .base import ProtectedGallery, Staged, StoredRow, StoredTemplate
 class EncryptedSchemeGallery(ProtectedGallery):
     """Column-packed ciphertext blocks; decisions from the key holder."""
 
-    def __init__(self, profile: EdgeProfile, index: str = "flat", *, decider: ScoreDecider, caller: str) -> None:
+    def __init__(
+        self,
+        profile: EdgeProfile,
+        index: str = "flat",
+        *,
+        decider: ScoreDecider | None,
+        caller: str,
+        context: PublicContext | None = None,
+    ) -> None:
         super().__init__(profile)
         assert profile.he_context is not None
-        self.blocks = CiphertextBlocks(PublicContext(profile.he_context), profile.dim)
-        self._reclaim = partial(reclaim_through, decider, caller, self.blocks.context)
+        self.blocks = CiphertextBlocks(context or PublicContext(profile.he_context), profile.dim)
+        self._reclaim = None if decider is None else partial(reclaim_through, decider, caller, self.blocks.context)
         self._decider = decider
         self._caller = caller
         self._slot: dict[int, int] = {}  # id -> slot
@@ -82,22 +92,30 @@ class EncryptedSchemeGallery(ProtectedGallery):
     def decide(self, subject: str, probe: ProbeMessage, threshold: float) -> bool:
         assert probe.values is not None
         request = self.blocks.request(np.array([self._slot[self.id_of(subject)]]), probe.values)
-        (verified,) = self._decider.decide(request.to_bytes(), threshold, caller=self._caller)
+        (verified,) = self._key_holder().decide(request.to_bytes(), threshold, caller=self._caller)
         return bool(verified)
 
     def search(self, probe: ProbeMessage, k: int, threshold: float, eligible: Callable[[str], bool]) -> list[str]:
         assert probe.values is not None
-        n = self.blocks.n
         chosen = sorted(self._slot[id_] for name, id_ in self._ids.items() if eligible(name))
         if not chosen:
             return []
-        slots = np.array(chosen, dtype=np.int64)
-        block_of = slots // n
-        bounds = np.searchsorted(block_of, np.arange(self.blocks.count + 1))
-        live = [slots[bounds[b] : bounds[b + 1]] % n for b in range(self.blocks.count)]
-        request = self.blocks.request_all(probe.values, live)
-        positions = self._decider.best(request.to_bytes(), threshold, min(k, len(slots)), caller=self._caller)
+        request, slots = self._request_for(chosen, probe.values)
+        positions = self._key_holder().best(request.to_bytes(), threshold, min(k, len(slots)), caller=self._caller)
         return [self._names[self._ids_at[int(slots[p])]] for p in positions]
+
+    def _request_for(self, chosen: Sequence[int], weights: np.ndarray) -> tuple[EncryptedScores, np.ndarray]:
+        """Encrypted scores against the slots ``chosen`` (ascending), and those slots in score order."""
+        n = self.blocks.n
+        slots = np.asarray(chosen, dtype=np.int64)
+        bounds = np.searchsorted(slots // n, np.arange(self.blocks.count + 1))
+        live = [slots[bounds[b] : bounds[b + 1]] % n for b in range(self.blocks.count)]
+        return self.blocks.request_all(weights, live), slots
+
+    def _key_holder(self) -> ScoreDecider:
+        if self._decider is None:
+            raise InvalidInputError("this gallery was made without a key holder: pass one to decide")
+        return self._decider
 
     def problems(self, stored: Mapping[str, StoredTemplate], rows: Sequence[StoredRow]) -> list[str]:
         problems = []

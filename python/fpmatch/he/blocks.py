@@ -34,7 +34,7 @@ import numpy as np
 from ..errors import AuthenticationError, InvalidInputError
 from ._kernel import combine
 from .context import PublicContext
-from .encrypted import MAX_REFRESHES
+from .params import MAX_REFRESHES
 from .rows import Reclaimer
 from .scores import EncryptedScores
 
@@ -67,10 +67,20 @@ class CiphertextBlocks:
         self.refreshes: list[int] = []  # per block: fresh encryptions absorbed (1 at creation)
         self._live: list[set[int]] = []  # per block: positions holding a template
         self._free: list[set[int]] = []  # per block: positions whose column is known (in memory) to encrypt zero
+        self.n_threads = 0  # scoring threads for a whole gallery (0: every core)
 
     @property
     def count(self) -> int:
         return len(self._data)
+
+    def arrays(self) -> list[np.ndarray]:
+        """The (d, 2N) arrays a whole-gallery search scans (for measuring it; do not modify)."""
+        return list(self._data)
+
+    @property
+    def nbytes(self) -> int:
+        """Ciphertext bytes held in memory (every block, live or not)."""
+        return sum(data.nbytes for data in self._data)
 
     def reclaimable(self, block: int) -> set[int]:
         """Positions of a block that hold no template and no known encryption of zero."""
@@ -226,7 +236,7 @@ class CiphertextBlocks:
         """
         n = self.n
         chosen = [b for b, slots in enumerate(live) if len(slots)]
-        product = combine([self._data[b] for b in chosen], weights, self.context.ring.q)
+        product = combine([self._data[b] for b in chosen], weights, self.context.ring.q, n_threads=self.n_threads)
         counts = [len(live[b]) for b in chosen]
         return self._scores(
             np.ascontiguousarray(product[:, n:]),

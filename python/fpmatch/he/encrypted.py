@@ -1,29 +1,25 @@
-"""The ``he`` scheme: templates stored encrypted in packed blocks, scored under encryption.
+"""The ``he`` scheme for a single party: every template encrypted, every one scored on each search.
 
-Layout. A block holds up to N templates (N, the ring degree, is 4096 by
-default). For each dimension j it keeps one ciphertext whose coefficient t
-encrypts dimension j of the template in slot t. A probe scores a whole block
-with d integer-scalar multiply-adds of ciphertexts - no rotations, no
-relinearisation - and the result's coefficient t is the score of slot t.
-The c0 half of each ciphertext is stored as coefficients and the c1 half as
-NTT values; a block is one int64 array of shape (d, 2N), centred mod q.
+:class:`EncryptedGallery` is the ``he`` scheme's gallery
+(:class:`~fpmatch.galleries.EncryptedSchemeGallery`, which the matching service
+runs) for a party that encrypts float templates itself, without a capture
+edge's rotation. It keeps the service's layout (:mod:`fpmatch.he.blocks`): a
+block holds up to N templates (N, the ring degree, is 4096 by default), one
+ciphertext per dimension j whose coefficient t encrypts dimension j of the
+template in slot t; a probe scores a whole block with d integer-scalar
+multiply-adds (the native kernel, every core).
 
-Matching. The gallery holds only the public context. 1:N sends one
-ring element per block plus the c0 coefficient of every live slot to the key
-holder, which returns the best k positions above the threshold. 1:1 takes the
-same product over the subject's block but sends the c0 coefficient of that
-slot only, so the key holder decrypts exactly one value.
+Matching. The gallery holds only the public context. 1:N sends one ring
+element per block plus the c0 coefficient of every live slot to the key
+holder, which returns the best k positions above the threshold. 1:1 sends the
+c0 coefficient of the subject's slot only, so the key holder decrypts one value.
 
-Enrolment. A batch fills the last block's free slots and then new blocks.
-Every block it touches first gets a fresh encryption of zero added to each of
-its ciphertexts: without that, two copies of the store taken before and after
-would differ by the plain template values.
-
-Withdrawal. Slot t's plaintext lives only in the c0 coefficient t of the
-block's d ciphertexts (c1 and the other coefficients carry no information on
-it). Withdrawal overwrites those coefficients with zeros, so no ciphertext the
-gallery keeps decrypts to the template, even with the secret key. Withdrawn
-slots are never reused and never sent to the key holder.
+Storage. Enrolment fills known-empty slots in memory; empty slots' columns
+are never saved, so two files saved before and after an enrolment do not
+differ by the plain template. A loaded gallery therefore opens a new block for
+its next enrolment. Withdrawal zeroes the only coefficients that encrypt the
+template (its c0 column); withdrawn slots are not reused here (the service
+reclaims them through its key holder).
 """
 
 from __future__ import annotations
@@ -33,65 +29,62 @@ import hmac
 import json
 import os
 import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from .._validate import as_subject_list, unit_rows
+from ..edge import EdgeProfile, EnrolmentRecord
 from ..errors import AuthenticationError, IdConflictError, InvalidInputError, KeyMismatchError, UnknownSubjectError
+from ..galleries.base import StoredTemplate
+from ..galleries.encrypted import EncryptedSchemeGallery
 from ._encoding import Match, Verification, check_threshold, quantise
-from ._kernel import combine
 from .context import PublicContext
 from .keyholder import ScoreDecider
+from .params import MAX_REFRESHES
 from .scores import EncryptedScores
 
-#: Fresh encryptions of zero a block may absorb before it is closed: each adds
-#: one unit of fresh noise (std about 15 at N=4096) to every coefficient.
-MAX_REFRESHES = 256
-_MAGIC = b"FPHEGAL1"
+_MAGIC = b"FPHEGAL2"
+_OLD_MAGIC = b"FPHEGAL1"  # whole blocks, empty columns included: still read
+#: The transform-key id of a single party's profile: its templates are encrypted as they are.
+NO_TRANSFORM = "0" * 16
+
+__all__ = ["EncryptedGallery", "MAX_REFRESHES"]
 
 
-@dataclass
-class _Block:
-    data: np.ndarray  # (dim, 2n) int64, centred: c0 coefficients | c1 NTT values
-    names: list  # subject per filled slot; None once withdrawn
-    refreshes: int = 0
-    live: np.ndarray = field(init=False)  # slots holding a subject, ascending
-
-    def __post_init__(self) -> None:
-        self.live = np.array([t for t, name in enumerate(self.names) if name is not None], dtype=np.int64)
-
-    def drop(self, t: int) -> None:
-        self.names[t] = None
-        self.live = self.live[self.live != t]
-
-
-class EncryptedGallery:
+class EncryptedGallery(EncryptedSchemeGallery):
     """Encrypted templates of enrolled subjects; decisions come from a key holder.
 
     Identification scores blocks on ``n_threads`` threads (0: every core).
     """
 
     def __init__(self, context: PublicContext | bytes, dim: int, *, n_threads: int = 0) -> None:
-        self.context = context if isinstance(context, PublicContext) else PublicContext(context)
-        self.probe_scale_bits = self.context.params.probe_scale_bits_for(dim)
+        context = context if isinstance(context, PublicContext) else PublicContext(context)
+        probe_bits = context.params.probe_scale_bits_for(dim)  # checks dim
+        profile = EdgeProfile(
+            scheme="he",
+            dim=dim,
+            edge_key_id=NO_TRANSFORM,
+            he_key_id=context.key_id,
+            he_context=context.to_bytes(),
+            template_scale_bits=context.params.template_scale_bits,
+            probe_scale_bits=probe_bits,
+        )
+        super().__init__(profile, decider=None, caller="", context=context)
+        self.context = context
+        self.probe_scale_bits = probe_bits
         self.dim = dim
-        self.n_threads = max(0, int(n_threads))
-        self._blocks: list[_Block] = []
-        self._where: dict[str, tuple[int, int]] = {}
+        self.n_threads = n_threads
+        self._next_id = 0
 
-    # -- membership --------------------------------------------------------------------
+    @property
+    def n_threads(self) -> int:
+        return self.blocks.n_threads
 
-    def __len__(self) -> int:
-        return len(self._where)
-
-    def __contains__(self, subject: object) -> bool:
-        return subject in self._where
-
-    def subjects(self) -> list[str]:
-        return list(self._where)
+    @n_threads.setter
+    def n_threads(self, value: int) -> None:
+        self.blocks.n_threads = max(0, int(value))
 
     @property
     def key_id(self) -> str:
@@ -100,73 +93,39 @@ class EncryptedGallery:
     @property
     def block_size(self) -> int:
         """Templates per block (the ring degree N)."""
-        return self.context.ring.n
+        return self.blocks.n
 
     @property
     def bytes_per_template(self) -> int:
-        """Stored ciphertext bytes per template slot of a full block."""
+        """Ciphertext bytes per template slot of a full block (in memory)."""
         return 2 * self.dim * 8
 
     def stored_bytes(self) -> int:
         """Ciphertext bytes held now (all blocks, live or not)."""
-        return sum(block.data.nbytes for block in self._blocks)
+        return self.blocks.nbytes
 
     def enrol(self, subjects: str | Sequence[str], templates: np.ndarray) -> None:
         """Encrypt and store one template per subject. All or nothing."""
         values = quantise(unit_rows(templates, self.dim), self.context.params.template_scale_bits)
         names = as_subject_list(subjects, len(values))
-        taken = [name for name in names if name in self._where]
+        taken = [name for name in names if name in self]
         if taken:
             raise IdConflictError(f"already enrolled: {', '.join(taken[:5])}")
-        n = self.block_size
-        ring = self.context.ring
-        staged: dict[int, _Block] = {}
-        done = 0
-        last = self._blocks[-1] if self._blocks else None
-        if last is not None and len(last.names) < n and last.refreshes < MAX_REFRESHES:
-            start = len(last.names)
-            done = min(n - start, len(names))
-            data = self._refreshed(last.data)
-            data[:, start : start + done] += values[:done].T
-            staged[len(self._blocks) - 1] = _Block(ring.centre(data), last.names + names[:done], last.refreshes + 1)
-        position = len(self._blocks)
-        while done < len(names):
-            take = min(n, len(names) - done)
-            data = self._refreshed(None)
-            data[:, :take] += values[done : done + take].T
-            staged[position] = _Block(ring.centre(data), names[done : done + take], 1)
-            position += 1
-            done += take
-        for position, block in sorted(staged.items()):
-            if position < len(self._blocks):
-                # The replaced copy encrypts the same templates: do not leave it in freed memory.
-                self._blocks[position].data.fill(0)
-                self._blocks[position] = block
-            else:
-                self._blocks.append(block)
-            for t, name in enumerate(block.names):
-                if name is not None:
-                    self._where[name] = (position, t)
+        pid = self.profile.profile_id
+        staged = self.stage_add(names, [EnrolmentRecord(pid, None, None, v) for v in values])
+        staged.apply(range(self._next_id, self._next_id + len(names)))
+        self._next_id += len(names)
 
     def withdraw(self, subject: str) -> None:
         """Erase the subject: zero the only coefficients that encrypt their template."""
-        b, t = self._locate(subject)
-        block = self._blocks[b]
-        block.data[:, t] = 0
-        block.drop(t)
-        del self._where[subject]
+        self.stage_remove([subject]).apply([])
 
     # -- matching ---------------------------------------------------------------------
 
     def verification_request(self, subject: str, probe: np.ndarray) -> EncryptedScores:
         """The encrypted score of ``probe`` against ``subject`` (the probe is not kept)."""
-        b, t = self._locate(subject)
-        weights = self._probe_weights(probe)
-        block = self._blocks[b].data
-        q, n = self.context.ring.q, self.context.ring.n
-        beta = combine([block[:, t : t + 1]], weights, q)[0, 0]
-        alpha = combine([block[:, n:]], weights, q)[0]
-        return self._scores(alpha[None, :], np.array([beta]), np.array([t]), np.zeros(1, dtype=np.int64))
+        slot = self._slot[self.id_of(subject)]
+        return self.blocks.request(np.array([slot]), self._probe_weights(probe))
 
     def verify(
         self, subject: str, probe: np.ndarray, decider: ScoreDecider, threshold: float, *, caller: str
@@ -183,26 +142,16 @@ class EncryptedGallery:
         Slots are numbered ``block * N + t``; :meth:`subject_at` names them.
         """
         weights = self._probe_weights(probe)
-        chosen = [b for b, block in enumerate(self._blocks) if block.live.size]
-        if not chosen:
+        if not self._slot:
             raise UnknownSubjectError("the gallery is empty")
-        n = self.context.ring.n
-        product = combine([self._blocks[b].data for b in chosen], weights, self.context.ring.q, n_threads=self.n_threads)
-        live = [self._blocks[b].live for b in chosen]
-        alpha = np.ascontiguousarray(product[:, n:])
-        beta = np.concatenate([product[i, slots] for i, slots in enumerate(live)])
-        index = np.concatenate(live)
-        row = np.repeat(np.arange(len(chosen), dtype=np.int64), [len(slots) for slots in live])
-        slots = index + n * np.repeat(np.array(chosen, dtype=np.int64), [len(slots) for slots in live])
-        return self._scores(alpha, beta, index, row), slots
+        return self._request_for(sorted(self._slot.values()), weights)
 
     def subject_at(self, slot: int) -> str:
         """The subject in a slot numbered as by :meth:`identification_request`."""
-        b, t = divmod(int(slot), self.block_size)
-        name = self._blocks[b].names[t] if b < len(self._blocks) and t < len(self._blocks[b].names) else None
-        if name is None:
+        id_ = self._ids_at.get(int(slot))
+        if id_ is None:
             raise UnknownSubjectError(f"slot {slot} holds no subject")
-        return name
+        return self._names[id_]
 
     def identify(
         self, probe: np.ndarray, decider: ScoreDecider, threshold: float, k: int = 5, *, caller: str
@@ -217,35 +166,36 @@ class EncryptedGallery:
 
     def location(self, subject: str) -> tuple[int, int]:
         """(block, slot) of an enrolled subject: ciphertexts ``block * dim + j`` hold it at coefficient ``slot``."""
-        return self._locate(subject)
+        b, t = divmod(self._slot[self.id_of(subject)], self.block_size)
+        return b, t
 
     def ciphertexts(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every ciphertext the gallery keeps, block by block, as (c0 coefficients, c1 NTT values)."""
-        n = self.block_size
-        for block in self._blocks:
-            for j in range(self.dim):
-                yield block.data[j, :n], block.data[j, n:]
+        yield from self.blocks.ciphertexts()
 
     def save(self, path: str | os.PathLike[str], mac_key: bytes | None = None) -> None:
-        """Write the gallery: public context, subject table and ciphertexts.
+        """Write the gallery: public context, subject table, each block's c1 halves and each subject's column.
 
         With ``mac_key`` the file is authenticated (HMAC-SHA256); without it, a
         SHA-256 checksum only detects accidental damage.
         """
         ring = self.context.ring
+        subjects = {name: self._slot[id_] for name, id_ in self._ids.items()}
         meta = json.dumps(
             {
-                "format": 1,
+                "format": 2,
                 "dim": self.dim,
                 "key_id": self.key_id,
                 "n": ring.n,
                 "q": ring.q,
-                "blocks": [{"names": block.names, "refreshes": block.refreshes} for block in self._blocks],
+                "blocks": [{"used": u, "refreshes": r} for u, r in zip(self.blocks.used, self.blocks.refreshes)],
+                "subjects": subjects,
             }
         ).encode()
         public = self.context.to_bytes()
         parts = [_MAGIC, struct.pack("<QQ", len(meta), len(public)), meta, public]
-        parts += [np.ascontiguousarray(block.data, dtype="<i8").tobytes() for block in self._blocks]
+        parts += [self.blocks.c1_bytes(b) for b in range(self.blocks.count)]
+        parts += [self.blocks.column(slot) for slot in subjects.values()]
         body = b"".join(parts)
         _write_atomic(Path(path), body + _tag(body, mac_key))
 
@@ -253,40 +203,25 @@ class EncryptedGallery:
     def load(
         cls, path: str | os.PathLike[str], mac_key: bytes | None = None, *, n_threads: int = 0
     ) -> "EncryptedGallery":
-        """Check and load a gallery written by :meth:`save`."""
-        body, meta, public, offset = _read_checked(Path(path), mac_key)
-        gallery = cls(public, int(meta["dim"]), n_threads=n_threads)
-        ring = gallery.context.ring
-        if meta["key_id"] != gallery.key_id or meta["n"] != ring.n or meta["q"] != ring.q:
-            raise KeyMismatchError(f"{path}: its ciphertexts and its public context disagree")
-        shape = (gallery.dim, 2 * ring.n)
-        size = 8 * shape[0] * shape[1]
-        for entry in meta["blocks"]:
-            names = [None if name is None else str(name) for name in entry["names"]]
-            if offset + size > len(body) or len(names) > ring.n:
-                raise AuthenticationError(f"{path} is truncated")
-            data = np.frombuffer(body, dtype="<i8", count=shape[0] * shape[1], offset=offset).astype(np.int64)
-            offset += size
-            if (np.abs(data) > ring.q // 2).any():
-                raise AuthenticationError(f"{path}: ciphertext values out of range")
-            gallery._blocks.append(_Block(data.reshape(shape), names, int(entry["refreshes"])))
-        if offset != len(body):
-            raise AuthenticationError(f"{path} has trailing bytes")
-        for b, block in enumerate(gallery._blocks):
-            for t, name in enumerate(block.names):
-                if name is not None:
-                    if name in gallery._where:
-                        raise AuthenticationError(f"{path}: subject {name!r} appears twice")
-                    gallery._where[name] = (b, t)
+        """Check and load a gallery written by :meth:`save` (or by the format before it)."""
+        body, meta, public, offset, magic = _read_checked(Path(path), mac_key)
+        try:
+            gallery = cls(public, int(meta["dim"]), n_threads=n_threads)
+            ring = gallery.context.ring
+            if meta["key_id"] != gallery.key_id or meta["n"] != ring.n or meta["q"] != ring.q:
+                raise KeyMismatchError(f"{path}: its ciphertexts and its public context disagree")
+            reader = _read_v2 if magic == _MAGIC else _read_v1
+            blocks, subjects = reader(body, meta, offset, gallery.dim, ring.n)
+        except KeyMismatchError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:  # typed errors of ours are ValueErrors too
+            raise AuthenticationError(f"{path}: damaged gallery file ({exc})") from exc
+        stored = [StoredTemplate(name, i, None, slot, column) for i, (name, (slot, column)) in enumerate(subjects.items())]
+        gallery.restore(stored, blocks, None)
+        gallery._next_id = len(stored)
         return gallery
 
     # -- internals ---------------------------------------------------------------------
-
-    def _locate(self, subject: str) -> tuple[int, int]:
-        try:
-            return self._where[subject]
-        except (KeyError, TypeError):
-            raise UnknownSubjectError(f"not enrolled: {subject!r}") from None
 
     def _probe_weights(self, probe: np.ndarray) -> np.ndarray:
         unit = unit_rows(probe, self.dim, "probe")
@@ -294,22 +229,43 @@ class EncryptedGallery:
             raise InvalidInputError("one probe at a time")
         return quantise(unit[0], self.probe_scale_bits)
 
-    def _refreshed(self, data: np.ndarray | None) -> np.ndarray:
-        """``data`` plus fresh encryptions of zero (one per dimension), or fresh ones alone."""
-        c0, c1 = self.context.encrypt_zeros(self.dim)
-        fresh = np.concatenate([c0, c1], axis=1)
-        return fresh if data is None else fresh + data
 
-    def _scores(self, alpha: np.ndarray, beta: np.ndarray, index: np.ndarray, row: np.ndarray) -> EncryptedScores:
-        return EncryptedScores(
-            key_id=self.key_id,
-            scale_bits=self.context.params.template_scale_bits + self.probe_scale_bits,
-            q=self.context.ring.q,
-            a=alpha,
-            b=np.asarray(beta, dtype=np.int64),
-            index=np.asarray(index, dtype=np.int64),
-            row=np.asarray(row, dtype=np.int64),
-        )
+def _read_v2(
+    body: bytes, meta: dict, offset: int, dim: int, n: int
+) -> tuple[list[tuple[bytes, int, int]], dict[str, tuple[int, bytes]]]:
+    c1_size, column_size = 8 * dim * n, 8 * dim
+    blocks = []
+    for entry in meta["blocks"]:
+        blocks.append((body[offset : offset + c1_size], int(entry["used"]), int(entry["refreshes"])))
+        offset += c1_size
+    subjects = {}
+    for name, slot in meta["subjects"].items():
+        subjects[str(name)] = (int(slot), body[offset : offset + column_size])
+        offset += column_size
+    if offset != len(body):
+        raise ValueError("its sections do not add up to its length")
+    return blocks, subjects
+
+
+def _read_v1(
+    body: bytes, meta: dict, offset: int, dim: int, n: int
+) -> tuple[list[tuple[bytes, int, int]], dict[str, tuple[int, bytes]]]:
+    size = 8 * dim * 2 * n
+    blocks, subjects = [], {}
+    for b, entry in enumerate(meta["blocks"]):
+        if offset + size > len(body) or len(entry["names"]) > n:
+            raise ValueError("it is truncated")
+        data = np.frombuffer(body, dtype="<i8", count=dim * 2 * n, offset=offset).reshape(dim, 2 * n)
+        offset += size
+        blocks.append((np.ascontiguousarray(data[:, n:]).tobytes(), len(entry["names"]), max(1, int(entry["refreshes"]))))
+        for t, name in enumerate(entry["names"]):
+            if name is not None:
+                if str(name) in subjects:
+                    raise ValueError(f"subject {name!r} appears twice")
+                subjects[str(name)] = (b * n + t, np.ascontiguousarray(data[:, t]).tobytes())
+    if offset != len(body):
+        raise ValueError("it has trailing bytes")
+    return blocks, subjects
 
 
 def _tag(body: bytes, mac_key: bytes | None) -> bytes:
@@ -329,10 +285,10 @@ def _write_atomic(target: Path, data: bytes) -> None:
     os.replace(tmp, target)
 
 
-def _read_checked(source: Path, mac_key: bytes | None) -> tuple[bytes, dict, bytes, int]:
-    """(body, meta, public context bytes, offset of the arrays) of a checked gallery file."""
+def _read_checked(source: Path, mac_key: bytes | None) -> tuple[bytes, dict, bytes, int, bytes]:
+    """(body, meta, public context bytes, offset of the arrays, magic) of a checked gallery file."""
     data = source.read_bytes()
-    if len(data) < len(_MAGIC) + 16 + 32 or not data.startswith(_MAGIC):
+    if len(data) < len(_MAGIC) + 16 + 32 or data[: len(_MAGIC)] not in (_MAGIC, _OLD_MAGIC):
         raise AuthenticationError(f"{source} is not an fpmatch encrypted gallery (or is truncated)")
     body, tag = data[:-32], data[-32:]
     if not hmac.compare_digest(_tag(body, mac_key), tag):
@@ -341,6 +297,11 @@ def _read_checked(source: Path, mac_key: bytes | None) -> tuple[bytes, dict, byt
     start = len(_MAGIC) + 16
     if start + meta_len + public_len > len(body):
         raise AuthenticationError(f"{source} is truncated")
-    meta = json.loads(body[start : start + meta_len])
+    try:
+        meta = json.loads(body[start : start + meta_len])
+    except ValueError as exc:
+        raise AuthenticationError(f"{source}: damaged header ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise AuthenticationError(f"{source}: damaged header")
     public = body[start + meta_len : start + meta_len + public_len]
-    return body, meta, public, start + meta_len + public_len
+    return body, meta, public, start + meta_len + public_len, data[: len(_MAGIC)]

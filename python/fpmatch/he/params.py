@@ -158,3 +158,7 @@ class HEParams:
 
 #: The parameters fpmatch uses unless told otherwise (see the module notes).
 DEFAULT_PARAMS = HEParams()
+#: Fresh encryptions a packed ciphertext may absorb (re-randomisations, reclaims) before it
+#: takes no more templates: each adds one unit of fresh noise (std about 15 at N=4096) to
+#: every coefficient.
+MAX_REFRESHES = 256

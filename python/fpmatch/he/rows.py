@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import AuthenticationError, InvalidInputError
 from ._kernel import combine, multiply
 from .context import PublicContext
-from .encrypted import MAX_REFRESHES
+from .params import MAX_REFRESHES
 from .scores import EncryptedScores
 
 
