@@ -333,29 +333,51 @@ def _part_scale(args: argparse.Namespace, d: _Setup, result: dict, packed: dict[
     blocks = g.blocks.arrays()  # the arrays identification scans
     scanned = sum(block.nbytes for block in blocks)
     timed = q_idx[:reps]
-
-    def identify_times(n_threads: int, reference: bool) -> dict[str, list[int]]:
-        g.n_threads = n_threads
-        with _kernel.reference_scoring() if reference else nullcontext():
-            g.identify(probes[q_idx[0]], holder, 0.5, 5, caller=CALLER)
-            out: dict[str, list[int]] = {"side": [], "key_holder": [], "whole": []}
-            for i in timed:
-                (request, _slots), ns = _timed(g.identification_request, probes[i])
-                out["side"].append(ns)
-                out["key_holder"].append(_timed(holder.best, request.to_bytes(), 0.5, 5, caller=CALLER)[1])
-                out["whole"].append(_timed(g.identify, probes[i], holder, 0.5, 5, caller=CALLER)[1])
-        return out
-
-    _log(f"he n={n}: identification, native kernel on {threads} thread(s), on 1, and the numpy reference")
-    runs = {
-        "native": identify_times(threads, False),
-        "native_1_thread": identify_times(1, False),
-        "numpy_reference": identify_times(1, True),
-    }
     weights = quantise(d.unit_probes[q_idx[0]], g.probe_scale_bits)
     q = g.context.ring.q
-    kernel_ns = {t: [_timed(_core.modular_combine, blocks, weights, q, n_threads=t)[1] for _ in timed] for t in (threads, 1)}
-    read_ns = {t: [_timed(_core.modular_read, blocks, n_threads=t)[1] for _ in timed] for t in (threads, 1)}
+
+    _log(f"plain IndexFlatIP on the same {n} templates")
+    index = faiss.IndexFlatIP(d.dim)
+    for s in range(0, n, CHUNK):
+        index.add(_unit(d.gallery[s : min(s + CHUNK, n)]).astype(np.float32))
+    unit_probes = d.unit_probes.astype(np.float32)
+
+    def identify_once(i: int, n_threads: int, reference: bool, out: dict[str, list[int]]) -> None:
+        g.n_threads = n_threads
+        with _kernel.reference_scoring() if reference else nullcontext():
+            (request, _slots), ns = _timed(g.identification_request, probes[i])
+            out["side"].append(ns)
+            out["key_holder"].append(_timed(holder.best, request.to_bytes(), 0.5, 5, caller=CALLER)[1])
+            out["whole"].append(_timed(g.identify, probes[i], holder, 0.5, 5, caller=CALLER)[1])
+
+    # One round of every measurement per probe, so that load from other jobs falls on all alike.
+    _log(f"he n={n}: native kernel on {threads} thread(s) and on 1, numpy reference, plain read, IndexFlatIP")
+    configs = {"native": (threads, False), "native_1_thread": (1, False), "numpy_reference": (1, True)}
+    counts = sorted({threads, 1}, reverse=True)
+    runs: dict[str, dict[str, list[int]]] = {name: {"side": [], "key_holder": [], "whole": []} for name in configs}
+    kernel_ns: dict[int, list[int]] = {t: [] for t in counts}
+    read_ns: dict[int, list[int]] = {t: [] for t in counts}
+    plain_ns: dict[int, list[int]] = {t: [] for t in counts}
+    for round_ in range(len(timed) + 1):  # the first round warms up and is dropped
+        i = timed[max(0, round_ - 1)]
+        keep = round_ > 0
+        for t in counts:
+            faiss.omp_set_num_threads(t)
+            for samples, fn, call_args in (
+                (read_ns[t], _core.modular_read, (blocks,)),
+                (kernel_ns[t], _core.modular_combine, (blocks, weights, q)),
+            ):
+                ns = _timed(fn, *call_args, n_threads=t)[1]
+                if keep:
+                    samples.append(ns)
+            ns = _timed(index.search, unit_probes[i : i + 1], 5)[1]
+            if keep:
+                plain_ns[t].append(ns)
+        for name, (n_threads, reference) in configs.items():
+            identify_once(i, n_threads, reference, runs[name] if keep else {k: [] for k in runs[name]})
+    plain_ms = {t: _ms(ns) for t, ns in plain_ns.items()}
+    plain_top = index.search(unit_probes[q_idx], 1)[1][:, 0]
+    del index
 
     def gb_s(samples: list[int]) -> float:
         return scanned / float(np.median(samples))  # bytes per ns = GB/s
@@ -366,19 +388,6 @@ def _part_scale(args: argparse.Namespace, d: _Setup, result: dict, packed: dict[
     for i in q_idx:
         found = g.identify(probes[i], holder, -1.0, 1, caller=CALLER)
         he_top.append(int(found[0].subject[2:]) if found else -1)
-
-    _log(f"plain IndexFlatIP on the same {n} templates")
-    index = faiss.IndexFlatIP(d.dim)
-    for s in range(0, n, CHUNK):
-        index.add(_unit(d.gallery[s : min(s + CHUNK, n)]).astype(np.float32))
-    unit_probes = d.unit_probes.astype(np.float32)
-    plain_ms = {}
-    for t in (threads, 1):
-        faiss.omp_set_num_threads(t)
-        index.search(unit_probes[q_idx[:1]], 5)
-        plain_ms[t] = _ms([_timed(index.search, unit_probes[i : i + 1], 5)[1] for i in timed])
-    plain_top = index.search(unit_probes[q_idx], 1)[1][:, 0]
-    del index
 
     ms = {name: {part: _ms(samples) for part, samples in run.items()} for name, run in runs.items()}
     label = _label(n)
@@ -410,10 +419,11 @@ def _part_scale(args: argparse.Namespace, d: _Setup, result: dict, packed: dict[
         "rank1_agreement_with_plain": float(np.mean(np.array(he_top) == plain_top)),
         "rank1_accuracy": {"plain": float(np.mean(plain_top == q_idx)), "he": float(np.mean(np.array(he_top) == q_idx))},
         "queries": {"timed": int(len(timed)), "rank1": int(len(q_idx))},
+        "load_average": list(os.getloadavg()),
         "note": "identify: probe in, 5 best above 0.5 out, key holder in process; matching side: the encrypted "
         "scores only; numpy_reference: the scoring code the native kernel replaced, one thread; memory "
-        "bandwidth: one plain read of the same ciphertext arrays; rank-1: top-1 of identify at threshold -1 "
-        "(decision noise included) against IndexFlatIP's top-1",
+        "bandwidth: one plain read of the same ciphertext arrays; every measurement taken once per probe in "
+        "turn; rank-1: top-1 of identify at threshold -1 (decision noise included) against IndexFlatIP's top-1",
     }
     _log(
         f"he n={n}: identify {native:.1f} ms native ({threads} threads) vs {baseline:.1f} ms numpy; scan "

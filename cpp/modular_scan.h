@@ -74,7 +74,7 @@ inline bool accumulate_portable(const int64_t* x, size_t stride, size_t rows, si
 }  // namespace modq
 }  // namespace fpmatch
 
-#include "modular_scan_avx512.h"
+#include "modular_scan_avx512.h"  // uses FourRows, and the portable loop for leftover columns
 
 namespace fpmatch {
 namespace modq {
@@ -134,7 +134,7 @@ inline bool accumulate(Kernel k, const int64_t* x, size_t stride, size_t rows, s
 
 inline void check_modulus(uint64_t q) {
   if (q < 3 || q >= kMaxModulus || q % 2 == 0)
-    throw InvalidInput("the modulus must be an odd prime below 2^50, got " + std::to_string(q));
+    throw InvalidInput("the modulus must be odd, at least 3 and below 2^50, got " + std::to_string(q));
 }
 
 [[noreturn]] inline void out_of_range() {
@@ -189,7 +189,8 @@ inline void combine(const std::vector<Matrix>& matrices, const int64_t* weights,
 }
 
 // XOR of every value of every matrix, read tile by tile as combine reads
-// them: the benchmark's memory-bandwidth baseline for the same bytes.
+// them: the benchmark's memory-bandwidth baseline for the same bytes. Eight
+// independent accumulators keep the loop bound by memory, not by one chain.
 inline uint64_t read_all(const std::vector<Matrix>& matrices, int n_threads) {
   if (matrices.empty()) return 0;
   const size_t cols = matrices[0].cols, tiles = (cols + kTileCols - 1) / kTileCols;
@@ -197,10 +198,15 @@ inline uint64_t read_all(const std::vector<Matrix>& matrices, int n_threads) {
   parallel_for(parts.size(), n_threads, [&](size_t item) {
     const Matrix& m = matrices[item / tiles];
     const size_t first = (item % tiles) * kTileCols, width = std::min(kTileCols, cols - first);
-    uint64_t x = 0;
-    for (size_t j = 0; j < m.rows; ++j)
-      for (size_t c = 0; c < width; ++c) x ^= uint64_t(m.data[j * m.row_stride + first + c]);
-    parts[item] = x;
+    uint64_t x[8] = {};
+    for (size_t j = 0; j < m.rows; ++j) {
+      const int64_t* row = m.data + j * m.row_stride + first;
+      size_t c = 0;
+      for (; c + 8 <= width; c += 8)
+        for (size_t k = 0; k < 8; ++k) x[k] ^= uint64_t(row[c + k]);
+      for (; c < width; ++c) x[0] ^= uint64_t(row[c]);
+    }
+    parts[item] = x[0] ^ x[1] ^ x[2] ^ x[3] ^ x[4] ^ x[5] ^ x[6] ^ x[7];
   });
   uint64_t x = 0;
   for (uint64_t p : parts) x ^= p;

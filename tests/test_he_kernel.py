@@ -403,6 +403,18 @@ def test_blocks_score_as_the_reference(parties: tuple[PublicContext, SecretKeyAu
             same_scores(request, native_all)
 
 
+def test_a_gallery_holding_values_out_of_range_refuses_to_score(parties: tuple[PublicContext, SecretKeyAudit]) -> None:
+    context, _ = parties
+    blocks = CiphertextBlocks(context, 16)
+    blocks.apply(blocks.stage(quantise(unit(20, 16, 16), 23)))
+    weights = quantise(unit(1, 16, 17)[0], blocks.probe_scale_bits)
+    blocks._data[0][3, 4096 + 5] = Q  # a c1 value no honest ciphertext holds
+    with pytest.raises(InvalidInputError, match="out of range"):
+        blocks.request_all(weights, [np.arange(20)])
+    with pytest.raises(InvalidInputError, match="out of range"):
+        blocks.request(np.array([2]), weights)
+
+
 def test_rows_score_as_the_reference(parties: tuple[PublicContext, SecretKeyAudit]) -> None:
     context, secret = parties
     dim = 64
