@@ -39,6 +39,12 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
+#: Reconnect soon after the key holder comes back (gRPC's own default waits up to two minutes).
+RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,7 @@ class _GrpcTransport:
         import grpc
 
         self._grpc = grpc
-        options = list(CHANNEL_OPTIONS)
+        options = CHANNEL_OPTIONS + RECONNECT_OPTIONS
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
         channel_credentials = grpc.ssl_channel_credentials(
