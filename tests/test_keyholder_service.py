@@ -216,7 +216,7 @@ def test_rate_and_request_size_limits(tmp_path: Path) -> None:
             pass
     ledger.close()
     reopened = Ledger(tmp_path / "l.sqlite", Budgets(requests_per_second=1, burst=2), clock=lambda: now[0])
-    assert reopened.usage("svc", "1970-01-12") == {"requests": 3, "scores": 3, "refused": 2}
+    assert reopened.usage("svc", "1970-01-12") == {"requests": 3, "scores": 3, "refused": 2, "released": 0}
 
 
 def test_audit_chain_verifies_and_finds_edits(tmp_path: Path) -> None:

@@ -60,7 +60,8 @@ def _budgets(args: argparse.Namespace) -> Any:
 
     return Budgets(
         requests_per_second=args.rate, burst=args.burst, caller_requests_per_day=args.caller_requests_per_day,
-        caller_scores_per_day=args.caller_scores_per_day, subject_requests_per_day=args.subject_requests_per_day,
+        caller_scores_per_day=args.caller_scores_per_day, caller_released_per_day=args.caller_released_per_day,
+        subject_requests_per_day=args.subject_requests_per_day,
         max_scores_per_request=args.max_scores_per_request,
     )  # fmt: skip
 
@@ -171,6 +172,8 @@ def add_commands(commands: Any) -> None:
     limits.add_argument("--burst", type=positive_int, default=100, help="burst of requests (default 100)")
     limits.add_argument("--caller-requests-per-day", type=positive_int, default=100_000, metavar="N")
     limits.add_argument("--caller-scores-per-day", type=positive_int, default=200_000, metavar="N")
+    limits.add_argument("--caller-released-per-day", type=positive_int, default=20_000, metavar="N",
+                        help="true decisions and returned positions (default 20000)")  # fmt: skip
     limits.add_argument("--subject-requests-per-day", type=positive_int, default=50, metavar="N",
                         help="requests labelled with one subject (default 50)")  # fmt: skip
     limits.add_argument("--max-scores-per-request", type=positive_int, default=4096, metavar="N")

@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS bucket (caller TEXT PRIMARY KEY, tokens REAL NOT NULL
 CREATE TABLE IF NOT EXISTS daily (
     day TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
     requests INTEGER NOT NULL DEFAULT 0, scores INTEGER NOT NULL DEFAULT 0, refused INTEGER NOT NULL DEFAULT 0,
+    released INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (day, kind, name));
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY, time TEXT NOT NULL, caller TEXT NOT NULL, op TEXT NOT NULL,
@@ -49,22 +50,27 @@ class Budgets:
 
     Rates refill at ``requests_per_second`` up to ``burst``. Daily budgets
     count UTC days; ``scores`` are encrypted scores decrypted to answer (one
-    bit each at most for decisions). ``subject_requests_per_day`` counts
-    requests a caller labels with a subject (1:1 verifications).
+    bit each at most for decisions); ``released`` counts what passed: true
+    decisions, returned positions and values (an honest match request
+    releases about one; rebuilding the secret key needs about 2N/3, see
+    THREAT_MODEL.md). A request is refused once the day's released count has
+    reached its budget. ``subject_requests_per_day`` counts requests a caller
+    labels with a subject (1:1 verifications).
     """
 
     requests_per_second: float = 20.0
     burst: int = 100
     caller_requests_per_day: int = 100_000
     caller_scores_per_day: int = 200_000
+    caller_released_per_day: int = 20_000
     subject_requests_per_day: int = 50
     max_scores_per_request: int = 4096
 
     def __post_init__(self) -> None:
         if not self.requests_per_second > 0 or self.burst < 1:
             raise InvalidInputError("budgets need requests_per_second > 0 and burst >= 1")
-        counts = (self.caller_requests_per_day, self.caller_scores_per_day, self.subject_requests_per_day,
-                  self.max_scores_per_request)  # fmt: skip
+        counts = (self.caller_requests_per_day, self.caller_scores_per_day, self.caller_released_per_day,
+                  self.subject_requests_per_day, self.max_scores_per_request)  # fmt: skip
         if min(counts) < 1:
             raise InvalidInputError("daily budgets and max_scores_per_request must be at least 1")
 
@@ -89,6 +95,10 @@ class ChainReport:
     entries: int
     first_bad: int | None  # seq of the first line that does not verify
     message: str
+
+
+def _day(now: float) -> str:
+    return datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
 
 
 def _digest(prev: str, fields: dict[str, Any]) -> str:
@@ -147,6 +157,11 @@ class Ledger:
                     self._db.execute("COMMIT")
                     raise
                 self._append(caller, op, request_bytes, scores, "ok", released)
+                passed = sum(v for k, v in released.items() if k in ("passed", "positions", "values"))
+                self._db.execute(
+                    "UPDATE daily SET released = released + ? WHERE day = ? AND kind = 'caller' AND name = ?",
+                    (passed, _day(self._clock()), caller),
+                )
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
@@ -156,7 +171,7 @@ class Ledger:
     def _charge(self, caller: str, size: int, scores: int, subject: str | None) -> Exception | None:
         b = self.budgets
         now = self._clock()
-        day = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
+        day = _day(now)
         row = self._db.execute("SELECT tokens, updated FROM bucket WHERE caller = ?", (caller,)).fetchone()
         tokens, updated = (float(b.burst), now) if row is None else row
         tokens = min(float(b.burst), tokens + max(0.0, now - updated) * b.requests_per_second)
@@ -166,7 +181,7 @@ class Ledger:
                 "INSERT OR IGNORE INTO daily (day, kind, name) VALUES (?, ?, ?)", (day, kind, name)
             )
         used = self._db.execute(
-            "SELECT requests, scores FROM daily WHERE day = ? AND kind = 'caller' AND name = ?", (day, caller)
+            "SELECT requests, scores, released FROM daily WHERE day = ? AND kind = 'caller' AND name = ?", (day, caller)
         ).fetchone()
         refusal: Exception | None = None
         if tokens < 1.0:
@@ -175,10 +190,11 @@ class Ledger:
             )
         elif scores > b.max_scores_per_request:
             refusal = DecryptionRefusedError(f"at most {b.max_scores_per_request} scores per request, got {scores}")
-        elif used[0] + 1 > b.caller_requests_per_day or used[1] + scores > b.caller_scores_per_day:
+        elif (used[0] + 1 > b.caller_requests_per_day or used[1] + scores > b.caller_scores_per_day
+              or used[2] >= b.caller_released_per_day):  # fmt: skip
             refusal = RateLimitExceededError(
                 f"caller {caller!r} has used its daily budget ({b.caller_requests_per_day} requests, "
-                f"{b.caller_scores_per_day} scores); it refills at 00:00 UTC"
+                f"{b.caller_scores_per_day} scores, {b.caller_released_per_day} released); it refills at 00:00 UTC"
             )
         elif subject is not None:
             (subject_used,) = self._db.execute(
@@ -222,13 +238,14 @@ class Ledger:
 
     def usage(self, caller: str, day: str | None = None) -> dict[str, int]:
         """Today's (or ``day``'s) requests, scores and refusals of ``caller``."""
-        day = day or datetime.fromtimestamp(self._clock(), timezone.utc).strftime("%Y-%m-%d")
+        day = day or _day(self._clock())
         with self._lock:
             row = self._db.execute(
-                "SELECT requests, scores, refused FROM daily WHERE day = ? AND kind = 'caller' AND name = ?", (day, caller)
+                "SELECT requests, scores, refused, released FROM daily WHERE day = ? AND kind = 'caller' AND name = ?",
+                (day, caller),
             ).fetchone()
-        requests, scores, refused = row or (0, 0, 0)
-        return {"requests": requests, "scores": scores, "refused": refused}
+        requests, scores, refused, released = row or (0, 0, 0, 0)
+        return {"requests": requests, "scores": scores, "refused": refused, "released": released}
 
     def entries(self) -> list[LedgerEntry]:
         with self._lock:
