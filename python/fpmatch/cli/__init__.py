@@ -15,7 +15,7 @@ finds the chain broken, 2 on an error or a usage error, with one line
 This module assembles the parser and runs a command; each command group lives in
 its own module (:mod:`.demo`, :mod:`.bench`, :mod:`.keys`, :mod:`.consent`,
 :mod:`.matching` for enrol, calibrate, verify and identify, :mod:`.audit` with
-purge), the parties and the store session in :mod:`._parties`.
+purge, :mod:`.keyholder` for the key holder service), the parties and the store session in :mod:`._parties`.
 """
 
 from __future__ import annotations
