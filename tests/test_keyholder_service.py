@@ -154,6 +154,9 @@ def test_bad_input_gives_typed_errors_and_the_server_stays_up(
         remote.coarse_scores(request, caller="x")
     assert server.alive()
     assert deployment.client(server).decide(request, 0.5, caller="x") == [True]
+    outcomes = {(e.op, e.outcome) for e in Ledger(deployment.ledger).entries() if e.caller == "matching-service"}
+    assert {("malformed", "CiphertextFormatError"), ("decrypt", "DecryptionRefusedError"),
+            ("coarse_scores", "DecryptionRefusedError"), ("decide", "ok")} <= outcomes  # refusals are audited too
 
 
 def test_per_subject_budget(deployment: Deployment, server: Server, gallery: EncryptedGallery) -> None:

@@ -94,28 +94,39 @@ class KeyHolderService:
         self.release_coarse = release_coarse
 
     def handle(self, caller: str, message: bytes) -> bytes:
-        """One request from ``caller`` (authenticated by the transport) in, one reply out."""
+        """One request from ``caller`` (authenticated by the transport) in, one reply out.
+
+        Every request but the public ones is counted and audited, refusals included.
+        """
         try:
-            op, header, payload = parse(message)
-            claimed = header.get("caller")
-            if claimed not in (None, "", caller):
-                raise DecryptionRefusedError(
-                    f"this connection's certificate names the caller {caller!r}; a request cannot claim another"
-                )
-            if op == "public_context":
+            try:
+                op, header, payload = parse(message)
+                problem: Exception | None = None
+            except CiphertextFormatError as exc:
+                op, header, payload, problem = "malformed", {}, b"", exc
+            if problem is None and op == "public_context":
                 return reply(None, self.holder.public_context())
-            if op == "usage":
-                used = self.ledger.usage(caller)
-                return reply({"requests": used["requests"], "scores": used["scores"], "refused": used["refused"]})
-            if op == "coarse_scores" and not self.release_coarse:
-                raise DecryptionRefusedError(
-                    "this key holder releases decisions only; coarse scores are off unless it is started with them allowed"
-                )
+            if problem is None and op == "usage":
+                return reply(self.ledger.usage(caller))
             subject = header.get("subject")
             if subject is not None and (not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_LABEL):
-                raise CiphertextFormatError(f"a subject label is a string of 1 to {MAX_SUBJECT_LABEL} characters")
+                problem = problem or CiphertextFormatError(
+                    f"a subject label is a string of 1 to {MAX_SUBJECT_LABEL} characters"
+                )
+                subject = None
+            claimed = header.get("caller")
+            if problem is None and claimed not in (None, "", caller):
+                problem = DecryptionRefusedError(
+                    f"this connection's certificate names the caller {caller!r}; a request cannot claim another"
+                )
+            if problem is None and op == "coarse_scores" and not self.release_coarse:
+                problem = DecryptionRefusedError(
+                    "this key holder releases decisions only; coarse scores are off unless it is started with them allowed"
+                )
             count = _scores_in(op, payload)
-            with self.ledger.request(caller, op, len(message), count, subject) as released:
+            with self.ledger.request(caller, op[:32], len(message), count, subject) as released:
+                if problem is not None:
+                    raise problem
                 result, body = dispatch(self.holder, op, header, payload, caller)
                 released.update(_released(op, result, count))
             return reply(result, body)
