@@ -321,7 +321,7 @@ def test_matching_service_while_the_key_holder_is_down(deployment: Deployment, t
     people = faces.identities(60)
     stored, fresh = faces.samples(people), faces.samples(people)
     names = [f"p{i}" for i in range(60)]
-    remote = deployment.client(server, retries=3, backoff=0.2, timeout=10)
+    remote = deployment.client(server, retries=5, backoff=0.2, timeout=10)
     edge = CaptureEdge(HashKey(b"\x21" * 32), stored.shape[1], public_context=deployment.public)
     key = ServiceKey(b"\x31" * 32)
     try:
