@@ -16,6 +16,16 @@ from ._parties import require_he
 PASSPHRASE_ENV = "FPMATCH_KEYHOLDER_PASSPHRASE"
 
 
+def _require_service() -> None:
+    """The key holder service's dependencies, or a CliError saying what to install."""
+    require_he()
+    try:
+        import cryptography  # noqa: F401
+        import grpc  # noqa: F401
+    except ImportError:
+        raise CliError("the key holder service needs grpcio and cryptography: pip install 'fpmatch[keyholder]'") from None
+
+
 def _how(args: argparse.Namespace, *, confirm: bool = False) -> dict[str, Any]:
     """How the key is sealed: a key-encryption key file, or a passphrase (environment or prompt)."""
     from ..he.sealing import read_kek
@@ -35,6 +45,7 @@ def _how(args: argparse.Namespace, *, confirm: bool = False) -> dict[str, Any]:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
+    _require_service()
     he = require_he()
     from ..he.sealing import new_kek, write_sealed
 
@@ -67,7 +78,7 @@ def _budgets(args: argparse.Namespace) -> Any:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    require_he()
+    _require_service()
     from ..he.keyholder import RateLimit
     from ..he.ledger import Ledger
     from ..he.sealing import read_sealed
@@ -87,7 +98,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_public(args: argparse.Namespace) -> int:
-    require_he()
+    _require_service()
     from ..he.sealing import read_sealed
 
     holder = read_sealed(args.key, **_how(args))
@@ -97,6 +108,7 @@ def _cmd_public(args: argparse.Namespace) -> int:
 
 
 def _cmd_certs(args: argparse.Namespace) -> int:
+    _require_service()
     from ..he.certs import make_test_pki
 
     directory = Path(args.directory)

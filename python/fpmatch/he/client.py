@@ -65,7 +65,10 @@ class ClientCredentials:
 
 class _GrpcTransport:
     def __init__(self, address: str, credentials: ClientCredentials, server_name: str | None) -> None:
-        import grpc
+        try:
+            import grpc
+        except ImportError:
+            raise ImportError("a remote key holder needs grpcio: pip install 'fpmatch[keyholder]'") from None
 
         self._grpc = grpc
         options = CHANNEL_OPTIONS + RECONNECT_OPTIONS

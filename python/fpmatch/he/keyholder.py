@@ -25,7 +25,10 @@ Every request is therefore counted per caller and rate limited, requests that
 return one bit per score are capped, and ``best`` releases at most ``k``
 positions. Only the matching service should be allowed to call; an
 exhausted budget is an incident, and the cure for a suspected leak is a new
-key (re-enrolment).
+key (re-enrolment). These in-process counters reset with the process; the
+key holder service (:mod:`fpmatch.he.server`) keeps its callers' rates and
+daily budgets in its own ledger instead (:mod:`fpmatch.he.ledger`), and
+THREAT_MODEL.md gives what each attack needs.
 """
 
 from __future__ import annotations
