@@ -405,3 +405,20 @@ def test_certs_command(tmp_path: Path) -> None:
     assert main(["keyholder", "certs", str(tmp_path / "pki")]) == 2  # refuses to overwrite
     assert main(["keyholder", "certs", str(tmp_path / "p2"), "--caller", "../evil"]) == 2
     assert isinstance(FpmatchError, type) and CiphertextFormatError
+
+
+def test_a_connection_that_timed_out_is_not_reused() -> None:
+    """A late reply must never answer the next request: after a timeout the connection is closed."""
+    import multiprocessing
+
+    ours, theirs = multiprocessing.Pipe()
+    remote = RemoteKeyHolder(ours, timeout=0.2)
+    with pytest.raises(KeyHolderUnavailable, match="did not answer"):
+        remote.public_context()
+    try:
+        theirs.send_bytes(message({"ok": True}, b"late"))  # the peer answers too late
+    except OSError:
+        pass  # our end is already closed
+    with pytest.raises(KeyHolderUnavailable):
+        remote.public_context()
+    theirs.close()
