@@ -43,6 +43,12 @@ COMMANDS = [
     ["audit", "verify"],
     ["audit", "export"],
     ["purge"],
+    ["keyholder"],
+    ["keyholder", "init"],
+    ["keyholder", "serve"],
+    ["keyholder", "public"],
+    ["keyholder", "certs"],
+    ["keyholder", "audit"],
 ]
 STORE_COMMANDS = [["consent", "grant"], ["consent", "withdraw"], ["consent", "show"], ["enrol"], ["calibrate"],
                   ["verify"], ["identify"], ["audit", "verify"], ["audit", "export"], ["purge"]]  # fmt: skip

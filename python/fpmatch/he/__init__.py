@@ -21,17 +21,20 @@ from .errors import (
     CiphertextIntegrityError,
     DecryptionRefusedError,
     InsecureParametersError,
+    KeyHolderUnavailable,
     RateLimitExceededError,
     SecretMaterialError,
 )
 from .hybrid import HybridGallery
 from .keyholder import KeyHolder, RateLimit, ScoreDecider, Usage
 from .params import DEFAULT_PARAMS, HE_STANDARD_128, HEParams, check_security
-from .remote import RemoteKeyHolder, serve
+from .client import ClientCredentials, RemoteKeyHolder
+from .remote import serve
 from .scores import EncryptedScores
 
 __all__ = [
     "CiphertextFormatError",
+    "ClientCredentials",
     "CiphertextIntegrityError",
     "DEFAULT_PARAMS",
     "DecryptionRefusedError",
@@ -42,6 +45,7 @@ __all__ = [
     "HybridGallery",
     "InsecureParametersError",
     "KeyHolder",
+    "KeyHolderUnavailable",
     "Match",
     "PublicContext",
     "RateLimit",

@@ -31,3 +31,7 @@ class DecryptionRefusedError(FpmatchError, PermissionError):
 
 class RateLimitExceededError(DecryptionRefusedError):
     """The caller has used up its request budget; retry after the stated time."""
+
+
+class KeyHolderUnavailable(FpmatchError, ConnectionError):
+    """The key holder could not be reached (down, unreachable or too slow); nothing was decided."""

@@ -25,7 +25,10 @@ Every request is therefore counted per caller and rate limited, requests that
 return one bit per score are capped, and ``best`` releases at most ``k``
 positions. Only the matching service should be allowed to call; an
 exhausted budget is an incident, and the cure for a suspected leak is a new
-key (re-enrolment).
+key (re-enrolment). These in-process counters reset with the process; the
+key holder service (:mod:`fpmatch.he.server`) keeps its callers' rates and
+daily budgets in its own ledger instead (:mod:`fpmatch.he.ledger`), and
+THREAT_MODEL.md gives what each attack needs.
 """
 
 from __future__ import annotations
@@ -186,9 +189,8 @@ class KeyHolder:
         """The public context for the matching side (TenSEAL, saved with save_secret_key=False)."""
         return self._public
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the secret context to a new file readable by its owner only (0600)."""
-        target = Path(path)
+    def to_bytes(self) -> bytes:
+        """The secret context as bytes (what :meth:`save` writes; seal it before it leaves memory)."""
         meta = json.dumps(
             {
                 "key_id": self.key_id,
@@ -197,9 +199,15 @@ class KeyHolder:
             }
         ).encode()
         secret = self._context.serialize(save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
+        return _KEY_MAGIC + struct.pack("<I", len(meta)) + meta + secret
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the secret context to a new file readable by its owner only (0600)."""
+        target = Path(path)
+        data = self.to_bytes()
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(_KEY_MAGIC + struct.pack("<I", len(meta)) + meta + secret)
+            f.write(data)
         return target
 
     @classmethod
@@ -208,8 +216,16 @@ class KeyHolder:
         source = Path(path)
         try:
             data = source.read_bytes()
+        except OSError as exc:
+            raise KeyFileError(f"cannot read HE key file {source}: {exc}") from exc
+        return cls.from_bytes(data, what=str(source), **options)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, what: str = "the key", **options: object) -> "KeyHolder":
+        """A key holder from :meth:`to_bytes` output; ``options`` as for the constructor."""
+        try:
             if not data.startswith(_KEY_MAGIC):
-                raise KeyFileError(f"{source} is not an fpmatch HE key file")
+                raise KeyFileError(f"{what} is not an fpmatch HE key file")
             (meta_len,) = struct.unpack_from("<I", data, len(_KEY_MAGIC))
             start = len(_KEY_MAGIC) + 4
             meta = json.loads(data[start : start + meta_len])
@@ -217,9 +233,9 @@ class KeyHolder:
         except KeyFileError:
             raise
         except Exception as exc:  # TenSEAL and json report damage with assorted types
-            raise KeyFileError(f"cannot read HE key file {source}: {exc}") from exc
+            raise KeyFileError(f"cannot read HE key file {what}: {exc}") from exc
         if not context.has_secret_key():
-            raise KeyFileError(f"{source} holds no secret key")
+            raise KeyFileError(f"{what} holds no secret key")
         parms = context.seal_context().data.key_context_data().parms()
         params = HEParams(
             int(parms.poly_modulus_degree()),
@@ -229,7 +245,7 @@ class KeyHolder:
         )
         holder = cls(params, _context=context, **options)  # type: ignore[arg-type]
         if holder.key_id != meta.get("key_id"):
-            raise KeyFileError(f"{source} is damaged: its key does not match its key_id")
+            raise KeyFileError(f"{what} is damaged: its key does not match its key_id")
         return holder
 
     # -- the interface -------------------------------------------------------------------

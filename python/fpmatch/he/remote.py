@@ -7,7 +7,9 @@ those of :class:`~fpmatch.he.keyholder.ScoreDecider` plus ``usage``, and any
 other request (a raw decryption, say) is refused with a typed error.
 Works with :func:`multiprocessing.Pipe` connections and with
 ``multiprocessing.connection.Listener``/``Client`` sockets (authenticated with
-their ``authkey``).
+their ``authkey``); :class:`~fpmatch.he.client.RemoteKeyHolder` speaks it over
+such a connection or, with mutual TLS, to the network service
+(:mod:`fpmatch.he.server`), which uses the same messages.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import struct
-import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -23,7 +24,7 @@ from .. import errors as base_errors
 from ..errors import FpmatchError
 from . import errors as he_errors
 from .errors import CiphertextFormatError, DecryptionRefusedError
-from .keyholder import KeyHolder, Usage
+from .keyholder import KeyHolder
 from .scores import MAX_REQUEST_BYTES
 
 _HEAD = struct.Struct("<I")
@@ -50,33 +51,73 @@ def _unpack(message: bytes) -> tuple[dict[str, Any], bytes]:
     return header, message[_HEAD.size + size :]
 
 
-def handle(holder: KeyHolder, message: bytes) -> bytes:
-    """One request in, one reply out; errors travel as their class name and message."""
+#: The operations a key holder answers, beside ``public_context`` and ``usage``.
+OPERATIONS = ("decide", "best", "coarse_scores", "reclaim")
+
+
+def parse(message: bytes) -> tuple[str, dict[str, Any], bytes]:
+    """(operation, header, payload) of a request; raises CiphertextFormatError when malformed."""
     try:
         header, payload = _unpack(message)
-        op = header.get("op")
-        caller = header.get("caller", "")
-        if op == "public_context":
-            return _pack({"ok": True}, holder.public_context())
-        if op == "decide":
-            result: Any = holder.decide(payload, header["threshold"], caller=caller)
-        elif op == "best":
-            result = holder.best(payload, header["threshold"], header["k"], caller=caller)
-        elif op == "coarse_scores":
-            result = holder.coarse_scores(payload, caller=caller, noise_sigma=header.get("noise_sigma"))
-        elif op == "reclaim":
-            return _pack({"ok": True}, holder.reclaim(payload, caller=caller))
-        elif op == "usage":
-            result = dataclasses.asdict(holder.usage(caller))
-        else:
-            raise DecryptionRefusedError(
-                f"the key holder does not do {op!r}: it returns decisions, coarse scores and reclaim ciphertexts only"
-            )
-        return _pack({"ok": True, "result": result})
-    except FpmatchError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CiphertextFormatError(f"malformed request: {exc}") from None
+    op = header.get("op")
+    if not isinstance(op, str):
+        raise CiphertextFormatError("a request names its operation ('op')")
+    return op, header, payload
+
+
+def dispatch(holder: Any, op: str, header: dict[str, Any], payload: bytes, caller: str) -> tuple[Any, bytes]:
+    """Run one operation on ``holder``: (JSON result, raw body)."""
+    if op == "public_context":
+        return None, holder.public_context()
+    if op == "decide":
+        return holder.decide(payload, header["threshold"], caller=caller), b""
+    if op == "best":
+        return holder.best(payload, header["threshold"], header["k"], caller=caller), b""
+    if op == "coarse_scores":
+        return holder.coarse_scores(payload, caller=caller, noise_sigma=header.get("noise_sigma")), b""
+    if op == "reclaim":
+        return None, holder.reclaim(payload, caller=caller)
+    raise DecryptionRefusedError(
+        f"the key holder does not do {op!r}: it returns decisions, coarse scores and reclaim ciphertexts only"
+    )
+
+
+def reply(result: Any = None, body: bytes = b"") -> bytes:
+    return _pack({"ok": True} if result is None else {"ok": True, "result": result}, body)
+
+
+def error_reply(exc: BaseException) -> bytes:
+    """The reply for an error: typed errors by class name, anything else as a malformed request."""
+    if isinstance(exc, FpmatchError):
         return _pack({"ok": False, "error": type(exc).__name__, "message": str(exc)})
-    except (ValueError, KeyError, TypeError) as exc:
-        return _pack({"ok": False, "error": "CiphertextFormatError", "message": f"malformed request: {exc!r}"})
+    return _pack({"ok": False, "error": "CiphertextFormatError", "message": f"malformed request: {exc!r}"})
+
+
+def read_reply(message: bytes) -> tuple[dict[str, Any], bytes]:
+    """The header and body of a reply; raises the typed error it carries."""
+    head, body = _unpack(message)
+    if not head.get("ok"):
+        raise _ERRORS.get(str(head.get("error")), FpmatchError)(str(head.get("message")))
+    return head, body
+
+
+def handle(holder: KeyHolder, message: bytes) -> bytes:
+    """One request in, one reply out; errors travel as their class name and message.
+
+    The caller is the one the request names: only for peers the transport
+    already trusts (a pipe to a child process). The network service names
+    callers from their certificates instead (:mod:`fpmatch.he.server`).
+    """
+    try:
+        op, header, payload = parse(message)
+        caller = header.get("caller", "")
+        if op == "usage":
+            return reply(dataclasses.asdict(holder.usage(caller)))
+        return reply(*dispatch(holder, op, header, payload, caller))
+    except (FpmatchError, ValueError, KeyError, TypeError) as exc:
+        return error_reply(exc)
 
 
 def serve(holder: KeyHolder, connection: Connection) -> None:
@@ -87,42 +128,3 @@ def serve(holder: KeyHolder, connection: Connection) -> None:
         except (EOFError, OSError):
             return
         connection.send_bytes(handle(holder, message))
-
-
-class RemoteKeyHolder:
-    """A :class:`~fpmatch.he.keyholder.ScoreDecider` that forwards to :func:`serve`."""
-
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
-        self._lock = threading.Lock()
-
-    def _call(self, header: dict[str, Any], payload: bytes = b"") -> tuple[dict[str, Any], bytes]:
-        with self._lock:
-            self._connection.send_bytes(_pack(header, payload))
-            reply = self._connection.recv_bytes()
-        head, body = _unpack(reply)
-        if not head.get("ok"):
-            raise _ERRORS.get(str(head.get("error")), FpmatchError)(str(head.get("message")))
-        return head, body
-
-    def public_context(self) -> bytes:
-        return self._call({"op": "public_context"})[1]
-
-    def decide(self, scores: bytes, threshold: float, *, caller: str) -> list[bool]:
-        header = {"op": "decide", "threshold": threshold, "caller": caller}
-        return [bool(v) for v in self._call(header, scores)[0]["result"]]
-
-    def best(self, scores: bytes, threshold: float, k: int, *, caller: str) -> list[int]:
-        header = {"op": "best", "threshold": threshold, "k": k, "caller": caller}
-        return [int(v) for v in self._call(header, scores)[0]["result"]]
-
-    def coarse_scores(self, scores: bytes, *, caller: str, noise_sigma: float | None = None) -> list[float]:
-        header = {"op": "coarse_scores", "caller": caller, "noise_sigma": noise_sigma}
-        return [float(v) for v in self._call(header, scores)[0]["result"]]
-
-    def reclaim(self, request: bytes, *, caller: str) -> bytes:
-        return self._call({"op": "reclaim", "caller": caller}, request)[1]
-
-    def usage(self, caller: str) -> Usage:
-        return Usage(**self._call({"op": "usage", "caller": caller})[0]["result"])
-

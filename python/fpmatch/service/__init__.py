@@ -209,7 +209,15 @@ def _check_keyholder(keyholder: Any, profile: EdgeProfile) -> None:
         raise InvalidInputError(f"the {profile.scheme} scheme needs a key holder (keyholder=...) to decide")
     if not isinstance(keyholder, ScoreDecider):
         raise InvalidInputError(f"keyholder must be a KeyHolder or RemoteKeyHolder, got {type(keyholder).__name__}")
-    if PublicContext(keyholder.public_context()).key_id != profile.he_key_id:
+    from ..he.errors import KeyHolderUnavailable
+
+    try:
+        context = keyholder.public_context()
+    except KeyHolderUnavailable:
+        # Open anyway: requests carry the key id, so a wrong key holder is refused at its first
+        # decision, and until one answers every match raises KeyHolderUnavailable.
+        return
+    if PublicContext(context).key_id != profile.he_key_id:
         raise KeyMismatchError(
             f"the key holder's key is not the one this store's templates are encrypted under ({profile.he_key_id})"
         )
