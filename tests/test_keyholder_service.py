@@ -339,7 +339,10 @@ def test_matching_service_while_the_key_holder_is_down(deployment: Deployment, t
             with pytest.raises(KeyHolderUnavailable):
                 svc.identify(edge.probe(fresh[7]), "entry", k=1)
             assert len(svc) == 60 and svc.audit_verify().ok
-            assert len(list(svc.store.audit_entries())) == entries  # nothing decided, nothing lost
+            failed = list(svc.store.audit_entries())[entries:]  # nothing decided, nothing lost, both accounted
+            assert [(e.event, e.outcome, e.detail["error"]) for e in failed] == [
+                ("verify", "error", "KeyHolderUnavailable"), ("identify", "error", "KeyHolderUnavailable")
+            ]
             # Without consent nothing is asked of the key holder: the alternative still answers.
             assert svc.verify("nobody", edge.probe(fresh[3]), "entry").value == "use_alternative"
         # A service (re)started while the key holder is down opens, and answers the same way.
@@ -422,3 +425,33 @@ def test_a_connection_that_timed_out_is_not_reused() -> None:
     with pytest.raises(KeyHolderUnavailable):
         remote.public_context()
     theirs.close()
+
+
+def test_the_service_labels_verifications_with_pseudonyms_for_per_subject_budgets(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    server = Server(deployment, extra=["--subject-requests-per-day", "2"])
+    faces = FaceGenerator("centred", 6)
+    people = faces.identities(60)
+    stored, fresh = faces.samples(people), faces.samples(people)
+    names = [f"q{i}" for i in range(60)]
+    remote = deployment.client(server)
+    edge = CaptureEdge(HashKey(b"\x22" * 32), stored.shape[1], public_context=deployment.public)
+    try:
+        with MatchingService.open(tmp_path / "store", ServiceKey(b"\x32" * 32), edge=edge.profile, keyholder=remote) as svc:
+            for name in names:
+                svc.grant_consent(name, ["entry"], notice_version="v1", evidence_ref=name, method="app",
+                                  separate=True, retention=timedelta(days=30))  # fmt: skip
+            svc.enrol_many(names, edge.enrolments(stored))
+            svc.calibrate(0.01)
+            for _ in range(2):
+                assert svc.verify("q1", edge.probe(fresh[1]), "entry").value == "match"
+            with pytest.raises(RateLimitExceededError):
+                svc.verify("q1", edge.probe(fresh[1]), "entry")  # a third claim on one identity today
+            assert svc.verify("q2", edge.probe(fresh[2]), "entry").value == "match"  # another identity is not held back
+            last = [e for e in svc.store.audit_entries() if e.event == "verify"][-2]
+            assert (last.outcome, last.detail["error"]) == ("error", "RateLimitExceededError")
+        assert b"q1" not in deployment.ledger.read_bytes()  # the key holder saw pseudonyms, never names
+    finally:
+        server.stop()
+        remote.close()

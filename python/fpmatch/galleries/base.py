@@ -112,8 +112,12 @@ class ProtectedGallery(ABC):
         """Load everything from the store, with the cached index if it fits (returns whether it did)."""
 
     @abstractmethod
-    def decide(self, subject: str, probe: ProbeMessage, threshold: float) -> bool:
-        """1:1: does the probe reach ``threshold`` against the subject?"""
+    def decide(self, subject: str, probe: ProbeMessage, threshold: float, *, label: str | None = None) -> bool:
+        """1:1: does the probe reach ``threshold`` against the subject?
+
+        ``label`` (the service's pseudonym of the subject) goes to the key holder,
+        which counts per-subject budgets under it; it never learns the name.
+        """
 
     @abstractmethod
     def search(

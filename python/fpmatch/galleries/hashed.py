@@ -59,7 +59,7 @@ class HashSchemeGallery(ProtectedGallery):
         self._bind([t.subject for t in stored], ids)
         return adopted
 
-    def decide(self, subject: str, probe: ProbeMessage, threshold: float) -> bool:
+    def decide(self, subject: str, probe: ProbeMessage, threshold: float, *, label: str | None = None) -> bool:
         assert probe.code is not None and probe.reliability is not None
         distance = self.codes.distance(self.id_of(subject), probe.code, probe.reliability)
         return bool(weighted_score(distance) >= threshold)

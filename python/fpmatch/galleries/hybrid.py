@@ -99,10 +99,10 @@ class HybridSchemeGallery(ProtectedGallery):
         self._bind([t.subject for t in stored], ids)
         return adopted
 
-    def decide(self, subject: str, probe: ProbeMessage, threshold: float) -> bool:
+    def decide(self, subject: str, probe: ProbeMessage, threshold: float, *, label: str | None = None) -> bool:
         assert probe.values is not None
         request = self.ciphertext_rows.request(np.array([self._slot[self.id_of(subject)]]), probe.values)
-        (verified,) = self._key_holder().decide(request.to_bytes(), threshold, caller=self._caller)
+        (verified,) = self._key_holder().decide(request.to_bytes(), threshold, caller=self._caller, subject=label)
         return bool(verified)
 
     def search(self, probe: ProbeMessage, k: int, threshold: float, eligible: Callable[[str], bool]) -> list[str]:

@@ -71,7 +71,7 @@ class ScoreDecider(Protocol):
 
     def public_context(self) -> bytes: ...
 
-    def decide(self, scores: bytes, threshold: float, *, caller: str) -> list[bool]: ...
+    def decide(self, scores: bytes, threshold: float, *, caller: str, subject: str | None = None) -> list[bool]: ...
 
     def best(self, scores: bytes, threshold: float, k: int, *, caller: str) -> list[int]: ...
 
@@ -250,8 +250,12 @@ class KeyHolder:
 
     # -- the interface -------------------------------------------------------------------
 
-    def decide(self, scores: bytes, threshold: float, *, caller: str) -> list[bool]:
-        """``score >= threshold`` for each encrypted score, in order (at most ``limits.max_decisions``)."""
+    def decide(self, scores: bytes, threshold: float, *, caller: str, subject: str | None = None) -> list[bool]:
+        """``score >= threshold`` for each encrypted score, in order (at most ``limits.max_decisions``).
+
+        ``subject`` (a pseudonym the caller chooses) is the label the key holder
+        service counts per-subject budgets under; in process it is not counted.
+        """
         threshold = check_threshold(threshold)
         request = self._admit(scores, caller, self.limits.max_decisions, "decide")
         values = self._flooded(self._decrypt(request), self.decision_noise)

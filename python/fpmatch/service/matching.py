@@ -10,6 +10,9 @@ the stored codes alone.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Iterator
 
 import numpy as np
 
@@ -17,7 +20,7 @@ from .._validate import as_subject_list
 from ..audit import AuditEvent
 from ..consent import check_purpose, format_time
 from ..edge import Calibration, ProbeMessage, check_message
-from ..errors import InvalidInputError, KeyMismatchError, TooManyAttemptsError
+from ..errors import FpmatchError, InvalidInputError, KeyMismatchError, TooManyAttemptsError
 from ..gallery import Match
 from ..thresholds import check_fmr, threshold_at_fmr
 from .state import ServiceState, VerificationOutcome
@@ -43,17 +46,17 @@ class MatchingOps(ServiceState):
                 reason = self._ineligible(subject, purpose, now)
                 threshold = self._threshold
                 if reason is not None or threshold is not None:  # no threshold needed to say "use the alternative"
+                    line = {"subject": self.pseudonym(subject), "purpose": purpose}
                     if reason is not None:
                         outcome = VerificationOutcome.USE_ALTERNATIVE
-                    elif self._gallery.decide(subject, probe, threshold):  # type: ignore[arg-type]
-                        outcome = VerificationOutcome.MATCH
                     else:
-                        outcome = VerificationOutcome.NO_MATCH
+                        with self._audited_failure(now, AuditEvent.VERIFY, line):
+                            verified = self._gallery.decide(subject, probe, threshold, label=line["subject"])  # type: ignore[arg-type]
+                        outcome = VerificationOutcome.MATCH if verified else VerificationOutcome.NO_MATCH
                     self._store.audit(
                         format_time(now),
                         AuditEvent.VERIFY,
-                        subject=self.pseudonym(subject),
-                        purpose=purpose,
+                        **line,
                         outcome=outcome.value,
                         detail={} if reason is None else {"reason": reason},
                     )
@@ -76,9 +79,10 @@ class MatchingOps(ServiceState):
             now = self._now()
             found: list[str] = []
             if threshold is not None and len(self._gallery):
-                found = self._gallery.search(
-                    probe, k, threshold, lambda subject: self._ineligible(subject, purpose, now) is None
-                )
+                with self._audited_failure(now, AuditEvent.IDENTIFY, {"purpose": purpose}):
+                    found = self._gallery.search(
+                        probe, k, threshold, lambda subject: self._ineligible(subject, purpose, now) is None
+                    )
             result = [Match(subject, rank) for rank, subject in enumerate(found, start=1)]
             self._store.audit(
                 format_time(now),
@@ -88,6 +92,16 @@ class MatchingOps(ServiceState):
                 detail={"k": k, "matched": [self.pseudonym(m.subject) for m in result]},
             )
         return result
+
+    @contextmanager
+    def _audited_failure(self, now: datetime, event: AuditEvent, line: dict[str, str]) -> Iterator[None]:
+        """A decision that could not be made (key holder down or refusing, damaged ciphertexts) is
+        audited before its error reaches the caller: the request is accounted for, never a MATCH."""
+        try:
+            yield
+        except FpmatchError as exc:
+            self._store.audit(format_time(now), event, **line, outcome="error", detail={"error": type(exc).__name__})
+            raise
 
     def calibrate(
         self,
