@@ -940,7 +940,7 @@ def _check_pages(conn: sqlite3.Connection, path: Path) -> None:
 
 
 #: SQLite errors that mean the file is damaged (the others, such as a full disk, are raised as they are).
-_DAMAGE_WORDS = ("malformed", "corrupt", "not a database", "no such table", "no such column")
+_DAMAGE_WORDS = ("malformed", "corrupt", "not a database", "no such table", "no such column", "decode")
 
 
 @contextmanager
