@@ -437,7 +437,7 @@ class Store:
             if "locked" in str(exc) or "busy" in str(exc):
                 raise StoreLockedError(f"{path} is open in another process (or another service)") from None
             raise StoreFormatError(f"{path}: {exc}") from exc
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # SQLite's message may quote undecodable bytes
             raise StoreFormatError(f"{path} is not an fpmatch store: {exc}") from exc
         try:
             with _sqlite_errors(path):
@@ -947,6 +947,8 @@ _DAMAGE_WORDS = ("malformed", "corrupt", "not a database", "no such table", "no 
 def _sqlite_errors(path: Path) -> Iterator[None]:
     try:
         yield
+    except UnicodeDecodeError as exc:  # text in the file, or SQLite's message about it, is not UTF-8
+        raise StoreIntegrityError(f"{path} is damaged ({exc}). {_RECOVER}") from exc
     except sqlite3.DatabaseError as exc:
         if isinstance(exc, sqlite3.OperationalError) and not any(w in str(exc) for w in _DAMAGE_WORDS):
             raise
