@@ -221,3 +221,18 @@ def test_a_store_of_sealed_ciphertexts_verifies(tmp_path: Path, clock: ManualClo
         assert store.verify() == [] and len(store.templates()) == len(NAMES) and store.rows()
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("head", ["not json", '{"seq": 1}', '{"seq": 1, "hash": "h\u00e9", "mac": "\u00e9"}', "[" * 5000])
+def test_an_audit_head_edited_into_nonsense_is_reported_not_raised(hashed: Path, clock: ManualClock, head: str) -> None:
+    change(hashed, ("UPDATE meta SET value = ? WHERE name = 'audit_head'", (head,)))
+    with open_service(hashed, clock, "hash") as svc:
+        report = svc.audit_verify()
+        assert not report.ok and report.problem == "head"
+        if head.startswith('{"seq": 1, "hash"'):
+            # A readable head pointing into the chain: appends would collide with entries, a typed error.
+            with pytest.raises(StoreIntegrityError):
+                enrol_people(svc, ["eve"])
+        else:
+            enrol_people(svc, ["eve"])  # appends go on from the last entry, and the break stays visible
+        assert not svc.audit_verify().ok and not svc.check_integrity().ok

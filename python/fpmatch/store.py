@@ -557,8 +557,7 @@ class Store:
         are then checked at the next scrub). Raises ErasureError if a searched code
         is still found after the rebuild.
         """
-        with self._lock:
-            conn = self._connection()
+        with self._reading() as conn:
             if not _checkpoint(conn):
                 return False
             erased = self._unverified
@@ -696,8 +695,8 @@ class Store:
             # instr() narrows the scan to candidates; the exact test is below.
             query = "SELECT * FROM audit WHERE subject = ? OR instr(detail, ?) > 0 ORDER BY seq"
             args = (pseudonym, pseudonym)
-        with self._lock:
-            rows = self._connection().execute(query, args).fetchall()
+        with self._reading() as conn:
+            rows = conn.execute(query, args).fetchall()
         entries = [
             AuditEntry(seq, time, event, subject, purpose, outcome, _detail(detail), prev, digest)
             for seq, time, event, subject, purpose, outcome, detail, prev, digest in rows
@@ -708,8 +707,8 @@ class Store:
 
     def audit_head(self) -> AuditHead | None:
         """The signed head of the audit chain (None while the log is empty)."""
-        with self._lock:
-            return self._head(self._connection())
+        with self._reading() as conn:
+            return self._head(conn)
 
     @property
     def audit_key(self) -> bytes:
@@ -834,12 +833,16 @@ class Store:
 
     def _head(self, conn: sqlite3.Connection) -> AuditHead | None:
         row = conn.execute("SELECT value FROM meta WHERE name = 'audit_head'").fetchone()
+        mac = ""
         if row is not None:
-            value = json.loads(row[0])
-            return AuditHead(int(value["seq"]), str(value["hash"]), str(value["mac"]))
+            try:
+                value = _loads(row[0])
+                return AuditHead(int(value["seq"]), str(value["hash"]), str(value["mac"]))
+            except (KeyError, TypeError, ValueError, OverflowError):
+                mac = "unreadable"  # a head edited into nonsense: carry on as below, and it never verifies
         last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         # Entries without a head: the head was deleted; carry on from the last row, unsigned.
-        return None if last is None else AuditHead(int(last[0]), str(last[1]), "")
+        return None if last is None else AuditHead(int(last[0]), str(last[1]), mac)
 
 
 def _loads(text: object) -> Any:
