@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import targets  # noqa: E402
-from fpmatch import CaptureEdge, EnrolmentRecord, ProbeMessage  # noqa: E402
+from fpmatch import CancellableHash, CaptureEdge, EnrolmentRecord, Gallery, ProbeMessage  # noqa: E402
 
 
 def seeds(public_context: bool = False) -> dict[str, list[bytes]]:
@@ -59,6 +59,10 @@ def seeds(public_context: bool = False) -> dict[str, list[bytes]]:
             targets.SERVICE_KEY.save(Path(tmp) / "service.key").read_bytes(),
         ]
         out["store_file"] = [_store_bytes(Path(tmp) / "store", edge)]
+        gallery = Gallery(CancellableHash(targets.HASH_KEY, 16, 64))
+        gallery.enrol(["ann", "bob"], template)
+        gallery.save(Path(tmp) / "gallery.fpg")
+        out["gallery_file"] = [(Path(tmp) / "gallery.fpg").read_bytes()]
     if public_context:
         from fpmatch.he import KeyHolder
 

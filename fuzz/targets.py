@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from fpmatch import EnrolmentRecord, HashKey, ProbeMessage, ServiceKey, load_index
+from fpmatch import EnrolmentRecord, Gallery, HashKey, ProbeMessage, ServiceKey, load_index
 from fpmatch.errors import FpmatchError
 from fpmatch.he import reclaim
 from fpmatch.he.context import PublicContext
@@ -127,6 +127,18 @@ def index_framing(data: bytes) -> bytes:
     return bytes([1 if kind == 2 else 0]) + data[8:24] + data[32 + size : -32]
 
 
+def gallery_file(data: bytes) -> None:
+    """A saved gallery file as it comes (authenticated before anything is parsed)."""
+    if not _STORE_DIR:
+        _STORE_DIR.append(Path(tempfile.mkdtemp(prefix="fpmatch-fuzz-")))
+    path = _STORE_DIR[0] / "gallery.fpg"
+    path.write_bytes(data)
+    try:
+        Gallery.load(path, HASH_KEY)
+    except FpmatchError:
+        return
+
+
 def key_file(data: bytes) -> None:
     for kind in (HashKey, ServiceKey):
         try:
@@ -149,7 +161,7 @@ _STORE_DIR: list[Path] = []
 def store_file(data: bytes) -> None:
     """A whole database file as the store finds it on disk."""
     if not _STORE_DIR:
-        _STORE_DIR.append(Path(tempfile.mkdtemp(prefix="fpmatch-fuzz-store-")))
+        _STORE_DIR.append(Path(tempfile.mkdtemp(prefix="fpmatch-fuzz-")))
     directory = _STORE_DIR[0] / "store"
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(mode=0o700)
@@ -178,6 +190,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "reclaim_reply": reclaim_reply,
     "index_file": index_file,
     "index_file_signed": index_file_signed,
+    "gallery_file": gallery_file,
     "key_file": key_file,
     "public_context": public_context,
     "store_file": store_file,
