@@ -1,6 +1,8 @@
 # make demo : install what is missing, build, run the end-to-end demo
 # make test : the same set-up, then the test suite
 # make bench: the search benchmark at 1M templates (slow; run by hand)
+# make fuzz : every fuzz target for FUZZ_SECONDS (default 120) each (run by hand)
+# make sanitize: the native core built with AddressSanitizer and UBSan, and its tests run on it
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -8,7 +10,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 SOURCES := $(wildcard cpp/*.h cpp/*.cpp) $(shell find python -name '*.py' -o -name '*.pyi') CMakeLists.txt pyproject.toml
 
-.PHONY: demo test bench system-deps clean
+.PHONY: demo test bench fuzz sanitize asan system-deps clean
 
 demo: $(VENV)/.built
 	$(VENV)/bin/fpmatch demo
@@ -26,6 +28,14 @@ bench: $(VENV)/.built
 	$(PY) benchmarks/bench_he.py --profile offset --json reports/he_offset.json
 	$(PY) benchmarks/bench_security.py --json reports/security_centred.json
 	$(PY) benchmarks/bench_eval.py --million --json reports/eval.json --png-dir reports/eval
+
+# The fuzzer is installed only here: the tests do not need it.
+fuzz: $(VENV)/.built
+	$(PIP) install -q 'atheris>=2.3'
+	PY=$(PY) bash scripts/fuzz.sh
+
+sanitize asan: $(VENV)/.built
+	PY=$(PY) bash scripts/sanitize.sh
 
 system-deps:
 	bash scripts/system-deps.sh

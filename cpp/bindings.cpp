@@ -341,6 +341,7 @@ PYBIND11_MODULE(_core, m) {
            },
            py::arg("ids"), "Stored codes of the given ids (each must be present).")
       .def("search", [](const ProtectedIndex& i, const py::array& queries, size_t k, int n_threads) {
+             ProtectedIndex::check_neighbours(k, "k");  // before the results are allocated
              CodeBatch batch = as_codes(queries, i, "queries");
              py::array_t<int32_t> distances({batch.n, k});
              py::array_t<int64_t> labels({batch.n, k});
@@ -355,6 +356,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("queries"), py::arg("k"), py::arg("n_threads") = 0)
       .def("search_weighted", [](const ProtectedIndex& i, const py::array& queries, const py::array& weights,
                                  size_t k, size_t shortlist, int n_threads) {
+             ProtectedIndex::check_neighbours(k, "k");
+             if (shortlist > ProtectedIndex::kMaxNeighbours) ProtectedIndex::check_neighbours(shortlist, "shortlist");
              CodeBatch batch = as_codes(queries, i, "queries");
              Rows<float> w = as_rows<float>(weights, "weights", i.bits());
              if (w.n != batch.n) throw InvalidInput("weights must have one row per query");

@@ -54,7 +54,7 @@ class HnswIndex : public ProtectedIndex {
   }
 
   void set_ef_search(int ef) {
-    if (ef < 1) throw InvalidInput("ef_search must be at least 1");
+    if (ef < 1 || size_t(ef) > kMaxNeighbours) throw InvalidInput("ef_search must be in [1, 2^20]");
     std::unique_lock<std::shared_mutex> lock(mutex_);
     index_->hnsw.efSearch = ef;
   }
@@ -146,7 +146,9 @@ class HnswIndex : public ProtectedIndex {
   static std::unique_ptr<faiss::IndexBinaryHNSW> make_graph(size_t bits, int m, int ef_construction,
                                                             int ef_search) {
     if (m < 2 || m > 256) throw InvalidInput("M must be in [2, 256]");
-    if (ef_construction < 1 || ef_search < 1) throw InvalidInput("ef values must be at least 1");
+    if (ef_construction < 1 || ef_search < 1 || size_t(ef_construction) > kMaxNeighbours ||
+        size_t(ef_search) > kMaxNeighbours)
+      throw InvalidInput("ef values must be in [1, 2^20]");
     auto index = std::make_unique<faiss::IndexBinaryHNSW>(int(bits), m);
     index->hnsw.efConstruction = ef_construction;
     index->hnsw.efSearch = ef_search;

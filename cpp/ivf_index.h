@@ -55,7 +55,8 @@ class IvfIndex : public ProtectedIndex {
     prefix_bytes_ = size_t(extra.u64()) / 8;
     set_nprobe_unlocked(size_t(extra.u64()));
     set_rerank_unlocked(size_t(extra.u64()));
-    if (nlist_ < 1 || prefix_bytes_ < 8 || prefix_bytes_ > code_size()) throw InvalidInput("bad IVF parameters");
+    if (nlist_ < 1 || nlist_ > (1u << 20) || prefix_bytes_ < 8 || prefix_bytes_ % 8 || prefix_bytes_ > code_size())
+      throw InvalidInput("bad IVF parameters");
     trained_ = extra.u64() != 0;
     if (trained_) {
       const uint8_t* centroids = extra.bytes(nlist_ * code_size());
@@ -232,11 +233,11 @@ class IvfIndex : public ProtectedIndex {
   static constexpr int kTrainIterations = 8;
 
   void set_nprobe_unlocked(size_t nprobe) {
-    if (nprobe < 1) throw InvalidInput("nprobe must be at least 1");
+    check_neighbours(nprobe, "nprobe");
     nprobe_ = nprobe;
   }
   void set_rerank_unlocked(size_t rerank) {
-    if (rerank < 1) throw InvalidInput("rerank must be at least 1");
+    check_neighbours(rerank, "rerank");
     rerank_ = rerank;
   }
 

@@ -13,8 +13,11 @@
 
 namespace fpmatch {
 
+// More threads than this are never started, whatever a caller asks for.
+constexpr int kMaxThreads = 256;
+
 inline int resolve_threads(int requested) {
-  if (requested > 0) return requested;
+  if (requested > 0) return requested < kMaxThreads ? requested : kMaxThreads;
   unsigned hw = std::thread::hardware_concurrency();
   return hw == 0 ? 1 : int(hw);
 }

@@ -44,6 +44,14 @@ class ProtectedIndex {
  public:
   enum class Kind : uint32_t { Flat = 1, Hnsw = 2, Ivf = 3 };
   static constexpr int64_t kNoLabel = -1;
+  // The most neighbours (k, shortlists, beams) a search may ask for: results are
+  // allocated per query, so a caller's number must not size memory without bound.
+  static constexpr size_t kMaxNeighbours = size_t(1) << 20;
+
+  static void check_neighbours(size_t value, const char* what) {
+    if (value < 1 || value > kMaxNeighbours)
+      throw InvalidInput(std::string(what) + " must be in [1, 2^20], got " + std::to_string(value));
+  }
 
   virtual ~ProtectedIndex() = default;
   virtual Kind kind() const = 0;
@@ -119,7 +127,7 @@ class ProtectedIndex {
   // label -1 and distance INT32_MAX (as FAISS does).
   void search(const CodeBatch& queries, size_t k, int32_t* distances, int64_t* labels,
               int n_threads) const {
-    if (k == 0) throw InvalidInput("k must be at least 1");
+    check_neighbours(k, "k");
     std::shared_lock<std::shared_mutex> lock(mutex_);
     knn(queries, k, distances, labels, n_threads);
     for (size_t i = 0; i < queries.n * k; ++i)
@@ -132,7 +140,8 @@ class ProtectedIndex {
   // label -1 and distance +inf.
   void search_weighted(const CodeBatch& queries, const float* weights, size_t k, size_t shortlist,
                        float* distances, int64_t* labels, int n_threads) const {
-    if (k == 0) throw InvalidInput("k must be at least 1");
+    check_neighbours(k, "k");
+    if (shortlist > kMaxNeighbours) check_neighbours(shortlist, "shortlist");
     check_weights(weights, queries.n * bits_);
     const size_t depth = std::max(k, shortlist);
     std::shared_lock<std::shared_mutex> lock(mutex_);

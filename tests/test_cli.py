@@ -6,6 +6,7 @@ kinds of key file among them), audit tampering found, the demo and the built-in 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import io
 import json
@@ -14,15 +15,17 @@ import sqlite3
 import stat
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from fpmatch import ProbeMessage, cli, demo
+from fpmatch import ProbeMessage, ServiceKey, cli, demo
 from fpmatch._progress import progress_bars
 from fpmatch.edge import CaptureEdge
 from fpmatch.he import KeyHolder
+from fpmatch.store import Store
 from service_support import DIM, labelled_set, sample, stranger
 
 COMMANDS = [
@@ -386,13 +389,22 @@ def test_hash_store_needs_no_keyholder_key(
     assert (code, out) == (0, "") and "nothing to purge" in err
     code, _, err = run(capsys, "audit", "verify", "--scheme", "hybrid")
     assert_one_line_error(code, err, "scheme hash", "--scheme applies only when creating")
-    # Let carol's consent lapse: the next command erases her, and purge names whoever lapsed.
+    # A consent record edited outside fpmatch is damage: a one-line error that says how to recover.
+    genuine = (ws["store"] / "store.sqlite").read_bytes()
     with sqlite3.connect(ws["store"] / "store.sqlite") as db:
-        db.execute(
-            "UPDATE consents SET granted_at = ?, expires_at = ? WHERE subject = 'carol'",
-            ("2020-01-01T00:00:00.000000+00:00", "2021-01-01T00:00:00.000000+00:00"),
-        )
+        db.execute("UPDATE consents SET expires_at = '2099-01-01T00:00:00.000000+00:00' WHERE subject = 'carol'")
     db.close()
+    code, _, err = run(capsys, "purge")
+    assert_one_line_error(code, err, "damaged", "'carol'", "backup")
+    (ws["store"] / "store.sqlite").write_bytes(genuine)
+    # Let carol's consent lapse (rewritten through the store, as a withdrawal would be): the next
+    # command erases her, and purge names whoever lapsed.
+    store = Store.open(ws["store"], ServiceKey.load(ws["service_key"]))
+    with store.transaction() as tx:
+        for record in store.consents("carol"):
+            tx.put_consent(dataclasses.replace(record, granted_at=datetime(2020, 1, 1, tzinfo=timezone.utc),
+                                               expires_at=datetime(2021, 1, 1, tzinfo=timezone.utc)))  # fmt: skip
+    store.close()
     code, out, err = run(capsys, "purge")
     assert (code, out) == (0, "carol\n") and "purged 1" in err
     code, _, err = run(capsys, "verify", "carol", "--probe", str(ws["npy"]["alice"]), "--purpose", "entry")

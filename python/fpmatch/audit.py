@@ -136,7 +136,9 @@ class AuditHead:
     mac: str
 
     def valid(self, key: bytes) -> bool:
-        return bool(self.mac) and hmac.compare_digest(self.mac, head_mac(key, self.seq, self.hash))
+        # As bytes: a head edited to hold non-ASCII text is invalid, not an exception.
+        expected = head_mac(key, self.seq, self.hash).encode()
+        return bool(self.mac) and hmac.compare_digest(self.mac.encode("utf-8", "surrogatepass"), expected)
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ def _digest(body: Mapping[str, Any]) -> str:
 
 def head_mac(key: bytes, seq: int, hash_: str) -> str:
     """HMAC-SHA256 binding the head ``(seq, hash)`` to ``key``."""
-    return hmac.new(key, _HEAD_DOMAIN + f"{seq}:{hash_}".encode("ascii"), "sha256").hexdigest()
+    return hmac.new(key, _HEAD_DOMAIN + f"{seq}:{hash_}".encode("utf-8", "surrogatepass"), "sha256").hexdigest()
 
 
 def check_detail(detail: Mapping[str, Any] | None) -> dict[str, Any]:

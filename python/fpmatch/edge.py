@@ -73,7 +73,7 @@ class EdgeProfile:
     def __post_init__(self) -> None:
         """Refuse a profile no capture edge makes (it may come from a file or the network)."""
         problems = []
-        if self.scheme not in SCHEMES:
+        if not isinstance(self.scheme, str) or self.scheme not in SCHEMES:
             problems.append(f"scheme must be one of {', '.join(SCHEMES)}, got {self.scheme!r}")
         if isinstance(self.dim, bool) or not isinstance(self.dim, int) or not 2 <= self.dim <= 65536:
             problems.append(f"dim must be an integer in [2, 65536], got {self.dim!r}")
@@ -86,12 +86,14 @@ class EdgeProfile:
             problems.append(f"bits must be a multiple of 64 in [64, 8192], got {self.bits!r}")
         elif hashed and self.hash_scheme not in HASH_SCHEMES:
             problems.append(f"hash_scheme must be one of {', '.join(HASH_SCHEMES)}, got {self.hash_scheme!r}")
+        if not isinstance(self.narrow_cone, bool):
+            problems.append(f"narrow_cone must be a bool, got {self.narrow_cone!r}")
         he_facts = (self.he_key_id, self.he_context, self.template_scale_bits, self.probe_scale_bits)
         if any((fact is not None) != encrypted for fact in he_facts):
             problems.append(f"the encryption facts are set exactly for encrypted schemes ({self.scheme})")
         elif encrypted and not (_is_key_id(self.he_key_id) and isinstance(self.he_context, bytes)):
             problems.append("he_key_id must be 16 hex digits and he_context bytes")
-        elif encrypted and not all(isinstance(b, int) and 1 <= b <= 60 for b in he_facts[2:]):
+        elif encrypted and not all(type(b) is int and 1 <= b <= 60 for b in he_facts[2:]):
             problems.append("template_scale_bits and probe_scale_bits must be integers in [1, 60]")
         if problems:
             raise InvalidInputError("invalid edge profile: " + "; ".join(problems))
@@ -128,16 +130,29 @@ class EdgeProfile:
 
     @classmethod
     def from_dict(cls, value: dict[str, Any]) -> "EdgeProfile":
+        """The profile :meth:`to_dict` wrote; anything else is an InvalidInputError, never converted."""
+        if not isinstance(value, dict):
+            raise InvalidInputError(f"invalid edge profile: expected a mapping, got {type(value).__name__}")
+        missing = [name for name in ("scheme", "dim", "edge_key_id") if name not in value]
+        if missing:
+            raise InvalidInputError(f"invalid edge profile: {', '.join(missing)} missing")
         context = value.get("he_context")
-        return cls(
-            scheme=str(value["scheme"]),
-            dim=int(value["dim"]),
-            edge_key_id=str(value["edge_key_id"]),
-            bits=None if value.get("bits") is None else int(value["bits"]),
+        try:
+            he_context = None if context is None else bytes.fromhex(context)
+        except (TypeError, ValueError):
+            raise InvalidInputError("invalid edge profile: he_context must be hex digits") from None
+        narrow = value.get("narrow_cone", False)
+        if not isinstance(narrow, bool):
+            raise InvalidInputError(f"invalid edge profile: narrow_cone must be true or false, got {narrow!r}")
+        return cls(  # __post_init__ checks every type and range
+            scheme=value["scheme"],
+            dim=value["dim"],
+            edge_key_id=value["edge_key_id"],
+            bits=value.get("bits"),
             hash_scheme=value.get("hash_scheme"),
-            narrow_cone=bool(value.get("narrow_cone", False)),
+            narrow_cone=narrow,
             he_key_id=value.get("he_key_id"),
-            he_context=None if context is None else bytes.fromhex(context),
+            he_context=he_context,
             template_scale_bits=value.get("template_scale_bits"),
             probe_scale_bits=value.get("probe_scale_bits"),
         )
@@ -157,7 +172,11 @@ class _Message:
     _KIND: ClassVar[bytes]
 
     def to_bytes(self) -> bytes:
-        """The message as bytes: fixed-width little-endian, no pickled objects."""
+        """The message as bytes: fixed-width little-endian, no pickled objects.
+
+        A part is written as its length and its bytes, so an empty part reads back as an
+        absent one (None), which no service accepts where the part is needed.
+        """
         parts = [
             None if self.code is None else np.ascontiguousarray(self.code, dtype=np.uint8).tobytes(),
             None if self.reliability is None else np.ascontiguousarray(self.reliability, dtype="<f4").tobytes(),

@@ -75,6 +75,11 @@ class StoreFormatError(FpmatchError, ValueError):
     """A store directory holds a database that is not a (compatible) fpmatch store."""
 
 
+class StoreIntegrityError(StoreFormatError):
+    """Store contents fail authentication or the database file is damaged: a row or setting was
+    changed, moved, added or deleted outside fpmatch. The message names what and how to recover."""
+
+
 class StoreLockedError(FpmatchError, RuntimeError):
     """Another process holds the store open; one process at a time may own a store."""
 

@@ -74,7 +74,8 @@ class _IndexBase:
         return self._native.reconstruct(require_array(ids, "ids"))
 
     def search(self, queries: np.ndarray, k: int, n_threads: int = 0) -> SearchResult:
-        """The k nearest codes per query row."""
+        """The k nearest codes per query row (k in [1, 2^20])."""
+        _positive(k=k)
         distances, labels = self._native.search(require_array(queries, "queries"), k, n_threads)
         return SearchResult(distances, labels)
 
@@ -87,6 +88,9 @@ class _IndexBase:
         ``weights`` (nq, bits) float32 are the probes' bit reliabilities from
         :meth:`fpmatch.CancellableHash.protect_with_reliability`.
         """
+        _positive(k=k)
+        if isinstance(shortlist, bool) or not isinstance(shortlist, (int, np.integer)) or shortlist < 0:
+            raise InvalidInputError(f"shortlist must be a non-negative integer, got {shortlist!r}")
         distances, labels = self._native.search_weighted(
             require_array(queries, "queries"), require_array(weights, "weights"), k, shortlist, n_threads
         )
@@ -199,7 +203,7 @@ _WRAPPERS = {"flat": FlatIndex, "ivf": IVFIndex, "hnsw": HNSWIndex}
 
 def _positive(**values: int) -> None:
     for name, value in values.items():
-        if not isinstance(value, (int, np.integer)) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
 
 

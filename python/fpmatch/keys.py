@@ -78,22 +78,32 @@ class _SecretKey:
         try:
             with open(source, "rb") as f:
                 raw = f.read(MAX_KEY_FILE_BYTES + 1)
-            if len(raw) > MAX_KEY_FILE_BYTES:
-                raise KeyFileError(f"{source} is not an fpmatch {cls._WHAT} file (over {MAX_KEY_FILE_BYTES} bytes)")
+        except OSError as exc:
+            raise KeyFileError(f"cannot read {cls._WHAT} file {source}: {exc}") from exc
+        return cls.from_file_bytes(raw, source)
+
+    @classmethod
+    def from_file_bytes(cls: type[_K], raw: bytes, source: str | os.PathLike[str] | None = None) -> _K:
+        """The key in the bytes of a key file (``source``, if given, is where they were read)."""
+        name = "key file bytes" if source is None else str(source)
+        if len(raw) > MAX_KEY_FILE_BYTES:
+            raise KeyFileError(f"{name} is not an fpmatch {cls._WHAT} file (over {MAX_KEY_FILE_BYTES} bytes)")
+        try:
             body = json.loads(raw)
             if not isinstance(body, dict) or body.get("version") != 1:
-                raise KeyFileError(f"{source} is not an fpmatch {cls._WHAT} file")
+                raise KeyFileError(f"{name} is not an fpmatch {cls._WHAT} file")
             if body.get("format") != cls._FORMAT:
                 other = {k._FORMAT: k._WHAT for k in (HashKey, ServiceKey)}.get(str(body.get("format")))
                 found = f"it holds a {other}" if other else "unknown format"
-                raise KeyFileError(f"{source} is not an fpmatch {cls._WHAT} file ({found})")
-            key = cls(base64.b64decode(body["secret"], validate=True), path=source.resolve())
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise KeyFileError(f"{name} is not an fpmatch {cls._WHAT} file ({found})")
+            path = None if source is None else Path(source).resolve()
+            key = cls(base64.b64decode(body["secret"], validate=True), path=path)
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # deep JSON nesting: RecursionError
             if isinstance(exc, KeyFileError):
                 raise
-            raise KeyFileError(f"cannot read {cls._WHAT} file {source}: {exc}") from exc
+            raise KeyFileError(f"cannot read {cls._WHAT} file {name}: {exc}") from exc
         if key.key_id != body.get("key_id"):
-            raise KeyFileError(f"{source} is damaged: its key does not match its key_id")
+            raise KeyFileError(f"{name} is damaged: its key does not match its key_id")
         return key
 
 

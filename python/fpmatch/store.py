@@ -13,9 +13,17 @@ rebuilds the database (VACUUM) if one is found; a store reopened after a crash i
 what the crashed process erased is no longer known. A withdrawn subject's code
 and ciphertext survive in no file of the directory.
 
+Every subject, ciphertext row, consent record and setting carries a tag under
+a key derived from the service key, bound to its row and to a random
+identifier of the store, and each table has a tagged census that shows
+deleted rows (:mod:`fpmatch.store_tags`). A row or setting that fails its
+check raises :class:`~fpmatch.errors.StoreIntegrityError` naming it; a damaged
+store is never repaired or recreated behind the caller's back.
+
 The index file next to it (``index.cache``) is only a cache: authenticated under
-a key-derived MAC and stamped with the database's generation counter, it is
-used when it matches the database exactly and otherwise rebuilt from it.
+a key-derived MAC bound to the store's identifier and stamped with the
+database's generation counter, it is used when it matches the database exactly
+and otherwise rebuilt from it.
 
 The database is opened in exclusive locking mode: one process owns a store at a
 time (SQLite then keeps its WAL index in private memory, so no ``-shm`` file).
@@ -27,7 +35,9 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import secrets
 import sqlite3
+import stat
 import struct
 import threading
 from contextlib import contextmanager
@@ -48,6 +58,7 @@ from .errors import (
     KeyMismatchError,
     StoreClosedError,
     StoreFormatError,
+    StoreIntegrityError,
     StoreLockedError,
 )
 from .edge import SCHEMES, EdgeProfile
@@ -55,10 +66,11 @@ from .galleries.base import StoredRow, StoredTemplate
 from .hashing import SCHEMES as HASH_SCHEMES
 from .index import Index, load_index
 from .keys import HashKey, ServiceKey, ensure_outside
+from .store_tags import TAGGED_TABLES, Census, RowTagger
 
 DATABASE = "store.sqlite"
 INDEX_CACHE = "index.cache"
-FORMAT = 2
+FORMAT = 3
 #: Tables whose pages can hold protected template bytes (searched after erasures).
 _TEMPLATE_TABLES = ("subjects", "he_rows")
 _CACHE_MAGIC = b"FPMATCHC"
@@ -69,11 +81,21 @@ _SEARCHED_ERASURES = 64
 _PIECE = 16
 #: Pages read and searched at a time (memory stays bounded on large stores).
 _PAGES_PER_SCAN = 16384
+#: Settings every store has; each is tagged (the audit head has its own MAC).
+_REQUIRED_META = ("format", "key_id", "profile", "generation", "store_id", "census")
+_UNTAGGED_META = ("audit_head",)
+#: Tagged tables store (row id, tag, fields...) in this order, the order the tag covers.
+_SUBJECT_COLUMNS = "id, tag, subject, code, slot, sealed, enrolled_at"
+_RECOVER = (
+    "Restore the store directory from a backup; without one, create a new store and enrol the "
+    "subjects again through a capture edge"
+)
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL, tag BLOB);
 CREATE TABLE IF NOT EXISTS subjects (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tag BLOB NOT NULL,
     subject TEXT NOT NULL UNIQUE,
     code BLOB,
     slot INTEGER,
@@ -82,12 +104,14 @@ CREATE TABLE IF NOT EXISTS subjects (
 );
 CREATE TABLE IF NOT EXISTS he_rows (
     row INTEGER PRIMARY KEY,
+    tag BLOB NOT NULL,
     data BLOB NOT NULL,
     used INTEGER NOT NULL,
     refreshes INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS consents (
     consent_id TEXT PRIMARY KEY,
+    tag BLOB NOT NULL,
     subject TEXT NOT NULL,
     purposes TEXT NOT NULL,
     granted_at TEXT NOT NULL,
@@ -151,6 +175,13 @@ class Transaction:
         self.erased: list[bytes] = []
         self._head: AuditHead | None = None  # the audit head as this transaction left it
         self._head_changed = False
+        self._tagger = store._tagger
+        self._census: dict[str, Census] | None = None  # loaded at the first write to a tagged table
+
+    def _counted(self, table: str) -> Census:
+        if self._census is None:
+            self._census = self._store._stored_census(self._conn)
+        return self._census[table]
 
     def insert_subject(
         self,
@@ -161,35 +192,66 @@ class Transaction:
         sealed: bytes | None = None,
     ) -> int:
         """The new row's id; ids are never reused."""
+        fields = (subject, code, slot, sealed, enrolled_at)
         cursor = self._conn.execute(
-            "INSERT INTO subjects (subject, code, slot, sealed, enrolled_at) VALUES (?, ?, ?, ?, ?)",
-            (subject, code, slot, sealed, enrolled_at),
+            "INSERT INTO subjects (tag, subject, code, slot, sealed, enrolled_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (b"", *fields),
         )
-        self.changed_subjects = True
         assert cursor.lastrowid is not None
-        return int(cursor.lastrowid)
+        id_ = int(cursor.lastrowid)
+        tag = self._tagger.tag("subjects", id_, fields)
+        self._conn.execute("UPDATE subjects SET tag = ? WHERE id = ?", (tag, id_))
+        self._counted("subjects").add(tag)
+        self.changed_subjects = True
+        return id_
 
     def delete_subject(self, subject: str) -> bool:
         """Whether a row was deleted. Its code is checked for copies at the next scrub."""
-        row = self._conn.execute("SELECT code, sealed FROM subjects WHERE subject = ?", (subject,)).fetchone()
+        row = self._conn.execute("SELECT tag, code, sealed FROM subjects WHERE subject = ?", (subject,)).fetchone()
         if row is None:
             return False
         self._conn.execute("DELETE FROM subjects WHERE subject = ?", (subject,))
-        self.erased += [bytes(part) for part in row if part is not None]
+        # The stored tag leaves the census whatever it is: a damaged one leaves the census wrong, so it shows.
+        self._counted("subjects").remove(_blob(row[0]))
+        self.erased += [bytes(part) for part in row[1:] if part is not None]
         self.changed_subjects = True
         return True
 
     def reseal(self, id_: int, sealed: bytes) -> None:
         """Replace an enrolled subject's ciphertext part (its block was re-randomised)."""
-        if self._conn.execute("UPDATE subjects SET sealed = ? WHERE id = ?", (sealed, id_)).rowcount != 1:
+        row = self._conn.execute(
+            "SELECT tag, subject, code, slot, sealed, enrolled_at FROM subjects WHERE id = ?", (id_,)
+        ).fetchone()
+        if row is None:
             raise StoreFormatError(f"no enrolled subject has id {id_}")
+        old_tag, subject, code, slot, old_sealed, enrolled_at = row
+        # Never re-sign what does not verify: that would launder a damaged row.
+        if not self._tagger.verify("subjects", id_, (subject, code, slot, old_sealed, enrolled_at), old_tag):
+            raise self._store._damaged([_subject_name(id_, subject)])
+        tag = self._tagger.tag("subjects", id_, (subject, code, slot, sealed, enrolled_at))
+        self._conn.execute("UPDATE subjects SET sealed = ?, tag = ? WHERE id = ?", (sealed, tag, id_))
+        census = self._counted("subjects")
+        census.remove(_blob(old_tag))
+        census.add(tag)
         self.changed_subjects = True
 
     def put_row(self, row: int, stored: StoredRow) -> None:
         """Insert or replace one row of packed ciphertexts."""
         data, used, refreshes = stored
-        self._conn.execute("INSERT OR REPLACE INTO he_rows VALUES (?, ?, ?, ?)", (row, data, used, refreshes))
+        self._replace("he_rows", row, (data, used, refreshes))
         self.changed_subjects = True
+
+    def _replace(self, table: str, row_id: Any, fields: tuple[Any, ...]) -> None:
+        """Insert or replace a tagged row whose fields are all new (nothing old is re-signed)."""
+        column = TAGGED_TABLES[table]
+        census = self._counted(table)
+        old = self._conn.execute(f"SELECT tag FROM {table} WHERE {column} = ?", (row_id,)).fetchone()
+        if old is not None:
+            census.remove(_blob(old[0]))
+        tag = self._tagger.tag(table, row_id, fields)
+        marks = ", ".join("?" * (len(fields) + 2))
+        self._conn.execute(f"INSERT OR REPLACE INTO {table} VALUES ({marks})", (row_id, tag, *fields))
+        census.add(tag)
 
     def must_vanish(self, pieces: list[bytes]) -> None:
         """Bytes (of erased ciphertexts) that the next scrub makes sure survive in no page."""
@@ -198,24 +260,23 @@ class Transaction:
     def put_consent(self, record: ConsentRecord) -> None:
         """Insert or replace (e.g. to mark withdrawal) a consent record."""
         d = record.to_dict()
-        self._conn.execute(
-            "INSERT OR REPLACE INTO consents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                d["consent_id"],
-                d["subject"],
-                json.dumps(d["purposes"]),
-                d["granted_at"],
-                d["expires_at"],
-                d["notice_version"],
-                d["evidence_ref"],
-                d["method"],
-                int(d["separate"]),
-                d["withdrawn_at"],
-            ),
+        fields = (
+            d["subject"],
+            json.dumps(d["purposes"]),
+            d["granted_at"],
+            d["expires_at"],
+            d["notice_version"],
+            d["evidence_ref"],
+            d["method"],
+            int(d["separate"]),
+            d["withdrawn_at"],
         )
+        self._replace("consents", d["consent_id"], fields)
 
     def set_meta(self, name: str, value: Any) -> None:
-        self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, json.dumps(value)))
+        text = json.dumps(value)
+        tag = self._tagger.tag("meta", name, (text,))
+        self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?, ?)", (name, text, tag))
 
     def audit(
         self,
@@ -256,6 +317,10 @@ class Transaction:
         if self._head_changed and self._head is not None:
             head = self._head
             self.set_meta("audit_head", {"seq": head.seq, "hash": head.hash, "mac": head.mac})
+        if self.changed_subjects:
+            self.set_meta("generation", self._store._meta_value(self._conn, "generation") + 1)
+        if self._census is not None:
+            self.set_meta("census", {table: census.to_json() for table, census in self._census.items()})
 
 
 class Store:
@@ -265,10 +330,14 @@ class Store:
     on one connection.
     """
 
-    def __init__(self, directory: Path, key: ServiceKey, conn: sqlite3.Connection, settings: StoreSettings) -> None:
+    def __init__(
+        self, directory: Path, key: ServiceKey, conn: sqlite3.Connection, settings: StoreSettings, store_id: bytes
+    ) -> None:
         self.directory = directory
         self.settings = settings
         self._key = key
+        self._store_id = store_id
+        self._tagger = RowTagger(key.subkey("store-rows"), store_id)
         self._conn: sqlite3.Connection | None = conn
         self._lock = threading.RLock()
         self._unverified: list[bytes] = []  # erased bytes not yet looked for in the file
@@ -312,15 +381,16 @@ class Store:
         crashed = Path(f"{path}-wal").exists()
         conn = _connect(path)
         try:
-            settings = cls._prepare(conn, path, key, profile, create=False)
+            settings, store_id = cls._prepare(conn, path, key, profile, create=False)
             if crashed:
-                _rebuild(conn)
+                with _sqlite_errors(path):
+                    _rebuild(conn)
         except BaseException:
             conn.close()
             raise
         for leftover in root.glob(f"{INDEX_CACHE}.*.tmp"):  # a cache write cut short by a crash
             leftover.unlink(missing_ok=True)
-        return cls(root, key, conn, settings)
+        return cls(root, key, conn, settings, store_id)
 
     @classmethod
     def _create(cls, root: Path, path: Path, key: ServiceKey, profile: EdgeProfile | None) -> None:
@@ -355,7 +425,7 @@ class Store:
         profile: EdgeProfile | None,
         *,
         create: bool,
-    ) -> StoreSettings:
+    ) -> tuple[StoreSettings, bytes]:
         try:
             conn.execute("PRAGMA locking_mode=EXCLUSIVE")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -367,39 +437,53 @@ class Store:
             if "locked" in str(exc) or "busy" in str(exc):
                 raise StoreLockedError(f"{path} is open in another process (or another service)") from None
             raise StoreFormatError(f"{path}: {exc}") from exc
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # SQLite's message may quote undecodable bytes
             raise StoreFormatError(f"{path} is not an fpmatch store: {exc}") from exc
         try:
-            if mode != "wal":
-                raise StoreFormatError(f"{path}: cannot switch to WAL mode (got {mode!r})")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
-            if not meta and not create:
-                raise StoreFormatError(
-                    f"{path} holds no store settings: damaged, or not a store this version made. "
-                    "Restore it from a backup"
-                )
-            settings = _settings(meta, path, key, profile)
-            if create:
-                rows = {
-                    "format": FORMAT,
-                    "key_id": settings.key_id,
-                    "profile": settings.profile.to_dict(),
-                    "generation": 0,
-                }
-                conn.executemany(
-                    "INSERT INTO meta VALUES (?, ?)", [(name, json.dumps(value)) for name, value in rows.items()]
-                )
-            conn.execute("COMMIT")
-            # After a crash the WAL may still hold pre-deletion copies of erased rows.
-            _checkpoint(conn)
+            with _sqlite_errors(path):
+                if mode != "wal":
+                    raise StoreFormatError(f"{path}: cannot switch to WAL mode (got {mode!r})")
+                if not create:
+                    _check_pages(conn, path)
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
+                if not meta and not create:
+                    raise StoreFormatError(
+                        f"{path} holds no store settings: damaged, or not a store this version made. "
+                        "Restore it from a backup"
+                    )
+                if create:
+                    store_id = secrets.token_bytes(16)
+                    settings = _settings(meta, path, key, profile)
+                    tagger = RowTagger(key.subkey("store-rows"), store_id)
+                    rows = {
+                        "format": FORMAT,
+                        "key_id": settings.key_id,
+                        "profile": settings.profile.to_dict(),
+                        "generation": 0,
+                        "store_id": store_id.hex(),
+                        "census": {table: Census().to_json() for table in TAGGED_TABLES},
+                    }
+                    conn.executemany(
+                        "INSERT INTO meta VALUES (?, ?, ?)",
+                        [
+                            (name, json.dumps(value), tagger.tag("meta", name, (json.dumps(value),)))
+                            for name, value in rows.items()
+                        ],
+                    )
+                else:
+                    _check_format_and_key(meta, path, key)
+                    store_id = _verify_settings(conn, path, key)
+                    settings = _settings(meta, path, key, profile)
+                conn.execute("COMMIT")
+                # After a crash the WAL may still hold pre-deletion copies of erased rows.
+                _checkpoint(conn)
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
-        return settings
+        return settings, store_id
 
     # -- transactions ---------------------------------------------------------
 
@@ -408,19 +492,17 @@ class Store:
         """One operation: committed when the block ends, rolled back if it raises."""
         with self._lock:
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            tx = Transaction(self, conn)
-            try:
-                yield tx
-                tx._finish()
-                if tx.changed_subjects:
-                    conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'generation'")
-                conn.execute("COMMIT")
-                self._unverified += tx.erased
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            with _sqlite_errors(self._path):
+                conn.execute("BEGIN IMMEDIATE")
+                tx = Transaction(self, conn)
+                try:
+                    yield tx
+                    tx._finish()
+                    conn.execute("COMMIT")
+                    self._unverified += tx.erased
+                except BaseException:
+                    _rollback(conn)
+                    raise
 
     def audit(
         self,
@@ -475,8 +557,7 @@ class Store:
         are then checked at the next scrub). Raises ErasureError if a searched code
         is still found after the rebuild.
         """
-        with self._lock:
-            conn = self._connection()
+        with self._reading() as conn:
             if not _checkpoint(conn):
                 return False
             erased = self._unverified
@@ -542,47 +623,69 @@ class Store:
         return int(self.meta("generation"))
 
     def meta(self, name: str) -> Any:
-        with self._lock:
-            row = self._connection().execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        """A setting (None if unset); raises StoreIntegrityError if it fails its check."""
+        with self._reading() as conn:
+            return self._meta_value(conn, name)
 
     def subject_ids(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._connection().execute("SELECT subject, id FROM subjects").fetchall())
+        return {t.subject: t.id for t in self.templates()}
 
     def templates(self) -> list[StoredTemplate]:
-        """Every enrolled subject with its code and ciphertext slot, in id order."""
-        with self._lock:
-            rows = self._connection().execute("SELECT subject, id, code, slot, sealed FROM subjects ORDER BY id")
-            return [
-                StoredTemplate(s, i, None if c is None else bytes(c), t, None if e is None else bytes(e))
-                for s, i, c, t, e in rows.fetchall()
-            ]
+        """Every enrolled subject with its code and ciphertext slot, in id order (each row verified)."""
+        with self._reading() as conn:
+            found = conn.execute(f"SELECT {_SUBJECT_COLUMNS} FROM subjects ORDER BY id").fetchall()
+        self._require(found, "subjects")
+        return [
+            StoredTemplate(s, i, None if c is None else bytes(c), t, None if e is None else bytes(e))
+            for i, _, s, c, t, e, _ in found
+        ]
 
     def rows(self) -> list[StoredRow]:
-        """Every row of packed ciphertexts, in order (rows are numbered from 0 without gaps)."""
-        with self._lock:
-            found = self._connection().execute("SELECT row, data, used, refreshes FROM he_rows ORDER BY row").fetchall()
-        if [r for r, _, _, _ in found] != list(range(len(found))):
-            raise StoreFormatError(f"{self.directory / DATABASE}: ciphertext rows are missing")
-        return [(bytes(data), int(used), int(refreshes)) for _, data, used, refreshes in found]
+        """Every row of packed ciphertexts, in order (rows are numbered from 0 without gaps; each verified)."""
+        with self._reading() as conn:
+            found = conn.execute("SELECT row, tag, data, used, refreshes FROM he_rows ORDER BY row").fetchall()
+        self._require(found, "he_rows")
+        if [r for r, *_ in found] != list(range(len(found))):
+            raise self._damaged(["the numbering of the ciphertext rows (rows are missing)"])
+        return [(bytes(data), int(used), int(refreshes)) for _, _, data, used, refreshes in found]
 
     def consents(self, subject: str | None = None) -> list[ConsentRecord]:
-        """Consent records (of one subject, or all), oldest grant first."""
+        """Consent records (of one subject, or all), oldest grant first (each verified)."""
         query = "SELECT * FROM consents" + (" WHERE subject = ?" if subject is not None else "")
-        with self._lock:
-            rows = self._connection().execute(
+        with self._reading() as conn:
+            found = conn.execute(
                 query + " ORDER BY granted_at, consent_id", () if subject is None else (subject,)
-            )
-            return [_consent_from_row(row) for row in rows.fetchall()]
+            ).fetchall()
+        self._require(found, "consents")
+        try:
+            return [_consent_from_row(row[:1] + row[2:]) for row in found]
+        except (TypeError, ValueError) as exc:  # authentic rows always parse; this is a defect, not damage
+            raise StoreFormatError(f"{self._path}: a consent record does not parse: {exc}") from exc
 
     def enrolled_at(self, subject: str) -> str | None:
         """When ``subject`` was enrolled, or None if they are not."""
-        with self._lock:
-            row = (
-                self._connection().execute("SELECT enrolled_at FROM subjects WHERE subject = ?", (subject,)).fetchone()
-            )
-        return None if row is None else str(row[0])
+        with self._reading() as conn:
+            found = conn.execute(f"SELECT {_SUBJECT_COLUMNS} FROM subjects WHERE subject = ?", (subject,)).fetchall()
+        self._require(found, "subjects")
+        return str(found[0][-1]) if found else None
+
+    def verify(self) -> list[str]:
+        """Every problem of the whole database: damaged pages, settings, rows and censuses (no exception)."""
+        problems: list[str] = []
+        try:
+            with self._reading() as conn:
+                _check_pages(conn, self._path)
+                _verify_settings(conn, self._path, self._key, rows_too=False)
+                census = self._stored_census(conn)
+                for table, column in TAGGED_TABLES.items():
+                    found = conn.execute(f"SELECT * FROM {table} ORDER BY {column}").fetchall()
+                    damaged = self._damaged_rows(found, table)
+                    if damaged:
+                        problems.append(str(self._damaged(damaged)))
+                    problems += _census_problems(table, census[table], Census.of(row[1] for row in found))
+        except StoreIntegrityError as exc:
+            problems.append(str(exc))
+        return problems
 
     def audit_entries(self, pseudonym: str | None = None) -> list[AuditEntry]:
         """The audit chain as stored, in sequence order; or only the entries naming ``pseudonym``."""
@@ -592,8 +695,8 @@ class Store:
             # instr() narrows the scan to candidates; the exact test is below.
             query = "SELECT * FROM audit WHERE subject = ? OR instr(detail, ?) > 0 ORDER BY seq"
             args = (pseudonym, pseudonym)
-        with self._lock:
-            rows = self._connection().execute(query, args).fetchall()
+        with self._reading() as conn:
+            rows = conn.execute(query, args).fetchall()
         entries = [
             AuditEntry(seq, time, event, subject, purpose, outcome, _detail(detail), prev, digest)
             for seq, time, event, subject, purpose, outcome, detail, prev, digest in rows
@@ -604,8 +707,8 @@ class Store:
 
     def audit_head(self) -> AuditHead | None:
         """The signed head of the audit chain (None while the log is empty)."""
-        with self._lock:
-            return self._head(self._connection())
+        with self._reading() as conn:
+            return self._head(conn)
 
     @property
     def audit_key(self) -> bytes:
@@ -621,10 +724,16 @@ class Store:
     def write_index_cache(self, index: Index, generation: int) -> None:
         """Replace the cache atomically with ``index`` stamped with ``generation``."""
         header = json.dumps(
-            {"format": FORMAT, "key_id": self._key.key_id, "generation": generation, "count": len(index)}
+            {
+                "format": FORMAT,
+                "key_id": self._key.key_id,
+                "store_id": self._store_id.hex(),
+                "generation": generation,
+                "count": len(index),
+            }
         ).encode()
         body = _CACHE_MAGIC + struct.pack("<Q", len(header)) + header + index.serialize(self._index_key)
-        tag = hmac.new(self._cache_key, body, "sha256").digest()
+        tag = self._cache_tag(body)
         tmp = self.directory / f"{INDEX_CACHE}.{os.getpid()}.{threading.get_ident()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -645,6 +754,8 @@ class Store:
         ``"missing"``, ``"unauthenticated"``, ``"stale"`` or ``"mismatch"``.
         """
         try:
+            if not stat.S_ISREG(self.cache_path.stat().st_mode):  # a device or a pipe is no cache
+                return None, "unauthenticated"
             data = self.cache_path.read_bytes()
         except FileNotFoundError:
             return None, "missing"
@@ -652,7 +763,7 @@ class Store:
         if len(data) < head + _TAG_BYTES or not data.startswith(_CACHE_MAGIC):
             return None, "unauthenticated"
         body, tag = data[:-_TAG_BYTES], data[-_TAG_BYTES:]
-        if not hmac.compare_digest(hmac.new(self._cache_key, body, "sha256").digest(), tag):
+        if not hmac.compare_digest(self._cache_tag(body), tag):
             return None, "unauthenticated"
         (header_len,) = struct.unpack_from("<Q", body, len(_CACHE_MAGIC))
         header = json.loads(body[head : head + header_len])
@@ -660,11 +771,15 @@ class Store:
             return None, "stale"
         try:
             index = load_index(body[head + header_len :], self._index_key)
-        except (AuthenticationError, IndexFormatError):
+        except (AuthenticationError, IndexFormatError, InvalidInputError):
             return None, "unauthenticated"
         if index.bits != self.settings.profile.bits or sorted(index.ids().tolist()) != sorted(subjects.values()):
             return None, "mismatch"
         return index, "loaded"
+
+    def _cache_tag(self, body: bytes) -> bytes:
+        # Bound to this store: a cache copied from another store under the same key does not verify.
+        return hmac.new(self._cache_key, self._store_id + body, "sha256").digest()
 
     def drop_index_cache(self) -> None:
         """Delete the cache file (it may hold codes that are about to be erased)."""
@@ -677,14 +792,178 @@ class Store:
             raise StoreClosedError(f"the store {self.directory} is closed")
         return self._conn
 
+    @property
+    def _path(self) -> Path:
+        return self.directory / DATABASE
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, _sqlite_errors(self._path):
+            yield self._connection()
+
+    def _damaged_rows(self, found: list[tuple[Any, ...]], table: str) -> list[str]:
+        return [_row_name(table, row) for row in found if not self._tagger.verify(table, row[0], row[2:], row[1])]
+
+    def _require(self, found: list[tuple[Any, ...]], table: str) -> None:
+        damaged = self._damaged_rows(found, table)
+        if damaged:
+            raise self._damaged(damaged)
+
+    def _damaged(self, what: list[str]) -> StoreIntegrityError:
+        shown = ", ".join(what[:10]) + (f" and {len(what) - 10} more" if len(what) > 10 else "")
+        return StoreIntegrityError(
+            f"{self._path} is damaged: {shown} failed authentication (changed outside fpmatch, or copied "
+            f"from another store). {_RECOVER}"
+        )
+
+    def _meta_value(self, conn: sqlite3.Connection, name: str) -> Any:
+        row = conn.execute("SELECT value, tag FROM meta WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        if name not in _UNTAGGED_META and not self._tagger.verify("meta", name, (row[0],), row[1]):
+            raise self._damaged([f"the setting {name!r}"])
+        return json.loads(row[0])
+
+    def _stored_census(self, conn: sqlite3.Connection) -> dict[str, Census]:
+        value = self._meta_value(conn, "census")
+        try:
+            return {table: Census.from_json(value[table]) for table in TAGGED_TABLES}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise self._damaged(["the setting 'census'"]) from exc
+
     def _head(self, conn: sqlite3.Connection) -> AuditHead | None:
         row = conn.execute("SELECT value FROM meta WHERE name = 'audit_head'").fetchone()
+        mac = ""
         if row is not None:
-            value = json.loads(row[0])
-            return AuditHead(int(value["seq"]), str(value["hash"]), str(value["mac"]))
+            try:
+                value = _loads(row[0])
+                return AuditHead(int(value["seq"]), str(value["hash"]), str(value["mac"]))
+            except (KeyError, TypeError, ValueError, OverflowError):
+                mac = "unreadable"  # a head edited into nonsense: carry on as below, and it never verifies
         last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         # Entries without a head: the head was deleted; carry on from the last row, unsigned.
-        return None if last is None else AuditHead(int(last[0]), str(last[1]), "")
+        return None if last is None else AuditHead(int(last[0]), str(last[1]), mac)
+
+
+def _loads(text: object) -> Any:
+    """JSON of a setting not yet authenticated: any failure is a ValueError."""
+    try:
+        return json.loads(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"unreadable setting: {exc}") from None
+
+
+def _check_format_and_key(meta: Mapping[str, str], path: Path, key: ServiceKey) -> None:
+    """Refuse other formats and other keys before anything is authenticated (they cannot be)."""
+    try:
+        found = _loads(meta.get("format"))
+    except ValueError:
+        found = None
+    if found != FORMAT:
+        raise StoreFormatError(
+            f"{path} has store format {found!r}, this version reads {FORMAT}. Stores of earlier formats "
+            "carry no authenticated rows (format 1 ones were made by a service that held the transform key) "
+            "and are not converted: create a new store and enrol the subjects again through a capture edge"
+        )
+    try:
+        key_id = _loads(meta.get("key_id"))
+    except ValueError:
+        key_id = None
+    if key_id != key.key_id:
+        raise KeyMismatchError(f"{path} was created under service key {key_id}, not {key.key_id}")
+
+
+def _verify_settings(conn: sqlite3.Connection, path: Path, key: ServiceKey, *, rows_too: bool = True) -> bytes:
+    """Authenticate every setting and (``rows_too``) every table's census; returns the store's identifier."""
+
+    def damaged(what: str) -> StoreIntegrityError:
+        return StoreIntegrityError(f"{path} is damaged: {what}. {_RECOVER}")
+
+    rows = conn.execute("SELECT name, value, tag FROM meta").fetchall()
+    values = {name: value for name, value, _ in rows}
+    missing = [name for name in _REQUIRED_META if name not in values]
+    if missing:
+        raise damaged(f"the settings {missing} are missing")
+    try:
+        store_id = bytes.fromhex(_loads(values["store_id"]))
+    except (TypeError, ValueError):
+        store_id = b""
+    if len(store_id) != 16:
+        raise damaged("the setting 'store_id' is unreadable")
+    tagger = RowTagger(key.subkey("store-rows"), store_id)
+    bad = [n for n, value, tag in rows if n not in _UNTAGGED_META and not tagger.verify("meta", n, (value,), tag)]
+    if bad:
+        raise damaged(f"the settings {bad} failed authentication (changed outside fpmatch)")
+    stored = json.loads(values["census"])
+    problems = []
+    for table in TAGGED_TABLES if rows_too else ():
+        try:
+            census = Census.from_json(stored[table])
+        except (KeyError, TypeError, ValueError):
+            raise damaged(f"the census of the {table} table is unreadable") from None
+        problems += _census_problems(table, census, Census.of(tag for (tag,) in conn.execute(f"SELECT tag FROM {table}")))
+    if problems:
+        raise damaged("; ".join(problems))
+    return store_id
+
+
+def _census_problems(table: str, stored: Census, actual: Census) -> list[str]:
+    what = {"subjects": "enrolled subjects", "he_rows": "ciphertext rows", "consents": "consent records"}[table]
+    if stored.count != actual.count:
+        return [
+            f"the database holds {actual.count} {what}, {stored.count} were written: rows were deleted or added "
+            "outside fpmatch"
+        ]
+    if stored.digest != actual.digest:
+        return [f"{what} were replaced outside fpmatch (their census does not verify)"]
+    return []
+
+
+def _row_name(table: str, row: tuple[Any, ...]) -> str:
+    if table == "subjects":
+        return _subject_name(row[0], row[2])
+    if table == "he_rows":
+        return f"ciphertext row {row[0]}"
+    return f"consent record {row[0]!r} (of subject {row[2]!r})"
+
+
+def _subject_name(id_: object, subject: object) -> str:
+    return f"subject {subject!r} (id {id_})"
+
+
+def _blob(value: object) -> bytes:
+    return bytes(value) if isinstance(value, (bytes, memoryview)) else b""
+
+
+def _check_pages(conn: sqlite3.Connection, path: Path) -> None:
+    """SQLite's own check of every page, so a damaged file is refused at open, not at a later read."""
+    found = [str(row[0]) for row in conn.execute("PRAGMA quick_check(5)").fetchall()]
+    if found != ["ok"]:
+        raise StoreIntegrityError(f"{path} is damaged: SQLite reports {'; '.join(found)}. {_RECOVER}")
+
+
+#: SQLite errors that mean the file is damaged (the others, such as a full disk, are raised as they are).
+_DAMAGE_WORDS = ("malformed", "corrupt", "not a database", "no such table", "no such column", "decode")
+
+
+@contextmanager
+def _sqlite_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except UnicodeDecodeError as exc:  # text in the file, or SQLite's message about it, is not UTF-8
+        raise StoreIntegrityError(f"{path} is damaged ({exc}). {_RECOVER}") from exc
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError) and not any(w in str(exc) for w in _DAMAGE_WORDS):
+            raise
+        raise StoreIntegrityError(f"{path} is damaged ({exc}). {_RECOVER}") from exc
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # the error being raised says more
 
 
 def _settings(meta: Mapping[str, str], path: Path, key: ServiceKey, profile: EdgeProfile | None) -> StoreSettings:
@@ -694,17 +973,9 @@ def _settings(meta: Mapping[str, str], path: Path, key: ServiceKey, profile: Edg
         if profile is None:
             raise InvalidInputError(f"{path} is a new store: pass the capture edge's profile (CaptureEdge.profile)")
         return StoreSettings(key.key_id, profile)
-    try:
-        values = {name: json.loads(value) for name, value in meta.items()}
-        if values["format"] != FORMAT:
-            raise StoreFormatError(
-                f"{path} has store format {values['format']}, this version reads {FORMAT} (format 1 stores were "
-                "made by a service that held the transform key: enrol again through a capture edge)"
-            )
-        stored = StoreSettings(str(values["key_id"]), EdgeProfile.from_dict(values["profile"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, StoreFormatError):
-            raise
+    try:  # authenticated by now, so only a defect of an older version could fail here
+        stored = StoreSettings(str(_loads(meta["key_id"])), EdgeProfile.from_dict(_loads(meta["profile"])))
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise StoreFormatError(f"{path} has unreadable settings: {exc}") from exc
     if stored.key_id != key.key_id:
         raise KeyMismatchError(f"{path} was created under service key {stored.key_id}, not {key.key_id}")

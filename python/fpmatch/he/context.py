@@ -14,6 +14,8 @@ from .errors import CiphertextFormatError, SecretMaterialError
 from .params import HEParams
 
 _MAGIC = b"FPHEPUB1"
+#: Largest public context accepted (the largest parameter set's public key is a few megabytes).
+MAX_CONTEXT_BYTES = 1 << 26
 
 
 def serialize_public(context: ts.Context) -> bytes:
@@ -47,6 +49,8 @@ class PublicContext:
         if not isinstance(data, (bytes, bytearray)):
             raise InvalidInputError(f"a public context must be bytes, got {type(data).__name__}")
         data = bytes(data)
+        if len(data) > MAX_CONTEXT_BYTES:
+            raise CiphertextFormatError(f"a public context of {len(data)} bytes is larger than any fpmatch makes")
         if not data.startswith(_MAGIC) or len(data) < len(_MAGIC) + 4:
             raise CiphertextFormatError("not an fpmatch public context (bad magic)")
         (meta_len,) = struct.unpack_from("<I", data, len(_MAGIC))
@@ -56,8 +60,8 @@ class PublicContext:
             key_id = str(meta["key_id"])
             template_bits = int(meta["template_scale_bits"])
             probe_bits = int(meta["probe_scale_bits"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CiphertextFormatError(f"damaged public context header: {exc}") from exc
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # deep JSON nesting: RecursionError
+            raise CiphertextFormatError(f"damaged public context header: {exc!r}") from None
         try:
             context = ts.context_from(data[start + meta_len :])
         except Exception as exc:  # TenSEAL reports bad bytes with assorted exception types

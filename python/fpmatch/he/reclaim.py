@@ -86,6 +86,8 @@ def reclaim_reply(key_id: str, q: int, c0: np.ndarray, c1: np.ndarray) -> bytes:
 
 def parse_reply(data: bytes, *, key_id: str, n: int, q: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
     """The fresh (c0, c1) of a reply, checked against the request it answers."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):  # bytes(n) of an int would allocate n bytes
+        raise CiphertextFormatError(f"a reclaim reply must be bytes, got {type(data).__name__}")
     data = bytes(data)
     expected = _REPLY.size + 16 * rows * n
     if len(data) != expected:

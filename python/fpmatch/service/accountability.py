@@ -72,11 +72,15 @@ class AccountabilityOps(ServiceState):
         return export_jsonl(self._store.audit_entries(), target)
 
     def check_integrity(self) -> IntegrityReport:
-        """Compare database and gallery subject by subject, code by code, ciphertext by
-        ciphertext, and verify the audit chain."""
+        """Authenticate every row and setting of the database, compare database and gallery
+        subject by subject, code by code, ciphertext by ciphertext, and verify the audit chain."""
         problems: list[str] = []
         with self._rw.read():
             now = self._now()
+            damage = self._store.verify()
+            if damage:  # nothing in a damaged database can be compared with the gallery
+                audit = self.audit_verify()
+                return IntegrityReport(False, tuple(damage + ([] if audit.ok else [audit.message])), audit)
             stored = {t.subject: t for t in self._store.templates()}
             in_memory = {s: self._gallery.id_of(s) for s in self._gallery.subjects()}
             if {s: t.id for s, t in stored.items()} != in_memory:

@@ -1,0 +1,112 @@
+"""Writes the seed corpus: a few valid inputs per fuzz target, made with the targets' fixed keys.
+
+    python fuzz/seeds.py [DIRECTORY] [--public-context]
+
+The public context seed (a real TenSEAL context, hundreds of kilobytes) is made only
+with --public-context; ``make fuzz`` makes it in its build directory.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import targets  # noqa: E402
+from fpmatch import CancellableHash, CaptureEdge, EnrolmentRecord, Gallery, ProbeMessage  # noqa: E402
+
+
+def seeds(public_context: bool = False) -> dict[str, list[bytes]]:
+    rng = np.random.default_rng(1)
+    edge = CaptureEdge(targets.HASH_KEY, 16, scheme="hash", bits=64)
+    template = rng.standard_normal((2, 16)).astype(np.float32)
+    pid = edge.profile.profile_id
+    values = rng.integers(-(1 << 20), 1 << 20, size=16, dtype=np.int64)
+    out: dict[str, list[bytes]] = {
+        "edge_enrolment": [
+            edge.enrolment(template[0]).to_bytes(),
+            EnrolmentRecord(pid, np.arange(8, dtype=np.uint8), None, values).to_bytes(),
+            EnrolmentRecord(pid, None, None, values).to_bytes(),
+        ],
+        "edge_probe": [
+            edge.probe(template[1]).to_bytes(),
+            ProbeMessage(pid, None, None, values).to_bytes(),
+        ],
+    }
+    from fpmatch.he import reclaim
+    from fpmatch.he.scores import EncryptedScores
+
+    n, q = targets.RING_N, targets.RING_Q
+    a = rng.integers(0, q, size=(2, n), dtype=np.int64)
+    b = rng.integers(0, q, size=3, dtype=np.int64)
+    scores = EncryptedScores(targets.HE_KEY_ID, 20, q, a, b, np.array([0, 5, 15]), np.array([0, 1, 1]))
+    out["encrypted_scores"] = [scores.to_bytes()]
+    mask = rng.integers(0, 2, size=(2, n)).astype(bool)
+    out["reclaim_request"] = [reclaim.reclaim_request(targets.HE_KEY_ID, q, a - q // 2, mask)]
+    centred = rng.integers(-(q // 2), q // 2, size=(2, 2, n), dtype=np.int64)
+    out["reclaim_reply"] = [reclaim.reclaim_reply(targets.HE_KEY_ID, q, centred[0], centred[1])]
+    indexes = [index.serialize(targets.INDEX_MAC) for index in targets._small_indexes()]
+    out["index_file"] = indexes
+    out["index_file_signed"] = [targets.index_framing(data) for data in indexes]
+    with tempfile.TemporaryDirectory() as tmp:
+        out["key_file"] = [
+            targets.HASH_KEY.save(Path(tmp) / "hash.key").read_bytes(),
+            targets.SERVICE_KEY.save(Path(tmp) / "service.key").read_bytes(),
+        ]
+        out["store_file"] = [_store_bytes(Path(tmp) / "store", edge)]
+        gallery = Gallery(CancellableHash(targets.HASH_KEY, 16, 64))
+        gallery.enrol(["ann", "bob"], template)
+        gallery.save(Path(tmp) / "gallery.fpg")
+        out["gallery_file"] = [(Path(tmp) / "gallery.fpg").read_bytes()]
+    if public_context:
+        from fpmatch.he import KeyHolder
+
+        out["public_context"] = [KeyHolder().public_context()]
+    return out
+
+
+def _store_bytes(directory: Path, edge: CaptureEdge) -> bytes:
+    """A small hash store: two subjects, their consents, a ciphertext row and audit entries."""
+    from fpmatch.audit import AuditEvent
+    from fpmatch.consent import ConsentRecord
+    from fpmatch.store import DATABASE, Store
+
+    store = Store.open(directory, targets.SERVICE_KEY, profile=edge.profile)
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    with store.transaction() as tx:
+        for i, name in enumerate(["ann", "bob"]):
+            record = ConsentRecord(
+                subject=name,
+                purposes=frozenset({"entry"}),
+                granted_at=start,
+                expires_at=start + timedelta(days=30),
+                notice_version="n1",
+                evidence_ref=f"form-{name}",
+                method="signed-form",
+                separate=True,
+                consent_id=f"consent-{name}",
+            )
+            tx.put_consent(record)
+            tx.insert_subject(name, bytes(range(i, i + 8)), "2026-01-01T00:00:00.000000+00:00", slot=i)
+            tx.audit("2026-01-01T00:00:00.000000+00:00", AuditEvent.ENROL, subject=f"pseudonym-{i}", outcome="ok")
+        tx.put_row(0, (bytes(range(64)), 2, 0))
+    store.close()
+    return (directory / DATABASE).read_bytes()
+
+
+def main(argv: list[str]) -> None:
+    root = Path(argv[0]) if argv and not argv[0].startswith("-") else Path(__file__).resolve().parent / "corpus"
+    for target, inputs in seeds("--public-context" in argv).items():
+        folder = root / target
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, data in enumerate(inputs):
+            (folder / f"seed-{i}").write_bytes(data)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Time-boxed coverage-guided runs of every fuzz target (or of those named):
+#   FUZZ_SECONDS=300 bash scripts/fuzz.sh [TARGET ...]
+# Working corpora grow in build/fuzz/TARGET (seeded from fuzz/corpus); findings are
+# written to build/fuzz/findings/ and make the run fail.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+SECONDS_EACH=${FUZZ_SECONDS:-120}
+OUT=build/fuzz
+mkdir -p "$OUT/findings"
+[ -d "$OUT/public_context" ] || "$PY" fuzz/seeds.py "$OUT/seeds" --public-context
+targets=("$@")
+[ ${#targets[@]} -eq 0 ] && mapfile -t targets < <("$PY" -c "import sys; sys.path.insert(0, 'fuzz'); import targets; print('\n'.join(targets.TARGETS))")
+failed=0
+for t in "${targets[@]}"; do
+  mkdir -p "$OUT/$t"
+  echo "== $t (${SECONDS_EACH}s)"
+  seeds=(fuzz/corpus/"$t" "$OUT/seeds/$t")
+  existing=()
+  for d in "${seeds[@]}"; do [ -d "$d" ] && existing+=("$d"); done
+  "$PY" fuzz/run.py "$t" -max_total_time="$SECONDS_EACH" -rss_limit_mb=4096 -timeout=20 \
+    -artifact_prefix="$OUT/findings/$t-" -print_final_stats=1 "$OUT/$t" "${existing[@]}" 2>"$OUT/$t.log"
+  status=$?
+  grep -E "^(stat::number_of_executed_units|stat::new_units_added|Done)" "$OUT/$t.log" || true
+  if [ $status -ne 0 ]; then
+    failed=1
+    echo "   FINDING in $t (exit $status): see $OUT/$t.log and $OUT/findings/" >&2
+  fi
+done
+exit $failed
