@@ -120,9 +120,10 @@ def test_a_probe_embeds_only_the_chosen_face(embeddings: dict[str, np.ndarray]) 
     by_box = faces.embed_probe(photo(TWO_PEOPLE), found[1], model=model)
     assert model.embedded == [found[0], found[1], found[1]]
     np.testing.assert_array_equal(second, by_box)
-    # The largest face is Joe Biden's; the other is someone else.
+    # The largest face is Joe Biden's, the other Barack Obama's.
     assert float(unit(largest) @ unit(embeddings["biden_1.jpg"])) >= faces.MODEL_THRESHOLD
     assert float(unit(second) @ unit(embeddings["biden_1.jpg"])) < faces.MODEL_THRESHOLD
+    assert float(unit(second) @ unit(embeddings["obama_1.jpg"])) >= faces.MODEL_THRESHOLD
     with pytest.raises(NoFaceError, match="no face 2"):
         faces.embed_probe(photo(TWO_PEOPLE), 2, model=model)
     with pytest.raises(NoFaceError, match="not among"):

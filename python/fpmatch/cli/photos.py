@@ -100,7 +100,7 @@ def add_probe_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--face",
         type=_face_index,
-        default="largest",
+        default=0,
         metavar="N",
         help="which face of the photo to match: 0 the largest (default), 1 the next, ...; others are never embedded",
     )

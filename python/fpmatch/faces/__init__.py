@@ -28,7 +28,7 @@ from ..edge import Calibration, CaptureEdge
 from ..errors import InvalidInputError
 from .errors import FaceModelUnavailableError, ImageError, MultipleFacesError, NoFaceError
 from .images import Photo, describe, is_photo, read_image
-from .model import DIM, Face, FaceModel, default_model
+from .model import DIM, Face, FaceModel, default_model, model_directory
 
 #: Decision threshold (cosine of unit-normalised embeddings) for this model: dlib's own rule,
 #: descriptor distance below 0.6, at the descriptors' typical length of about 1.4.
@@ -120,5 +120,6 @@ __all__ = [
     "embed",
     "embed_probe",
     "is_photo",
+    "model_directory",
     "read_image",
 ]
