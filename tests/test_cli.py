@@ -43,6 +43,11 @@ COMMANDS = [
     ["audit", "verify"],
     ["audit", "export"],
     ["purge"],
+    ["serve"],
+    ["tokens"],
+    ["tokens", "new"],
+    ["tokens", "list"],
+    ["tokens", "revoke"],
 ]
 STORE_COMMANDS = [["consent", "grant"], ["consent", "withdraw"], ["consent", "show"], ["enrol"], ["calibrate"],
                   ["verify"], ["identify"], ["audit", "verify"], ["audit", "export"], ["purge"]]  # fmt: skip
