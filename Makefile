@@ -1,6 +1,9 @@
 # make demo : install what is missing, build, run the end-to-end demo
 # make test : the same set-up, then the test suite
 # make bench: the search benchmark at 1M templates (slow; run by hand)
+# make wheel: a wheel that needs no system package (dist/), checked with auditwheel show
+# make check-wheel: that wheel in a fresh virtual environment runs the demo
+# make demo PHOTOS=../shared/faces: the demo on photos instead of synthetic faces
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -8,10 +11,12 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 SOURCES := $(wildcard cpp/*.h cpp/*.cpp) $(shell find python -name '*.py' -o -name '*.pyi') CMakeLists.txt pyproject.toml
 
-.PHONY: demo test bench system-deps clean
+.PHONY: demo test bench wheel check-wheel system-deps clean
+
+PHOTOS ?=
 
 demo: $(VENV)/.built
-	$(VENV)/bin/fpmatch demo
+	$(VENV)/bin/fpmatch demo $(if $(PHOTOS),--photos $(PHOTOS))
 
 test: $(VENV)/.built
 	@$(PY) -m pytest tests -q; status=$$?; \
@@ -27,6 +32,12 @@ bench: $(VENV)/.built
 	$(PY) benchmarks/bench_security.py --json reports/security_centred.json
 	$(PY) benchmarks/bench_eval.py --million --json reports/eval.json --png-dir reports/eval
 
+wheel: $(VENV)/.deps
+	PYTHON=$(PY) bash scripts/build-wheel.sh dist
+
+check-wheel: wheel
+	PYTHON=$(PYTHON) bash scripts/check-wheel.sh dist/fpmatch-*.whl --subjects 500 --probes 50
+
 system-deps:
 	bash scripts/system-deps.sh
 
@@ -40,4 +51,4 @@ $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 	touch $@
 
 clean:
-	rm -rf build $(VENV)
+	rm -rf build dist $(VENV)
