@@ -94,3 +94,12 @@ def test_help_names_the_photo_options(capsys: pytest.CaptureFixture[str]) -> Non
                              ("identify", ("--image", "--face")), ("calibrate", ("--face-model",))):  # fmt: skip
         code, out, _ = run(capsys, command, "--help")
         assert code == 0 and all(option in out for option in options)
+
+
+def test_demo_on_the_shared_photos(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "demo", "--photos", str(photo(".")))
+    assert code == 0, err
+    assert "same person: matched" in out and "6 of 6" in out
+    assert "another person: matched" in out and "0 of 18" in out
+    assert "enrol two_people.jpg" in out and "refused" in out
+    assert "then verify" in out and "use_alternative" in out and "intact" in out
