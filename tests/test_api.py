@@ -208,3 +208,47 @@ def test_oversized_requests_are_refused_before_parsing(deployment: Deployment) -
     with d.server.client(d.token) as fresh:
         error(fresh.post("/v1/verify", content=chunks(), headers={"content-type": "application/json"}), 413, "too_large")
     assert d.http.get("/v1/health").status_code == 200  # still serving
+
+
+def test_tokens_and_serve_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fpmatch import cli
+
+    tokens = str(tmp_path / "tokens.json")
+    assert cli.main(["tokens", "new", "kiosk", "--tokens", tokens]) == 0
+    token = capsys.readouterr().out.strip()
+    assert token.startswith("fpm_") and TokenStore(tokens).authenticate(token) == "kiosk"
+    assert oct((tmp_path / "tokens.json").stat().st_mode & 0o777) == "0o600"
+    assert cli.main(["tokens", "list", "--tokens", tokens]) == 0
+    listed = capsys.readouterr().out
+    assert '"client": "kiosk"' in listed and token.split("_", 2)[2] not in listed
+    assert cli.main(["tokens", "revoke", "kiosk", "--tokens", tokens]) == 0
+    assert TokenStore(tokens).authenticate(token) is None
+    assert cli.main(["tokens", "revoke", "kiosk", "--tokens", tokens]) == 2
+    assert "holds no token" in capsys.readouterr().err
+    (tmp_path / "damaged.json").write_text("{")
+    assert cli.main(["tokens", "list", "--tokens", str(tmp_path / "damaged.json")]) == 2
+    assert "damaged" in capsys.readouterr().err
+    assert cli.main(["serve", "--store", str(tmp_path / "none"), "--tokens", tokens]) == 2
+    assert "no fpmatch store" in capsys.readouterr().err
+
+
+def test_serve_refuses_plain_http_beyond_loopback(deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
+    from fpmatch import cli
+
+    store = deployment.server.log.parent / "store"
+    assert cli.main(["serve", "--store", str(store), "--tokens", str(deployment.tokens.path)]) == 2
+    assert "--tls-cert" in capsys.readouterr().err
+    argv = ["serve", "--store", str(store), "--no-tls", "--host", "0.0.0.0", "--tokens", str(deployment.tokens.path)]
+    assert cli.main(argv) == 2
+    assert "loopback" in capsys.readouterr().err
+
+
+def test_token_store_refuses_odd_tokens(tmp_path: Path) -> None:
+    store = TokenStore(tmp_path / "t.json")
+    token = store.issue("gate")
+    for odd in ("", "fpm", "fpm__", "fpm_zz_" + token.split("_", 2)[2], token + "x", "x" * 10_000, "fpm_" + "a" * 300):
+        assert store.authenticate(odd) is None
+    assert store.authenticate(token) == "gate"
+    for bad in ("", " gate", "a" * 200, "tab\there"):
+        with pytest.raises(ValueError):
+            store.issue(bad)

@@ -277,7 +277,11 @@ class CaptureEdge:
 
     def enrolments(self, templates: Any) -> list[EnrolmentRecord]:
         """One record per template (rows of a (n, dim) float32 array) or per photo (a list of them)."""
-        codes, _, values = self._protect(self._embed(templates), "templates", probe=False)
+        embedded = self._embed(templates)
+        try:
+            codes, _, values = self._protect(embedded, "templates", probe=False)
+        finally:
+            _drop(embedded, templates)
         pid = self.profile.profile_id
         return [
             EnrolmentRecord(pid, None if codes is None else codes[i], None, None if values is None else values[i])
@@ -301,7 +305,11 @@ class CaptureEdge:
         In a photo only the chosen ``face`` is embedded (``"largest"``, an index
         or a box from :func:`fpmatch.faces.detect`); the others never are.
         """
-        codes, reliability, values = self._protect(self._embed(template, face=face), "probe", probe=True)
+        embedded = self._embed(template, face=face)
+        try:
+            codes, reliability, values = self._protect(embedded, "probe", probe=True)
+        finally:
+            _drop(embedded, template)
         n = len(codes if codes is not None else values)  # type: ignore[arg-type]
         if n != 1:
             raise InvalidInputError("a probe message holds one probe")
@@ -393,6 +401,12 @@ class CaptureEdge:
             values = np.rint((unit @ self._rotation.T) * float(1 << bits)).astype(np.int64)
         unit.fill(0.0)
         return codes, reliability, values
+
+
+def _drop(embedded: Any, given: Any) -> None:
+    """Zero an embedding the edge computed from a photo (the caller's own arrays are theirs)."""
+    if embedded is not given and isinstance(embedded, np.ndarray) and embedded.flags.writeable:
+        embedded.fill(0)
 
 
 def rotation(key: HashKey, dim: int) -> np.ndarray:

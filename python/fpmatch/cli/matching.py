@@ -14,7 +14,14 @@ from ..errors import ConsentRequiredError, FpmatchError, IdConflictError
 from ..service import MatchingService, VerificationOutcome
 from ._common import CliError, add_command, load_array, load_templates, note, one_line, positive_int
 from ._parties import session, store_options
-from .photos import add_enrol_options, add_probe_options, cmd_enrol_photos, model_calibration, probe_input
+from .photos import (
+    add_enrol_options,
+    add_probe_options,
+    cmd_enrol_photos,
+    model_calibration,
+    probe_input,
+    probe_message,
+)
 
 
 #: ``verify --exit-code``: the status for each outcome (2 stays reserved for errors).
@@ -168,7 +175,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     probe = probe_input(args)
     with session(args, edge=True) as parties:
         assert parties.edge is not None
-        outcome = parties.service.verify(args.subject, parties.edge.probe(probe, face=args.face), args.purpose)
+        outcome = parties.service.verify(args.subject, probe_message(parties.edge, probe, args), args.purpose)
     print(outcome.value)
     return VERIFY_STATUS[outcome] if args.exit_code else 0
 
@@ -177,7 +184,7 @@ def _cmd_identify(args: argparse.Namespace) -> int:
     probe = probe_input(args)
     with session(args, edge=True) as parties:
         assert parties.edge is not None
-        candidates = parties.service.identify(parties.edge.probe(probe, face=args.face), args.purpose, k=args.k)
+        candidates = parties.service.identify(probe_message(parties.edge, probe, args), args.purpose, k=args.k)
     for candidate in candidates:
         print(json.dumps({"rank": candidate.rank, "subject": candidate.subject}))
     if not candidates:

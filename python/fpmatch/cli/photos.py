@@ -62,6 +62,13 @@ def probe_input(args: argparse.Namespace) -> Any:
     return args.image
 
 
+def probe_message(edge: Any, probe: Any, args: argparse.Namespace) -> Any:
+    """The capture edge's probe message: of a template, or of the chosen face of a photo."""
+    if isinstance(probe, np.ndarray):
+        return edge.probe(probe)
+    return edge.probe(probe, face=args.face)
+
+
 def cmd_enrol_photos(args: argparse.Namespace) -> int:
     """``enrol SUBJECT --image PHOTO`` or ``enrol --images DIR`` (one subject per photo, named by its file)."""
     if any(v is not None for v in (args.template, args.batch, args.templates)) or (
@@ -124,4 +131,12 @@ def model_calibration(args: argparse.Namespace) -> float:
         return parties.service.calibrate(calibration=faces.calibration(parties.edge))
 
 
-__all__ = ["add_enrol_options", "add_probe_options", "cmd_enrol_photos", "model_calibration", "photo_files", "probe_input"]
+__all__ = [
+    "add_enrol_options",
+    "add_probe_options",
+    "cmd_enrol_photos",
+    "model_calibration",
+    "photo_files",
+    "probe_input",
+    "probe_message",
+]
