@@ -29,7 +29,11 @@ def add_commands(commands: Any) -> None:
         "demo",
         "Run the default deployment (key holder, capture edge, matching service) on synthetic faces.",
         _cmd_demo,
-        ["fpmatch demo", "fpmatch demo --subjects 5000 --probes 500 --profile centred", "fpmatch demo --photos ../shared/faces"],
+        [
+            "fpmatch demo",
+            "fpmatch demo --subjects 5000 --probes 500 --profile centred",
+            "fpmatch demo --photos ../shared/faces",
+        ],
         "Creates the three parties' keys and a store in a temporary directory, records consent,\n"
         "enrols in batches, calibrates at the edge from labelled templates, verifies and identifies\n"
         "mated and non-mated probes, withdraws a subject, and prints the figures. The hybrid scheme\n"
