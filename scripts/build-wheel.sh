@@ -6,7 +6,7 @@
 set -euo pipefail
 out=${1:-dist}
 python=${PYTHON:-.venv/bin/python}
-bin=$(dirname "$python")
+bin=$(cd "$(dirname "$python")" && pwd)
 raw=$(mktemp -d)
 trap 'rm -rf "$raw"' EXIT
 "$python" -m pip wheel -q --disable-pip-version-check --no-build-isolation --no-deps -w "$raw" .
