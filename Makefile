@@ -3,6 +3,9 @@
 # make bench: the search benchmark at 1M templates (slow; run by hand)
 # make fuzz : every fuzz target for FUZZ_SECONDS (default 120) each (run by hand)
 # make sanitize: the native core built with AddressSanitizer and UBSan, and its tests run on it
+# make wheel: a wheel that needs no system package (dist/), checked with auditwheel show
+# make check-wheel: that wheel in a fresh virtual environment runs the demo
+# make demo PHOTOS=../shared/faces: the demo on photos instead of synthetic faces
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -10,10 +13,12 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 SOURCES := $(wildcard cpp/*.h cpp/*.cpp) $(shell find python -name '*.py' -o -name '*.pyi') CMakeLists.txt pyproject.toml
 
-.PHONY: demo test bench fuzz sanitize asan system-deps clean
+.PHONY: demo test bench fuzz sanitize asan wheel check-wheel system-deps clean
+
+PHOTOS ?=
 
 demo: $(VENV)/.built
-	$(VENV)/bin/fpmatch demo
+	$(VENV)/bin/fpmatch demo $(if $(PHOTOS),--photos $(PHOTOS))
 
 test: $(VENV)/.built
 	@$(PY) -m pytest tests -q; status=$$?; \
@@ -37,6 +42,12 @@ fuzz: $(VENV)/.built
 sanitize asan: $(VENV)/.built
 	PY=$(PY) bash scripts/sanitize.sh
 
+wheel: $(VENV)/.deps
+	PYTHON=$(PY) bash scripts/build-wheel.sh dist
+
+check-wheel: wheel
+	PYTHON=$(PYTHON) bash scripts/check-wheel.sh dist/fpmatch-*.whl --subjects 500 --probes 50
+
 system-deps:
 	bash scripts/system-deps.sh
 
@@ -50,4 +61,4 @@ $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 	touch $@
 
 clean:
-	rm -rf build $(VENV)
+	rm -rf build dist $(VENV)

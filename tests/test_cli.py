@@ -52,6 +52,11 @@ COMMANDS = [
     ["keyholder", "public"],
     ["keyholder", "certs"],
     ["keyholder", "audit"],
+    ["serve"],
+    ["tokens"],
+    ["tokens", "new"],
+    ["tokens", "list"],
+    ["tokens", "revoke"],
 ]
 STORE_COMMANDS = [["consent", "grant"], ["consent", "withdraw"], ["consent", "show"], ["enrol"], ["calibrate"],
                   ["verify"], ["identify"], ["audit", "verify"], ["audit", "export"], ["purge"]]  # fmt: skip

@@ -294,25 +294,41 @@ class CaptureEdge:
     def scheme(self) -> str:
         return self.profile.scheme
 
-    def enrolments(self, templates: np.ndarray) -> list[EnrolmentRecord]:
-        """One record per template (rows of a (n, dim) float32 array)."""
-        codes, _, values = self._protect(templates, "templates", probe=False)
+    def enrolments(self, templates: Any) -> list[EnrolmentRecord]:
+        """One record per template (rows of a (n, dim) float32 array) or per photo (a list of them)."""
+        embedded = self._embed(templates)
+        try:
+            codes, _, values = self._protect(embedded, "templates", probe=False)
+        finally:
+            _drop(embedded, templates)
         pid = self.profile.profile_id
         return [
             EnrolmentRecord(pid, None if codes is None else codes[i], None, None if values is None else values[i])
             for i in range(len(codes if codes is not None else values))  # type: ignore[arg-type]
         ]
 
-    def enrolment(self, template: np.ndarray) -> EnrolmentRecord:
-        """The record of one template (dim,) or (1, dim)."""
+    def enrolment(self, template: Any) -> EnrolmentRecord:
+        """The record of one template (dim,) or (1, dim), or of the one person in a photo.
+
+        A photo is a path, encoded bytes or a uint8 image array (:mod:`fpmatch.faces`);
+        one with more than one face enrols nobody (``MultipleFacesError``).
+        """
         records = self.enrolments(template)
         if len(records) != 1:
             raise InvalidInputError("enrolment takes one template; use enrolments() for a batch")
         return records[0]
 
-    def probe(self, template: np.ndarray) -> ProbeMessage:
-        """The probe message of one template (dim,) or (1, dim)."""
-        codes, reliability, values = self._protect(template, "probe", probe=True)
+    def probe(self, template: Any, *, face: Any = "largest") -> ProbeMessage:
+        """The probe message of one template (dim,) or (1, dim), or of one face in a photo.
+
+        In a photo only the chosen ``face`` is embedded (``"largest"``, an index
+        or a box from :func:`fpmatch.faces.detect`); the others never are.
+        """
+        embedded = self._embed(template, face=face)
+        try:
+            codes, reliability, values = self._protect(embedded, "probe", probe=True)
+        finally:
+            _drop(embedded, template)
         n = len(codes if codes is not None else values)  # type: ignore[arg-type]
         if n != 1:
             raise InvalidInputError("a probe message holds one probe")
@@ -325,7 +341,7 @@ class CaptureEdge:
 
     def calibration(
         self,
-        templates: np.ndarray,
+        templates: Any,
         labels: np.ndarray,
         target_fmr: float,
         *,
@@ -340,7 +356,7 @@ class CaptureEdge:
         else that many are drawn.
         """
         check_fmr(target_fmr)
-        rows = unit_rows(templates, self.dim)
+        rows = unit_rows(self._embed(templates), self.dim)
         labels = np.asarray(labels)
         if labels.shape != (len(rows),):
             raise InvalidInputError("labels must be 1-D with one label per template")
@@ -371,6 +387,22 @@ class CaptureEdge:
         threshold = threshold_at_fmr(scores, target_fmr)
         return Calibration(self.profile.profile_id, float(target_fmr), threshold, int(len(scores)))
 
+    def _embed(self, value: Any, *, face: Any = None) -> Any:
+        """Embeddings as they are; a photo, or a list of photos, through the face model
+        (probes with the chosen ``face``, enrolments refusing photos of several faces)."""
+        if isinstance(value, np.ndarray) and not (value.dtype == np.uint8 and value.ndim == 3):
+            return value
+        from . import faces
+
+        photos = isinstance(value, (list, tuple))
+        if not (faces.is_photo(value) or (photos and value and all(faces.is_photo(p) for p in value))):
+            return value  # not a photo: the template checks say what is wrong
+        if self.dim != faces.DIM:
+            raise InvalidInputError(f"this capture edge takes {self.dim}-D templates; the face model gives {faces.DIM}-D")
+        if photos:
+            return np.stack([faces.embed(p) for p in value])
+        return faces.embed(value) if face is None else faces.embed_probe(value, face)
+
     def _protect(
         self, templates: np.ndarray, what: str, *, probe: bool
     ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
@@ -388,6 +420,12 @@ class CaptureEdge:
             values = np.rint((unit @ self._rotation.T) * float(1 << bits)).astype(np.int64)
         unit.fill(0.0)
         return codes, reliability, values
+
+
+def _drop(embedded: Any, given: Any) -> None:
+    """Zero an embedding the edge computed from a photo (the caller's own arrays are theirs)."""
+    if embedded is not given and isinstance(embedded, np.ndarray) and embedded.flags.writeable:
+        embedded.fill(0)
 
 
 def rotation(key: HashKey, dim: int) -> np.ndarray:

@@ -26,7 +26,7 @@ import sys
 from typing import Sequence
 
 from ..errors import FpmatchError
-from . import audit, bench, consent, demo, keyholder, keys, matching
+from . import audit, bench, consent, demo, keyholder, keys, matching, serve
 from ._common import FORMATTER, CliError, examples_epilog, note, one_line
 from ._parties import ROLES
 from .matching import VERIFY_STATUS
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fpmatch {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (demo, bench, keys, consent, matching, audit, keyholder):  # the order of --help
+    for group in (demo, bench, keys, consent, matching, audit, keyholder, serve):  # the order of --help
         group.add_commands(commands)
     return parser
 

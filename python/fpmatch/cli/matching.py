@@ -14,6 +14,14 @@ from ..errors import ConsentRequiredError, FpmatchError, IdConflictError
 from ..service import MatchingService, VerificationOutcome
 from ._common import CliError, add_command, load_array, load_templates, note, one_line, positive_int
 from ._parties import session, store_options
+from .photos import (
+    add_enrol_options,
+    add_probe_options,
+    cmd_enrol_photos,
+    model_calibration,
+    probe_input,
+    probe_message,
+)
 
 
 #: ``verify --exit-code``: the status for each outcome (2 stays reserved for errors).
@@ -61,6 +69,8 @@ def _refused_lines(service: MatchingService, lines: Sequence[tuple[int, str]]) -
 
 
 def _cmd_enrol(args: argparse.Namespace) -> int:
+    if args.image is not None or args.images is not None:
+        return cmd_enrol_photos(args)
     single_parts = (args.subject, args.template)
     batch_parts = (args.batch, args.templates)
     single = all(p is not None for p in single_parts) and all(p is None for p in batch_parts)
@@ -132,6 +142,12 @@ def _batch_error(
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
+    if args.face_model:
+        if args.templates is not None or args.labels is not None:
+            args.parser.error("--face-model takes no --templates or --labels")
+        score = model_calibration(args)
+        print(f"threshold: cosine >= {score:.4f}, the face model's own decision rule")
+        return 0
     if (args.templates is None) != (args.labels is None):
         args.parser.error("give both --templates and --labels, or neither")
     templates = labels = None
@@ -156,19 +172,19 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    probe = load_templates(args.probe, "probe", single=True)
+    probe = probe_input(args)
     with session(args, edge=True) as parties:
         assert parties.edge is not None
-        outcome = parties.service.verify(args.subject, parties.edge.probe(probe), args.purpose)
+        outcome = parties.service.verify(args.subject, probe_message(parties.edge, probe, args), args.purpose)
     print(outcome.value)
     return VERIFY_STATUS[outcome] if args.exit_code else 0
 
 
 def _cmd_identify(args: argparse.Namespace) -> int:
-    probe = load_templates(args.probe, "probe", single=True)
+    probe = probe_input(args)
     with session(args, edge=True) as parties:
         assert parties.edge is not None
-        candidates = parties.service.identify(parties.edge.probe(probe), args.purpose, k=args.k)
+        candidates = parties.service.identify(probe_message(parties.edge, probe, args), args.purpose, k=args.k)
     for candidate in candidates:
         print(json.dumps({"rank": candidate.rank, "subject": candidate.subject}))
     if not candidates:
@@ -183,7 +199,11 @@ def add_commands(commands: Any) -> None:
         "enrol",
         "Enrol subjects from float32 .npy templates (each needs an active consent).",
         _cmd_enrol,
-        ["fpmatch enrol alice --template alice.npy", "fpmatch enrol --batch subjects.txt --templates templates.npy"],
+        [
+            "fpmatch enrol alice --template alice.npy",
+            "fpmatch enrol --batch subjects.txt --templates templates.npy",
+            "fpmatch enrol alice --image alice.jpg",
+        ],
         "The capture edge (--key) protects each template and drops it; the matching service stores\n"
         "only the protected record (code, and for hybrid the template encrypted under a secret\n"
         "rotation). A single template is (d,) or (1, d). A batch pairs line i of SUBJECTS.txt (blank\n"
@@ -195,6 +215,7 @@ def add_commands(commands: Any) -> None:
     enrol.add_argument("--template", metavar="FILE.npy", help="one template, shape (d,) or (1, d)")
     enrol.add_argument("--batch", metavar="SUBJECTS.txt", help="one subject name per line")
     enrol.add_argument("--templates", metavar="FILE.npy", help="(n, d) templates, one row per subject line")
+    add_enrol_options(enrol)
     enrol.add_argument("--skip-enrolled", action="store_true", help="skip subjects already enrolled instead of failing")
     enrol.add_argument("--progress", action="store_true", help="show a progress bar even when stderr is not a terminal")
     store_options(enrol)
@@ -218,6 +239,9 @@ def add_commands(commands: Any) -> None:
     calibrate.add_argument("--templates", metavar="FILE.npy", help="labelled float32 templates, shape (n, d)")
     calibrate.add_argument("--labels", metavar="FILE.npy", help="1-D array: the person of each template")
     calibrate.add_argument(
+        "--face-model", action="store_true", help="the face model's own threshold (stores fed --image photos)"
+    )
+    calibrate.add_argument(
         "--max-pairs",
         type=positive_int,
         default=2_000_000,
@@ -233,6 +257,7 @@ def add_commands(commands: Any) -> None:
         [
             "fpmatch verify alice --probe probe.npy --purpose payment",
             "fpmatch verify alice --probe probe.npy --purpose entry --exit-code || open-pin-pad",
+            "fpmatch verify alice --image camera.jpg --purpose entry",
         ],
         "The capture edge (--key) protects the probe and drops it; the matching service decides (for\n"
         "hybrid, the key holder compares the encrypted score with the threshold).\n"
@@ -241,7 +266,8 @@ def add_commands(commands: Any) -> None:
         "whenever the request ran; with --exit-code it is 0 match, 1 no_match, 3 use_alternative.",
     )
     verify.add_argument("subject", metavar="SUBJECT")
-    verify.add_argument("--probe", required=True, metavar="FILE.npy", help="one float32 template, (d,) or (1, d)")
+    verify.add_argument("--probe", metavar="FILE.npy", help="one float32 template, (d,) or (1, d)")
+    add_probe_options(verify)
     verify.add_argument("--purpose", required=True, help="the purpose of this request, e.g. payment")
     verify.add_argument("--exit-code", action="store_true", help="exit 0 match, 1 no_match, 3 use_alternative")
     store_options(verify)
@@ -256,7 +282,8 @@ def add_commands(commands: Any) -> None:
         "holder only says which shortlisted subjects pass the threshold, best first). Nothing is\n"
         "printed when nobody matches; with --exit-code the status is 1 then.",
     )
-    identify.add_argument("--probe", required=True, metavar="FILE.npy", help="one float32 template, (d,) or (1, d)")
+    identify.add_argument("--probe", metavar="FILE.npy", help="one float32 template, (d,) or (1, d)")
+    add_probe_options(identify)
     identify.add_argument("--purpose", required=True, help="the purpose of this request, e.g. entry")
     identify.add_argument("-k", type=positive_int, default=5, help="at most this many candidates (default 5)")
     identify.add_argument("--exit-code", action="store_true", help="exit 1 when nobody matches")
