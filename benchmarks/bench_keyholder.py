@@ -61,7 +61,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(directory: Path, sealed: Path, kek: Path, max_scores: int, workers: int) -> tuple[subprocess.Popen, str]:
+def start_server(
+    directory: Path, sealed: Path, kek: Path, max_scores: int, workers: int
+) -> tuple[subprocess.Popen, str]:
     address = f"127.0.0.1:{free_port()}"
     pki = directory / "pki"
     command = [
@@ -72,7 +74,8 @@ def start_server(directory: Path, sealed: Path, kek: Path, max_scores: int, work
     ]  # fmt: skip
     log_path = directory / "server.log"
     out = open(log_path, "wb")
-    process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 120
     while b"listening on" not in log_path.read_bytes():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -228,7 +231,8 @@ def run(args: argparse.Namespace, directory: Path) -> dict:
         "decide_requests": args.requests,
         "best_requests": n_best,
         "server_workers": args.workers,
-        "transport": "gRPC over loopback, mutual TLS; one ledger transaction (SQLite WAL, synchronous=FULL) per request",
+        "transport": "gRPC over loopback, mutual TLS; one ledger transaction (SQLite WAL, synchronous=FULL) "
+        "per request",
         "fpmatch_version": fpmatch.__version__,
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -245,13 +249,16 @@ def hybrid_verify(args: argparse.Namespace, directory: Path, local: object, remo
     people = faces.identities(args.subjects)
     stored, fresh = faces.samples(people), faces.samples(people)
     names = [f"p{i}" for i in range(args.subjects)]
-    edge = CaptureEdge(HashKey.generate(), stored.shape[1], public_context=local.public_context())  # type: ignore[attr-defined]
+    context = local.public_context()  # type: ignore[attr-defined]
+    edge = CaptureEdge(HashKey.generate(), stored.shape[1], public_context=context)
     key = ServiceKey.generate()
     with MatchingService.open(directory, key, edge=edge.profile, keyholder=local) as svc:
         now = _dt.datetime.now(_dt.timezone.utc)
         svc.grant_consents(
             [
-                fpmatch.ConsentRecord(name, frozenset({"entry"}), now, now + timedelta(days=30), "v1", name, "app", True)
+                fpmatch.ConsentRecord(
+                    name, frozenset({"entry"}), now, now + timedelta(days=30), "v1", name, "app", True
+                )
                 for name in names
             ]
         )
