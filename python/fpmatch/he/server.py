@@ -3,7 +3,8 @@
 Every caller presents a client certificate signed by the deployment's CA; the
 TLS handshake refuses anyone else, and the service listens on no plain-text
 port. The caller's name (for limits and audit) is the certificate's common
-name; a request that names another caller is refused.
+name; a request that names another caller is refused, and so is every request
+from a caller on the deny list (a certificate revoked before it expires).
 
 One method, ``/fpmatch.keyholder.v1.KeyHolder/Call``, carries the byte messages
 of :mod:`fpmatch.he.remote` (a JSON header naming the operation, then
