@@ -60,7 +60,8 @@ COMMANDS = [
 ]
 STORE_COMMANDS = [["consent", "grant"], ["consent", "withdraw"], ["consent", "show"], ["enrol"], ["calibrate"],
                   ["verify"], ["identify"], ["audit", "verify"], ["audit", "export"], ["purge"]]  # fmt: skip
-KEY_ENV = ("FPMATCH_STORE", "FPMATCH_KEY", "FPMATCH_SERVICE_KEY", "FPMATCH_KEYHOLDER_KEY")
+KEY_ENV = ("FPMATCH_STORE", "FPMATCH_KEY", "FPMATCH_SERVICE_KEY", "FPMATCH_KEYHOLDER_KEY", "FPMATCH_KEYHOLDER_ADDRESS",
+           "FPMATCH_KEYHOLDER_CERT", "FPMATCH_KEYHOLDER_TLS_KEY", "FPMATCH_KEYHOLDER_CA")
 
 
 @pytest.fixture(autouse=True)

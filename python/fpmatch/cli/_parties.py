@@ -32,8 +32,17 @@ ROLES = (
     "key file: the capture edge (--key, the hash or transform key) turns .npy templates into\n"
     "protected messages; the matching service (--service-key) stores and matches only those and\n"
     "holds neither other key; the key holder (--keyholder-key; hybrid and he stores) holds the\n"
-    "CKKS secret key and answers decisions on encrypted scores, never decryptions."
+    "CKKS secret key and answers decisions on encrypted scores, never decryptions. Instead of\n"
+    "its key file, --keyholder-address names a running key holder service (`fpmatch keyholder\n"
+    "serve`), reached with mutual TLS (--keyholder-cert, --keyholder-tls-key, --keyholder-ca)."
 )
+#: The remote key holder's options: (option, environment variable, what it names).
+REMOTE_OPTIONS = {
+    "keyholder_address": ("--keyholder-address", "FPMATCH_KEYHOLDER_ADDRESS", "HOST:PORT of the key holder service"),
+    "keyholder_cert": ("--keyholder-cert", "FPMATCH_KEYHOLDER_CERT", "this caller's client certificate (PEM)"),
+    "keyholder_tls_key": ("--keyholder-tls-key", "FPMATCH_KEYHOLDER_TLS_KEY", "that certificate's private key (PEM)"),
+    "keyholder_ca": ("--keyholder-ca", "FPMATCH_KEYHOLDER_CA", "the CA that signed the key holder's certificate (PEM)"),
+}
 
 
 def require_he() -> Any:
@@ -56,6 +65,48 @@ def _load_keyholder(path: str) -> Any:
     return he.KeyHolder.load(path, limits=local)
 
 
+def _remote_keyholder(args: argparse.Namespace) -> Any:
+    """A RemoteKeyHolder for --keyholder-address, or None when the key holder is a local key file."""
+    address = getattr(args, "keyholder_address", None)
+    if address is None:
+        return None
+    if args.keyholder_key is not None:
+        raise CliError("pass either --keyholder-key (a local key file) or --keyholder-address (a service), not both")
+    he = require_he()
+    missing = [REMOTE_OPTIONS[name][0] for name in ("keyholder_cert", "keyholder_tls_key", "keyholder_ca")
+               if getattr(args, name) is None]  # fmt: skip
+    if missing:
+        raise CliError(
+            f"the key holder service takes mutual TLS only: pass {', '.join(missing)} (or set "
+            + ", ".join(REMOTE_OPTIONS[o.lstrip("-").replace("-", "_")][1] for o in missing) + ")"
+        )
+    try:
+        credentials = he.ClientCredentials.from_files(args.keyholder_ca, args.keyholder_cert, args.keyholder_tls_key)
+    except OSError as exc:
+        raise CliError(f"cannot read the key holder's TLS files: {exc}") from exc
+    try:
+        remote = he.RemoteKeyHolder(address, credentials, timeout=30.0, retries=4)
+    except (ImportError, ValueError) as exc:
+        raise CliError(f"--keyholder-address: {one_line(exc)}") from exc
+    try:
+        remote.key_id  # asks once now: an unreachable key holder fails here, before any work
+    except BaseException:
+        remote.close()
+        raise
+    return remote
+
+
+def _keyholder(args: argparse.Namespace, directory: Path, why: str, opened: list[Any]) -> Any:
+    """The key holder: the service at --keyholder-address (added to ``opened``), or the key file --keyholder-key."""
+    remote = _remote_keyholder(args)
+    if remote is not None:
+        opened.append(remote)
+        return remote
+    holder = _load_key(args, "keyholder", why)
+    _outside(args.keyholder_key, directory, "key holder's key")
+    return holder
+
+
 def _loaders() -> dict[str, Callable[[str], Any]]:
     return {"edge": HashKey.load, "service": ServiceKey.load, "keyholder": _load_keyholder}
 
@@ -65,8 +116,9 @@ def _load_key(args: argparse.Namespace, kind: str, why: str = "") -> Any:
     option, variable, what = KEY_KINDS[kind]
     path = getattr(args, option.lstrip("-").replace("-", "_"))
     if path is None:
+        remote = " (or --keyholder-address HOST:PORT for a key holder service)" if kind == "keyholder" else ""
         raise CliError(
-            f"no {what}{why}: pass {option} FILE or set {variable} "
+            f"no {what}{why}: pass {option} FILE{remote} or set {variable} "
             f"(create one with `fpmatch keys new --kind {kind} FILE`)"
         )
     if not Path(path).is_file():
@@ -157,8 +209,20 @@ def session(
 
     A new store needs all three keys (the edge's profile is fixed at creation);
     an existing one needs the service key, the key holder's for encrypted
-    schemes, and the hash key only when ``edge`` (templates to protect).
+    schemes (its key file, or the address of its service), and the hash key
+    only when ``edge`` (templates to protect).
     """
+    opened: list[Any] = []  # remote key holders, whose channels close however the command ends
+    try:
+        with _session(args, opened, edge=edge, announce_purge=announce_purge) as parties:
+            yield parties
+    finally:
+        for remote in opened:
+            remote.close()
+
+
+@contextmanager
+def _session(args: argparse.Namespace, opened: list[Any], *, edge: bool, announce_purge: bool) -> Iterator[Parties]:
     if args.store is None:
         raise CliError("no store: pass --store DIR or set FPMATCH_STORE")
     directory = Path(args.store)
@@ -173,8 +237,7 @@ def session(
         holder = None
         if scheme in ("he", "hybrid"):
             why = f" (a new store runs the {scheme} scheme unless --scheme says otherwise)"
-            holder = _load_key(args, "keyholder", why)
-            _outside(args.keyholder_key, directory, "key holder's key")
+            holder = _keyholder(args, directory, why, opened)
         key = _load_key(args, "edge", " (a new store takes the capture edge's profile)")
         ensure_outside(key, directory)
         context = None if holder is None else holder.public_context()
@@ -197,12 +260,13 @@ def session(
         _check_scheme(profile.scheme)
         holder = None
         if profile.encrypted:
-            holder = _load_key(args, "keyholder", f" ({directory} runs the {profile.scheme} scheme)")
-            _outside(args.keyholder_key, directory, "key holder's key")
+            holder = _keyholder(args, directory, f" ({directory} runs the {profile.scheme} scheme)", opened)
             if holder.key_id != profile.he_key_id:
+                where = args.keyholder_key or f"at {args.keyholder_address}"
                 raise CliError(
-                    f"the key holder's key {args.keyholder_key} (key id {holder.key_id}) is not the one "
-                    f"{directory}'s templates are encrypted under ({profile.he_key_id}): pass that with --keyholder-key"
+                    f"the key holder's key {where} (key id {holder.key_id}) is not the one "
+                    f"{directory}'s templates are encrypted under ({profile.he_key_id}): pass that key holder "
+                    "(--keyholder-key or --keyholder-address); after a key rotation, re-enrol into a new store"
                 )
         capture = _capture_edge(args, directory, profile, holder) if edge else None
     service = MatchingService.open(
@@ -227,8 +291,8 @@ def _env(name: str) -> str | None:
 def store_options(parser: argparse.ArgumentParser) -> None:
     options = parser.add_argument_group(
         "store and parties",
-        ROLES + "\nHere the key holder serves one local command, so its per-caller request rate limit\n"
-        "(there against remote callers probing its key) is lifted.",
+        ROLES + "\nA local key file serves one command, so its per-caller request rate limit (there against\n"
+        "remote callers probing its key) is lifted; a key holder service keeps its own limits.",
     )
     options.add_argument(
         "--store", metavar="DIR", default=_env("FPMATCH_STORE"), help="store directory (default: $FPMATCH_STORE)"
@@ -250,8 +314,14 @@ def store_options(parser: argparse.ArgumentParser) -> None:
         "--keyholder-key",
         metavar="FILE",
         default=_env("FPMATCH_KEYHOLDER_KEY"),
-        help="key holder: CKKS secret key file; needed for hybrid and he stores (default: $FPMATCH_KEYHOLDER_KEY)",
+        help="key holder: CKKS secret key file; needed for hybrid and he stores unless --keyholder-address "
+        "(default: $FPMATCH_KEYHOLDER_KEY)",
     )
+    for name, (option, variable, what) in REMOTE_OPTIONS.items():
+        options.add_argument(
+            option, dest=name, metavar="HOST:PORT" if name == "keyholder_address" else "FILE",
+            default=_env(variable), help=f"key holder service: {what} (default: ${variable})",
+        )  # fmt: skip
     options.add_argument(
         "--scheme",
         choices=SCHEMES,

@@ -90,7 +90,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"cannot read the TLS files: {exc}") from exc
     ledger = Ledger(args.ledger, _budgets(args))
-    service = KeyHolderService(holder, ledger, release_coarse=args.allow_coarse_scores)
+    service = KeyHolderService(holder, ledger, release_coarse=args.allow_coarse_scores, denied=args.deny or ())
+    if args.deny:
+        print(f"refusing the revoked caller(s): {', '.join(sorted(set(args.deny)))}", file=sys.stderr)
     if args.allow_coarse_scores:
         print("warning: coarse scores are released; each is a noisy value that helps rebuild templates", file=sys.stderr)
     serve_until_signalled(KeyHolderServer(service, credentials, args.listen, workers=args.workers))
@@ -179,6 +181,9 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--ledger", required=True, metavar="FILE", help="SQLite file of limits and audit log")
     serve.add_argument("--workers", type=positive_int, default=8, help="request threads (default 8)")
     serve.add_argument("--allow-coarse-scores", action="store_true", help="also release noisy coarse scores (off)")
+    serve.add_argument("--deny", action="append", metavar="CN",
+                       help="refuse the caller with this certificate common name, although its certificate "
+                       "verifies (revocation; repeatable; requests are refused and audited)")  # fmt: skip
     limits = serve.add_argument_group("limits (per caller unless said otherwise; days are UTC)")
     limits.add_argument("--rate", type=float, default=20.0, help="requests per second (default 20)")
     limits.add_argument("--burst", type=positive_int, default=100, help="burst of requests (default 100)")

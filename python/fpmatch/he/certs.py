@@ -43,9 +43,10 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
 
 def _issue(
     subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer: ec.EllipticCurvePrivateKey,
-    *, ca: bool = False, hosts: Sequence[str] = (), client: bool = False,
+    *, ca: bool = False, hosts: Sequence[str] = (), client: bool = False, days: float = VALID_DAYS,
+    start: datetime.datetime | None = None,
 ) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = start or datetime.datetime.now(datetime.timezone.utc)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(subject))
@@ -53,7 +54,7 @@ def _issue(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
+        .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
     )
     if ca:
@@ -108,14 +109,23 @@ def issue_server(directory: str | os.PathLike[str], hosts: Sequence[str] = ("loc
     return _save(target, "server", _issue(name, key, ca_cert.subject, ca_key, hosts=hosts), key)
 
 
-def issue_client(directory: str | os.PathLike[str], caller: str) -> Issued:
-    """``<caller>.crt``/``<caller>.key`` signed by the CA in ``directory``; the caller's name is its CN."""
-    if not caller or not all(c.isalnum() or c in "-_." for c in caller) or caller.startswith("."):
-        raise ValueError(f"a caller name is letters, digits, '-', '_' and '.', got {caller!r}")
+def issue_client(
+    directory: str | os.PathLike[str], caller: str, *, days: float = VALID_DAYS,
+    start: datetime.datetime | None = None, stem: str | None = None,
+) -> Issued:  # fmt: skip
+    """``<caller>.crt``/``<caller>.key`` signed by the CA in ``directory``; the caller's name is its CN.
+
+    The certificate is valid for ``days`` from ``start`` (default: now, less five minutes
+    of clock skew); ``stem`` names the files when they should not be named after the caller.
+    """
+    for name in (caller, stem or caller):
+        if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+            raise ValueError(f"a caller name is letters, digits, '-', '_' and '.', got {name!r}")
     target = Path(directory)
     ca_cert, ca_key = _load_ca(target)
     key = ec.generate_private_key(ec.SECP256R1())
-    return _save(target, caller, _issue(caller, key, ca_cert.subject, ca_key, client=True), key)
+    cert = _issue(caller, key, ca_cert.subject, ca_key, client=True, days=days, start=start)
+    return _save(target, stem or caller, cert, key)
 
 
 def make_test_pki(

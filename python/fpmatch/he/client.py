@@ -157,6 +157,7 @@ class RemoteKeyHolder:
         self.timeout, self.retries, self.backoff, self.max_backoff = timeout, retries, backoff, max_backoff
         self._sleep = sleep
         self.attempts = 0  # attempts made, retries included (for monitoring)
+        self._key_id: str | None = None
 
     def close(self) -> None:
         self._transport.close()
@@ -191,6 +192,15 @@ class RemoteKeyHolder:
 
     def public_context(self) -> bytes:
         return self._call({"op": "public_context"})[1]
+
+    @property
+    def key_id(self) -> str:
+        """The key holder's key id, read from its public context (asked once)."""
+        if self._key_id is None:
+            from .context import PublicContext
+
+            self._key_id = PublicContext(self.public_context()).key_id
+        return self._key_id
 
     def decide(self, scores: bytes, threshold: float, *, caller: str, subject: str | None = None) -> list[bool]:
         header = {"op": "decide", "threshold": threshold, "caller": caller, "subject": subject}

@@ -3,7 +3,8 @@
 Every caller presents a client certificate signed by the deployment's CA; the
 TLS handshake refuses anyone else, and the service listens on no plain-text
 port. The caller's name (for limits and audit) is the certificate's common
-name; a request that names another caller is refused.
+name; a request that names another caller is refused, and so is every request
+from a caller on the deny list (a certificate revoked before it expires).
 
 One method, ``/fpmatch.keyholder.v1.KeyHolder/Call``, carries the byte messages
 of :mod:`fpmatch.he.remote` (a JSON header naming the operation, then
@@ -24,7 +25,7 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from ..errors import FpmatchError
 from .client import CHANNEL_OPTIONS
@@ -88,10 +89,14 @@ def _released(op: str, result: Any, count: int) -> dict[str, int]:
 class KeyHolderService:
     """Answers authenticated requests: the part of the server that does not touch the network."""
 
-    def __init__(self, holder: KeyHolder, ledger: Ledger, *, release_coarse: bool = False) -> None:
+    def __init__(
+        self, holder: KeyHolder, ledger: Ledger, *, release_coarse: bool = False, denied: Iterable[str] = ()
+    ) -> None:
         self.holder = holder
         self.ledger = ledger
         self.release_coarse = release_coarse
+        #: Common names refused although their certificates verify (revoked before they expire).
+        self.denied = frozenset(denied)
 
     def handle(self, caller: str, message: bytes) -> bytes:
         """One request from ``caller`` (authenticated by the transport) in, one reply out.
@@ -104,6 +109,8 @@ class KeyHolderService:
                 problem: Exception | None = None
             except CiphertextFormatError as exc:
                 op, header, payload, problem = "malformed", {}, b"", exc
+            if caller in self.denied:  # refused and audited: a revoked caller still asking is worth seeing
+                problem = DecryptionRefusedError(f"the certificate of caller {caller!r} is revoked at this key holder")
             if problem is None and op == "public_context":
                 return reply(None, self.holder.public_context())
             if problem is None and op == "usage":
