@@ -71,10 +71,10 @@ class _Block:
 class EncryptedGallery:
     """Encrypted templates of enrolled subjects; decisions come from a key holder.
 
-    Identification scores blocks on ``n_threads`` threads (0: every core).
+    Scoring runs on ``n_threads`` threads (0: every core).
     """
 
-    def __init__(self, context: PublicContext | bytes, dim: int, *, n_threads: int = 0) -> None:
+    def __init__(self, context: PublicContext | bytes, dim: int, *, n_threads: int = 1) -> None:
         self.context = context if isinstance(context, PublicContext) else PublicContext(context)
         self.probe_scale_bits = self.context.params.probe_scale_bits_for(dim)
         self.dim = dim
@@ -165,7 +165,7 @@ class EncryptedGallery:
         block = self._blocks[b].data
         q, n = self.context.ring.q, self.context.ring.n
         beta = combine([block[:, t : t + 1]], weights, q)[0, 0]
-        alpha = combine([block[:, n:]], weights, q)[0]
+        alpha = combine([block[:, n:]], weights, q, n_threads=self.n_threads)[0]
         return self._scores(alpha[None, :], np.array([beta]), np.array([t]), np.zeros(1, dtype=np.int64))
 
     def verify(
@@ -251,7 +251,7 @@ class EncryptedGallery:
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike[str], mac_key: bytes | None = None, *, n_threads: int = 0
+        cls, path: str | os.PathLike[str], mac_key: bytes | None = None, *, n_threads: int = 1
     ) -> "EncryptedGallery":
         """Check and load a gallery written by :meth:`save`."""
         body, meta, public, offset = _read_checked(Path(path), mac_key)
