@@ -224,7 +224,7 @@ class CiphertextBlocks:
         q, n = self.context.ring.q, self.n
         block_of, coefficient = np.divmod(np.asarray(slots, dtype=np.int64), n)
         blocks, row = np.unique(block_of, return_inverse=True)
-        alpha = combine([self._data[b][:, n:] for b in blocks.tolist()], weights, q)
+        alpha = combine([self._data[b][:, n:] for b in blocks.tolist()], weights, q, n_threads=self.n_threads)
         columns = [self._data[b][:, t : t + 1] for b, t in zip(block_of.tolist(), coefficient.tolist())]
         beta = combine(columns, weights, q)[:, 0]
         return self._scores(alpha, beta, coefficient, row.astype(np.int64).reshape(-1))

@@ -56,10 +56,11 @@ __all__ = ["EncryptedGallery", "MAX_REFRESHES"]
 class EncryptedGallery(EncryptedSchemeGallery):
     """Encrypted templates of enrolled subjects; decisions come from a key holder.
 
-    Identification scores blocks on ``n_threads`` threads (0: every core).
+    Scoring runs on ``n_threads`` threads (0: every core; one by default, as the
+    evaluation's one-thread figures assume).
     """
 
-    def __init__(self, context: PublicContext | bytes, dim: int, *, n_threads: int = 0) -> None:
+    def __init__(self, context: PublicContext | bytes, dim: int, *, n_threads: int = 1) -> None:
         context = context if isinstance(context, PublicContext) else PublicContext(context)
         probe_bits = context.params.probe_scale_bits_for(dim)  # checks dim
         profile = EdgeProfile(
@@ -201,7 +202,7 @@ class EncryptedGallery(EncryptedSchemeGallery):
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike[str], mac_key: bytes | None = None, *, n_threads: int = 0
+        cls, path: str | os.PathLike[str], mac_key: bytes | None = None, *, n_threads: int = 1
     ) -> "EncryptedGallery":
         """Check and load a gallery written by :meth:`save` (or by the format before it)."""
         body, meta, public, offset, magic = _read_checked(Path(path), mac_key)
