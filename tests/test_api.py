@@ -243,6 +243,21 @@ def test_serve_refuses_plain_http_beyond_loopback(deployment: Deployment, capsys
     assert "loopback" in capsys.readouterr().err
 
 
+def test_serve_takes_a_key_holder_service_with_its_tls_files(
+    deployment: Deployment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fpmatch import cli
+
+    store = deployment.server.log.parent / "store"
+    keys = deployment.server.log.parent / "keys"
+    base = ["serve", "--store", str(store), "--tokens", str(deployment.tokens.path), "--no-tls",
+            "--service-key", str(keys / "service.key"), "--keyholder-address", "127.0.0.1:1"]  # fmt: skip
+    assert cli.main([*base, "--keyholder-key", str(keys / "keyholder.key")]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert cli.main(base) == 2
+    assert "--keyholder-cert" in capsys.readouterr().err  # mutual TLS only: the client's files are required
+
+
 def test_token_store_refuses_odd_tokens(tmp_path: Path) -> None:
     store = TokenStore(tmp_path / "t.json")
     token = store.issue("gate")

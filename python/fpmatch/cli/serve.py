@@ -10,7 +10,7 @@ from typing import Any
 
 from ..store import DATABASE
 from ._common import CliError, add_command, add_group, note, positive_int
-from ._parties import _load_key, require_he
+from ._parties import REMOTE_OPTIONS, _load_key, _remote_keyholder, require_he
 
 #: The token file when neither --tokens nor $FPMATCH_TOKENS names one: hashes only, so it may sit in the store.
 TOKEN_FILE = "api-tokens.json"
@@ -34,8 +34,6 @@ def _token_path(args: argparse.Namespace) -> Path:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     api = _require_api()
-    from ..service import MatchingService
-
     if args.store is None:
         raise CliError("no store: pass --store DIR or set FPMATCH_STORE")
     directory = Path(args.store)
@@ -51,9 +49,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if path is not None and not Path(path).is_file():
             raise CliError(f"TLS file not found: {path}")
     service_key = _load_key(args, "service")
-    holder = None
-    if args.keyholder_key is not None:  # a deployed key holder keeps its per-caller rate limit
+    holder = _remote_keyholder(args)
+    remote = holder is not None
+    if holder is None and args.keyholder_key is not None:  # a deployed key holder keeps its per-caller rate limit
         holder = require_he().KeyHolder.load(args.keyholder_key)
+    try:
+        _serve(args, directory, service_key, holder)
+    finally:
+        if remote:
+            holder.close()
+    return 0
+
+
+def _serve(args: argparse.Namespace, directory: Path, service_key: Any, holder: Any) -> None:
+    from .. import api
+    from ..service import MatchingService
+
     tokens = api.TokenStore(_token_path(args))
     if not tokens.clients():
         note(f"no API clients yet: every request will be refused until `fpmatch tokens new CLIENT --tokens {tokens.path}`")
@@ -70,7 +81,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             max_body_bytes=args.max_body,
             log_level=args.log_level,
         )
-    return 0
 
 
 def _cmd_tokens_new(args: argparse.Namespace) -> int:
@@ -121,7 +131,8 @@ def add_commands(commands: Any) -> None:
         "Every route but /v1/health and the docs (/docs, /openapi.json) needs Authorization: Bearer\n"
         "TOKEN of a client from `fpmatch tokens new`. Bodies above --max-body bytes are refused\n"
         'before parsing; errors are {"error": {"code": ..., "message": ...}}. The store must exist.\n'
-        "The service holds only its own key (--service-key) and, for hybrid stores, the key holder\n"
+        "The service holds only its own key (--service-key); for hybrid and he stores it reaches the\n"
+        "key holder service (--keyholder-address with mutual TLS) or loads its key file\n"
         "(--keyholder-key, with its per-caller rate limit).",
     )
     _token_options(serve)
@@ -129,6 +140,9 @@ def add_commands(commands: Any) -> None:
                        help="matching service: its own key file (default: $FPMATCH_SERVICE_KEY)")  # fmt: skip
     serve.add_argument("--keyholder-key", metavar="FILE", default=os.environ.get("FPMATCH_KEYHOLDER_KEY") or None,
                        help="key holder: CKKS secret key file, for hybrid stores (default: $FPMATCH_KEYHOLDER_KEY)")  # fmt: skip
+    for name, (option, variable, what) in REMOTE_OPTIONS.items():
+        serve.add_argument(option, dest=name, metavar="HOST:PORT" if name == "keyholder_address" else "FILE",
+                           default=os.environ.get(variable) or None, help=f"key holder service: {what} (default: ${variable})")  # fmt: skip
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=positive_int, default=8443, help="port (default 8443)")
     serve.add_argument("--tls-cert", metavar="PEM", help="TLS certificate (chain) file")
