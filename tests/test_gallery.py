@@ -703,3 +703,22 @@ def test_identify_while_another_thread_removes_never_fails(faces: dict) -> None:
     for t in threads:
         t.join()
     assert not errors and len(g) == 900
+
+
+def test_gallery_files_that_are_not_regular_files_are_refused_before_reading(tmp_path) -> None:
+    import os
+
+    from fpmatch.errors import KeyFileError
+    from fpmatch.he import EncryptedGallery, HybridGallery, KeyHolder
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", fifo, tmp_path):
+        with pytest.raises(InvalidInputError, match="not a regular file"):
+            Gallery.load(path, KEY_B)
+        with pytest.raises(InvalidInputError, match="not a regular file"):
+            HybridGallery.load(path, KEY_B)
+        with pytest.raises(InvalidInputError, match="not a regular file"):
+            EncryptedGallery.load(path)
+        with pytest.raises(KeyFileError, match="not a regular file"):
+            KeyHolder.load(path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from typing import Sequence
 
 import numpy as np
@@ -52,3 +54,14 @@ def unit_rows(templates: object, dim: int, what: str = "templates") -> np.ndarra
     if (norms == 0).any():
         raise InvalidInputError(f"{what} contain a zero vector")
     return rows / norms
+
+
+def read_regular_file(path: "os.PathLike[str] | str", what: str) -> bytes:
+    """The bytes of a regular file: a device, a pipe or a directory is refused before any read
+    (``/dev/zero`` or a FIFO would otherwise be read without end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO must not wait for a writer
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InvalidInputError(f"{path} is not a regular file: not {what}")
+    with os.fdopen(fd, "rb") as f:
+        return f.read()

@@ -26,7 +26,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ._validate import as_subject_list, as_template_rows, require_array
+from ._validate import as_subject_list, as_template_rows, read_regular_file, require_array
 from .codes import weighted_pairs
 from .edge import EdgeProfile
 from .errors import AuthenticationError, IdConflictError, InvalidInputError, KeyMismatchError, UnknownSubjectError
@@ -253,7 +253,7 @@ class Gallery(HashSchemeGallery):
         """Authenticate and load a gallery written by :meth:`save`."""
         source = Path(path)
         ensure_outside(key, source.parent)
-        data = source.read_bytes()
+        data = read_regular_file(source, "an fpmatch gallery file")
         if len(data) < len(_MAGIC) + 8 + 32 or not data.startswith(_MAGIC):
             raise AuthenticationError(f"{source} is not an fpmatch gallery file (or is truncated)")
         body, tag = data[:-32], data[-32:]

@@ -34,7 +34,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .._validate import as_subject_list, unit_rows
+from .._validate import as_subject_list, read_regular_file, unit_rows
 from ..edge import EdgeProfile, EnrolmentRecord
 from ..errors import AuthenticationError, IdConflictError, InvalidInputError, KeyMismatchError, UnknownSubjectError
 from ..galleries.base import StoredTemplate
@@ -288,7 +288,7 @@ def _write_atomic(target: Path, data: bytes) -> None:
 
 def _read_checked(source: Path, mac_key: bytes | None) -> tuple[bytes, dict, bytes, int, bytes]:
     """(body, meta, public context bytes, offset of the arrays, magic) of a checked gallery file."""
-    data = source.read_bytes()
+    data = read_regular_file(source, "an fpmatch encrypted gallery")
     if len(data) < len(_MAGIC) + 16 + 32 or data[: len(_MAGIC)] not in (_MAGIC, _OLD_MAGIC):
         raise AuthenticationError(f"{source} is not an fpmatch encrypted gallery (or is truncated)")
     body, tag = data[:-32], data[-32:]

@@ -33,7 +33,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .._validate import as_subject_list, as_template_rows, unit_rows
+from .._validate import as_subject_list, as_template_rows, read_regular_file, unit_rows
 from ..errors import AuthenticationError, IdConflictError, InvalidInputError, KeyMismatchError
 from ..edge import EnrolmentRecord
 from ..galleries.base import StoredTemplate
@@ -220,7 +220,7 @@ class HybridGallery(HybridSchemeGallery):
         """Authenticate and load a gallery written by :meth:`save`."""
         source = Path(path)
         ensure_outside(key, source.parent)
-        data = source.read_bytes()
+        data = read_regular_file(source, "an fpmatch hybrid gallery")
         head = len(_MAGIC) + 24
         if len(data) < head + 32 or not data.startswith(_MAGIC):
             raise AuthenticationError(f"{source} is not an fpmatch hybrid gallery (or is truncated)")

@@ -48,6 +48,7 @@ from typing import Callable, Protocol, runtime_checkable
 import numpy as np
 import tenseal as ts
 
+from .._validate import read_regular_file
 from ..errors import InvalidInputError, KeyFileError
 from ._encoding import check_threshold
 from ._ring import Ring, ZeroEncryptor, secret_ntt
@@ -215,8 +216,8 @@ class KeyHolder:
         """Read a secret context written by :meth:`save`; ``options`` as for the constructor."""
         source = Path(path)
         try:
-            data = source.read_bytes()
-        except OSError as exc:
+            data = read_regular_file(source, "an fpmatch HE key file")
+        except (OSError, InvalidInputError) as exc:
             raise KeyFileError(f"cannot read HE key file {source}: {exc}") from exc
         return cls.from_bytes(data, what=str(source), **options)
 
