@@ -37,7 +37,6 @@ import json
 import os
 import secrets
 import sqlite3
-import stat
 import struct
 import threading
 from contextlib import contextmanager
@@ -48,6 +47,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 
+from ._validate import read_regular_file
 from .audit import AuditEntry, AuditEvent, AuditHead, head_mac, make_entry
 from .consent import ConsentRecord, parse_time
 from .errors import (
@@ -754,11 +754,11 @@ class Store:
         ``"missing"``, ``"unauthenticated"``, ``"stale"`` or ``"mismatch"``.
         """
         try:
-            if not stat.S_ISREG(self.cache_path.stat().st_mode):  # a device or a pipe is no cache
-                return None, "unauthenticated"
-            data = self.cache_path.read_bytes()
+            data = read_regular_file(self.cache_path, "an index cache")
         except FileNotFoundError:
             return None, "missing"
+        except InvalidInputError:  # a device or a pipe is no cache
+            return None, "unauthenticated"
         head = len(_CACHE_MAGIC) + 8
         if len(data) < head + _TAG_BYTES or not data.startswith(_CACHE_MAGIC):
             return None, "unauthenticated"

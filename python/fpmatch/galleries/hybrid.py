@@ -40,13 +40,14 @@ class HybridSchemeGallery(ProtectedGallery):
         caller: str,
         shortlist: int | None = None,
         candidates: int = DEFAULT_CANDIDATES,
+        context: PublicContext | None = None,
         **options: int,
     ) -> None:
         super().__init__(profile)
         assert profile.bits is not None and profile.he_context is not None
         depth = default_shortlist(profile) if shortlist is None else shortlist
         self.codes = CodeTable(profile.bits, index, depth, **options)
-        self.ciphertext_rows = CiphertextRows(PublicContext(profile.he_context), profile.dim)
+        self.ciphertext_rows = CiphertextRows(context or PublicContext(profile.he_context), profile.dim)
         self._reclaim = None if decider is None else partial(reclaim_through, decider, caller, self.ciphertext_rows.context)
         self.candidates = candidates
         self._decider = decider

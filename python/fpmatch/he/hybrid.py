@@ -85,7 +85,7 @@ class HybridGallery(HybridSchemeGallery):
             probe_scale_bits=context.params.probe_scale_bits_for(scheme.dim),
         )
         chosen = code_index(scheme.bits, index, hnsw_m, ef_construction, ef_search)
-        super().__init__(profile, chosen, decider=None, caller="", candidates=shortlist)
+        super().__init__(profile, chosen, decider=None, caller="", candidates=shortlist, context=context)
         self.scheme = scheme
         self.context = context
         self.dim = scheme.dim

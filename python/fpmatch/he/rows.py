@@ -79,43 +79,45 @@ class CiphertextRows:
         g, d, n = self.group, self.dim, self.context.ring.n
         m = len(values)
         reused = sorted(s for s in self.erased if self.refreshes[s // g] < MAX_REFRESHES)[:m] if reclaim else []
-        reclaimed_rows = sorted({s // g for s in reused})
+        reclaimed = {row: i for i, row in enumerate(sorted({s // g for s in reused}))}  # row -> reclaim reply row
         fresh = None
-        if reclaimed_rows:
-            mask = np.zeros((len(reclaimed_rows), n), dtype=bool)
+        if reclaimed:
+            mask = np.zeros((len(reclaimed), n), dtype=bool)
             for s in reused:
                 row, p = divmod(s, g)
-                mask[reclaimed_rows.index(row), p * d : (p + 1) * d] = True
-            fresh = reclaim(self._c1[reclaimed_rows], mask)  # type: ignore[misc]
+                mask[reclaimed[row], p * d : (p + 1) * d] = True
+            fresh = reclaim(self._c1[list(reclaimed)], mask)  # type: ignore[misc]
         if fresh is None:
-            reused, reclaimed_rows = [], []
+            reused, reclaimed = [], {}
         places = [divmod(s, g) for s in reused]
         last = self.count - 1
         if len(places) < m and last >= 0 and self.used[last] < g and self.refreshes[last] < MAX_REFRESHES:
             places += [(last, p) for p in range(self.used[last], min(g, self.used[last] + m - len(places)))]
         places += [(self.count + i // g, i % g) for i in range(m - len(places))]
         rows = sorted({row for row, _ in places})
-        plain = [row for row in rows if row not in reclaimed_rows]
-        c0, c1 = np.zeros((len(rows), n), dtype=np.int64), np.zeros((len(rows), n), dtype=np.int64)
-        z0, z1 = self.context.encrypt_zeros(len(plain))
+        at = {row: i for i, row in enumerate(rows)}
+        # Every written row absorbs one fresh encryption: the reclaim reply, or one of zero.
+        z0, z1 = self.context.encrypt_zeros(len(rows) - len(reclaimed))
+        plain = iter(range(len(z0)))
+        c0, c1 = np.empty((len(rows), n), dtype=np.int64), np.empty((len(rows), n), dtype=np.int64)
         for i, row in enumerate(rows):
-            if row in reclaimed_rows:
-                at = reclaimed_rows.index(row)
-                c0[i], c1[i] = fresh[0][at], fresh[1][at]  # type: ignore[index]
+            if row in reclaimed:
+                c0[i], c1[i] = fresh[0][reclaimed[row]], fresh[1][reclaimed[row]]  # type: ignore[index]
             else:
-                at = plain.index(row)
-                c0[i], c1[i] = z0[at], z1[at]
-            if row < self.count:
-                c0[i] += self._c0[row]
-                c1[i] += self._c1[row]
+                j = next(plain)
+                c0[i], c1[i] = z0[j], z1[j]
+        base0 = np.array([self._c0[row] if row < self.count else np.zeros(n, dtype=np.int64) for row in rows])
         for s in reused:  # an earlier re-randomisation left noise in erased windows: the reclaim cancels c1*s only
             row, p = divmod(s, g)
-            c0[rows.index(row), p * d : (p + 1) * d] = fresh[0][reclaimed_rows.index(row), p * d : (p + 1) * d]  # type: ignore[index]
+            base0[at[row], p * d : (p + 1) * d] = 0
+        c0 += base0
+        for row in rows:
+            if row < self.count:
+                c1[at[row]] += self._c1[row]
         used = [self.used[row] if row < self.count else 0 for row in rows]
         for (row, p), value in zip(places, values):
-            i = rows.index(row)
-            c0[i, p * d : (p + 1) * d] += value
-            used[i] = max(used[i], p + 1)
+            c0[at[row], p * d : (p + 1) * d] += value
+            used[at[row]] = max(used[at[row]], p + 1)
         refreshes = [(self.refreshes[row] if row < self.count else 0) + 1 for row in rows]
         ring = self.context.ring
         return StagedRows(rows, ring.centre(c0), ring.centre(c1), [r * g + p for r, p in places], used, refreshes)
