@@ -94,3 +94,8 @@ class ErasureError(FpmatchError, RuntimeError):
 
 class TooManyAttemptsError(FpmatchError, PermissionError):
     """Alternative verification is locked after repeated failures; try again later."""
+
+
+class ShardUnavailableError(FpmatchError, ConnectionError):
+    """No live replica of a shard could answer (all failed or are being rebuilt); nothing was decided.
+    Retriable: a replacement rebuilt from the store rejoins shortly."""

@@ -10,13 +10,17 @@ computes everything a change writes (codes, ciphertext rows, the bytes that
 erasure must remove) without touching memory; the service commits that to the
 store, then calls :meth:`Staged.apply`. Reads may run from several threads;
 the service runs writes one at a time and never beside reads.
+
+A staged change also carries ``change``: plain data (numbers, bytes, arrays)
+from which :meth:`ProtectedGallery.replay` makes the same change on another
+copy of the gallery in the same state, bit for bit (replicas of a shard).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -39,6 +43,8 @@ class Staged:
     resealed: dict[int, bytes] = field(default_factory=dict)  # store id -> new ciphertext part of an enrolled subject
     erased: list[bytes] = field(default_factory=list)  # bytes that must survive nowhere
     apply: Callable[[Sequence[int]], None] = lambda ids: None  # the store's ids of added subjects
+    change: Any = None  # plain data for replay() on a copy of the gallery
+    settings: dict[str, Any] = field(default_factory=dict)  # store settings the change rewrites (in its transaction)
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,10 @@ class ProtectedGallery(ABC):
     @abstractmethod
     def stage_remove(self, subjects: Sequence[str]) -> Staged:
         """Erasure of enrolled subjects."""
+
+    @abstractmethod
+    def replay(self, change: Any, ids: Sequence[int]) -> None:
+        """Apply a change staged on another copy of this gallery in the same state (its ``Staged.change``)."""
 
     @abstractmethod
     def restore(self, stored: Sequence[StoredTemplate], rows: Sequence[StoredRow], index: Index | None) -> bool:

@@ -10,12 +10,12 @@ Thresholds are plain cosines, calibrated at the capture edge.
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ..edge import EdgeProfile, EnrolmentRecord, ProbeMessage
-from ..he.blocks import CiphertextBlocks
+from ..he.blocks import CiphertextBlocks, StagedBlocks
 from ..he.context import PublicContext
 from ..errors import InvalidInputError
 from ..he.keyholder import ScoreDecider
@@ -58,29 +58,37 @@ class EncryptedSchemeGallery(ProtectedGallery):
             for b, used in staged.used.items()
         }
         resealed = {self._ids_at[slot]: column for slot, column in staged.resealed.items()}
-
-        def apply(ids: Sequence[int]) -> None:
-            self.blocks.apply(staged)
-            for id_, slot in zip(ids, staged.slots):
-                self._slot[id_], self._ids_at[slot] = slot, id_
-            self._bind(subjects, ids)
-
+        change = ("add", list(subjects), vars(staged))
         return Staged(
-            [None] * len(records), list(staged.slots), rows, sealed=list(staged.columns), resealed=resealed, apply=apply
+            [None] * len(records),
+            list(staged.slots),
+            rows,
+            sealed=list(staged.columns),
+            resealed=resealed,
+            apply=partial(self.replay, change),
+            change=change,
         )
 
     def stage_remove(self, subjects: Sequence[str]) -> Staged:
         ids = [self.id_of(s) for s in subjects]
         slots = [self._slot[id_] for id_ in ids]
         erased = [self.blocks.column(slot) for slot in slots]
+        change = ("remove", list(subjects), ids, slots)
+        return Staged(erased=erased, apply=partial(self.replay, change), change=change)
 
-        def apply(_: Sequence[int]) -> None:
+    def replay(self, change: Any, ids: Sequence[int]) -> None:
+        if change[0] == "add":
+            _, subjects, staged = change
+            self.blocks.apply(StagedBlocks(**staged))
+            for id_, slot in zip(ids, staged["slots"]):
+                self._slot[id_], self._ids_at[slot] = slot, id_
+            self._bind(subjects, ids)
+        else:
+            _, subjects, ids, slots = change
             for id_, slot in zip(ids, slots):
                 self.blocks.erase(slot)
                 del self._slot[id_], self._ids_at[slot]
             self._unbind(subjects)
-
-        return Staged(erased=erased, apply=apply)
 
     def restore(self, stored: Sequence[StoredTemplate], rows: Sequence[StoredRow], index: Index | None) -> bool:
         self.blocks.load(list(rows), {int(t.slot): t.sealed or b"" for t in stored if t.slot is not None})
@@ -91,26 +99,29 @@ class EncryptedSchemeGallery(ProtectedGallery):
 
     def decide(self, subject: str, probe: ProbeMessage, threshold: float, *, label: str | None = None) -> bool:
         assert probe.values is not None
-        request = self.blocks.request(np.array([self._slot[self.id_of(subject)]]), probe.values)
+        request, _ = self.encrypted_scores([self.id_of(subject)], probe.values)
         (verified,) = self._key_holder().decide(request.to_bytes(), threshold, caller=self._caller, subject=label)
         return bool(verified)
 
     def search(self, probe: ProbeMessage, k: int, threshold: float, eligible: Callable[[str], bool]) -> list[str]:
         assert probe.values is not None
-        chosen = sorted(self._slot[id_] for name, id_ in self._ids.items() if eligible(name))
+        chosen = [id_ for name, id_ in self._ids.items() if eligible(name)]
         if not chosen:
             return []
-        request, slots = self._request_for(chosen, probe.values)
-        positions = self._key_holder().best(request.to_bytes(), threshold, min(k, len(slots)), caller=self._caller)
-        return [self._names[self._ids_at[int(slots[p])]] for p in positions]
+        request, order = self.encrypted_scores(chosen, probe.values)
+        positions = self._key_holder().best(request.to_bytes(), threshold, min(k, len(order)), caller=self._caller)
+        return [self._names[order[p]] for p in positions]
 
-    def _request_for(self, chosen: Sequence[int], weights: np.ndarray) -> tuple[EncryptedScores, np.ndarray]:
-        """Encrypted scores against the slots ``chosen`` (ascending), and those slots in score order."""
+    def encrypted_scores(self, ids: Sequence[int], values: np.ndarray) -> tuple[EncryptedScores, list[int]]:
+        """Encrypted scores of a probe against the subjects stored under ``ids``, and those ids in score order
+        (the order of their slots: a whole-gallery scan)."""
         n = self.blocks.n
-        slots = np.asarray(chosen, dtype=np.int64)
+        slots = np.array(sorted(self._slot[id_] for id_ in ids), dtype=np.int64)
+        if len(slots) == 1:
+            return self.blocks.request(slots, values), [self._ids_at[int(slots[0])]]
         bounds = np.searchsorted(slots // n, np.arange(self.blocks.count + 1))
         live = [slots[bounds[b] : bounds[b + 1]] % n for b in range(self.blocks.count)]
-        return self.blocks.request_all(weights, live), slots
+        return self.blocks.request_all(values, live), [self._ids_at[int(s)] for s in slots]
 
     def _key_holder(self) -> ScoreDecider:
         if self._decider is None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -34,22 +35,28 @@ class HashSchemeGallery(ProtectedGallery):
 
     def stage_add(self, subjects: Sequence[str], records: Sequence[EnrolmentRecord]) -> Staged:
         codes = np.stack([r.code for r in records])
-
-        def apply(ids: Sequence[int]) -> None:
-            self.codes.add(codes, np.asarray(ids, dtype=np.int64))
-            self._bind(subjects, ids)
-
-        return Staged(codes=[c.tobytes() for c in codes], slots=[None] * len(records), apply=apply)
+        change = ("add", list(subjects), codes)
+        return Staged(
+            codes=[c.tobytes() for c in codes],
+            slots=[None] * len(records),
+            apply=partial(self.replay, change),
+            change=change,
+        )
 
     def stage_remove(self, subjects: Sequence[str]) -> Staged:
         ids = np.array([self.id_of(s) for s in subjects], dtype=np.int64)
         erased = [code.tobytes() for code in self.codes.index.reconstruct(ids)]
+        change = ("remove", list(subjects), ids)
+        return Staged(erased=erased, apply=partial(self.replay, change), change=change)
 
-        def apply(_: Sequence[int]) -> None:
-            self.codes.remove(ids)
+    def replay(self, change: Any, ids: Sequence[int]) -> None:
+        kind, subjects, data = change
+        if kind == "add":
+            self.codes.add(data, np.asarray(ids, dtype=np.int64))
+            self._bind(subjects, ids)
+        else:
+            self.codes.remove(data)
             self._unbind(subjects)
-
-        return Staged(erased=erased, apply=apply)
 
     def restore(self, stored: Sequence[StoredTemplate], rows: Sequence[StoredRow], index: Index | None) -> bool:
         ids = [t.id for t in stored]

@@ -9,7 +9,7 @@ threshold, best first. Thresholds are plain cosines.
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -18,7 +18,8 @@ from ..errors import InvalidInputError, NotCalibratedError
 from ..he.context import PublicContext
 from ..he.keyholder import ScoreDecider
 from ..he.reclaim import reclaim_through
-from ..he.rows import CiphertextRows, row_bytes
+from ..he.rows import CiphertextRows, StagedRows, row_bytes
+from ..he.scores import EncryptedScores
 from ..index import Index
 from .base import ProtectedGallery, Staged, StoredRow, StoredTemplate
 from .codes import CodeTable
@@ -65,14 +66,8 @@ class HybridSchemeGallery(ProtectedGallery):
             row: (row_bytes(staged.c0[i], staged.c1[i]), staged.used[i], staged.refreshes[i])
             for i, row in enumerate(staged.rows)
         }
-
-        def apply(ids: Sequence[int]) -> None:
-            self.codes.add(codes, np.asarray(ids, dtype=np.int64))
-            self.ciphertext_rows.apply(staged)
-            self._slot.update(zip(ids, staged.slots))
-            self._bind(subjects, ids)
-
-        return Staged([c.tobytes() for c in codes], list(staged.slots), rows, apply=apply)
+        change = ("add", list(subjects), codes, vars(staged))
+        return Staged([c.tobytes() for c in codes], list(staged.slots), rows, apply=partial(self.replay, change), change=change)
 
     def stage_remove(self, subjects: Sequence[str]) -> Staged:
         ids = [self.id_of(s) for s in subjects]
@@ -80,15 +75,23 @@ class HybridSchemeGallery(ProtectedGallery):
         written, removed = self.ciphertext_rows.stage_erase(slots)
         codes = [code.tobytes() for code in self.codes.index.reconstruct(np.array(ids, dtype=np.int64))]
         rows = {row: (data, self.ciphertext_rows.used[row], self.ciphertext_rows.refreshes[row]) for row, data in written.items()}
+        change = ("remove", list(subjects), ids, slots)
+        return Staged(rows=rows, erased=codes + removed, apply=partial(self.replay, change), change=change)
 
-        def apply(_: Sequence[int]) -> None:
+    def replay(self, change: Any, ids: Sequence[int]) -> None:
+        if change[0] == "add":
+            _, subjects, codes, staged = change
+            self.codes.add(codes, np.asarray(ids, dtype=np.int64))
+            self.ciphertext_rows.apply(StagedRows(**staged))
+            self._slot.update(zip(ids, staged["slots"]))
+            self._bind(subjects, ids)
+        else:
+            _, subjects, ids, slots = change
             self.codes.remove(np.array(ids, dtype=np.int64))
             for id_, slot in zip(ids, slots):
                 self.ciphertext_rows.erase(slot)
                 del self._slot[id_]
             self._unbind(subjects)
-
-        return Staged(rows=rows, erased=codes + removed, apply=apply)
 
     def restore(self, stored: Sequence[StoredTemplate], rows: Sequence[StoredRow], index: Index | None) -> bool:
         ids = [t.id for t in stored]
@@ -102,7 +105,7 @@ class HybridSchemeGallery(ProtectedGallery):
 
     def decide(self, subject: str, probe: ProbeMessage, threshold: float, *, label: str | None = None) -> bool:
         assert probe.values is not None
-        request = self.ciphertext_rows.request(np.array([self._slot[self.id_of(subject)]]), probe.values)
+        request, _ = self.encrypted_scores([self.id_of(subject)], probe.values)
         (verified,) = self._key_holder().decide(request.to_bytes(), threshold, caller=self._caller, subject=label)
         return bool(verified)
 
@@ -111,9 +114,13 @@ class HybridSchemeGallery(ProtectedGallery):
         ids = self._shortlist(probe.code, probe.reliability, max(k, self.candidates), eligible)
         if not ids:
             return []
-        request = self.ciphertext_rows.request(np.array([self._slot[id_] for id_ in ids]), probe.values)
+        request, _ = self.encrypted_scores(ids, probe.values)
         positions = self._key_holder().best(request.to_bytes(), threshold, min(k, len(ids)), caller=self._caller)
         return [self._names[ids[p]] for p in positions]
+
+    def encrypted_scores(self, ids: Sequence[int], values: np.ndarray) -> tuple[EncryptedScores, list[int]]:
+        """Encrypted scores of a probe against the subjects stored under ``ids``, and those ids in score order."""
+        return self.ciphertext_rows.request(np.array([self._slot[id_] for id_ in ids]), values), list(ids)
 
     def _shortlist(self, code: np.ndarray, reliability: np.ndarray, want: int, eligible: Callable[[str], bool]) -> list[int]:
         """Ids of the ``want`` eligible subjects whose codes are nearest the probe's, nearest first."""

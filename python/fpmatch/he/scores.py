@@ -46,6 +46,23 @@ class EncryptedScores:
     def n(self) -> int:
         return int(self.a.shape[1])
 
+    @classmethod
+    def join(cls, parts: "list[EncryptedScores]") -> "EncryptedScores":
+        """One request holding every score of ``parts`` in order (parts made under one key)."""
+        first = parts[0]
+        if any((p.key_id, p.scale_bits, p.q, p.n) != (first.key_id, first.scale_bits, first.q, first.n) for p in parts):
+            raise KeyMismatchError("encrypted scores made under different keys or scales cannot be joined")
+        offsets = np.cumsum([0] + [p.a.shape[0] for p in parts[:-1]])
+        return cls(
+            first.key_id,
+            first.scale_bits,
+            first.q,
+            np.concatenate([p.a for p in parts]),
+            np.concatenate([p.b for p in parts]),
+            np.concatenate([p.index for p in parts]),
+            np.concatenate([p.row + offset for p, offset in zip(parts, offsets.tolist())]),
+        )
+
     def to_bytes(self) -> bytes:
         """The request as bytes (see the module notes)."""
         header = _HEADER.pack(

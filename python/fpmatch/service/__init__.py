@@ -29,7 +29,7 @@ from typing import Any
 from ..alternative import AlternativeVerifier, PinVerifier
 from ..consent import Clock, ConsentRecord, system_clock
 from ..edge import EdgeProfile
-from ..errors import InvalidInputError, KeyMismatchError
+from ..errors import InvalidInputError, KeyMismatchError, StoreFormatError
 from ..galleries import INDEX_KINDS, ProtectedGallery, open_gallery
 from ..thresholds import DEFAULT_TARGET_FMR
 from ..keys import HashKey, ServiceKey
@@ -42,6 +42,8 @@ from .matching import MatchingOps
 from .state import VerificationOutcome
 
 ALTERNATIVE_DATABASE = "alternative.sqlite"
+#: Store setting: the shards a sharded service (:mod:`fpmatch.cluster`) placed the subjects on.
+SHARDS_SETTING = "cluster_shards"
 
 
 class MatchingService(ConsentOps, EnrolmentOps, MatchingOps, ErasureOps, AccountabilityOps):
@@ -131,6 +133,12 @@ class MatchingService(ConsentOps, EnrolmentOps, MatchingOps, ErasureOps, Account
             options = {**options, "decider": keyholder, "caller": caller}
         elif keyholder is not None:
             raise InvalidInputError("the hash scheme decides without a key holder; do not pass one")
+        shards = store.meta(SHARDS_SETTING)
+        if shards is not None and shards != 1:
+            # Its ciphertext slots and rows are numbered per shard: one gallery cannot read them.
+            raise StoreFormatError(
+                f"{store.directory} places its subjects on {shards} shards: open it with fpmatch.cluster.ShardedMatchingService"
+            )
         gallery = open_gallery(profile, index, **options)
         templates = store.templates()
         cached, status = (None, "missing")

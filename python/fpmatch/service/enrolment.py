@@ -61,6 +61,8 @@ class EnrolmentOps(ServiceState):
                     tx.put_row(row, stored)
                 for id_, part in staged.resealed.items():
                     tx.reseal(id_, part)
+                for name_, value in staged.settings.items():
+                    tx.set_meta(name_, value)
                 for name in names:
                     tx.audit(
                         time,

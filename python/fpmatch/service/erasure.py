@@ -96,6 +96,8 @@ class ErasureOps(ServiceState):
                     )
                 for row, stored in staged.rows.items():
                     tx.put_row(row, stored)
+                for name, value in staged.settings.items():
+                    tx.set_meta(name, value)
                 tx.must_vanish(staged.erased)
         if staged is not None:
             staged.apply([])

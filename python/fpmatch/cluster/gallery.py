@@ -1,0 +1,292 @@
+"""The sharded gallery: a :class:`ProtectedGallery` whose parts are replica actors, one set per shard.
+
+The service keeps consent, audit, erasure and the store (the source of truth)
+and talks to this gallery exactly as to a single one. Here:
+
+- writes are staged on one live replica of each shard concerned; the service
+  commits them to the store; :meth:`Staged.apply` then replays them on every
+  live replica of those shards and returns once each confirmed;
+- 1:N fans out to every shard at once. ``hash``: the shards' nearest codes are
+  merged by weighted distance. ``hybrid``: the shards' Hamming shortlists are
+  merged first, then each shard encrypts its part of the scores. ``he``: each
+  shard scores its eligible subjects. The parts are joined into ONE request to
+  the key holder, as the single service sends;
+- 1:1 goes to the subject's shard.
+
+Eligibility (consent and purpose) is decided here, never in a replica: a
+shard's candidates are filtered, and a shard whose candidates were mostly
+ineligible is searched deeper, as a single gallery does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..edge import EdgeProfile, EnrolmentRecord, ProbeMessage
+from ..errors import InvalidInputError, NotCalibratedError
+from ..galleries import ProtectedGallery, Staged, StoredRow, StoredTemplate
+from ..galleries.codes import CodeTable, weighted_score
+from ..galleries.hashed import default_shortlist
+from ..he.errors import RateLimitExceededError
+from .placement import LAYOUT_SETTING, Placement, RowLayout
+from .replica import TemplateTuple
+from .shards import ShardReplicas
+
+#: Rounds of deeper search per shard before its eligible candidates are taken as they are.
+_DEEPEN = 4
+
+
+class ShardedGallery(ProtectedGallery):
+    """Subjects on S shards of R replica actors each; the service's view of them as one gallery."""
+
+    def __init__(
+        self,
+        profile: EdgeProfile,
+        placement: Placement,
+        replicas: ShardReplicas,
+        layout: RowLayout,
+        *,
+        decider: Any = None,
+        caller: str = "matching-service",
+        candidates: int | None = None,
+        shortlist: int | None = None,
+    ) -> None:
+        super().__init__(profile)
+        self.placement = placement
+        self.replicas = replicas
+        self.layout = layout
+        if candidates is None:
+            from ..galleries.hybrid import DEFAULT_CANDIDATES  # not at import: it loads the he package
+
+            candidates = DEFAULT_CANDIDATES
+        self.candidates = candidates
+        self._shortlist_depth = default_shortlist(profile) if shortlist is None else shortlist
+        self._decider = decider
+        self._caller = caller
+        self._context = None
+        if profile.encrypted:
+            from ..he.context import PublicContext
+
+            assert profile.he_context is not None
+            self._context = PublicContext(profile.he_context)
+        self._count = [0] * placement.shards
+
+    @property
+    def shards(self) -> int:
+        return self.placement.shards
+
+    # -- loading ---------------------------------------------------------------------
+
+    def split_store(
+        self, stored: Sequence[StoredTemplate], rows: Sequence[StoredRow], layout: RowLayout
+    ) -> list[tuple[list[TemplateTuple], list[StoredRow]]]:
+        """Each shard's part of the store, as plain tuples for its replicas."""
+        parts: list[tuple[list[TemplateTuple], list[StoredRow]]] = [([], layout.of_shard(s, rows)) for s in range(self.shards)]
+        for t in stored:
+            parts[self.placement.shard_of(t.subject)][0].append((t.subject, t.id, t.code, t.slot, t.sealed))
+        return parts
+
+    def restore(self, stored: Sequence[StoredTemplate], rows: Sequence[StoredRow], index: Any) -> bool:
+        self.replicas.start(self.split_store(stored, rows, self.layout))
+        self._bind([t.subject for t in stored], [t.id for t in stored])
+        for t in stored:
+            self._count[self.placement.shard_of(t.subject)] += 1
+        return False
+
+    # -- writes ------------------------------------------------------------------------
+
+    def stage_add(self, subjects: Sequence[str], records: Sequence[EnrolmentRecord]) -> Staged:
+        parts = self.placement.split(subjects)
+        messages = [r.to_bytes() for r in records]
+        replies: dict[int, dict[bytes, bytes | None]] = {shard: {} for shard in parts}
+        staged: dict[int, dict[str, Any]] = {}
+        while len(staged) < len(parts):  # a shard asking for a reclaim reply is staged again with it
+            calls = {
+                shard: ("stage_add", ([subjects[p] for p in positions], [messages[p] for p in positions], replies[shard]))
+                for shard, positions in parts.items()
+                if shard not in staged
+            }
+            for shard, result in self.replicas.fan_out(calls).items():
+                if "reclaim" in result:
+                    replies[shard][result["reclaim"]] = self._reclaim(result["reclaim"])
+                else:
+                    staged[shard] = result
+        n = len(subjects)
+        out = Staged(codes=[None] * n, slots=[None] * n, sealed=[None] * n)
+        layout = self.layout
+        for shard, positions in parts.items():
+            result = staged[shard]
+            for i, p in enumerate(positions):
+                out.codes[p], out.slots[p], out.sealed[p] = result["codes"][i], result["slots"][i], (result["sealed"] or [None] * len(positions))[i]
+            layout = self._place_rows(out, shard, result, layout)
+            out.resealed.update(result["resealed"])
+
+        def apply(ids: Sequence[int]) -> None:
+            for shard, positions in parts.items():
+                self.replicas.replay(shard, staged[shard]["change"], [ids[p] for p in positions])
+                self._count[shard] += len(positions)
+            self._bind(subjects, ids)
+            self.layout = layout
+
+        out.apply = apply
+        return out
+
+    def stage_remove(self, subjects: Sequence[str]) -> Staged:
+        parts = self.placement.split(subjects)
+        for p in range(len(subjects)):
+            self.id_of(subjects[p])  # UnknownSubjectError before any shard is asked
+        calls = {shard: ("stage_remove", ([subjects[p] for p in positions],)) for shard, positions in parts.items()}
+        staged = self.replicas.fan_out(calls)
+        out = Staged()
+        layout = self.layout
+        for shard in parts:
+            out.erased += staged[shard]["erased"]
+            layout = self._place_rows(out, shard, staged[shard], layout)
+
+        def apply(_: Sequence[int]) -> None:
+            for shard, positions in parts.items():
+                self.replicas.replay(shard, staged[shard]["change"], [])
+                self._count[shard] -= len(positions)
+            self._unbind(subjects)
+            self.layout = layout
+
+        out.apply = apply
+        return out
+
+    def _place_rows(self, out: Staged, shard: int, result: Mapping[str, Any], layout: RowLayout) -> RowLayout:
+        """The shard's written rows under their stored numbers (new rows numbered after every existing one)."""
+        local_rows = result["rows"]
+        extended = layout.extended(shard, list(local_rows))
+        for local, stored in local_rows.items():
+            row = extended.stored(shard, local)
+            assert row is not None
+            out.rows[row] = stored
+        if extended is not layout:
+            out.settings[LAYOUT_SETTING] = extended.setting()
+        return extended
+
+    def _reclaim(self, request: bytes) -> bytes | None:
+        if self._decider is None:
+            return None
+        try:
+            return bytes(self._decider.reclaim(request, caller=self._caller))
+        except RateLimitExceededError:  # as in-process: a busy key holder means new slots, not an error
+            return None
+
+    def replay(self, change: Any, ids: Sequence[int]) -> None:
+        raise InvalidInputError("a sharded gallery replays changes on its replicas, not as a whole")
+
+    # -- 1:1 ------------------------------------------------------------------------------
+
+    def decide(self, subject: str, probe: ProbeMessage, threshold: float, *, label: str | None = None) -> bool:
+        shard = self.placement.shard_of(subject)
+        id_ = self.id_of(subject)
+        if not self.profile.encrypted:
+            return bool(self.replicas.call(shard, "decide_codes", subject, probe.to_bytes(), float(threshold)))
+        assert probe.values is not None
+        request, _ = self.replicas.call(shard, "encrypted_scores", [id_], _values(probe))
+        (verified,) = self._key_holder().decide(request, threshold, caller=self._caller, subject=label)
+        return bool(verified)
+
+    # -- 1:N ---------------------------------------------------------------------------------
+
+    def search(self, probe: ProbeMessage, k: int, threshold: float, eligible: Callable[[str], bool]) -> list[str]:
+        if self.profile.scheme == "he":
+            return self._search_all(probe, k, threshold, eligible)
+        assert probe.code is not None and probe.reliability is not None
+        want = k if self.profile.scheme == "hash" else max(k, self.candidates)
+        found = self._nearest(probe, want, eligible)
+        if self.profile.scheme == "hash":
+            return [self._names[id_] for id_, d in found if weighted_score(d) >= threshold]
+        ids = [id_ for id_, _ in found]
+        if not ids:
+            return []
+        by_shard: dict[int, list[int]] = {}
+        for id_ in ids:
+            by_shard.setdefault(self.placement.shard_of(self._names[id_]), []).append(id_)
+        return self._decide_best(probe, by_shard, k, threshold)
+
+    def _nearest(self, probe: ProbeMessage, want: int, eligible: Callable[[str], bool]) -> list[tuple[int, float]]:
+        """The ``want`` eligible (id, weighted distance) nearest the probe over every shard, nearest first."""
+        code = probe.code.tobytes()  # type: ignore[union-attr]
+        reliability = np.ascontiguousarray(probe.reliability, dtype="<f4").tobytes()
+        depth = {s: min(self._count[s], max(want, 16)) for s in range(self.shards) if self._count[s]}
+        found: dict[int, list[tuple[int, float]]] = {}
+        for _ in range(_DEEPEN):
+            calls = {s: ("nearest", (code, reliability, d)) for s, d in depth.items()}
+            for shard, (ids, distances) in self.replicas.fan_out(calls).items():
+                found[shard] = [(i, d) for i, d in zip(ids, distances) if self._eligible_id(i, eligible)]
+            # deeper only where ineligible subjects filled the list and more are held
+            depth = {s: min(self._count[s], d * 4) for s, d in depth.items() if len(found[s]) < want and d < self._count[s]}
+            if not depth:
+                break
+        merged = sorted((d, i) for part in found.values() for i, d in part)
+        return [(i, d) for d, i in merged[:want]]
+
+    def _search_all(self, probe: ProbeMessage, k: int, threshold: float, eligible: Callable[[str], bool]) -> list[str]:
+        by_shard: dict[int, list[int]] = {}
+        for name, id_ in self._ids.items():
+            if eligible(name):
+                by_shard.setdefault(self.placement.shard_of(name), []).append(id_)
+        if not by_shard:
+            return []
+        return self._decide_best(probe, by_shard, k, threshold)
+
+    def _decide_best(self, probe: ProbeMessage, by_shard: dict[int, list[int]], k: int, threshold: float) -> list[str]:
+        """Each shard's part of the encrypted scores, joined into one request to the key holder."""
+        from ..he.scores import EncryptedScores
+
+        values = _values(probe)
+        parts = self.replicas.fan_out({s: ("encrypted_scores", (ids, values)) for s, ids in sorted(by_shard.items())})
+        order = [id_ for s in sorted(parts) for id_ in parts[s][1]]
+        if len(parts) == 1:
+            (request,) = [part[0] for part in parts.values()]
+        else:
+            context = self._context
+            assert context is not None
+            ring = context.ring
+            scores = [EncryptedScores.from_bytes(parts[s][0], key_id=context.key_id, n=ring.n, q=ring.q) for s in sorted(parts)]
+            request = EncryptedScores.join(scores).to_bytes()
+        positions = self._key_holder().best(request, threshold, min(k, len(order)), caller=self._caller)
+        return [self._names[order[p]] for p in positions]
+
+    def _key_holder(self) -> Any:
+        if self._decider is None:
+            raise InvalidInputError("this gallery was made without a key holder: pass one to decide")
+        return self._decider
+
+    # -- checks and calibration ---------------------------------------------------------------
+
+    def problems(self, stored: Mapping[str, StoredTemplate], rows: Sequence[StoredRow]) -> list[str]:
+        problems = []
+        if len(self.layout.entries) != len(rows):
+            problems.append(f"the row layout numbers {len(self.layout.entries)} rows, the database holds {len(rows)}")
+            return problems
+        for shard, (templates, shard_rows) in enumerate(self.split_store(list(stored.values()), rows, self.layout)):
+            answers = self.replicas.ask_every(shard, "problems", templates, shard_rows)
+            if len(answers) < self.replicas.replicas:
+                problems.append(f"shard {shard}: {len(answers)} of {self.replicas.replicas} replicas live")
+            for number, found in enumerate(answers):
+                problems += [f"shard {shard} replica {number}: {p}" for p in found]
+        return problems
+
+    def impostor_scores(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        if self.profile.scheme == "he" or self.profile.narrow_cone:
+            raise NotCalibratedError(
+                f"this {self.profile.scheme} service is calibrated at the capture edge: pass "
+                "CaptureEdge.calibration(templates, labels, target_fmr) to calibrate()"
+            )
+        assert self.profile.bits is not None
+        gathered = self.replicas.fan_out({s: ("codes", ()) for s in range(self.shards) if self._count[s]})
+        pairs = sorted((id_, codes[i * self.profile.bits // 8 : (i + 1) * self.profile.bits // 8])
+                       for ids, codes in gathered.values() for i, id_ in enumerate(ids))
+        table = CodeTable(self.profile.bits, "flat", self._shortlist_depth)
+        table.load([id_ for id_, _ in pairs], [code for _, code in pairs])
+        return table.impostor_scores(count, rng)
+
+
+def _values(probe: ProbeMessage) -> bytes:
+    assert probe.values is not None
+    return np.ascontiguousarray(probe.values, dtype="<i8").tobytes()

@@ -1,0 +1,100 @@
+"""Placement: which shard holds a subject, and which stored row a shard's ciphertext row is.
+
+Subjects go to shards by a keyed hash of their id (HMAC-SHA256 under a
+subkey of the service key), so the placement is stable across restarts and
+nodes and says nothing to anyone without the key. The shard count is fixed
+when a store is first opened by a sharded service and recorded in it.
+
+Packed ciphertext rows (``hybrid``) and blocks (``he``) belong to one shard
+and are numbered per shard. One store holds every shard's rows, numbered from
+0 without gaps in the order they were first written; :class:`RowLayout`, kept
+as a store setting written in the same transaction as the rows, says which
+shard and local row each stored row is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any, Sequence
+
+from ..errors import InvalidInputError, StoreFormatError
+from ..service import SHARDS_SETTING
+
+#: Store setting: the (shard, local row) of every stored ciphertext row, in stored order.
+LAYOUT_SETTING = "cluster_rows"
+#: Most shards one service places subjects on.
+MAX_SHARDS = 4096
+
+
+def check_count(name: str, value: object, most: int) -> int:
+    """A positive integer count (shards, replicas), bounded."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise InvalidInputError(f"{name} must be an integer in [1, {most}], got {value!r}")
+    return value
+
+
+class Placement:
+    """Subject id -> shard, under a secret placement key."""
+
+    def __init__(self, key: bytes, shards: int) -> None:
+        self._key = key
+        self.shards = check_count("shards", shards, MAX_SHARDS)
+
+    def shard_of(self, subject: str) -> int:
+        digest = hmac.new(self._key, subject.encode("utf-8"), hashlib.sha256).digest()
+        return int.from_bytes(digest[:8], "little") % self.shards
+
+    def split(self, subjects: Sequence[str]) -> dict[int, list[int]]:
+        """Positions of ``subjects`` per shard (shards in ascending order, positions in order)."""
+        parts: dict[int, list[int]] = {}
+        for position, subject in enumerate(subjects):
+            parts.setdefault(self.shard_of(subject), []).append(position)
+        return dict(sorted(parts.items()))
+
+
+class RowLayout:
+    """Stored row number <-> (shard, the shard's own row number)."""
+
+    def __init__(self, entries: Sequence[tuple[int, int]] = ()) -> None:
+        self.entries = [(int(s), int(r)) for s, r in entries]
+        self._stored = {entry: i for i, entry in enumerate(self.entries)}
+
+    @classmethod
+    def from_setting(cls, value: Any, stored_rows: int, shards: int) -> "RowLayout":
+        """The layout a store recorded (None: a store whose rows all belong to shard 0, if one shard)."""
+        if value is None:
+            if stored_rows and shards != 1:
+                raise StoreFormatError(
+                    f"this store's {stored_rows} ciphertext rows were written by a single service: "
+                    "open it with one shard"
+                )
+            return cls([(0, r) for r in range(stored_rows)])
+        if not isinstance(value, list) or not all(
+            isinstance(e, list) and len(e) == 2 and all(isinstance(v, int) and v >= 0 for v in e) for e in value
+        ):
+            raise StoreFormatError("the store's row layout setting is malformed")
+        layout = cls([(s, r) for s, r in value])
+        if len(layout.entries) < stored_rows or len(layout._stored) != len(layout.entries):
+            raise StoreFormatError("the store's row layout does not cover its ciphertext rows")
+        if any(s >= shards for s, _ in layout.entries):
+            raise StoreFormatError("the store's row layout names shards this service does not have")
+        return layout
+
+    def setting(self) -> list[list[int]]:
+        return [[s, r] for s, r in self.entries]
+
+    def stored(self, shard: int, local: int) -> int | None:
+        return self._stored.get((shard, local))
+
+    def extended(self, shard: int, locals_: Sequence[int]) -> "RowLayout":
+        """A copy that also numbers the shard's rows ``locals_`` (new ones appended in ascending order)."""
+        fresh = sorted(r for r in set(locals_) if (shard, r) not in self._stored)
+        return self if not fresh else RowLayout(self.entries + [(shard, r) for r in fresh])
+
+    def of_shard(self, shard: int, rows: Sequence[Any]) -> list[Any]:
+        """The shard's stored rows in its own order (its rows are numbered 0.. without gaps)."""
+        mine = sorted((local, i) for i, (s, local) in enumerate(self.entries[: len(rows)]) if s == shard)
+        if [local for local, _ in mine] != list(range(len(mine))):
+            raise StoreFormatError(f"the ciphertext rows of shard {shard} are not numbered without gaps")
+        return [rows[i] for _, i in mine]

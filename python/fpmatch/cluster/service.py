@@ -1,0 +1,147 @@
+"""ShardedMatchingService: the matching service with its gallery on Ray actors.
+
+It *is* :class:`~fpmatch.MatchingService` (consent, purposes, audit, erasure
+and the store as the source of truth, unchanged) holding a
+:class:`~fpmatch.cluster.gallery.ShardedGallery` instead of an in-process one,
+so every method and every outcome is the single service's.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+from ..edge import EdgeProfile
+from ..errors import InvalidInputError, StoreFormatError
+from ..galleries import ProtectedGallery
+from ..keys import ServiceKey
+from ..service import MatchingService
+from ..store import Store
+from .gallery import ShardedGallery
+from ..service import SHARDS_SETTING
+from .placement import LAYOUT_SETTING, MAX_SHARDS, Placement, RowLayout, check_count
+from .shards import DEFAULT_CALL_TIMEOUT, ShardReplicas
+
+#: Replicas per shard unless told otherwise.
+DEFAULT_REPLICAS = 2
+#: Most replicas per shard.
+MAX_REPLICAS = 16
+
+
+class ShardedMatchingService(MatchingService):
+    """A :class:`MatchingService` whose gallery is S shards of R replica actors. Use :meth:`open`."""
+
+    _gallery: ShardedGallery
+
+    @classmethod
+    def open(  # type: ignore[override]
+        cls,
+        directory: str | os.PathLike[str],
+        key: ServiceKey,
+        *,
+        shards: int | None = None,
+        replicas: int = DEFAULT_REPLICAS,
+        actor_options: Mapping[str, Any] | None = None,
+        call_timeout: float = DEFAULT_CALL_TIMEOUT,
+        **options: Any,
+    ) -> "ShardedMatchingService":
+        """Open the store as :meth:`MatchingService.open` does, with its gallery on Ray.
+
+        Ray must be initialised (``ray.init()``, or ``ray.init(address="auto")``
+        on a node of a running cluster). ``shards`` is fixed when the store is
+        first opened by a sharded service (default 2) and must match afterwards;
+        ``replicas`` per shard may change between openings. ``actor_options``
+        are Ray's options for each replica actor (default: no CPU reserved,
+        replicas spread over nodes); ``call_timeout`` the seconds after which a
+        replica that has not answered counts as lost.
+        """
+        check_count("replicas", replicas, MAX_REPLICAS)
+        if not isinstance(call_timeout, (int, float)) or isinstance(call_timeout, bool) or not call_timeout > 0:
+            raise InvalidInputError(f"call_timeout must be a positive number of seconds, got {call_timeout!r}")
+        cluster = {"shards": shards, "replicas": replicas, "actor_options": actor_options, "call_timeout": float(call_timeout)}
+        return super().open(directory, key, _cluster=cluster, **options)  # type: ignore[return-value]
+
+    @staticmethod
+    def _load_gallery(
+        store: Store, profile: EdgeProfile, index: str, keyholder: Any, caller: str, options: dict[str, Any]
+    ) -> tuple[ProtectedGallery, str]:
+        options = dict(options)
+        cluster = options.pop("_cluster")
+        shards = _shard_count(store, cluster["shards"])
+        gallery_options = {name: value for name, value in options.items() if name in ("shortlist", "candidates", "ivf_train_at")}
+        unknown = set(options) - set(gallery_options)
+        if unknown:
+            raise InvalidInputError(f"unknown gallery options: {', '.join(sorted(unknown))}")
+        if profile.encrypted:
+            from ..service import _check_keyholder
+
+            _check_keyholder(keyholder, profile)
+        elif keyholder is not None:
+            raise InvalidInputError("the hash scheme decides without a key holder; do not pass one")
+        if profile.scheme == "hash":
+            gallery_options.pop("candidates", None)
+        if profile.scheme == "he":
+            gallery_options = {}
+        replicas = ShardReplicas(
+            shards,
+            cluster["replicas"],
+            (profile.to_dict(), index, gallery_options),
+            actor_options=cluster["actor_options"],
+            call_timeout=cluster["call_timeout"],
+        )
+        templates, rows = store.templates(), store.rows()
+        layout = RowLayout.from_setting(store.meta(LAYOUT_SETTING), len(rows), shards)
+        gallery = ShardedGallery(
+            profile,
+            Placement(store._key.subkey("cluster-placement"), shards),
+            replicas,
+            layout,
+            decider=keyholder,
+            caller=caller,
+            candidates=options.get("candidates"),
+            shortlist=options.get("shortlist"),
+        )
+        try:
+            gallery.restore(templates, rows, None)
+        except BaseException:
+            replicas.close()
+            raise
+        if store.meta(SHARDS_SETTING) is None:
+            with store.transaction() as tx:
+                tx.set_meta(SHARDS_SETTING, shards)
+        store.drop_index_cache()  # a single service's cache; the replicas build their own indexes
+        return gallery, "missing"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gallery.replicas.attach(self._read_shard, self._rw.write)
+
+    def _read_shard(self, shard: int) -> tuple[list[Any], list[Any]]:
+        """One shard's part of the store, for a replacement replica (called under the write lock)."""
+        rows = self._store.rows()
+        layout = RowLayout.from_setting(self._store.meta(LAYOUT_SETTING), len(rows), self._gallery.shards)
+        return self._gallery.split_store(self._store.templates(), rows, layout)[shard]
+
+    @property
+    def shards(self) -> int:
+        return self._gallery.shards
+
+    @property
+    def replicas(self) -> ShardReplicas:
+        """The replica actors (their handles, live counts, replacements let in)."""
+        return self._gallery.replicas
+
+    def close(self) -> None:
+        """Stop repairs, close the store as the single service does, and end every replica actor."""
+        try:
+            self._gallery.replicas.close()
+        finally:
+            super().close()
+
+
+def _shard_count(store: Store, asked: int | None) -> int:
+    recorded = store.meta(SHARDS_SETTING)
+    if recorded is not None and asked is not None and asked != recorded:
+        raise StoreFormatError(f"{store.directory} places its subjects on {recorded} shards, not {asked} (resharding is not supported)")
+    shards = asked if asked is not None else recorded if recorded is not None else 2
+    return check_count("shards", shards, MAX_SHARDS)

@@ -1,0 +1,246 @@
+"""The replica actors of every shard: calls with failover, writes to every live replica, repair.
+
+A call goes to one live replica of its shard (round robin); when that
+replica is dead or does not answer in time it is dropped (and killed, so it
+can never answer late) and the call is retried on another. With none left the
+call raises :class:`ShardUnavailableError`, which is retriable: a replacement
+is started at once, rebuilt from the store and let in.
+
+A replacement reads its shard from the store while holding the service's
+write lock, so no write is half done; the writes that land while it restores
+are logged and replayed on it before it joins. A replica that missed a write
+is never let answer: a replica whose replay fails is dropped at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from contextlib import AbstractContextManager
+from typing import Any, Callable, Mapping, Sequence
+
+from ..errors import FpmatchError, ShardUnavailableError, StoreClosedError
+from .replica import ShardReplica, TemplateTuple
+
+#: Reads one shard's part of the store: (templates, rows in the shard's own order).
+ShardLoader = Callable[[int], "tuple[list[TemplateTuple], list[tuple[bytes, int, int]]]"]
+#: Default Ray options of a replica actor: no CPU reserved, replicas spread over nodes.
+DEFAULT_ACTOR_OPTIONS: Mapping[str, Any] = {"num_cpus": 0, "scheduling_strategy": "SPREAD"}
+#: Seconds a call may take before its replica counts as lost.
+DEFAULT_CALL_TIMEOUT = 60.0
+
+
+def require_ray() -> Any:
+    """The ``ray`` module, or an ImportError saying how to get it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ImportError("fpmatch.cluster needs Ray: install the cluster extra (pip install 'fpmatch[cluster]')") from exc
+    if not ray.is_initialized():
+        raise FpmatchError("Ray is not initialised: call ray.init() (address='auto' on a cluster node) first")
+    return ray
+
+
+class ShardReplicas:
+    """R replica actors for each of S shards."""
+
+    def __init__(
+        self,
+        shards: int,
+        replicas: int,
+        body: tuple[dict[str, Any], str, dict[str, Any]],
+        *,
+        actor_options: Mapping[str, Any] | None = None,
+        call_timeout: float = DEFAULT_CALL_TIMEOUT,
+    ) -> None:
+        self._ray = require_ray()
+        self.shards = shards
+        self.replicas = replicas
+        self._body = body  # (profile dict, index kind, gallery options): all plain data
+        self._options = dict(DEFAULT_ACTOR_OPTIONS if actor_options is None else actor_options)
+        self._timeout = call_timeout
+        self._actor = self._ray.remote(ShardReplica)
+        self._live: list[list[Any]] = [[] for _ in range(shards)]
+        self._turn = [itertools.count() for _ in range(shards)]
+        self._lock = threading.RLock()
+        self._logs: list[list[list[tuple[Any, list[int]]]]] = [[] for _ in range(shards)]
+        self._repairs: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._loader: ShardLoader | None = None
+        self._guard: Callable[[], AbstractContextManager[Any]] | None = None
+        self._attached = threading.Event()
+        self.rejoined: list[tuple[int, float]] = []  # (shard, time.monotonic()) per replacement let in
+
+    # -- life cycle ----------------------------------------------------------------
+
+    def start(self, parts: Sequence[tuple[list[TemplateTuple], list[tuple[bytes, int, int]]]]) -> None:
+        """Start every replica and restore it from its shard's part of the store."""
+        pending = []
+        for shard, (templates, rows) in enumerate(parts):
+            for _ in range(self.replicas):
+                handle = self._spawn()
+                pending.append((shard, handle, handle.restore.remote(templates, rows)))
+        for shard, handle, ref in pending:
+            self._ray.get(ref)
+            self._live[shard].append(handle)
+
+    def attach(self, loader: ShardLoader, guard: Callable[[], AbstractContextManager[Any]]) -> None:
+        """How replacements read their shard (``loader``) while no write is under way (``guard``)."""
+        self._loader, self._guard = loader, guard
+        self._attached.set()
+
+    def close(self) -> None:
+        """Stop repairs and kill every replica."""
+        self._stop.set()
+        self._attached.set()
+        for thread in list(self._repairs):
+            thread.join()
+        with self._lock:
+            for handle in itertools.chain.from_iterable(self._live):
+                self._kill(handle)
+            self._live = [[] for _ in range(self.shards)]
+
+    def live(self, shard: int) -> int:
+        with self._lock:
+            return len(self._live[shard])
+
+    def handles(self, shard: int) -> list[Any]:
+        """The live replicas of a shard (for tests and operations: e.g. to kill one)."""
+        with self._lock:
+            return list(self._live[shard])
+
+    def repairing(self) -> bool:
+        return any(thread.is_alive() for thread in self._repairs)
+
+    # -- calls -----------------------------------------------------------------------
+
+    def call(self, shard: int, method: str, *args: Any) -> Any:
+        """``method(*args)`` on one live replica of ``shard``, failing over to the others."""
+        return self.fan_out({shard: (method, args)})[shard]
+
+    def fan_out(self, calls: Mapping[int, tuple[str, tuple[Any, ...]]]) -> dict[int, Any]:
+        """One call per shard, all in flight at once; each fails over within its shard."""
+        results: dict[int, Any] = {}
+        waiting = dict(calls)
+        while waiting:
+            sent = {}
+            for shard, (method, args) in waiting.items():
+                handle = self._pick(shard)
+                sent[shard] = (handle, getattr(handle, method).remote(*args))
+            failed = {}
+            for shard, (handle, ref) in sent.items():
+                try:
+                    results[shard] = self._get(ref)
+                except _Lost:
+                    self._drop(shard, handle)
+                    failed[shard] = waiting[shard]
+            waiting = failed
+        return results
+
+    def ask_every(self, shard: int, method: str, *args: Any) -> list[Any]:
+        """``method(*args)`` on every live replica of ``shard`` (those that fail are dropped)."""
+        with self._lock:
+            sent = [(handle, getattr(handle, method).remote(*args)) for handle in self._live[shard]]
+        answers = []
+        for handle, ref in sent:
+            try:
+                answers.append(self._get(ref))
+            except _Lost:
+                self._drop(shard, handle)
+        return answers
+
+    def replay(self, shard: int, change: Any, ids: Sequence[int]) -> None:
+        """Apply a committed change on every live replica of ``shard`` (and log it for those restoring)."""
+        ids = list(ids)
+        with self._lock:
+            sent = [(handle, handle.replay.remote(change, ids)) for handle in self._live[shard]]
+            for handle, ref in sent:
+                try:
+                    self._get(ref)
+                except _Lost:
+                    self._drop(shard, handle)
+            for log in self._logs[shard]:
+                log.append((change, ids))
+
+    def _pick(self, shard: int) -> Any:
+        with self._lock:
+            live = self._live[shard]
+            if not live:
+                raise ShardUnavailableError(
+                    f"no live replica of shard {shard}: a replacement is being rebuilt from the store; retry shortly"
+                )
+            return live[next(self._turn[shard]) % len(live)]
+
+    def _get(self, ref: Any) -> Any:
+        exceptions = self._ray.exceptions
+        try:
+            return self._ray.get(ref, timeout=self._timeout)
+        except (exceptions.RayActorError, exceptions.ActorUnavailableError, exceptions.GetTimeoutError) as exc:
+            raise _Lost() from exc
+        except exceptions.RayTaskError as exc:  # the replica raised: the same error as in-process
+            cause = exc.cause
+            if isinstance(cause, Exception):
+                raise cause from None
+            raise
+
+    # -- failure and repair -------------------------------------------------------------
+
+    def _spawn(self) -> Any:
+        return self._actor.options(**self._options).remote(*self._body)
+
+    def _kill(self, handle: Any) -> None:
+        try:
+            self._ray.kill(handle, no_restart=True)
+        except Exception:  # already gone
+            pass
+
+    def _drop(self, shard: int, handle: Any) -> None:
+        """A replica failed: never ask it again, and start a replacement."""
+        with self._lock:
+            if handle not in self._live[shard]:
+                return
+            self._live[shard].remove(handle)
+            self._kill(handle)
+            if self._stop.is_set():
+                return
+            thread = threading.Thread(target=self._repair, args=(shard,), name=f"fpmatch-shard-{shard}-repair", daemon=True)
+            self._repairs = [t for t in self._repairs if t.is_alive()] + [thread]
+            thread.start()
+
+    def _repair(self, shard: int) -> None:
+        self._attached.wait()
+        while not self._stop.is_set():
+            log: list[tuple[Any, list[int]]] = []
+            handle = None
+            try:
+                assert self._guard is not None and self._loader is not None
+                with self._guard():  # no write is under way while the shard is read
+                    if self._stop.is_set():
+                        return
+                    templates, rows = self._loader(shard)
+                    with self._lock:
+                        self._logs[shard].append(log)
+                handle = self._spawn()
+                self._get(handle.restore.remote(templates, rows))
+                with self._lock:
+                    for change, ids in log:  # writes committed while it restored
+                        self._get(handle.replay.remote(change, ids))
+                    if not self._stop.is_set():
+                        self._live[shard].append(handle)
+                        self.rejoined.append((shard, time.monotonic()))
+                        handle = None
+                return
+            except StoreClosedError:
+                return
+            except Exception:  # lost again, or the store could not be read: try again shortly
+                self._stop.wait(0.5)
+            finally:
+                with self._lock:
+                    self._logs[shard] = [other for other in self._logs[shard] if other is not log]
+                if handle is not None:
+                    self._kill(handle)
+
+
+class _Lost(Exception):
+    """A replica died, became unreachable or did not answer in time."""
