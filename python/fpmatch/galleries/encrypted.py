@@ -114,14 +114,19 @@ class EncryptedSchemeGallery(ProtectedGallery):
 
     def encrypted_scores(self, ids: Sequence[int], values: np.ndarray) -> tuple[EncryptedScores, list[int]]:
         """Encrypted scores of a probe against the subjects stored under ``ids``, and those ids in score order
-        (the order of their slots: a whole-gallery scan)."""
+        (the order of their slots)."""
+        request, slots = self._request_for(sorted(self._slot[id_] for id_ in ids), values)
+        return request, [self._ids_at[int(s)] for s in slots]
+
+    def _request_for(self, chosen: Sequence[int], weights: np.ndarray) -> tuple[EncryptedScores, np.ndarray]:
+        """Encrypted scores against the slots ``chosen`` (ascending), and those slots in score order."""
         n = self.blocks.n
-        slots = np.array(sorted(self._slot[id_] for id_ in ids), dtype=np.int64)
-        if len(slots) == 1:
-            return self.blocks.request(slots, values), [self._ids_at[int(slots[0])]]
+        slots = np.asarray(chosen, dtype=np.int64)
+        if len(slots) == 1:  # one subject (1:1): its column only, not its whole block
+            return self.blocks.request(slots, weights), slots
         bounds = np.searchsorted(slots // n, np.arange(self.blocks.count + 1))
         live = [slots[bounds[b] : bounds[b + 1]] % n for b in range(self.blocks.count)]
-        return self.blocks.request_all(values, live), [self._ids_at[int(s)] for s in slots]
+        return self.blocks.request_all(weights, live), slots
 
     def _key_holder(self) -> ScoreDecider:
         if self._decider is None:

@@ -1,0 +1,168 @@
+"""The sharded matching service on a real local Ray runtime: the same outcomes as a single service
+holding the same subjects, for every scheme and index; consent, withdrawal and expiry routed to the
+shards and confirmed; placement and row layout recorded in the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import service_support as ss
+from cluster_support import answers, open_sharded, open_single, populate, ray_runtime  # noqa: F401
+from fpmatch import VerificationOutcome
+from fpmatch.cluster import Placement, RowLayout
+from fpmatch.errors import InvalidInputError, ShardUnavailableError, StoreFormatError
+
+pytestmark = pytest.mark.usefixtures("ray_runtime")
+
+CASES = [("hash", "flat"), ("hash", "ivf"), ("hash", "hnsw"), ("hybrid", "flat"), ("hybrid", "ivf"), ("hybrid", "hnsw"), ("he", "flat")]
+
+
+def _probes(names: list[str]) -> dict[str, np.ndarray]:
+    probes = {f"{name}#1": ss.sample(name, 1) for name in names}
+    probes.update({f"stranger-{i}": ss.stranger(i) for i in range(6)})
+    return probes
+
+
+def _rank1(found: dict[str, object]) -> dict[str, object]:
+    return {key: value[:1] if isinstance(value, list) else value for key, value in found.items()}
+
+
+@pytest.mark.parametrize(("scheme", "index"), CASES)
+def test_agreement_with_a_single_service(tmp_path: Path, scheme: str, index: str) -> None:
+    """Every 1:1 and 1:N outcome equals the single service's: agreement 1.0.
+
+    Flat indexes are exact: whole answers agree. IVF and HNSW are approximate and
+    each shard learns its own (IVF trains per shard here): answers agree at rank 1,
+    and a shard's candidates can only add to what one index would have found."""
+    clock = ss.ManualClock()
+    options = {"ivf_train_at": 64} if index == "ivf" else {}
+    n = 150 if index == "ivf" else 40
+    names = [f"p{i}" for i in range(n)]
+    with open_sharded(tmp_path / "sharded", clock, scheme, index=index, shards=3, replicas=2, **options) as sharded, open_single(
+        tmp_path / "single", clock, scheme, index=index, **options
+    ) as single:
+        populate([sharded, single], names)
+        populate([sharded, single], ["pay-0", "pay-1", "pay-2"], ("payment",))  # never matched for entry
+        probes = _probes(names[:: max(1, n // 20)] + ["pay-0", "pay-1"])
+        expected = answers(single, probes)
+        got = answers(sharded, probes)
+        if index != "flat":
+            expected, got = _rank1(expected), _rank1(got)
+        agreement = np.mean([got[key] == expected[key] for key in expected])
+        assert agreement == 1.0, {key: (got[key], expected[key]) for key in expected if got[key] != expected[key]}
+        assert any(found for key, found in expected.items() if key.startswith("identify p"))  # mates are found
+        assert all(found == [] or not found[0].startswith("pay") for found in got.values() if isinstance(found, list))
+        assert sharded.check_integrity().ok
+        counts = [sharded.service.replicas.live(s) for s in range(3)]
+        assert counts == [2, 2, 2]
+
+
+def test_writes_are_routed_and_confirmed_by_every_replica(tmp_path: Path) -> None:
+    """Consent withdrawal and expiry erase the subject from the store and every replica of its shard
+    before the call returns; re-enrolment reclaims the freed slot; a reopened service agrees."""
+    clock = ss.ManualClock()
+    names = [f"p{i}" for i in range(24)]
+    with open_sharded(tmp_path / "s", clock, "hybrid", shards=2, replicas=2) as svc:
+        populate([svc], names)
+        ss.enrol_people(svc, ["short"], days=5)
+        code = svc.store._connection().execute("SELECT code FROM subjects WHERE subject = 'p3'").fetchone()[0]
+        assert svc.identify(ss.sample("p3", 1), "entry")[0].subject == "p3"
+        assert svc.withdraw("p3") is True
+        assert "p3" not in svc and svc.verify("p3", ss.sample("p3", 1), "entry") is VerificationOutcome.USE_ALTERNATIVE
+        assert all(m.subject != "p3" for m in svc.identify(ss.sample("p3", 1), "entry"))
+        assert ss.files_containing(tmp_path / "s", bytes(code)) == []
+        report = svc.check_integrity()  # compares every live replica with the store
+        assert report.ok, report.problems
+        clock.advance(days=6)
+        assert svc.expire() == ["short"]
+        assert "short" not in svc and svc.check_integrity().ok
+        ss.grant(svc.service, "p3")
+        svc.enrol("p3", ss.sample("p3", 0))
+        assert svc.identify(ss.sample("p3", 1), "entry")[0].subject == "p3"
+        assert svc.check_integrity().ok
+    with open_sharded(tmp_path / "s", clock, "hybrid", replicas=1) as svc:
+        assert svc.service.shards == 2 and len(svc) == 24
+        assert svc.identify(ss.sample("p3", 1), "entry")[0].subject == "p3"
+        assert svc.check_integrity().ok
+
+
+def test_the_store_keeps_its_shard_count(tmp_path: Path) -> None:
+    clock = ss.ManualClock()
+    with open_sharded(tmp_path / "s", clock, "hybrid", shards=2, replicas=1) as svc:
+        populate([svc], [f"p{i}" for i in range(8)])
+    with pytest.raises(StoreFormatError, match="2 shards"):
+        open_sharded(tmp_path / "s", clock, "hybrid", shards=3, replicas=1)
+    with pytest.raises(StoreFormatError, match="ShardedMatchingService"):
+        open_single(tmp_path / "s", clock, "hybrid")
+    with pytest.raises(InvalidInputError, match="replicas"):
+        open_sharded(tmp_path / "s", clock, "hybrid", replicas=0)
+
+
+def test_a_single_shard_store_is_a_single_service_store(tmp_path: Path) -> None:
+    """One shard numbers its rows as a single gallery does: either service opens the other's store."""
+    clock = ss.ManualClock()
+    names = [f"p{i}" for i in range(12)]
+    with open_single(tmp_path / "s", clock, "hybrid") as single:
+        populate([single], names)
+        expected = answers(single, _probes(names[:4]))
+    with open_sharded(tmp_path / "s", clock, "hybrid", shards=1, replicas=1) as svc:
+        assert answers(svc, _probes(names[:4])) == expected
+        ss.enrol_people(svc, ["late"])
+    with open_single(tmp_path / "s", clock, "hybrid") as single:
+        assert single.identify(ss.sample("late", 1), "entry")[0].subject == "late"
+        assert single.check_integrity().ok
+
+
+def test_a_shard_without_live_replicas_is_a_retriable_error(tmp_path: Path, ray_runtime) -> None:  # noqa: F811
+    clock = ss.ManualClock()
+    with open_sharded(tmp_path / "s", clock, "hash", shards=2, replicas=1) as svc:
+        populate([svc], [f"p{i}" for i in range(10)])
+        replicas = svc.service.replicas
+        replicas._attached.clear()  # hold the replacement back so the gap can be seen
+        (handle,) = replicas.handles(0)
+        ray_runtime.kill(handle)
+        with pytest.raises(ShardUnavailableError, match="retry"):
+            for _ in range(3):
+                svc.identify(ss.sample("p1", 1), "entry")
+        replicas._attached.set()
+        _wait_for(lambda: replicas.live(0) == 1)
+        assert svc.identify(ss.sample("p1", 1), "entry")[0].subject == "p1"
+        assert svc.check_integrity().ok
+
+
+def _wait_for(condition, timeout: float = 60.0) -> None:
+    import time
+
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.1)
+
+
+def test_placement_is_keyed_and_balanced() -> None:
+    first, other = Placement(b"k" * 32, 4), Placement(b"j" * 32, 4)
+    names = [f"subject-{i}" for i in range(4000)]
+    shards = [first.shard_of(name) for name in names]
+    assert shards == [first.shard_of(name) for name in names]  # stable
+    assert min(np.bincount(shards, minlength=4)) > 900  # about a quarter each
+    assert sum(a != other.shard_of(n) for a, n in zip(shards, names)) > 2500  # another key, another placement
+    assert first.split(["a", "b", "c"]) == {s: [p for p, n in enumerate("abc") if first.shard_of(n) == s] for s in set(map(first.shard_of, "abc"))}
+    with pytest.raises(InvalidInputError):
+        Placement(b"k" * 32, 0)
+
+
+def test_row_layout_numbers_rows_in_order_they_were_written() -> None:
+    layout = RowLayout().extended(1, [0]).extended(0, [1, 0]).extended(1, [1, 0])
+    assert layout.entries == [(1, 0), (0, 0), (0, 1), (1, 1)]
+    assert layout.of_shard(0, ["a", "b", "c", "d"]) == ["b", "c"]
+    assert RowLayout.from_setting(layout.setting(), 4, 2).entries == layout.entries
+    assert RowLayout.from_setting(None, 3, 1).entries == [(0, 0), (0, 1), (0, 2)]
+    with pytest.raises(StoreFormatError):
+        RowLayout.from_setting(None, 3, 2)
+    with pytest.raises(StoreFormatError):
+        RowLayout.from_setting([[0, 0], [0, 0]], 2, 1)
+    with pytest.raises(StoreFormatError):
+        RowLayout.from_setting([[0, 0]], 2, 1)

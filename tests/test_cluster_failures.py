@@ -1,0 +1,111 @@
+"""Replica failures during traffic, on a real local Ray runtime: replicas are killed (``ray.kill``) at
+random moments while identifications, verifications, enrolments and withdrawals run. Every answer is
+the single service's answer or a retriable ShardUnavailableError, never a wrong MATCH; replacements
+are rebuilt from the store and rejoin; nothing acknowledged is lost and no withdrawn subject returns."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import service_support as ss
+from cluster_support import open_sharded, open_single, populate, ray_runtime  # noqa: F401
+from fpmatch import VerificationOutcome
+from fpmatch.errors import ShardUnavailableError
+
+pytestmark = pytest.mark.usefixtures("ray_runtime")
+
+
+def _retrying(action: Any, attempts: int = 200) -> Any:
+    """A write retried while its shard is unavailable (it was not committed then)."""
+    for _ in range(attempts):
+        try:
+            return action()
+        except ShardUnavailableError:
+            time.sleep(0.05)
+    raise AssertionError("the shard never came back")
+
+
+@pytest.mark.parametrize("scheme", ["hybrid", "hash"])
+def test_killing_replicas_during_traffic(tmp_path: Path, scheme: str, ray_runtime: Any) -> None:  # noqa: F811
+    clock = ss.ManualClock()
+    names = [f"p{i}" for i in range(30)]
+    rng = random.Random(15)
+    with open_sharded(tmp_path / "sharded", clock, scheme, shards=2, replicas=2, call_timeout=20) as sharded, open_single(
+        tmp_path / "single", clock, scheme
+    ) as single:
+        populate([sharded, single], names)
+        replicas = sharded.service.replicas
+        enrolled, withdrawn = set(names), set()
+        lock = threading.Lock()  # the traffic compares with the single service under the same membership
+        stop = threading.Event()
+        seen = {"answered": 0, "unavailable": 0, "wrong": []}
+
+        def traffic() -> None:
+            people = names + [f"new{i}" for i in range(6)]
+            while not stop.is_set():
+                name = rng.choice(people)
+                probe = ss.sample(name, 1)
+                with lock:
+                    expected = single.identify(probe, "entry", 3)
+                    try:
+                        got = sharded.identify(probe, "entry", 3)
+                    except ShardUnavailableError:
+                        seen["unavailable"] += 1
+                        continue
+                    if got != expected:
+                        seen["wrong"].append((name, got, expected))
+                    seen["answered"] += 1
+                    try:
+                        outcome = sharded.verify(name, probe, "entry")
+                    except ShardUnavailableError:
+                        seen["unavailable"] += 1
+                        continue
+                    if outcome != single.verify(name, probe, "entry"):
+                        seen["wrong"].append((name, outcome))
+
+        worker = threading.Thread(target=traffic)
+        worker.start()
+        try:
+            for round_ in range(6):
+                time.sleep(rng.uniform(0.1, 0.6))
+                shard = rng.randrange(2)
+                handles = replicas.handles(shard)
+                if handles:
+                    ray_runtime.kill(rng.choice(handles))  # at a random moment of the traffic
+                with lock:  # a write right after the kill: it must reach every live replica and the replacement
+                    if round_ % 2 == 0:
+                        name = f"new{round_}"
+                        for deployment in (sharded, single):
+                            ss.grant(deployment.service, name)
+                        _retrying(lambda: sharded.enrol(name, ss.sample(name, 0)))
+                        single.enrol(name, ss.sample(name, 0))
+                        enrolled.add(name)
+                    else:
+                        name = sorted(enrolled - withdrawn)[round_]
+                        assert _retrying(lambda: sharded.withdraw(name)) is True
+                        single.withdraw(name)
+                        withdrawn.add(name)
+        finally:
+            stop.set()
+            worker.join()
+        assert not seen["wrong"], seen["wrong"][:5]
+        assert seen["answered"] > 0
+        deadline = time.monotonic() + 120
+        while not all(replicas.live(s) == 2 for s in range(2)):
+            assert time.monotonic() < deadline, "replacements did not rejoin"
+            time.sleep(0.2)
+        assert len(replicas.rejoined) >= 6
+        report = sharded.check_integrity()  # every replica, old and rebuilt, equals the store
+        assert report.ok, report.problems
+        assert set(sharded.enrolled()) == enrolled - withdrawn
+        for name in sorted(enrolled - withdrawn):  # nothing acknowledged is lost
+            assert sharded.identify(ss.sample(name, 1), "entry") == single.identify(ss.sample(name, 1), "entry")
+        for name in withdrawn:  # and no withdrawn subject comes back
+            assert all(m.subject != name for m in sharded.identify(ss.sample(name, 1), "entry"))
+            assert sharded.verify(name, ss.sample(name, 1), "entry") is VerificationOutcome.USE_ALTERNATIVE
