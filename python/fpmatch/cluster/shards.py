@@ -110,6 +110,13 @@ class ShardReplicas:
         with self._lock:
             return list(self._live[shard])
 
+    def check(self) -> list[int]:
+        """Ping every replica: those that do not answer are dropped and replaced now rather than at
+        their next call. Returns the live replicas per shard."""
+        for shard in range(self.shards):
+            self.ask_every(shard, "ping")
+        return [self.live(shard) for shard in range(self.shards)]
+
     def repairing(self) -> bool:
         return any(thread.is_alive() for thread in self._repairs)
 
