@@ -57,6 +57,10 @@ COMMANDS = [
     ["tokens", "new"],
     ["tokens", "list"],
     ["tokens", "revoke"],
+    ["cluster"],
+    ["cluster", "up"],
+    ["cluster", "status"],
+    ["cluster", "down"],
 ]
 STORE_COMMANDS = [["consent", "grant"], ["consent", "withdraw"], ["consent", "show"], ["enrol"], ["calibrate"],
                   ["verify"], ["identify"], ["audit", "verify"], ["audit", "export"], ["purge"]]  # fmt: skip
@@ -670,3 +674,27 @@ def test_progress_bars_only_when_asked_or_on_a_terminal(
         assert text.startswith("\rwork:") and "100%" in text and "4/4" in text and text.endswith("\n")
     else:
         assert text == ""
+
+
+# -- cluster ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["cluster", "up"], "ray start --head --port=6379 --include-dashboard=false"),
+        (["cluster", "up", "--port", "7000", "--num-cpus", "4"], "ray start --head --port=7000 --include-dashboard=false --num-cpus=4"),
+        (["cluster", "up", "--address", "10.0.0.1:6379"], "ray start --address=10.0.0.1:6379"),
+        (["cluster", "status", "--address", "10.0.0.1:6379"], "ray status --address=10.0.0.1:6379"),
+        (["cluster", "down"], "ray stop"),
+    ],
+)
+def test_cluster_commands_wrap_ray(capsys: pytest.CaptureFixture[str], argv: list[str], expected: str) -> None:
+    """The Ray command each cluster command runs (printed, not run: ``ray stop`` ends every Ray process of the user)."""
+    code, out, err = run(capsys, *argv, "--dry-run")
+    assert (code, out.strip()) == (0, expected), err
+
+
+def test_cluster_up_refuses_a_bad_port(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "cluster", "up", "--port", "0", "--dry-run")
+    assert code == 2 and "positive integer" in err

@@ -15,7 +15,7 @@ finds the chain broken, 2 on an error or a usage error, with one line
 This module assembles the parser and runs a command; each command group lives in
 its own module (:mod:`.demo`, :mod:`.bench`, :mod:`.keys`, :mod:`.consent`,
 :mod:`.matching` for enrol, calibrate, verify and identify, :mod:`.audit` with
-purge, :mod:`.keyholder` for the key holder service), the parties and the store session in :mod:`._parties`.
+purge, :mod:`.keyholder` for the key holder service, :mod:`.cluster` for the Ray runtime), the parties and the store session in :mod:`._parties`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import sys
 from typing import Sequence
 
 from ..errors import FpmatchError
-from . import audit, bench, consent, demo, keyholder, keys, matching, serve
+from . import audit, bench, cluster, consent, demo, keyholder, keys, matching, serve
 from ._common import FORMATTER, CliError, examples_epilog, note, one_line
 from ._parties import ROLES
 from .matching import VERIFY_STATUS
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fpmatch {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (demo, bench, keys, consent, matching, audit, keyholder, serve):  # the order of --help
+    for group in (demo, bench, keys, consent, matching, audit, keyholder, serve, cluster):  # the order of --help
         group.add_commands(commands)
     return parser
 
