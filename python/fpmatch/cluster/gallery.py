@@ -196,34 +196,60 @@ class ShardedGallery(ProtectedGallery):
         if self.profile.scheme == "he":
             return self._search_all(probe, k, threshold, eligible)
         assert probe.code is not None and probe.reliability is not None
-        want = k if self.profile.scheme == "hash" else max(k, self.candidates)
-        found = self._nearest(probe, want, eligible)
         if self.profile.scheme == "hash":
+            found, _ = self._nearest(probe, k, eligible, with_scores=False)
             return [self._names[id_] for id_, d in found if weighted_score(d) >= threshold]
+        found, parts = self._nearest(probe, max(k, self.candidates), eligible, with_scores=True)
         ids = [id_ for id_, _ in found]
         if not ids:
             return []
-        by_shard: dict[int, list[int]] = {}
-        for id_ in ids:
-            by_shard.setdefault(self.placement.shard_of(self._names[id_]), []).append(id_)
-        return self._decide_best(probe, by_shard, k, threshold)
+        if parts is None:  # some shard was searched deeper: its scores are asked for now
+            by_shard: dict[int, list[int]] = {}
+            for id_ in ids:
+                by_shard.setdefault(self.placement.shard_of(self._names[id_]), []).append(id_)
+            return self._decide_best(probe, by_shard, k, threshold)
+        chosen = set(ids)
+        selected, order = {}, []
+        for shard, (shard_ids, request) in sorted(parts.items()):
+            positions = [p for p, id_ in enumerate(shard_ids) if id_ in chosen]
+            if positions:
+                selected[shard] = (request, positions)
+                order += [shard_ids[p] for p in positions]
+        return self._best(self._joined(selected), order, k, threshold)
 
-    def _nearest(self, probe: ProbeMessage, want: int, eligible: Callable[[str], bool]) -> list[tuple[int, float]]:
-        """The ``want`` eligible (id, weighted distance) nearest the probe over every shard, nearest first."""
+    def _nearest(
+        self, probe: ProbeMessage, want: int, eligible: Callable[[str], bool], *, with_scores: bool
+    ) -> tuple[list[tuple[int, float]], dict[int, tuple[list[int], bytes]] | None]:
+        """The ``want`` eligible (id, weighted distance) nearest the probe over every shard, nearest first.
+
+        ``with_scores`` (hybrid): the first round also brings each shard's encrypted
+        scores of its candidates (id order, request bytes), returned unless a shard
+        had to be searched deeper.
+        """
         code = probe.code.tobytes()  # type: ignore[union-attr]
         reliability = np.ascontiguousarray(probe.reliability, dtype="<f4").tobytes()
         depth = {s: min(self._count[s], max(want, 16)) for s in range(self.shards) if self._count[s]}
         found: dict[int, list[tuple[int, float]]] = {}
+        parts: dict[int, tuple[list[int], bytes]] | None = None
+        if with_scores and depth:
+            values = _values(probe)
+            calls = {s: ("shortlist_scores", (code, reliability, d, values)) for s, d in depth.items()}
+            answers = self.replicas.fan_out(calls)
+            parts = {s: (ids, request) for s, (ids, _, request) in answers.items() if request is not None}
+            results = {s: (ids, distances) for s, (ids, distances, _) in answers.items()}
+        else:
+            results = self.replicas.fan_out({s: ("nearest", (code, reliability, d)) for s, d in depth.items()})
         for _ in range(_DEEPEN):
-            calls = {s: ("nearest", (code, reliability, d)) for s, d in depth.items()}
-            for shard, (ids, distances) in self.replicas.fan_out(calls).items():
+            for shard, (ids, distances) in results.items():
                 found[shard] = [(i, d) for i, d in zip(ids, distances) if self._eligible_id(i, eligible)]
             # deeper only where ineligible subjects filled the list and more are held
             depth = {s: min(self._count[s], d * 4) for s, d in depth.items() if len(found[s]) < want and d < self._count[s]}
             if not depth:
                 break
+            parts = None
+            results = self.replicas.fan_out({s: ("nearest", (code, reliability, d)) for s, d in depth.items()})
         merged = sorted((d, i) for part in found.values() for i, d in part)
-        return [(i, d) for d, i in merged[:want]]
+        return [(i, d) for d, i in merged[:want]], parts
 
     def _search_all(self, probe: ProbeMessage, k: int, threshold: float, eligible: Callable[[str], bool]) -> list[str]:
         by_shard: dict[int, list[int]] = {}
@@ -236,19 +262,30 @@ class ShardedGallery(ProtectedGallery):
 
     def _decide_best(self, probe: ProbeMessage, by_shard: dict[int, list[int]], k: int, threshold: float) -> list[str]:
         """Each shard's part of the encrypted scores, joined into one request to the key holder."""
-        from ..he.scores import EncryptedScores
-
         values = _values(probe)
         parts = self.replicas.fan_out({s: ("encrypted_scores", (ids, values)) for s, ids in sorted(by_shard.items())})
         order = [id_ for s in sorted(parts) for id_ in parts[s][1]]
+        return self._best(self._joined({s: (parts[s][0], None) for s in parts}), order, k, threshold)
+
+    def _joined(self, parts: Mapping[int, tuple[bytes, list[int] | None]]) -> bytes:
+        """One request from the shards' requests (each cut to ``positions`` when given), in shard order."""
+        from ..he.scores import EncryptedScores
+
         if len(parts) == 1:
-            (request,) = [part[0] for part in parts.values()]
-        else:
-            context = self._context
-            assert context is not None
-            ring = context.ring
-            scores = [EncryptedScores.from_bytes(parts[s][0], key_id=context.key_id, n=ring.n, q=ring.q) for s in sorted(parts)]
-            request = EncryptedScores.join(scores).to_bytes()
+            ((request, positions),) = parts.values()
+            if positions is None:
+                return request
+        context = self._context
+        assert context is not None
+        ring = context.ring
+        scores = []
+        for shard in sorted(parts):
+            request, positions = parts[shard]
+            part = EncryptedScores.from_bytes(request, key_id=context.key_id, n=ring.n, q=ring.q)
+            scores.append(part if positions is None or len(positions) == len(part) else part.select(positions))
+        return EncryptedScores.join(scores).to_bytes()
+
+    def _best(self, request: bytes, order: list[int], k: int, threshold: float) -> list[str]:
         positions = self._key_holder().best(request, threshold, min(k, len(order)), caller=self._caller)
         return [self._names[order[p]] for p in positions]
 
