@@ -63,6 +63,11 @@ class ShardReplica:
         if self.profile.encrypted:
             options = {**options, "decider": self._replies, "caller": "shard-replica"}
         self.gallery = open_gallery(self.profile, index, **options)
+        # One thread per probe: a node's cores serve its replicas side by side (threads of
+        # several replicas on the same cores only contend).
+        for part in ("codes", "ciphertext_rows", "blocks"):
+            if hasattr(self.gallery, part):
+                getattr(self.gallery, part).n_threads = 1
 
     def ping(self) -> int:
         return len(self.gallery)

@@ -56,6 +56,7 @@ class CodeTable:
         if isinstance(ivf_train_at, bool) or not isinstance(ivf_train_at, int) or ivf_train_at < 64:
             raise InvalidInputError(f"ivf_train_at must be an integer of at least 64, got {ivf_train_at!r}")
         self.ivf_train_at = ivf_train_at
+        self.n_threads = 0  # search threads per probe (0: every core)
         self.kind: str
         self.index: Index
         if given is None:
@@ -124,7 +125,9 @@ class CodeTable:
         depth = min(total, max(want, 16))
         found: list[tuple[int, float]] = []
         while depth:
-            result = self.index.search_weighted(code[None, :], reliability[None, :], depth, max(self.shortlist, depth))
+            result = self.index.search_weighted(
+                code[None, :], reliability[None, :], depth, max(self.shortlist, depth), n_threads=self.n_threads
+            )
             labels = result.labels[0].tolist()
             found = []
             for label, distance in zip(labels, result.distances[0].tolist()):

@@ -65,6 +65,7 @@ class CiphertextRows:
         self.used: list[int] = []  # templates placed in each row (erased ones included)
         self.refreshes: list[int] = []
         self.erased: set[int] = set()  # slots erased and not yet reclaimed
+        self.n_threads = 0  # scoring threads per probe (0: every core)
 
     @property
     def row_bytes(self) -> int:
@@ -191,7 +192,7 @@ class CiphertextRows:
         alpha = multiply(self._c1[rows], p_hat, ring.q)
         offsets = position * d
         windows = [self._c0[r, o : o + d].reshape(d, 1) for r, o in zip(row_of_slot.tolist(), offsets.tolist())]
-        beta = combine(windows, weights, ring.q)[:, 0]
+        beta = combine(windows, weights, ring.q, n_threads=self.n_threads)[:, 0]
         return EncryptedScores(
             key_id=self.context.key_id,
             scale_bits=self.context.params.template_scale_bits + self.probe_scale_bits,
