@@ -28,20 +28,21 @@ def ray_runtime() -> Iterator[Any]:
 
 
 def open_sharded(directory: Path, clock: ss.ManualClock, scheme: str, **kwargs: Any) -> ss.Deployment:
-    capture = ss.edge(scheme)
-    kwargs.setdefault("alternative", PinVerifier(cost=2**10, clock=clock))
-    if capture.profile.encrypted:
-        kwargs.setdefault("keyholder", ss.keyholder())
-    service = ShardedMatchingService.open(directory, ss.SERVICE_KEY, edge=capture.profile, clock=clock, **kwargs)
-    return ss.Deployment(service, capture)
+    return _deployment(ShardedMatchingService, directory, clock, scheme, kwargs)
 
 
 def open_single(directory: Path, clock: ss.ManualClock, scheme: str, **kwargs: Any) -> ss.Deployment:
+    return _deployment(MatchingService, directory, clock, scheme, kwargs)
+
+
+def _deployment(
+    service: type[MatchingService], directory: Path, clock: ss.ManualClock, scheme: str, kwargs: dict[str, Any]
+) -> ss.Deployment:
     capture = ss.edge(scheme)
     kwargs.setdefault("alternative", PinVerifier(cost=2**10, clock=clock))
     if capture.profile.encrypted:
         kwargs.setdefault("keyholder", ss.keyholder())
-    return ss.Deployment(MatchingService.open(directory, ss.SERVICE_KEY, edge=capture.profile, clock=clock, **kwargs), capture)
+    return ss.Deployment(service.open(directory, ss.SERVICE_KEY, edge=capture.profile, clock=clock, **kwargs), capture)
 
 
 def populate(deployments: list[ss.Deployment], names: list[str], purposes: tuple[str, ...] = ("entry",)) -> None:

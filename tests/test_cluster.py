@@ -60,6 +60,23 @@ def test_agreement_with_a_single_service(tmp_path: Path, scheme: str, index: str
         assert counts == [2, 2, 2]
 
 
+@pytest.mark.parametrize("scheme", ["hash", "hybrid"])
+def test_ineligible_subjects_never_hide_eligible_ones(tmp_path: Path, scheme: str) -> None:
+    """Shards whose nearest candidates are mostly not consenting to the purpose are searched
+    deeper, as one gallery is: the answers stay the single service's."""
+    clock = ss.ManualClock()
+    payers, entrants = [f"pay-{i}" for i in range(120)], [f"in-{i}" for i in range(6)]
+    with open_sharded(tmp_path / "sharded", clock, scheme, shards=2, replicas=1) as sharded, open_single(
+        tmp_path / "single", clock, scheme
+    ) as single:
+        populate([sharded, single], payers, ("payment",))
+        populate([sharded, single], entrants)
+        probes = _probes(entrants)
+        expected = answers(single, probes)
+        assert answers(sharded, probes) == expected
+        assert all(expected[f"identify {name}#1"][:1] == [name] for name in entrants)
+
+
 def test_writes_are_routed_and_confirmed_by_every_replica(tmp_path: Path) -> None:
     """Consent withdrawal and expiry erase the subject from the store and every replica of its shard
     before the call returns; re-enrolment reclaims the freed slot; a reopened service agrees."""

@@ -14,7 +14,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "python" / "fpmatch"
 #: Built on the matching library; nothing in it may import them.
-LAYERS_ABOVE = ("fpmatch.eval", "fpmatch.cli")
+LAYERS_ABOVE = ("fpmatch.eval", "fpmatch.cli", "fpmatch.cluster")
 #: Modules allowed to import them: the entry point, and the deprecated path of the evaluation.
 ALLOWED = {"fpmatch.__main__", "fpmatch.evaluation"}
 

@@ -34,10 +34,6 @@ from .placement import LAYOUT_SETTING, Placement, RowLayout
 from .replica import TemplateTuple
 from .shards import ShardReplicas
 
-#: Rounds of deeper search per shard before its eligible candidates are taken as they are.
-_DEEPEN = 4
-
-
 class ShardedGallery(ProtectedGallery):
     """Subjects on S shards of R replica actors each; the service's view of them as one gallery."""
 
@@ -135,8 +131,8 @@ class ShardedGallery(ProtectedGallery):
 
     def stage_remove(self, subjects: Sequence[str]) -> Staged:
         parts = self.placement.split(subjects)
-        for p in range(len(subjects)):
-            self.id_of(subjects[p])  # UnknownSubjectError before any shard is asked
+        for subject in subjects:
+            self.id_of(subject)  # UnknownSubjectError before any shard is asked
         calls = {shard: ("stage_remove", ([subjects[p] for p in positions],)) for shard, positions in parts.items()}
         staged = self.replicas.fan_out(calls)
         out = Staged()
@@ -239,7 +235,7 @@ class ShardedGallery(ProtectedGallery):
             results = {s: (ids, distances) for s, (ids, distances, _) in answers.items()}
         else:
             results = self.replicas.fan_out({s: ("nearest", (code, reliability, d)) for s, d in depth.items()})
-        for _ in range(_DEEPEN):
+        while True:
             for shard, (ids, distances) in results.items():
                 found[shard] = [(i, d) for i, d in zip(ids, distances) if self._eligible_id(i, eligible)]
             # deeper only where ineligible subjects filled the list and more are held
