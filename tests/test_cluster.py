@@ -1,6 +1,6 @@
 """The sharded matching service on a real local Ray runtime: the same outcomes as a single service
 holding the same subjects, for every scheme and index; consent, withdrawal and expiry routed to the
-shards and confirmed; placement and row layout recorded in the store."""
+shards and confirmed; the shard count recorded in the store."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import pytest
 import service_support as ss
 from cluster_support import answers, open_sharded, open_single, populate, ray_runtime  # noqa: F401
 from fpmatch import VerificationOutcome
-from fpmatch.cluster import Placement, RowLayout
 from fpmatch.errors import InvalidInputError, ShardUnavailableError, StoreFormatError
 
 pytestmark = pytest.mark.usefixtures("ray_runtime")
@@ -157,29 +156,3 @@ def _wait_for(condition, timeout: float = 60.0) -> None:
     while not condition():
         assert time.monotonic() < end, "timed out"
         time.sleep(0.1)
-
-
-def test_placement_is_keyed_and_balanced() -> None:
-    first, other = Placement(b"k" * 32, 4), Placement(b"j" * 32, 4)
-    names = [f"subject-{i}" for i in range(4000)]
-    shards = [first.shard_of(name) for name in names]
-    assert shards == [first.shard_of(name) for name in names]  # stable
-    assert min(np.bincount(shards, minlength=4)) > 900  # about a quarter each
-    assert sum(a != other.shard_of(n) for a, n in zip(shards, names)) > 2500  # another key, another placement
-    assert first.split(["a", "b", "c"]) == {s: [p for p, n in enumerate("abc") if first.shard_of(n) == s] for s in set(map(first.shard_of, "abc"))}
-    with pytest.raises(InvalidInputError):
-        Placement(b"k" * 32, 0)
-
-
-def test_row_layout_numbers_rows_in_order_they_were_written() -> None:
-    layout = RowLayout().extended(1, [0]).extended(0, [1, 0]).extended(1, [1, 0])
-    assert layout.entries == [(1, 0), (0, 0), (0, 1), (1, 1)]
-    assert layout.of_shard(0, ["a", "b", "c", "d"]) == ["b", "c"]
-    assert RowLayout.from_setting(layout.setting(), 4, 2).entries == layout.entries
-    assert RowLayout.from_setting(None, 3, 1).entries == [(0, 0), (0, 1), (0, 2)]
-    with pytest.raises(StoreFormatError):
-        RowLayout.from_setting(None, 3, 2)
-    with pytest.raises(StoreFormatError):
-        RowLayout.from_setting([[0, 0], [0, 0]], 2, 1)
-    with pytest.raises(StoreFormatError):
-        RowLayout.from_setting([[0, 0]], 2, 1)
