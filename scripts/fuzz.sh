@@ -9,7 +9,8 @@ PY=${PY:-.venv/bin/python}
 SECONDS_EACH=${FUZZ_SECONDS:-120}
 OUT=build/fuzz
 mkdir -p "$OUT/findings"
-[ -d "$OUT/public_context" ] || "$PY" fuzz/seeds.py "$OUT/seeds" --public-context
+[ -f "$OUT/seeds/keyholder.key" ] || "$PY" fuzz/seeds.py "$OUT/seeds" --public-context
+export FPMATCH_FUZZ_KEYHOLDER="$OUT/seeds/keyholder.key"
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && mapfile -t targets < <("$PY" -c "import sys; sys.path.insert(0, 'fuzz'); import targets; print('\n'.join(targets.TARGETS))")
 failed=0
