@@ -687,14 +687,15 @@ class Store:
             problems.append(str(exc))
         return problems
 
-    def audit_entries(self, pseudonym: str | None = None) -> list[AuditEntry]:
-        """The audit chain as stored, in sequence order; or only the entries naming ``pseudonym``."""
-        query = "SELECT * FROM audit ORDER BY seq"
-        args: tuple[str, ...] = ()
+    def audit_entries(self, pseudonym: str | None = None, *, since: str | None = None) -> list[AuditEntry]:
+        """The audit chain as stored, in sequence order; or only the entries naming ``pseudonym``;
+        or only those at or after the time ``since`` (as :func:`~fpmatch.consent.format_time` writes it)."""
+        query = "SELECT * FROM audit WHERE time >= ? ORDER BY seq"
+        args: tuple[str, ...] = (since or "",)
         if pseudonym is not None:
             # instr() narrows the scan to candidates; the exact test is below.
-            query = "SELECT * FROM audit WHERE subject = ? OR instr(detail, ?) > 0 ORDER BY seq"
-            args = (pseudonym, pseudonym)
+            query = "SELECT * FROM audit WHERE time >= ? AND (subject = ? OR instr(detail, ?) > 0) ORDER BY seq"
+            args = (since or "", pseudonym, pseudonym)
         with self._reading() as conn:
             rows = conn.execute(query, args).fetchall()
         entries = [
