@@ -15,10 +15,9 @@ from ..edge import EdgeProfile
 from ..errors import InvalidInputError, StoreFormatError
 from ..galleries import ProtectedGallery
 from ..keys import ServiceKey
-from ..service import MatchingService
+from ..service import SHARDS_SETTING, MatchingService, check_decider
 from ..store import Store
 from .gallery import ShardedGallery
-from ..service import SHARDS_SETTING
 from .placement import LAYOUT_SETTING, MAX_SHARDS, Placement, RowLayout, check_count
 from .shards import DEFAULT_CALL_TIMEOUT, ShardReplicas
 
@@ -72,20 +71,11 @@ class ShardedMatchingService(MatchingService):
         unknown = set(options) - set(gallery_options)
         if unknown:
             raise InvalidInputError(f"unknown gallery options: {', '.join(sorted(unknown))}")
-        if profile.encrypted:
-            from ..service import _check_keyholder
-
-            _check_keyholder(keyholder, profile)
-        elif keyholder is not None:
-            raise InvalidInputError("the hash scheme decides without a key holder; do not pass one")
-        if profile.scheme == "hash":
-            gallery_options.pop("candidates", None)
-        if profile.scheme == "he":
-            gallery_options = {}
+        check_decider(keyholder, profile)
         replicas = ShardReplicas(
             shards,
             cluster["replicas"],
-            (profile.to_dict(), index, gallery_options),
+            (profile.to_dict(), index, gallery_options),  # open_gallery drops what the scheme does not take
             actor_options=cluster["actor_options"],
             call_timeout=cluster["call_timeout"],
         )

@@ -138,11 +138,9 @@ class MatchingService(ConsentOps, EnrolmentOps, MatchingOps, ErasureOps, Account
     def _load_gallery(
         store: Store, profile: EdgeProfile, index: str, keyholder: Any, caller: str, options: dict[str, Any]
     ) -> tuple[ProtectedGallery, str]:
+        check_decider(keyholder, profile)
         if profile.encrypted:
-            _check_keyholder(keyholder, profile)
             options = {**options, "decider": keyholder, "caller": caller}
-        elif keyholder is not None:
-            raise InvalidInputError("the hash scheme decides without a key holder; do not pass one")
         shards = store.meta(SHARDS_SETTING)
         if shards is not None and shards != 1:
             # Its ciphertext slots and rows are numbered per shard: one gallery cannot read them.
@@ -217,6 +215,14 @@ class MatchingService(ConsentOps, EnrolmentOps, MatchingOps, ErasureOps, Account
     def _write_cache(self) -> None:
         if self._gallery.index is not None:
             self._store.write_index_cache(self._gallery.index, self._store.generation)
+
+
+def check_decider(keyholder: Any, profile: EdgeProfile) -> None:
+    """The key holder an encrypted scheme needs (and that the ``hash`` scheme must not get)."""
+    if profile.encrypted:
+        _check_keyholder(keyholder, profile)
+    elif keyholder is not None:
+        raise InvalidInputError("the hash scheme decides without a key holder; do not pass one")
 
 
 def _check_keyholder(keyholder: Any, profile: EdgeProfile) -> None:
