@@ -16,6 +16,7 @@ import numpy as np
 
 from ..edge import EdgeProfile, EnrolmentRecord, ProbeMessage
 from ..he.blocks import CiphertextBlocks
+from ..he._packing import PACKED_BYTES
 from ..he.context import PublicContext
 from ..errors import InvalidInputError
 from ..he.keyholder import ScoreDecider
@@ -51,7 +52,7 @@ class EncryptedSchemeGallery(ProtectedGallery):
         n = self.blocks.n
         rows = {
             b: (
-                np.ascontiguousarray(staged.blocks[b][:, n:], dtype="<i8").tobytes() if b in staged.blocks else self.blocks.c1_bytes(b),
+                staged.blocks[b][:, PACKED_BYTES * n :].tobytes() if b in staged.blocks else self.blocks.c1_bytes(b),
                 used,
                 staged.refreshes[b],
             )

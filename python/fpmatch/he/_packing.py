@@ -1,0 +1,79 @@
+"""The packed form of ciphertext values: 6 bytes each, in memory, at rest and in the kernel.
+
+A value x, centred mod q (``[-h, h]`` with ``h = (q - 1) / 2``), is stored as ``u = x + h`` in
+``[0, q - 1]``, 48-bit little-endian: a row of k values is ``6k`` bytes (uint8). The data prime is
+below 2**48, so every value fits; zero is stored as ``h``. The native kernel
+(``cpp/modular_scan.h``) reads this form directly. Stored bytes holding a value above ``q - 1``
+are refused wherever they are read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import CiphertextFormatError
+
+#: Bytes per stored value.
+PACKED_BYTES = 6
+#: Stored values must be below this (so the data prime is too).
+PACKED_LIMIT = 1 << 48
+
+
+def pack(centred: np.ndarray, q: int) -> np.ndarray:
+    """Values centred mod q (int64, shape (..., k)) -> their packed bytes (uint8, shape (..., 6k))."""
+    values = np.asarray(centred, dtype=np.int64)
+    stored = (values + q // 2).astype("<u8")
+    as_bytes = stored.reshape(values.shape + (1,)).view(np.uint8)[..., :PACKED_BYTES]
+    return np.ascontiguousarray(as_bytes).reshape(values.shape[:-1] + (values.shape[-1] * PACKED_BYTES,))
+
+
+def pack_residues(residues: np.ndarray, q: int) -> np.ndarray:
+    """Values in [0, q) (as SEAL holds them) -> packed bytes, centring on the way."""
+    values = np.asarray(residues, dtype=np.int64)
+    return pack(np.where(values > q // 2, values - q, values), q)
+
+
+def stored_values(packed: np.ndarray | bytes) -> np.ndarray:
+    """The stored ``u`` of packed bytes (uint8 (..., 6k) array or bytes), as uint64 (..., k)."""
+    raw = np.frombuffer(packed, dtype=np.uint8) if isinstance(packed, (bytes, bytearray, memoryview)) else packed
+    if raw.shape[-1] % PACKED_BYTES:
+        raise CiphertextFormatError(f"packed ciphertext values come in {PACKED_BYTES}-byte units, got {raw.shape[-1]} bytes")
+    k = raw.shape[-1] // PACKED_BYTES
+    wide = np.zeros(raw.shape[:-1] + (k, 8), dtype=np.uint8)
+    wide[..., :PACKED_BYTES] = raw.reshape(raw.shape[:-1] + (k, PACKED_BYTES))
+    return wide.view("<u8").reshape(raw.shape[:-1] + (k,))
+
+
+def unpack(packed: np.ndarray | bytes, q: int) -> np.ndarray:
+    """Packed bytes -> values centred mod q (int64); a stored value above q - 1 is refused."""
+    stored = stored_values(packed)
+    if stored.size and int(stored.max()) > q - 1:
+        raise CiphertextFormatError("packed ciphertext values out of range for this modulus")
+    return stored.astype(np.int64) - q // 2
+
+
+def zero_bytes(count: int, q: int) -> bytes:
+    """The packed form of ``count`` zeros (what erasure writes)."""
+    return pack(np.zeros(count, dtype=np.int64), q).tobytes()
+
+
+def from_stored(data: bytes, count: int, q: int) -> np.ndarray:
+    """``count`` stored values as packed bytes (uint8 (6 * count,)).
+
+    Packed bytes are checked and kept as they are; the int64 form of earlier file and store
+    versions (8 bytes a value, centred, told apart by its length) is checked and packed.
+    Anything else, or a value out of range, raises :class:`CiphertextFormatError`.
+    """
+    if len(data) == PACKED_BYTES * count:
+        packed = np.frombuffer(data, dtype=np.uint8)
+        unpack(packed, q)  # checks the range
+        return packed
+    if len(data) == 8 * count:
+        values = np.frombuffer(data, dtype="<i8")
+        if (np.abs(values) > q // 2).any():
+            raise CiphertextFormatError("stored ciphertext values out of range for this modulus")
+        return pack(values, q)
+    raise CiphertextFormatError(
+        f"{len(data)} bytes of ciphertext where {count} values take {PACKED_BYTES * count} (packed) "
+        f"or {8 * count} (int64, earlier versions)"
+    )
