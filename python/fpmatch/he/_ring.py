@@ -20,6 +20,7 @@ from tenseal.sealapi import util as seal_util
 
 from ..errors import InvalidInputError
 from .errors import CiphertextFormatError, InsecureParametersError
+from ._zeros import CiphertextReader
 from .params import MAX_DATA_PRIME_BITS, check_security
 
 
@@ -124,6 +125,7 @@ class ZeroEncryptor:
         self._ring = ring
         self._encryptor = sealapi.Encryptor(ring.seal, public_key)
         self._evaluator = sealapi.Evaluator(ring.seal)
+        self._reader = CiphertextReader(ring.n)
 
     def encrypt(self, count: int) -> tuple[np.ndarray, np.ndarray]:
         """``count`` encryptions of 0: c0 as centred coefficients, c1 as centred NTT values."""
@@ -135,11 +137,9 @@ class ZeroEncryptor:
             self._encryptor.encrypt_zero(ciphertext)
             if ciphertext.coeff_modulus_size() != 1 or ciphertext.size() != 2 or not ciphertext.is_ntt_form():
                 raise CiphertextFormatError("SEAL produced a ciphertext of an unexpected shape")
-            at = ciphertext.dyn_array().at
-            c1[i] = np.fromiter(map(at, range(n, 2 * n)), dtype=np.int64, count=n)
+            c1[i] = self._reader.read(ciphertext)[1]
             self._evaluator.transform_from_ntt_inplace(ciphertext)
-            at = ciphertext.dyn_array().at
-            c0[i] = np.fromiter(map(at, range(n)), dtype=np.int64, count=n)
+            c0[i] = self._reader.read(ciphertext)[0]
         return self._ring.centre(c0), self._ring.centre(c1)
 
 
