@@ -21,16 +21,20 @@ PACKED_LIMIT = 1 << 48
 
 def pack(centred: np.ndarray, q: int) -> np.ndarray:
     """Values centred mod q (int64, shape (..., k)) -> their packed bytes (uint8, shape (..., 6k))."""
-    values = np.asarray(centred, dtype=np.int64)
-    stored = (values + q // 2).astype("<u8")
-    as_bytes = stored.reshape(values.shape + (1,)).view(np.uint8)[..., :PACKED_BYTES]
-    return np.ascontiguousarray(as_bytes).reshape(values.shape[:-1] + (values.shape[-1] * PACKED_BYTES,))
+    return _stored_bytes(np.asarray(centred, dtype=np.int64) + q // 2)
 
 
 def pack_residues(residues: np.ndarray, q: int) -> np.ndarray:
     """Values in [0, q) (as SEAL holds them) -> packed bytes, centring on the way."""
-    values = np.asarray(residues, dtype=np.int64)
-    return pack(np.where(values > q // 2, values - q, values), q)
+    stored = np.asarray(residues, dtype=np.int64) + q // 2
+    stored[stored >= q] -= q
+    return _stored_bytes(stored)
+
+
+def _stored_bytes(stored: np.ndarray) -> np.ndarray:
+    """Stored values (int64 in [0, 2**48)) -> their low 6 bytes, little-endian."""
+    as_bytes = stored.astype("<u8", copy=False).reshape(stored.shape + (1,)).view(np.uint8)[..., :PACKED_BYTES]
+    return np.ascontiguousarray(as_bytes).reshape(stored.shape[:-1] + (stored.shape[-1] * PACKED_BYTES,))
 
 
 def stored_values(packed: np.ndarray | bytes) -> np.ndarray:

@@ -20,6 +20,7 @@ from tenseal.sealapi import util as seal_util
 
 from ..errors import InvalidInputError
 from .errors import CiphertextFormatError, InsecureParametersError
+from ._packing import pack_residues
 from ._zeros import CiphertextReader
 from .params import MAX_DATA_PRIME_BITS, check_security
 
@@ -127,8 +128,11 @@ class ZeroEncryptor:
         self._evaluator = sealapi.Evaluator(ring.seal)
         self._reader = CiphertextReader(ring.n)
 
-    def encrypt(self, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """``count`` encryptions of 0: c0 as centred coefficients, c1 as centred NTT values."""
+    def encrypt(self, count: int, packed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` encryptions of 0: c0 as centred coefficients, c1 as centred NTT values.
+
+        ``packed``: both in the packed form of :mod:`fpmatch.he._packing` ((count, 6N) uint8).
+        """
         n = self._ring.n
         c0 = np.empty((count, n), dtype=np.int64)
         c1 = np.empty((count, n), dtype=np.int64)
@@ -140,6 +144,8 @@ class ZeroEncryptor:
             c1[i] = self._reader.read(ciphertext)[1]
             self._evaluator.transform_from_ntt_inplace(ciphertext)
             c0[i] = self._reader.read(ciphertext)[0]
+        if packed:
+            return pack_residues(c0, self._ring.q), pack_residues(c1, self._ring.q)
         return self._ring.centre(c0), self._ring.centre(c1)
 
 

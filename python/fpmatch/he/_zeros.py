@@ -17,19 +17,22 @@ this process's (and the worker's) memory and in that short-lived in-memory file.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import tempfile
+import threading
 import zlib
-from concurrent.futures import Future, ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ._packing import PACKED_BYTES
 from .errors import CiphertextFormatError
 
 try:
@@ -97,10 +100,55 @@ class CiphertextReader:
 
 
 # -- worker processes ------------------------------------------------------------------------------
+#
+# A worker is ``python -m fpmatch.he._zero_worker`` on pipes: it imports nothing of the caller's
+# program. Request: public context length (0: the one sent before), count, packed (0 or 1), then
+# the context bytes; reply: count * N int64 of c0, then of c1 (6 bytes a value when packed). A
+# worker that fails is dropped and its share made here.
 
-_pool: ProcessPoolExecutor | None = None
-_pool_workers = 0
-_worker_contexts: dict[bytes, object] = {}  # in a worker: public context digest -> PublicContext
+_REQUEST = struct.Struct("<QQQ")
+_lock = threading.Lock()
+_workers: list["_Worker"] = []
+
+
+class _Worker:
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fpmatch.he._zero_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        self.loaded: bytes | None = None  # digest of the context it holds
+
+    def ask(self, public: bytes, digest: bytes, count: int, packed: bool) -> None:
+        send = public if digest != self.loaded else b""
+        assert self.process.stdin is not None
+        self.process.stdin.write(_REQUEST.pack(len(send), count, int(packed)) + send)
+        self.process.stdin.flush()
+        self.loaded = digest
+
+    def answer(self, count: int, n: int, packed: bool) -> tuple[np.ndarray, np.ndarray]:
+        assert self.process.stdout is not None
+        width = PACKED_BYTES if packed else 8
+        size = 2 * width * count * n
+        data = bytearray(size)
+        if self.process.stdout.readinto(data) != size:
+            raise OSError("an encryption worker stopped")
+        if packed:
+            values = np.frombuffer(data, dtype=np.uint8).reshape(2, count, width * n)
+        else:
+            values = np.frombuffer(data, dtype="<i8").reshape(2, count, n)
+        return values[0], values[1]
+
+    def stop(self) -> None:
+        try:
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+        except OSError:  # it had already stopped
+            pass
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def workers() -> int:
@@ -108,45 +156,72 @@ def workers() -> int:
     return max(0, (os.cpu_count() or 1) - 1)
 
 
-def _worker_encrypt(public: bytes, digest: bytes, count: int) -> tuple[np.ndarray, np.ndarray]:
-    from .context import PublicContext  # in the worker process
-
-    context = _worker_contexts.get(digest)
-    if context is None:
-        context = _worker_contexts[digest] = PublicContext(public)
-    return context.encrypt_zeros_here(count)  # type: ignore[attr-defined]
-
-
-def _executor(n: int) -> ProcessPoolExecutor:
-    global _pool, _pool_workers
-    if _pool is None or _pool_workers != n:
-        if _pool is not None:
-            _pool.shutdown()
-        # spawn: a fresh interpreter, nothing of this process's memory (or threads) copied.
-        _pool, _pool_workers = ProcessPoolExecutor(n, mp_context=get_context("spawn")), n
-    return _pool
-
-
 def shutdown() -> None:
     """Stop the worker processes (they also stop when this process exits)."""
-    global _pool
-    if _pool is not None:
-        _pool.shutdown()
-        _pool = None
+    with _lock:
+        while _workers:
+            _workers.pop().stop()
 
 
-def encrypt_shared(public: bytes, count: int, here) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
-    """``count`` encryptions of zero, shared between ``here(k)`` (this process) and the workers."""
-    n_workers = workers()
-    if count < MIN_PARALLEL or n_workers == 0:
-        return here(count)
-    share = -(-count // (n_workers + 1))
-    digest = hashlib.sha256(public).digest()
-    pool = _executor(n_workers)
-    jobs: list[Future] = []
-    start = share
-    while start < count:
-        jobs.append(pool.submit(_worker_encrypt, public, digest, min(share, count - start)))
-        start += share
-    parts = [here(share)] + [job.result() for job in jobs]
+atexit.register(shutdown)
+
+
+def encrypt_shared(public: bytes, n: int, count: int, packed: bool, here) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+    """``count`` encryptions of zero (ring degree ``n``), shared between ``here(k, packed)`` (this
+    process) and the workers."""
+    if count < MIN_PARALLEL or workers() == 0:
+        return here(count, packed)
+    with _lock:
+        while len(_workers) < workers():
+            _workers.append(_Worker())
+        share = -(-count // (len(_workers) + 1))
+        digest = hashlib.sha256(public).digest()
+        asked: list[tuple[_Worker, int]] = []
+        extra = 0  # shares of workers that could not be asked
+        start = share
+        for worker in list(_workers):
+            if start >= count:
+                break
+            k = min(share, count - start)
+            try:
+                worker.ask(public, digest, k, packed)
+            except OSError:  # it stopped: this share is made here
+                _workers.remove(worker)
+                worker.stop()
+                parts_here = k
+            else:
+                parts_here = 0
+                asked.append((worker, k))
+            extra += parts_here
+            start += share
+        parts = [here(min(share, count) + extra, packed)]
+        for worker, k in asked:
+            try:
+                parts.append(worker.answer(k, n, packed))
+            except OSError:  # a worker that failed: its share is made here, and it is replaced later
+                _workers.remove(worker)
+                worker.stop()
+                parts.append(here(k, packed))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def serve() -> None:
+    """The worker's loop: answer requests until the caller closes the pipe."""
+    from .context import PublicContext
+
+    requests, replies = sys.stdin.buffer, sys.stdout.buffer
+    context = None
+    while True:
+        head = requests.read(_REQUEST.size)
+        if len(head) < _REQUEST.size:
+            return
+        public_len, count, packed = _REQUEST.unpack(head)
+        if public_len:
+            context = PublicContext(requests.read(public_len))
+        if context is None:
+            return
+        c0, c1 = context.encrypt_zeros_here(count, bool(packed))
+        for part in (c0, c1):
+            replies.write(part.tobytes() if packed else np.ascontiguousarray(part, dtype="<i8").tobytes())
+        replies.flush()
+

@@ -105,7 +105,7 @@ class CiphertextBlocks:
         n, ring, m = self.n, self.context.ring, len(values)
         q = ring.q
         places: list[tuple[int, int]] = []
-        blocks: dict[int, np.ndarray] = {}  # int64 (d, 2N) while staging, packed once filled
+        blocks: dict[int, np.ndarray] = {}  # whole new blocks, packed
         free: dict[int, set[int]] = {}
 
         def take(b: int) -> None:
@@ -129,8 +129,9 @@ class CiphertextBlocks:
                 fresh = reclaim(unpack(self._data[b][:, PACKED_BYTES * n :], q), mask)
                 if fresh is None:
                     break
-                blocks[b] = np.concatenate(fresh, axis=1) + unpack(self._data[b], q)
-                blocks[b][:, sorted(dirty[b])] = fresh[0][:, sorted(dirty[b])]  # the reclaim cancels c1*s only
+                renewed = np.concatenate(fresh, axis=1) + unpack(self._data[b], q)
+                renewed[:, sorted(dirty[b])] = fresh[0][:, sorted(dirty[b])]  # the reclaim cancels c1*s only
+                blocks[b] = pack(ring.centre(renewed), q)
                 free[b] = free.get(b, set()) | dirty[b]
                 take(b)
         while len(places) < m:
@@ -146,22 +147,16 @@ class CiphertextBlocks:
         columns: list[bytes] = [b""] * m
         for b, chosen in order.items():
             positions = [places[i][1] for i in chosen]
-            added = np.asarray(values)[chosen].T
+            wide = _byte_columns(positions)
+            target = blocks[b] if b in blocks else self._data[b]
+            filled = pack(ring.centre(unpack(target[:, wide], q) + np.asarray(values)[chosen].T), q)
             if b in blocks:
-                blocks[b][:, positions] += added
+                blocks[b][:, wide] = filled
             else:
-                wide = _byte_columns(positions)
-                fresh_columns = pack(ring.centre(unpack(self._data[b][:, wide], q) + added), q)
-                written[b] = (positions, fresh_columns)
-                packed = fresh_columns.reshape(self.dim, len(positions), PACKED_BYTES)
-                for k, i in enumerate(chosen):
-                    columns[i] = packed[:, k].tobytes()
-        for b in blocks:
-            blocks[b] = pack(ring.centre(blocks[b]), q)
-            if b in order:
-                as_columns = blocks[b].reshape(self.dim, 2 * n, PACKED_BYTES)
-                for i in order[b]:
-                    columns[i] = as_columns[:, places[i][1]].tobytes()
+                written[b] = (positions, filled)
+            by_column = filled.reshape(self.dim, len(positions), PACKED_BYTES).transpose(1, 0, 2)
+            for k, i in enumerate(chosen):
+                columns[i] = by_column[k].tobytes()
         resealed = {
             b * n + t: blocks[b].reshape(self.dim, 2 * n, PACKED_BYTES)[:, t].tobytes()
             for b in blocks
@@ -279,7 +274,7 @@ class CiphertextBlocks:
         return [(unpack(data[j, :half], q), unpack(data[j, half:], q)) for data in self._data for j in range(self.dim)]
 
     def _fresh(self) -> np.ndarray:
-        c0, c1 = self.context.encrypt_zeros(self.dim)
+        c0, c1 = self.context.encrypt_zeros(self.dim, packed=True)
         return np.concatenate([c0, c1], axis=1)
 
     def _columns(self, block: int) -> np.ndarray:

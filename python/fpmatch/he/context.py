@@ -96,16 +96,17 @@ class PublicContext:
         """The public TenSEAL context itself."""
         return self._context
 
-    def encrypt_zeros(self, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """``count`` fresh encryptions of zero as (c0 coefficients, c1 NTT values), centred.
+    def encrypt_zeros(self, count: int, *, packed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` fresh encryptions of zero as (c0 coefficients, c1 NTT values), centred int64
+        (packed: (count, 6N) uint8, :mod:`fpmatch.he._packing`).
 
         SEAL makes every one; large requests are shared with worker processes
         (:mod:`fpmatch.he._zeros`).
         """
         if self._public is None:
             self._public = self.to_bytes()
-        return encrypt_shared(self._public, count, self._zero.encrypt)
+        return encrypt_shared(self._public, self.ring.n, count, packed, self._zero.encrypt)
 
-    def encrypt_zeros_here(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+    def encrypt_zeros_here(self, count: int, packed: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`encrypt_zeros` in this process only."""
-        return self._zero.encrypt(count)
+        return self._zero.encrypt(count, packed)

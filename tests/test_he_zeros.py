@@ -1,0 +1,90 @@
+"""Fresh encryptions of zero (fpmatch.he._zeros): read out of SEAL whole, shared with worker processes.
+
+Every one is SEAL's: these tests check that reading a ciphertext through SEAL's serialisation gives
+exactly the values ``sealapi`` reports one by one, that what the workers make decrypts to zero as
+what this process makes does, and that a worker that dies costs nothing but time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ts = pytest.importorskip("tenseal")
+
+from fpmatch.he import KeyHolder  # noqa: E402
+from fpmatch.he import _zeros  # noqa: E402
+from fpmatch.he._packing import unpack  # noqa: E402
+from fpmatch.he.audit import SecretKeyAudit  # noqa: E402
+from fpmatch.he.context import PublicContext  # noqa: E402
+
+sealapi = ts.sealapi
+
+
+@pytest.fixture(scope="module")
+def parties(tmp_path_factory: pytest.TempPathFactory) -> tuple[PublicContext, SecretKeyAudit]:
+    path = tmp_path_factory.mktemp("keys") / "holder.key"
+    holder = KeyHolder()
+    holder.save(path)
+    yield PublicContext(holder.public_context()), SecretKeyAudit(path)
+    _zeros.shutdown()
+
+
+def noise(audit: SecretKeyAudit, c0: np.ndarray, c1: np.ndarray) -> int:
+    """The largest decrypted coefficient of ciphertexts that should encrypt zero."""
+    return max(int(np.abs(audit.decrypt(a, b)).max()) for a, b in zip(c0, c1))
+
+
+@pytest.mark.skipif(_zeros.zstandard is None, reason="reading whole ciphertexts needs zstandard")
+def test_a_whole_read_equals_sealapi_one_value_at_a_time(parties: tuple[PublicContext, SecretKeyAudit]) -> None:
+    context, _ = parties
+    ring = context.ring
+    encryptor = sealapi.Encryptor(ring.seal, ring.public_key(context.tenseal_context))
+    evaluator = sealapi.Evaluator(ring.seal)
+    reader = _zeros.CiphertextReader(ring.n)
+    ciphertext = sealapi.Ciphertext(ring.seal)
+    for _ in range(3):
+        encryptor.encrypt_zero(ciphertext)
+        for ntt_form in (True, False):
+            assert ciphertext.is_ntt_form() == ntt_form
+            expected = np.fromiter(map(ciphertext.dyn_array().at, range(2 * ring.n)), dtype=np.int64)
+            np.testing.assert_array_equal(reader.read(ciphertext).reshape(-1), expected)
+            if ntt_form:
+                evaluator.transform_from_ntt_inplace(ciphertext)
+    folder = reader._folder
+    assert folder is not None and Path(folder).exists()
+    reader.close()
+    assert not Path(folder).exists()  # nothing left in memory-backed files
+
+
+def test_shared_encryptions_decrypt_to_zero(parties: tuple[PublicContext, SecretKeyAudit]) -> None:
+    context, audit = parties
+    count = _zeros.MIN_PARALLEL + 3
+    c0, c1 = context.encrypt_zeros(count)
+    assert c0.shape == c1.shape == (count, context.ring.n)
+    assert noise(audit, c0, c1) < 200  # fresh noise only: a few standard deviations of about 15
+    assert len({row.tobytes() for row in c1}) == count  # every one fresh
+    p0, p1 = context.encrypt_zeros(count, packed=True)
+    assert p0.dtype == np.uint8 and p0.shape == (count, 6 * context.ring.n)
+    q = context.ring.q
+    assert noise(audit, unpack(p0, q), unpack(p1, q)) < 200
+    if _zeros.workers():
+        assert len(_zeros._workers) == _zeros.workers()
+
+
+@pytest.mark.skipif(not _zeros.workers(), reason="one core: no worker processes")
+def test_a_worker_that_dies_costs_only_time(parties: tuple[PublicContext, SecretKeyAudit]) -> None:
+    context, audit = parties
+    count = 2 * _zeros.MIN_PARALLEL
+    context.encrypt_zeros(count)
+    for worker in _zeros._workers:
+        worker.process.kill()
+        worker.process.wait()
+    c0, c1 = context.encrypt_zeros(count)  # their shares are made here
+    assert len(c0) == count and noise(audit, c0, c1) < 200
+    c0, c1 = context.encrypt_zeros(count)  # and new workers start
+    assert len(c0) == count and all(w.process.poll() is None for w in _zeros._workers)
+    _zeros.shutdown()
+    assert not _zeros._workers
