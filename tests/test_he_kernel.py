@@ -492,3 +492,23 @@ def test_encrypted_gallery_scores_as_the_reference(parties: tuple[PublicContext,
         same_scores(one, gallery.verification_request("s4099", probe))
     same_scores(request, expected)
     np.testing.assert_array_equal(slots, expected_slots)
+
+
+def test_a_batch_of_probes_gets_the_requests_of_one_probe_at_a_time(parties: tuple[PublicContext, SecretKeyAudit]) -> None:
+    context, _ = parties
+    dim = 24
+    templates, probes = unit(4200, dim, 18).astype(np.float32), unit(6, dim, 19).astype(np.float32)
+    gallery = EncryptedGallery(context, dim, n_threads=2)
+    gallery.enrol([f"s{i}" for i in range(4200)], templates)
+    gallery.withdraw("s17")
+    requests, slots = gallery.identification_requests(probes)
+    assert len(requests) == len(probes)
+    for probe, request in zip(probes, requests):
+        one, one_slots = gallery.identification_request(probe)
+        same_scores(request, one)
+        np.testing.assert_array_equal(slots, one_slots)
+    with _kernel.reference_scoring():
+        for request, expected in zip(requests, gallery.identification_requests(probes)[0]):
+            same_scores(request, expected)
+    with pytest.raises(InvalidInputError):
+        gallery.identification_requests(np.zeros((0, dim), dtype=np.float32))

@@ -107,11 +107,16 @@ class EncryptedSchemeGallery(ProtectedGallery):
 
     def _request_for(self, chosen: Sequence[int], weights: np.ndarray) -> tuple[EncryptedScores, np.ndarray]:
         """Encrypted scores against the slots ``chosen`` (ascending), and those slots in score order."""
+        (request,), slots = self._requests_for(chosen, np.asarray(weights).reshape(1, -1))
+        return request, slots
+
+    def _requests_for(self, chosen: Sequence[int], weights: np.ndarray) -> tuple[list[EncryptedScores], np.ndarray]:
+        """:meth:`_request_for` for each row of ``weights`` (probes, d), in one sweep over the blocks."""
         n = self.blocks.n
         slots = np.asarray(chosen, dtype=np.int64)
         bounds = np.searchsorted(slots // n, np.arange(self.blocks.count + 1))
         live = [slots[bounds[b] : bounds[b + 1]] % n for b in range(self.blocks.count)]
-        return self.blocks.request_all(weights, live), slots
+        return self.blocks.request_all_batch(weights, live), slots
 
     def _key_holder(self) -> ScoreDecider:
         if self._decider is None:

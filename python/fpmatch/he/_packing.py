@@ -42,10 +42,16 @@ def stored_values(packed: np.ndarray | bytes) -> np.ndarray:
     raw = np.frombuffer(packed, dtype=np.uint8) if isinstance(packed, (bytes, bytearray, memoryview)) else packed
     if raw.shape[-1] % PACKED_BYTES:
         raise CiphertextFormatError(f"packed ciphertext values come in {PACKED_BYTES}-byte units, got {raw.shape[-1]} bytes")
-    k = raw.shape[-1] // PACKED_BYTES
-    wide = np.zeros(raw.shape[:-1] + (k, 8), dtype=np.uint8)
-    wide[..., :PACKED_BYTES] = raw.reshape(raw.shape[:-1] + (k, PACKED_BYTES))
-    return wide.view("<u8").reshape(raw.shape[:-1] + (k,))
+    shape = raw.shape[:-1] + (raw.shape[-1] // PACKED_BYTES,)
+    flat = np.ascontiguousarray(raw).reshape(-1)
+    total = flat.size // PACKED_BYTES
+    out = np.empty(total, dtype="<u8")
+    if total:
+        # Each value but the last read as the 8 bytes starting at it, the 2 past it masked off.
+        overlapping = np.ndarray((total - 1,), dtype="<u8", buffer=flat, strides=(PACKED_BYTES,))
+        np.bitwise_and(overlapping, np.uint64(PACKED_LIMIT - 1), out=out[:-1])
+        out[-1] = int.from_bytes(flat[-PACKED_BYTES:].tobytes(), "little")
+    return out.reshape(shape)
 
 
 def unpack(packed: np.ndarray | bytes, q: int) -> np.ndarray:

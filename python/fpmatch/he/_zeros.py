@@ -85,7 +85,7 @@ class CiphertextReader:
         end = len(body) - 16 * n
         if end < 8 or struct.unpack_from("<Q", body, end - 8)[0] != 2 * n:
             raise CiphertextFormatError("SEAL wrote a ciphertext of an unexpected size")
-        values = np.frombuffer(body, dtype="<u8", offset=end).astype(np.int64)
+        values = np.frombuffer(body, dtype="<i8", offset=end)  # residues below q < 2**48: no sign to fix
         if values[0] != array.at(0) or values[-1] != array.at(2 * n - 1) or values[n] != array.at(n):
             raise CiphertextFormatError("SEAL's serialised ciphertext differs from the ciphertext")
         return values.reshape(2, n)

@@ -147,11 +147,11 @@ class CiphertextBlocks:
         columns: list[bytes] = [b""] * m
         for b, chosen in order.items():
             positions = [places[i][1] for i in chosen]
-            wide = _byte_columns(positions)
-            target = blocks[b] if b in blocks else self._data[b]
-            filled = pack(ring.centre(unpack(target[:, wide], q) + np.asarray(values)[chosen].T), q)
+            target = (blocks[b] if b in blocks else self._data[b]).reshape(self.dim, 2 * n, PACKED_BYTES)
+            current = target[:, positions].reshape(self.dim, -1)
+            filled = pack(ring.centre(unpack(current, q) + np.asarray(values)[chosen].T), q)
             if b in blocks:
-                blocks[b][:, wide] = filled
+                target[:, positions] = filled.reshape(self.dim, -1, PACKED_BYTES)
             else:
                 written[b] = (positions, filled)
             by_column = filled.reshape(self.dim, len(positions), PACKED_BYTES).transpose(1, 0, 2)
@@ -181,7 +181,7 @@ class CiphertextBlocks:
                 old.fill(0)  # no stale copy in freed memory
             else:
                 positions, columns = staged.written[b]
-                self._data[b][:, _byte_columns(positions)] = columns
+                self._columns(b)[:, positions] = columns.reshape(self.dim, -1, PACKED_BYTES)
             self.used[b] = staged.used[b]
             self.refreshes[b] = staged.refreshes[b]
             self._free[b] = staged.free[b]
@@ -298,11 +298,6 @@ class CiphertextBlocks:
         if not 0 <= b < self.count or t >= self.used[b]:
             raise InvalidInputError(f"slot {slot} holds no template")
         return b, t
-
-
-def _byte_columns(positions: list[int]) -> np.ndarray:
-    """The byte columns of a packed row that hold the values at ``positions``, in order."""
-    return (PACKED_BYTES * np.asarray(positions, dtype=np.int64)[:, None] + np.arange(PACKED_BYTES)).reshape(-1)
 
 
 def _stored_packed(data: bytes, count: int, q: int, what: str) -> np.ndarray:

@@ -149,6 +149,17 @@ class EncryptedGallery(EncryptedSchemeGallery):
             raise UnknownSubjectError("the gallery is empty")
         return self._request_for(sorted(self._slot.values()), weights)
 
+    def identification_requests(self, probes: np.ndarray) -> tuple[list[EncryptedScores], np.ndarray]:
+        """:meth:`identification_request` for a batch of probes (m, d), scored in one sweep.
+
+        The gallery's ciphertexts are read once for the whole batch, so a batch costs little more
+        than one probe until arithmetic, not memory, bounds the kernel.
+        """
+        weights = self._probe_batch(probes)
+        if not self._slot:
+            raise UnknownSubjectError("the gallery is empty")
+        return self._requests_for(sorted(self._slot.values()), weights)
+
     def subject_at(self, slot: int) -> str:
         """The subject in a slot numbered as by :meth:`identification_request`."""
         id_ = self._ids_at.get(int(slot))
@@ -164,6 +175,18 @@ class EncryptedGallery(EncryptedSchemeGallery):
         request, slots = self.identification_request(probe)
         positions = decider.best(request.to_bytes(), threshold, k, caller=caller)
         return [Match(self.subject_at(slots[p]), rank) for rank, p in enumerate(positions, start=1)]
+
+    def identify_batch(
+        self, probes: np.ndarray, decider: ScoreDecider, threshold: float, k: int = 5, *, caller: str
+    ) -> list[list[Match]]:
+        """:meth:`identify` for each probe of a batch (m, d): one sweep over the gallery, one key
+        holder decision per probe."""
+        threshold = check_threshold(threshold)
+        requests, slots = self.identification_requests(probes)
+        return [
+            [Match(self.subject_at(slots[p]), rank) for rank, p in enumerate(decider.best(r.to_bytes(), threshold, k, caller=caller), start=1)]
+            for r in requests
+        ]
 
     # -- audit and persistence --------------------------------------------------------------
 
@@ -234,6 +257,12 @@ class EncryptedGallery(EncryptedSchemeGallery):
         if len(unit) != 1:
             raise InvalidInputError("one probe at a time")
         return quantise(unit[0], self.probe_scale_bits)
+
+    def _probe_batch(self, probes: np.ndarray) -> np.ndarray:
+        unit = unit_rows(probes, self.dim, "probes")
+        if len(unit) == 0:
+            raise InvalidInputError("a batch needs at least one probe")
+        return quantise(unit, self.probe_scale_bits)
 
 
 def _read_sections(
