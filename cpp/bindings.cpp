@@ -12,6 +12,7 @@
 #include "hamming_scan.h"
 #include "index_io.h"
 #include "modular_scan.h"
+#include "negacyclic_ntt.h"
 #include "projection_hash.h"
 #include "weighted_distance.h"
 
@@ -251,6 +252,27 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("matrices"), py::kw_only(), py::arg("n_threads") = 0,
         "XOR of every value, read as modular_combine reads them (a memory-bandwidth baseline).");
+
+  m.def("ntt_inverse", [](const py::array& values, uint64_t q, uint64_t psi) {
+          Rows<int64_t> rows = as_rows<int64_t>(values, "values", values.ndim() == 2 ? size_t(values.shape(1)) : 0);
+          const ntt::InverseNtt transform(rows.cols, q, psi);
+          py::array_t<int64_t> out({rows.n, rows.cols});
+          int64_t* dst = out.mutable_data();
+          {
+            py::gil_scoped_release release;
+            for (size_t i = 0; i < rows.n; ++i)
+              for (size_t c = 0; c < rows.cols; ++c) {
+                const int64_t v = rows.data[i * rows.row_stride + c];
+                if (v < 0 || uint64_t(v) >= q) throw InvalidInput("NTT values must lie in [0, q)");
+                dst[i * rows.cols + c] = v;
+              }
+            for (size_t i = 0; i < rows.n; ++i) transform.apply(reinterpret_cast<uint64_t*>(dst + i * rows.cols));
+          }
+          return out;
+        },
+        py::arg("values"), py::arg("q"), py::arg("psi"),
+        "Coefficients in [0, q) of polynomials given as NTT values (m, N) in SEAL's order (value i at "
+        "psi^(2 bitrev(i) + 1)), for psi SEAL's primitive 2N-th root of unity mod the prime q.");
 
   py::class_<ProjectionHasher>(m, "ProjectionHasher")
       .def(py::init([](const py::bytes& key, size_t dim, size_t bits, std::optional<py::array> offset,

@@ -88,3 +88,26 @@ def test_a_worker_that_dies_costs_only_time(parties: tuple[PublicContext, Secret
     assert len(c0) == count and all(w.process.poll() is None for w in _zeros._workers)
     _zeros.shutdown()
     assert not _zeros._workers
+
+
+def test_the_core_inverse_ntt_equals_seals(parties: tuple[PublicContext, SecretKeyAudit]) -> None:
+    from fpmatch import InvalidInputError, _core
+
+    context, _ = parties
+    ring = context.ring
+    rng = np.random.default_rng(5)
+    coefficients = rng.integers(0, ring.q, (3, ring.n), dtype=np.int64)
+    coefficients[0, :4] = [0, ring.q - 1, 1, ring.q // 2]
+    values = np.stack([ring.ntt(row) for row in coefficients])  # SEAL's forward NTT
+    np.testing.assert_array_equal(_core.ntt_inverse(values, ring.q, ring.psi), coefficients)
+    assert context._zero._native_intt  # fresh encryptions take c0 through it
+    bad = values.copy()
+    bad[1, 7] = ring.q
+    for call in (
+        lambda: _core.ntt_inverse(bad, ring.q, ring.psi),  # a value out of range
+        lambda: _core.ntt_inverse(values, ring.q, 1),  # not a primitive 2N-th root
+        lambda: _core.ntt_inverse(values[:, :3000], ring.q, ring.psi),  # N not a power of two
+        lambda: _core.ntt_inverse(values, ring.q + 1, ring.psi),  # even modulus
+    ):
+        with pytest.raises(InvalidInputError):
+            call()

@@ -18,6 +18,7 @@ import tenseal as ts
 from tenseal import sealapi
 from tenseal.sealapi import util as seal_util
 
+from .. import _core
 from ..errors import InvalidInputError
 from .errors import CiphertextFormatError, InsecureParametersError
 from ._packing import pack_residues
@@ -56,6 +57,7 @@ class Ring:
         self._tables = data.small_ntt_tables()
         self._q_inverse = 1.0 / self.q
         self.n_inverse = pow(self.n, -1, self.q)
+        self.psi = int(self.monomial_ntt(1)[0])  # SEAL's primitive 2N-th root: value 0 of the NTT of X
 
     # -- representations ---------------------------------------------------------
 
@@ -127,6 +129,7 @@ class ZeroEncryptor:
         self._encryptor = sealapi.Encryptor(ring.seal, public_key)
         self._evaluator = sealapi.Evaluator(ring.seal)
         self._reader = CiphertextReader(ring.n)
+        self._native_intt = self._native_intt_agrees()
 
     def encrypt(self, count: int, packed: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``count`` encryptions of 0: c0 as centred coefficients, c1 as centred NTT values.
@@ -141,12 +144,27 @@ class ZeroEncryptor:
             self._encryptor.encrypt_zero(ciphertext)
             if ciphertext.coeff_modulus_size() != 1 or ciphertext.size() != 2 or not ciphertext.is_ntt_form():
                 raise CiphertextFormatError("SEAL produced a ciphertext of an unexpected shape")
-            c1[i] = self._reader.read(ciphertext)[1]
-            self._evaluator.transform_from_ntt_inplace(ciphertext)
-            c0[i] = self._reader.read(ciphertext)[0]
+            c0[i], c1[i] = self._reader.read(ciphertext)
+            if not self._native_intt:
+                self._evaluator.transform_from_ntt_inplace(ciphertext)
+                c0[i] = self._reader.read(ciphertext)[0]
+        if self._native_intt and count:
+            c0 = _core.ntt_inverse(c0, self._ring.q, self._ring.psi)  # SEAL left c0 in NTT form too
         if packed:
             return pack_residues(c0, self._ring.q), pack_residues(c1, self._ring.q)
         return self._ring.centre(c0), self._ring.centre(c1)
+
+
+    def _native_intt_agrees(self) -> bool:
+        """Whether the core's inverse NTT gives SEAL's own coefficients (checked on one ciphertext)."""
+        ciphertext = sealapi.Ciphertext(self._ring.seal)
+        self._encryptor.encrypt_zero(ciphertext)
+        in_ntt = self._reader.read(ciphertext)[:1]
+        self._evaluator.transform_from_ntt_inplace(ciphertext)
+        try:
+            return bool(np.array_equal(_core.ntt_inverse(in_ntt, self._ring.q, self._ring.psi), self._reader.read(ciphertext)[:1]))
+        except InvalidInputError:
+            return False
 
 
 def secret_ntt(context: ts.Context, ring: Ring) -> np.ndarray:
