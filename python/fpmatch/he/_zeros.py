@@ -117,6 +117,7 @@ class _Worker:
             [sys.executable, "-m", "fpmatch.he._zero_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         self.loaded: bytes | None = None  # digest of the context it holds
+        self.owner = os.getpid()  # a forked child must not share its pipes
 
     def ask(self, public: bytes, digest: bytes, count: int, packed: bool) -> None:
         send = public if digest != self.loaded else b""
@@ -172,37 +173,47 @@ def encrypt_shared(public: bytes, n: int, count: int, packed: bool, here) -> tup
     if count < MIN_PARALLEL or workers() == 0:
         return here(count, packed)
     with _lock:
-        while len(_workers) < workers():
-            _workers.append(_Worker())
+        _workers[:] = [w for w in _workers if w.owner == os.getpid()]
+        try:
+            while len(_workers) < workers():
+                _workers.append(_Worker())
+        except OSError:  # no new process: the workers there are (or none) will do
+            pass
         share = -(-count // (len(_workers) + 1))
         digest = hashlib.sha256(public).digest()
         asked: list[tuple[_Worker, int]] = []
-        extra = 0  # shares of workers that could not be asked
-        start = share
+        mine = count
         for worker in list(_workers):
-            if start >= count:
+            k = min(share, mine - share)
+            if k <= 0:
                 break
-            k = min(share, count - start)
             try:
                 worker.ask(public, digest, k, packed)
-            except OSError:  # it stopped: this share is made here
-                _workers.remove(worker)
-                worker.stop()
-                parts_here = k
-            else:
-                parts_here = 0
-                asked.append((worker, k))
-            extra += parts_here
-            start += share
-        parts = [here(min(share, count) + extra, packed)]
-        for worker, k in asked:
-            try:
-                parts.append(worker.answer(k, n, packed))
-            except OSError:  # a worker that failed: its share is made here, and it is replaced later
-                _workers.remove(worker)
-                worker.stop()
-                parts.append(here(k, packed))
+            except OSError:  # it stopped: its share stays here
+                _drop(worker)
+                continue
+            asked.append((worker, k))
+            mine -= k
+        parts = []
+        try:
+            parts.append(here(mine, packed))
+            for worker, k in asked:
+                try:
+                    parts.append(worker.answer(k, n, packed))
+                except OSError:  # it failed: its share is made here, and it is replaced next time
+                    _drop(worker)
+                    parts.append(here(k, packed))
+        except BaseException:
+            for worker, _ in asked:  # a reply left unread would answer the next request
+                _drop(worker)
+            raise
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _drop(worker: _Worker) -> None:
+    if worker in _workers:
+        _workers.remove(worker)
+    worker.stop()
 
 
 def serve() -> None:
