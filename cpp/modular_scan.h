@@ -170,6 +170,28 @@ struct Weights {
   }
 };
 
+// Probes first .. first + count - 1 over one row pass starting at row r:
+// together on the IFMA path, one after another on the others.
+inline bool accumulate_probes(Kernel k, const uint8_t* x, size_t stride, size_t rows, size_t cols,
+                              const std::vector<Weights>& probes, size_t first, size_t count, size_t r, uint64_t h,
+                              u128* acc, uint64_t* scratch) {
+#if FPMATCH_MODQ_AVX512
+  if (k == Kernel::Avx512Ifma && count > 1) {
+    const uint64_t* weights[kBatchProbes];
+    u128* sums[kBatchProbes];
+    for (size_t p = 0; p < count; ++p) {
+      weights[p] = probes[first + p].v.data() + r;
+      sums[p] = acc + p * cols;
+    }
+    return accumulate_avx512ifma_batch(x, stride, rows, cols, weights, count, h, sums, scratch);
+  }
+#endif
+  bool in_range = true;
+  for (size_t p = 0; p < count; ++p)
+    in_range &= accumulate(k, x, stride, rows, cols, probes[first + p].v.data() + r, h, acc + p * cols, scratch);
+  return in_range;
+}
+
 // out[(p * M + i) * cols + c] = sum_j weights[p * rows + j] * x_i[j, c] mod q, in
 // [0, q), for every probe p < n_probes and matrix i < M (all rows x cols, rows =
 // the number of weights per probe). Work is split by (matrix, column tile) over
@@ -201,21 +223,27 @@ inline void combine(const std::vector<Matrix>& matrices, const int64_t* weights,
     const size_t i = item / tiles, first = (item % tiles) * tile;
     const size_t width = std::min(tile, cols - first);
     const Matrix& m = matrices[i];
-    std::vector<u128> acc(width);
-    std::vector<uint64_t> scratch(3 * width);
-    for (size_t p = 0; p < n_probes; ++p) {
+    const size_t group = std::min(n_probes, kernel == Kernel::Avx512Ifma ? kBatchProbes : size_t(1));
+    std::vector<u128> acc(group * width);
+    std::vector<uint64_t> scratch(std::max<size_t>(3, 2 * group) * width);
+    for (size_t p0 = 0; p0 < n_probes; p0 += group) {
+      const size_t count = std::min(group, n_probes - p0);
       std::fill(acc.begin(), acc.end(), u128(0));
       for (size_t r = 0; r < rows; r += kRowsPerPass) {
         const size_t pass = std::min(kRowsPerPass, rows - r);
-        if (!accumulate(kernel, m.data + r * m.row_stride + first * kPackedBytes, m.row_stride, pass, width,
-                        probes[p].v.data() + r, h, acc.data(), scratch.data()))
+        const uint8_t* x = m.data + r * m.row_stride + first * kPackedBytes;
+        if (!accumulate_probes(kernel, x, m.row_stride, pass, width, probes, p0, count, r, h, acc.data(),
+                               scratch.data()))
           out_of_range();
       }
-      const uint64_t shift = probes[p].shift;
-      int64_t* dst = out + p * block + i * cols + first;
-      for (size_t c = 0; c < width; ++c) {
-        const uint64_t s = uint64_t(acc[c] % q);
-        dst[c] = int64_t(s >= shift ? s - shift : s + q - shift);
+      for (size_t p = p0; p < p0 + count; ++p) {
+        const uint64_t shift = probes[p].shift;
+        const u128* sums = acc.data() + (p - p0) * width;
+        int64_t* dst = out + p * block + i * cols + first;
+        for (size_t c = 0; c < width; ++c) {
+          const uint64_t s = uint64_t(sums[c] % q);
+          dst[c] = int64_t(s >= shift ? s - shift : s + q - shift);
+        }
       }
     }
   });
