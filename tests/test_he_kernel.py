@@ -512,3 +512,16 @@ def test_a_batch_of_probes_gets_the_requests_of_one_probe_at_a_time(parties: tup
             same_scores(request, expected)
     with pytest.raises(InvalidInputError):
         gallery.identification_requests(np.zeros((0, dim), dtype=np.float32))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_a_batch_at_the_ends_of_the_range_is_exact(kernel: str) -> None:
+    # Nine probes (more than one group of eight), rows past a pass and not a multiple of eight,
+    # every stored value at an end of its range, weights at the ends of int64.
+    rows, cols = 4097 + 3, 8 * 2 + 3
+    rng = np.random.default_rng(43)
+    values = rng.choice(np.array([-H, H, 0], dtype=np.int64), (rows, cols))
+    weights = rng.choice(np.array([Q - 1, INT64.max, INT64.min, -(Q - 1), 0], dtype=np.int64), (9, rows))
+    batch = _core.modular_combine([pack(values, Q)], weights, Q, kernel=kernel)
+    for p in range(len(weights)):
+        np.testing.assert_array_equal(batch[p], exact([values], weights[p]))
