@@ -349,3 +349,29 @@ def test_erasure_writes_the_packed_zero(world: dict) -> None:
     assert erased.tobytes() == half.to_bytes(6, "little") * DIM  # zero is stored as (q - 1) / 2
     c0, _ = gallery.blocks.ciphertexts()[0]
     assert c0[slot] == 0
+
+
+def test_rows_of_the_int64_form_agree_with_the_packed_gallery(world: dict) -> None:
+    # A store written before the packed layout holds int64 rows and columns: loading packs them,
+    # and the integrity comparison sees the same values, not different bytes.
+    from fpmatch.galleries.base import StoredTemplate
+    from fpmatch.he._packing import int64_form, same_values
+
+    holder = world["holder"]
+    gallery = EncryptedGallery(holder.public_context(), DIM)
+    gallery.enrol(["a", "b"], world["templates"][:2])
+    q = gallery.context.ring.q
+    rows = [(int64_form(gallery.blocks.c1_bytes(0), q), gallery.blocks.used[0], gallery.blocks.refreshes[0])]
+    stored = {
+        name: StoredTemplate(name, gallery.id_of(name), None, slot, int64_form(gallery.blocks.column(slot), q))
+        for name, slot in ((s, gallery._slot[gallery.id_of(s)]) for s in ("a", "b"))
+    }
+    assert gallery.problems(stored, rows) == []
+    loaded = EncryptedGallery(holder.public_context(), DIM)
+    loaded.restore(list(stored.values()), rows, None)
+    assert loaded.blocks.c1_bytes(0) == gallery.blocks.c1_bytes(0)
+    changed = bytearray(rows[0][0])
+    changed[3] ^= 1
+    assert gallery.problems(stored, [(bytes(changed), *rows[0][1:])]) == ["ciphertext blocks in memory differ from the database"]
+    column = gallery.blocks.column(0)
+    assert same_values(column, column, q) and not same_values(column[:-6], column, q)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..edge import EdgeProfile, EnrolmentRecord, ProbeMessage
 from ..he.blocks import CiphertextBlocks
-from ..he._packing import PACKED_BYTES
+from ..he._packing import PACKED_BYTES, same_values
 from ..he.context import PublicContext
 from ..errors import InvalidInputError
 from ..he.keyholder import ScoreDecider
@@ -127,10 +127,17 @@ class EncryptedSchemeGallery(ProtectedGallery):
         problems = []
         if {t.id: t.slot for t in stored.values()} != self._slot:
             problems.append("ciphertext slots differ from the database")
+        q = self.blocks.context.ring.q  # rows of earlier versions hold int64 values: compared as values
         held = [(self.blocks.c1_bytes(b), self.blocks.used[b], self.blocks.refreshes[b]) for b in range(self.blocks.count)]
-        if held != list(rows):
+        if len(held) != len(rows) or not all(
+            (h[1:] == tuple(r[1:])) and same_values(r[0], h[0], q) for h, r in zip(held, rows)
+        ):
             problems.append("ciphertext blocks in memory differ from the database")
-        bad = [t.subject for t in stored.values() if t.slot is not None and t.slot in self._ids_at and t.sealed != self.blocks.column(t.slot)]
+        bad = [
+            t.subject
+            for t in stored.values()
+            if t.slot is not None and t.slot in self._ids_at and not same_values(t.sealed or b"", self.blocks.column(t.slot), q)
+        ]
         if bad:
             problems.append(f"ciphertexts in memory differ from the database for {bad[:5]}")
         return problems

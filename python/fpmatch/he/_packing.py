@@ -87,3 +87,18 @@ def from_stored(data: bytes, count: int, q: int) -> np.ndarray:
         f"{len(data)} bytes of ciphertext where {count} values take {PACKED_BYTES * count} (packed) "
         f"or {8 * count} (int64, earlier versions)"
     )
+
+
+def same_values(stored: bytes, held: bytes, q: int) -> bool:
+    """Whether stored bytes (packed, or int64 from an earlier version) hold the values of packed ``held``."""
+    if stored == held:
+        return True
+    try:
+        return from_stored(stored, len(held) // PACKED_BYTES, q).tobytes() == held
+    except CiphertextFormatError:
+        return False
+
+
+def int64_form(packed: bytes, q: int) -> bytes:
+    """Packed values in the int64 form of earlier versions (what an older store row held)."""
+    return unpack(packed, q).astype("<i8").tobytes()

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import AuthenticationError, InvalidInputError
 from ._kernel import combine, multiply
-from ._packing import PACKED_BYTES, from_stored, pack, unpack, zero_bytes
+from ._packing import PACKED_BYTES, from_stored, int64_form, pack, unpack, zero_bytes
 from .context import PublicContext
 from .errors import CiphertextFormatError
 from .params import MAX_REFRESHES
@@ -142,13 +142,14 @@ class CiphertextRows:
         self.erased.difference_update(staged.slots)
 
     def stage_erase(self, slots: list[int]) -> tuple[dict[int, bytes], list[bytes]]:
-        """The rows as they are once ``slots`` are erased, and the bytes erasure removes."""
+        """The rows as they are once ``slots`` are erased, and the bytes erasure removes (packed, and
+        in the int64 form a row stored by an earlier version held)."""
         changed: dict[int, np.ndarray] = {}
         removed = []
         for slot in slots:
             row, window = self._window(slot)
             c0 = changed.setdefault(row, self._c0[row].copy())
-            removed.append(c0[window].tobytes())
+            removed += [c0[window].tobytes(), int64_form(c0[window].tobytes(), self.context.ring.q)]
             c0[window] = self._zero
         return {row: row_bytes(c0, self._c1[row]) for row, c0 in changed.items()}, removed
 
