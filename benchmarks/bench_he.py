@@ -68,7 +68,7 @@ from fpmatch.codes import hamming_pairs
 from fpmatch.gallery import default_shortlist
 from fpmatch import CancellableHash, FlatIndex, HashKey, IVFIndex, _core, estimate_offset
 from fpmatch.he import EncryptedGallery, HybridGallery, KeyHolder, PublicContext, RateLimit
-from fpmatch.he import _kernel
+from fpmatch.he import _kernel, _zeros
 from fpmatch.he._encoding import quantise
 from fpmatch.he.audit import SecretKeyAudit
 from fpmatch.synthetic import PROFILES, FaceGenerator
@@ -323,7 +323,9 @@ def _rss_bytes() -> int:
 
 
 def _warm_encryption(public: PublicContext, dim: int) -> None:
-    """Start the encryption worker processes, as a running service has them."""
+    """Start the encryption worker processes and give them the public context, as a running
+    service has them."""
+    _zeros.start_workers(wait=60.0)
     public.encrypt_zeros(dim, packed=True)
 
 

@@ -59,8 +59,18 @@ def test_a_whole_read_equals_sealapi_one_value_at_a_time(parties: tuple[PublicCo
     assert not Path(folder).exists()  # nothing left in memory-backed files
 
 
+def test_a_large_request_does_not_wait_for_workers_to_start(parties: tuple[PublicContext, SecretKeyAudit]) -> None:
+    context, audit = parties
+    _zeros.shutdown()
+    c0, c1 = context.encrypt_zeros(_zeros.MIN_PARALLEL)  # made here while the workers start
+    assert len(c0) == _zeros.MIN_PARALLEL and noise(audit, c0, c1) < 200
+    assert len(_zeros._workers) == _zeros.workers()
+    assert _zeros.start_workers(wait=60.0) == _zeros.workers()
+
+
 def test_shared_encryptions_decrypt_to_zero(parties: tuple[PublicContext, SecretKeyAudit]) -> None:
     context, audit = parties
+    _zeros.start_workers(wait=60.0)
     count = _zeros.MIN_PARALLEL + 3
     c0, c1 = context.encrypt_zeros(count)
     assert c0.shape == c1.shape == (count, context.ring.n)
@@ -78,6 +88,7 @@ def test_shared_encryptions_decrypt_to_zero(parties: tuple[PublicContext, Secret
 def test_a_worker_that_dies_costs_only_time(parties: tuple[PublicContext, SecretKeyAudit]) -> None:
     context, audit = parties
     count = 2 * _zeros.MIN_PARALLEL
+    _zeros.start_workers(wait=60.0)
     context.encrypt_zeros(count)
     for worker in _zeros._workers:
         worker.process.kill()
@@ -85,7 +96,8 @@ def test_a_worker_that_dies_costs_only_time(parties: tuple[PublicContext, Secret
     c0, c1 = context.encrypt_zeros(count)  # their shares are made here
     assert len(c0) == count and noise(audit, c0, c1) < 200
     c0, c1 = context.encrypt_zeros(count)  # and new workers start
-    assert len(c0) == count and all(w.process.poll() is None for w in _zeros._workers)
+    assert len(c0) == count and _zeros.start_workers(wait=60.0) == _zeros.workers()
+    assert all(w.process.poll() is None for w in _zeros._workers)
     _zeros.shutdown()
     assert not _zeros._workers
 

@@ -20,15 +20,17 @@ from __future__ import annotations
 import atexit
 import hashlib
 import os
+import select
 import shutil
 import struct
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -104,9 +106,12 @@ class CiphertextReader:
 # A worker is ``python -m fpmatch.he._zero_worker`` on pipes: it imports nothing of the caller's
 # program. Request: public context length (0: the one sent before), count, packed (0 or 1), then
 # the context bytes; reply: count * N int64 of c0, then of c1 (6 bytes a value when packed). A
-# worker that fails is dropped and its share made here.
+# worker that fails is dropped and its share made here. A worker starts in the background and
+# says "R" once its imports are done; until then requests are made here, so the first large
+# request never waits for an interpreter to start.
 
 _REQUEST = struct.Struct("<QQQ")
+_READY = b"R"
 _lock = threading.Lock()
 _workers: list["_Worker"] = []
 
@@ -118,6 +123,16 @@ class _Worker:
         )
         self.loaded: bytes | None = None  # digest of the context it holds
         self.owner = os.getpid()  # a forked child must not share its pipes
+        self.ready = False
+
+    def is_ready(self, timeout: float = 0.0) -> bool:
+        """Whether it has said it is ready (waiting up to ``timeout`` seconds)."""
+        if not self.ready and self.process.stdout is not None:
+            if select.select([self.process.stdout], [], [], timeout)[0]:
+                self.ready = self.process.stdout.read(1) == _READY
+                if not self.ready:
+                    raise OSError("an encryption worker failed to start")
+        return self.ready
 
     def ask(self, public: bytes, digest: bytes, count: int, packed: bool) -> None:
         send = public if digest != self.loaded else b""
@@ -157,6 +172,30 @@ def workers() -> int:
     return max(0, (os.cpu_count() or 1) - 1)
 
 
+def start_workers(wait: float = 0.0) -> int:
+    """Start the worker processes now (they start on the first large request otherwise) and wait
+    up to ``wait`` seconds for them to be ready. Returns how many are ready."""
+    with _lock:
+        _start()
+        deadline = time.monotonic() + wait
+        ready = 0
+        for worker in list(_workers):
+            try:
+                ready += worker.is_ready(max(0.0, deadline - time.monotonic()))
+            except OSError:
+                _drop(worker)
+        return ready
+
+
+def _start() -> None:
+    _workers[:] = [w for w in _workers if w.owner == os.getpid()]
+    try:
+        while len(_workers) < workers():
+            _workers.append(_Worker())
+    except OSError:  # no new process: the workers there are (or none) will do
+        pass
+
+
 def shutdown() -> None:
     """Stop the worker processes (they also stop when this process exits)."""
     with _lock:
@@ -167,23 +206,29 @@ def shutdown() -> None:
 atexit.register(shutdown)
 
 
-def encrypt_shared(public: bytes, n: int, count: int, packed: bool, here) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+#: Makes ``count`` encryptions of zero in this process: (count, packed) -> (c0, c1).
+Encrypt = Callable[[int, bool], "tuple[np.ndarray, np.ndarray]"]
+
+
+def encrypt_shared(public: bytes, n: int, count: int, packed: bool, here: Encrypt) -> tuple[np.ndarray, np.ndarray]:
     """``count`` encryptions of zero (ring degree ``n``), shared between ``here(k, packed)`` (this
     process) and the workers."""
     if count < MIN_PARALLEL or workers() == 0:
         return here(count, packed)
     with _lock:
-        _workers[:] = [w for w in _workers if w.owner == os.getpid()]
-        try:
-            while len(_workers) < workers():
-                _workers.append(_Worker())
-        except OSError:  # no new process: the workers there are (or none) will do
-            pass
-        share = -(-count // (len(_workers) + 1))
+        _start()
+        ready = []
+        for worker in list(_workers):
+            try:
+                if worker.is_ready():
+                    ready.append(worker)
+            except OSError:
+                _drop(worker)
+        share = -(-count // (len(ready) + 1))
         digest = hashlib.sha256(public).digest()
         asked: list[tuple[_Worker, int]] = []
         mine = count
-        for worker in list(_workers):
+        for worker in ready:
             k = min(share, mine - share)
             if k <= 0:
                 break
@@ -221,6 +266,8 @@ def serve() -> None:
     from .context import PublicContext
 
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
+    replies.write(_READY)
+    replies.flush()
     context = None
     while True:
         head = requests.read(_REQUEST.size)
