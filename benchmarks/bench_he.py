@@ -702,10 +702,14 @@ def _table(r: dict) -> str:
             f"({s['ratios']['identify_speedup_vs_numpy']:.2f}x)",
             f"he scan {r['he_scan_gb_s']:.1f} GB/s, plain read {r['memory_bandwidth_gb_s']:.1f} GB/s, "
             f"plain IndexFlatIP {r['plain_flat_ms']:.1f} ms, rank-1 agreement {s['rank1_agreement_with_plain']:.3f}",
-            f"he batch of {r['he_batch']['batch']}: {r['he_batch']['identify_per_s']:.1f} probes/s identified "
-            f"(matching side {r['he_batch']['matching_side_per_s']:.1f}/s; one probe's sweep "
-            f"{r['he_batch']['kernel_one_probe_per_s']:.1f}/s); enrolment {r['he_enrol_per_s']:,.0f}/s",
         ]
+    if "he_batch" in r:  # results of earlier versions lack it
+        b = r["he_batch"]
+        lines.append(
+            f"he batch of {b['batch']}: {b['identify_per_s']:.1f} probes/s identified (matching side "
+            f"{b['matching_side_per_s']:.1f}/s; one probe's sweep {b['kernel_one_probe_per_s']:.1f}/s); "
+            f"enrolment {r['he_enrol_per_s']:,.0f}/s"
+        )
     if "hybrid_ms_100k" in r:
         h = r["hybrid_1m"]
         lines += [
