@@ -5,7 +5,7 @@ TenSEAL's ``sealapi``); they are most of the cost of enrolment. Two things keep 
 
 * Reading a ciphertext: ``sealapi`` offers one coefficient per Python call. SEAL's own
   serialisation writes the whole ciphertext at once, so it is saved to a private file in memory
-  (``/dev/shm`` where there is one), read back, decompressed (SEAL compresses with zstd or zlib)
+  (``/dev/shm`` where there is one), read back and removed, decompressed (SEAL compresses with zstd or zlib)
   and its trailing coefficient array taken, checked against its length and against values read
   through ``sealapi``. The file is overwritten by the next ciphertext and removed at the end.
 * Cores: ``sealapi`` keeps the GIL while it encrypts, so large requests are split between this
@@ -65,6 +65,7 @@ class CiphertextReader:
             self._folder = tempfile.mkdtemp(prefix="fpmatch-ct-", dir=shm if os.path.isdir(shm) else None)
             self._path = str(Path(self._folder) / "ciphertext")
             self._unzstd = zstandard.ZstdDecompressor()
+            atexit.register(shutil.rmtree, self._folder, True)
 
     def read(self, ciphertext: "sealapi.Ciphertext") -> np.ndarray:
         n = self.n
@@ -72,8 +73,11 @@ class CiphertextReader:
         if self._folder is None:
             return np.fromiter(map(array.at, range(2 * n)), dtype=np.int64, count=2 * n).reshape(2, n)
         ciphertext.save(self._path)
-        with open(self._path, "rb") as f:
-            data = f.read()
+        try:
+            with open(self._path, "rb") as f:
+                data = f.read()
+        finally:
+            os.unlink(self._path)  # no copy left behind, even if this process is killed later
         magic, header_size, _, _, compression, _, size = _HEADER.unpack_from(data)
         if magic != _SEAL_MAGIC or header_size != _HEADER.size or size != len(data):
             raise CiphertextFormatError("SEAL wrote a ciphertext this reader does not know")
