@@ -12,6 +12,7 @@
 #include "hamming_scan.h"
 #include "index_io.h"
 #include "modular_scan.h"
+#include "negacyclic_ntt.h"
 #include "projection_hash.h"
 #include "weighted_distance.h"
 
@@ -79,32 +80,33 @@ CodeBatch as_codes(const py::array& a, const ProtectedIndex& index, const char* 
   return {rows.data, rows.n, rows.row_stride};
 }
 
-// A 2-D int64 array read in place: aligned, contiguous within rows, rows
-// forwards and not overlapping. Anything else is refused, never copied.
+// A 2-D uint8 array of packed values (modular_scan.h: 6 bytes each) read in
+// place: contiguous within rows, rows forwards and not overlapping. Anything
+// else is refused, never copied.
 modq::Matrix as_matrix(const py::array& a, const char* what) {
-  check_dtype<int64_t>(a, what);
+  check_dtype<uint8_t>(a, what);
   if (a.ndim() != 2) throw InvalidInput(std::string(what) + " must be 2-D arrays");
-  const size_t rows = size_t(a.shape(0)), cols = size_t(a.shape(1));
-  if (rows == 0 || cols == 0) throw InvalidInput(std::string(what) + " must not be empty");
-  if (reinterpret_cast<uintptr_t>(a.data()) % alignof(int64_t) != 0)
-    throw InvalidInput(std::string(what) + " must be aligned; pass np.ascontiguousarray(x)");
-  if (cols > 1 && a.strides(1) != ssize_t(sizeof(int64_t)))
+  const size_t rows = size_t(a.shape(0)), bytes = size_t(a.shape(1));
+  if (rows == 0 || bytes == 0) throw InvalidInput(std::string(what) + " must not be empty");
+  if (bytes % modq::kPackedBytes != 0)
+    throw InvalidInput(std::string(what) + " rows must hold whole packed values (a multiple of 6 bytes), got " +
+                       std::to_string(bytes) + " bytes");
+  if (bytes > 1 && a.strides(1) != 1)
     throw InvalidInput(std::string(what) + " must be contiguous within each row; pass np.ascontiguousarray(x)");
-  size_t stride = cols;
+  size_t stride = bytes;
   if (rows > 1) {
-    if (a.strides(0) <= 0 || a.strides(0) % ssize_t(sizeof(int64_t)) != 0 ||
-        size_t(a.strides(0)) / sizeof(int64_t) < cols)
+    if (a.strides(0) <= 0 || size_t(a.strides(0)) < bytes)
       throw InvalidInput(std::string(what) + " rows must be laid out forwards without overlap; pass np.ascontiguousarray(x)");
-    stride = size_t(a.strides(0)) / sizeof(int64_t);
+    stride = size_t(a.strides(0));
   }
-  return {static_cast<const int64_t*>(a.data()), rows, cols, stride};
+  return {static_cast<const uint8_t*>(a.data()), rows, bytes / modq::kPackedBytes, stride};
 }
 
 // A list of same-shape matrices; `keep` holds them while the GIL is released.
 std::vector<modq::Matrix> as_matrices(const py::sequence& seq, std::vector<py::array>& keep) {
   std::vector<modq::Matrix> out;
   for (const py::handle& item : seq) {
-    if (!py::isinstance<py::array>(item)) throw WrongDtype("matrices must be numpy int64 arrays");
+    if (!py::isinstance<py::array>(item)) throw WrongDtype("matrices must be numpy uint8 arrays of packed values");
     keep.push_back(py::reinterpret_borrow<py::array>(item));
     out.push_back(as_matrix(keep.back(), "matrices"));
     if (out.back().rows != out[0].rows || out.back().cols != out[0].cols)
@@ -203,21 +205,31 @@ PYBIND11_MODULE(_core, m) {
                               const std::string& kernel) {
           std::vector<py::array> keep;
           std::vector<modq::Matrix> ms = as_matrices(matrices, keep);
-          const int64_t* w = as_vector(weights, "weights", ms[0].rows);
+          const bool batch = weights.ndim() == 2;
+          check_dtype<int64_t>(weights, "weights");
+          if (batch && (weights.shape(0) == 0 || size_t(weights.shape(1)) != ms[0].rows))
+            throw InvalidInput("weights must be (probes, " + std::to_string(ms[0].rows) + ") with at least one probe");
+          const size_t probes = batch ? size_t(weights.shape(0)) : 1;
+          auto flat = py::array_t<int64_t, py::array::c_style>::ensure(weights);  // same dtype: a layout copy at most
+          const int64_t* w = batch ? flat.data() : as_vector(weights, "weights", ms[0].rows);
           const modq::Kernel k = modq::kernel_named(kernel);
           modq::check_modulus(q);
-          py::array_t<int64_t> out({ms.size(), ms[0].cols});
+          std::vector<size_t> shape{ms.size(), ms[0].cols};
+          if (batch) shape.insert(shape.begin(), probes);
+          py::array_t<int64_t> out(shape);
           int64_t* dst = out.mutable_data();
           {
             py::gil_scoped_release release;
-            modq::combine(ms, w, q, dst, n_threads, k);
+            modq::combine(ms, w, probes, q, dst, n_threads, k);
           }
           return out;
         },
         py::arg("matrices"), py::arg("weights"), py::arg("q"), py::kw_only(), py::arg("n_threads") = 0,
         py::arg("kernel") = "auto",
-        "out[i] = sum_j weights[j] * matrices[i][j] mod q, in [0, q), for same-shape int64 matrices of values "
-        "centred mod q (q odd, below 2^50). Values out of [-(q-1)/2, (q-1)/2] raise InvalidInputError.");
+        "out[i] = sum_j weights[j] * matrices[i][j] mod q, in [0, q), for same-shape uint8 matrices of packed "
+        "values (6 bytes little-endian each, x + (q-1)/2 for x centred mod q; q odd, below 2^48). weights (d,) "
+        "gives (matrices, cols); weights (probes, d) scores the batch in one sweep and gives (probes, matrices, "
+        "cols). Stored values above q - 1 raise InvalidInputError.");
   m.def("modular_multiply", [](const py::array& a, const py::array& b, uint64_t q) {
           modq::Matrix x = as_matrix(a, "a");
           const int64_t* y = as_vector(b, "b", x.cols);
@@ -231,7 +243,7 @@ PYBIND11_MODULE(_core, m) {
           return out;
         },
         py::arg("a"), py::arg("b"), py::arg("q"),
-        "a * b mod q elementwise by row, in [0, q): a centred mod q, b (one row) in [0, q).");
+        "a * b mod q elementwise by row, in [0, q): a packed (uint8, 6 bytes a value), b (one row) in [0, q).");
   m.def("modular_read", [](const py::sequence& matrices, int n_threads) {
           std::vector<py::array> keep;
           std::vector<modq::Matrix> ms = as_matrices(matrices, keep);
@@ -240,6 +252,27 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("matrices"), py::kw_only(), py::arg("n_threads") = 0,
         "XOR of every value, read as modular_combine reads them (a memory-bandwidth baseline).");
+
+  m.def("ntt_inverse", [](const py::array& values, uint64_t q, uint64_t psi) {
+          Rows<int64_t> rows = as_rows<int64_t>(values, "values", values.ndim() == 2 ? size_t(values.shape(1)) : 0);
+          const ntt::InverseNtt transform(rows.cols, q, psi);
+          py::array_t<int64_t> out({rows.n, rows.cols});
+          int64_t* dst = out.mutable_data();
+          {
+            py::gil_scoped_release release;
+            for (size_t i = 0; i < rows.n; ++i)
+              for (size_t c = 0; c < rows.cols; ++c) {
+                const int64_t v = rows.data[i * rows.row_stride + c];
+                if (v < 0 || uint64_t(v) >= q) throw InvalidInput("NTT values must lie in [0, q)");
+                dst[i * rows.cols + c] = v;
+              }
+            for (size_t i = 0; i < rows.n; ++i) transform.apply(reinterpret_cast<uint64_t*>(dst + i * rows.cols));
+          }
+          return out;
+        },
+        py::arg("values"), py::arg("q"), py::arg("psi"),
+        "Coefficients in [0, q) of polynomials given as NTT values (m, N) in SEAL's order (value i at "
+        "psi^(2 bitrev(i) + 1)), for psi SEAL's primitive 2N-th root of unity mod the prime q.");
 
   py::class_<ProjectionHasher>(m, "ProjectionHasher")
       .def(py::init([](const py::bytes& key, size_t dim, size_t bits, std::optional<py::array> offset,

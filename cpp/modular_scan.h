@@ -2,17 +2,22 @@
 // modulo the data prime q. SEAL makes the keys and ciphertexts; this file only
 // multiplies and adds numbers it is given, exactly.
 //
-// Ciphertext values arrive centred, x in [-h, h] with h = (q - 1) / 2, and are
-// read as u = x + h in [0, 2h]. A weight w is read as v = w mod q. Each column
-// gets S = sum_j v_j u_j exactly (an unsigned 128-bit sum), and the result is
-// S - h * sum_j v_j = sum_j w_j x_j mod q: one reduction per column, however
-// many rows (lazy reduction). The SIMD kernels (modular_scan_avx512.h) build S
-// from partial sums of at most kRowsPerPass rows that cannot overflow 64 bits.
+// Packed layout. A ciphertext value x, centred in [-h, h] with h = (q - 1) / 2,
+// is stored as u = x + h in [0, 2h] = [0, q - 1], in 6 bytes little-endian
+// (kPackedBytes; q < 2^48). A row of k values is 6k bytes; rows of a matrix
+// start row_stride bytes apart. Zero is stored as h.
+//
+// A weight w is read as v = w mod q. Each column gets S = sum_j v_j u_j exactly
+// (an unsigned 128-bit sum), and the result is S - h * sum_j v_j = sum_j w_j x_j
+// mod q: one reduction per column, however many rows (lazy reduction). The SIMD
+// kernels (modular_scan_avx512.h) build S from partial sums of at most
+// kRowsPerPass rows that cannot overflow 64 bits.
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -24,24 +29,33 @@ namespace modq {
 
 using u128 = unsigned __int128;
 
-constexpr uint64_t kMaxModulus = uint64_t(1) << 50;  // the SIMD paths multiply 52-bit values
-constexpr size_t kMaxRows = size_t(1) << 16;          // keeps S below 2^116
+constexpr size_t kPackedBytes = 6;                    // bytes per stored value
+constexpr uint64_t kMaxModulus = uint64_t(1) << 48;   // every u < q fits the 6 bytes
+constexpr size_t kMaxRows = size_t(1) << 16;          // keeps S below 2^112
 constexpr size_t kRowsPerPass = 4096;                 // 4096 terms below 2^52 fit 64 bits
 constexpr size_t kTileCols = 8192;                    // whole rows of N = 4096 blocks: reads stay sequential
+constexpr size_t kBatchTileBytes = size_t(1) << 20;   // a tile every probe of a batch rereads: fits L2
 constexpr size_t kMinWorkPerThread = size_t(1) << 18; // values; below this a thread costs more than it saves
 
-// rows x cols int64 values, row j starting at data + j * row_stride.
+// rows x cols packed values, row j starting at data + j * row_stride (bytes).
 struct Matrix {
-  const int64_t* data;
+  const uint8_t* data;
   size_t rows, cols, row_stride;
 };
+
+// One packed value (little-endian on every host).
+inline uint64_t load_packed(const uint8_t* p) {
+  uint64_t u = 0;
+  for (size_t b = 0; b < kPackedBytes; ++b) u |= uint64_t(p[b]) << (8 * b);
+  return u;
+}
 
 // Rows j .. j+3 and their weights; past the last row, the last row again with
 // weight 0 (it adds nothing and is in range if the row is).
 struct FourRows {
-  const int64_t* row[4];
+  const uint8_t* row[4];
   uint64_t weight[4];
-  FourRows(const int64_t* x, size_t stride, size_t rows, const uint64_t* v, size_t j) {
+  FourRows(const uint8_t* x, size_t stride, size_t rows, const uint64_t* v, size_t j) {
     for (size_t k = 0; k < 4; ++k) {
       const bool real = j + k < rows;
       row[k] = x + (real ? j + k : rows - 1) * stride;
@@ -50,10 +64,9 @@ struct FourRows {
   }
 };
 
-// acc[c] += sum_{j < rows} v[j] * (x[j * stride + c] + h) for c < cols, four
-// rows per pass over acc. False if some x lies outside [-h, h] (acc is then
-// meaningless).
-inline bool accumulate_portable(const int64_t* x, size_t stride, size_t rows, size_t cols, const uint64_t* v,
+// acc[c] += sum_{j < rows} v[j] * u[j, c] for c < cols, four rows per pass
+// over acc. False if some u exceeds 2h (acc is then meaningless).
+inline bool accumulate_portable(const uint8_t* x, size_t stride, size_t rows, size_t cols, const uint64_t* v,
                                 uint64_t h, u128* acc) {
   uint64_t worst = 0;
   for (size_t j = 0; j < rows; j += 4) {
@@ -61,7 +74,7 @@ inline bool accumulate_portable(const int64_t* x, size_t stride, size_t rows, si
     for (size_t c = 0; c < cols; ++c) {
       u128 s = acc[c];
       for (int k = 0; k < 4; ++k) {
-        const uint64_t u = uint64_t(r.row[k][c]) + h;  // wraps past 2h for any value out of range
+        const uint64_t u = load_packed(r.row[k] + kPackedBytes * c);
         worst = std::max(worst, u);
         s += u128(u) * r.weight[k];
       }
@@ -122,7 +135,7 @@ inline Kernel kernel_named(const std::string& name) {
   throw InvalidInput("unknown kernel '" + name + "': use auto, avx512ifma, avx512 or portable");
 }
 
-inline bool accumulate(Kernel k, const int64_t* x, size_t stride, size_t rows, size_t cols, const uint64_t* v,
+inline bool accumulate(Kernel k, const uint8_t* x, size_t stride, size_t rows, size_t cols, const uint64_t* v,
                        uint64_t h, u128* acc, uint64_t* scratch) {
 #if FPMATCH_MODQ_AVX512
   if (k == Kernel::Avx512Ifma) return accumulate_avx512ifma(x, stride, rows, cols, v, h, acc, scratch);
@@ -134,63 +147,111 @@ inline bool accumulate(Kernel k, const int64_t* x, size_t stride, size_t rows, s
 
 inline void check_modulus(uint64_t q) {
   if (q < 3 || q >= kMaxModulus || q % 2 == 0)
-    throw InvalidInput("the modulus must be odd, at least 3 and below 2^50, got " + std::to_string(q));
+    throw InvalidInput("the modulus must be odd, at least 3 and below 2^48 (values are stored in 6 bytes), got " +
+                       std::to_string(q));
 }
 
 [[noreturn]] inline void out_of_range() {
-  throw InvalidInput("ciphertext values out of range: each must lie in [-(q-1)/2, (q-1)/2]");
+  throw InvalidInput("ciphertext values out of range: each stored value must lie in [0, q - 1]");
 }
 
-// out[i * cols + c] = sum_j weights[j] * m_i[j, c] mod q, in [0, q), for every
-// matrix m_i (all rows x cols, rows = the number of weights). Work is split by
-// (matrix, column tile) over up to n_threads threads (0: every core).
-inline void combine(const std::vector<Matrix>& matrices, const int64_t* weights, uint64_t q, int64_t* out,
-                    int n_threads, Kernel kernel) {
+// One probe's weights read mod q, and what storing x as x + h adds to each column.
+struct Weights {
+  std::vector<uint64_t> v;
+  uint64_t shift;
+  Weights(const int64_t* w, size_t rows, uint64_t q) : v(rows) {
+    uint64_t sum_v = 0;
+    for (size_t j = 0; j < rows; ++j) {
+      const int64_t r = w[j] % int64_t(q);
+      v[j] = uint64_t(r < 0 ? r + int64_t(q) : r);
+      sum_v = (sum_v + v[j]) % q;
+    }
+    shift = uint64_t(u128(q / 2) * sum_v % q);
+  }
+};
+
+// Probes first .. first + count - 1 over one row pass starting at row r:
+// together on the IFMA path, one after another on the others.
+inline bool accumulate_probes(Kernel k, const uint8_t* x, size_t stride, size_t rows, size_t cols,
+                              const std::vector<Weights>& probes, size_t first, size_t count, size_t r, uint64_t h,
+                              u128* acc, uint64_t* scratch) {
+#if FPMATCH_MODQ_AVX512
+  if (k == Kernel::Avx512Ifma && count > 1) {
+    const uint64_t* weights[kBatchProbes];
+    u128* sums[kBatchProbes];
+    for (size_t p = 0; p < count; ++p) {
+      weights[p] = probes[first + p].v.data() + r;
+      sums[p] = acc + p * cols;
+    }
+    return accumulate_avx512ifma_batch(x, stride, rows, cols, weights, count, h, sums, scratch);
+  }
+#endif
+  bool in_range = true;
+  for (size_t p = 0; p < count; ++p)
+    in_range &= accumulate(k, x, stride, rows, cols, probes[first + p].v.data() + r, h, acc + p * cols, scratch);
+  return in_range;
+}
+
+// out[(p * M + i) * cols + c] = sum_j weights[p * rows + j] * x_i[j, c] mod q, in
+// [0, q), for every probe p < n_probes and matrix i < M (all rows x cols, rows =
+// the number of weights per probe). Work is split by (matrix, column tile) over
+// up to n_threads threads (0: every core); within a tile every probe of the
+// batch is scored while the tile is in cache, so one sweep serves the batch.
+inline void combine(const std::vector<Matrix>& matrices, const int64_t* weights, size_t n_probes, uint64_t q,
+                    int64_t* out, int n_threads, Kernel kernel) {
   check_modulus(q);
-  if (matrices.empty()) return;
+  if (matrices.empty() || n_probes == 0) return;
   const size_t rows = matrices[0].rows, cols = matrices[0].cols;
   for (const Matrix& m : matrices)
     if (m.rows != rows || m.cols != cols) throw InvalidInput("all matrices must have the same shape");
   if (rows == 0 || rows > kMaxRows || cols == 0)
     throw InvalidInput("matrices need 1 to " + std::to_string(kMaxRows) + " rows and at least one column");
   const uint64_t h = q / 2;
-  std::vector<uint64_t> v(rows);
-  uint64_t sum_v = 0;
-  for (size_t j = 0; j < rows; ++j) {
-    const int64_t r = weights[j] % int64_t(q);
-    v[j] = uint64_t(r < 0 ? r + int64_t(q) : r);
-    sum_v = (sum_v + v[j]) % q;
-  }
-  const uint64_t shift = uint64_t(u128(h) * sum_v % q);  // what reading x as x + h added to every column
-  const size_t by_work = std::max<size_t>(1, matrices.size() * rows * cols / kMinWorkPerThread);
+  std::vector<Weights> probes;
+  for (size_t p = 0; p < n_probes; ++p) probes.emplace_back(weights + p * rows, rows, q);
+  const size_t by_work = std::max<size_t>(1, n_probes * matrices.size() * rows * cols / kMinWorkPerThread);
   const size_t threads = std::min<size_t>(size_t(resolve_threads(n_threads)), by_work);
-  // Column tiles: whole rows up to kTileCols, narrower when there are fewer matrices than threads.
+  // Column tiles: whole rows up to kTileCols (one probe streams), a cache-sized
+  // slice for a batch, narrower when there are fewer matrices than threads.
+  const size_t cached = std::max<size_t>(8, kBatchTileBytes / (rows * kPackedBytes) / 8 * 8);
+  const size_t widest = n_probes > 1 ? std::min(kTileCols, cached) : kTileCols;
   const size_t split = (threads + matrices.size() - 1) / matrices.size();
-  const size_t tile = std::min(kTileCols, ((cols + split - 1) / split + 7) / 8 * 8);
+  const size_t tile = std::min(widest, ((cols + split - 1) / split + 7) / 8 * 8);
   const size_t tiles = (cols + tile - 1) / tile;
+  const size_t block = matrices.size() * cols;  // one probe's output
   parallel_for(matrices.size() * tiles, int(threads), [&](size_t item) {
     const size_t i = item / tiles, first = (item % tiles) * tile;
     const size_t width = std::min(tile, cols - first);
     const Matrix& m = matrices[i];
-    std::vector<u128> acc(width);
-    std::vector<uint64_t> scratch(3 * width);
-    for (size_t r = 0; r < rows; r += kRowsPerPass) {
-      const size_t pass = std::min(kRowsPerPass, rows - r);
-      if (!accumulate(kernel, m.data + r * m.row_stride + first, m.row_stride, pass, width, v.data() + r, h,
-                      acc.data(), scratch.data()))
-        out_of_range();
-    }
-    int64_t* dst = out + i * cols + first;
-    for (size_t c = 0; c < width; ++c) {
-      const uint64_t s = uint64_t(acc[c] % q);
-      dst[c] = int64_t(s >= shift ? s - shift : s + q - shift);
+    const size_t group = std::min(n_probes, kernel == Kernel::Avx512Ifma ? kBatchProbes : size_t(1));
+    std::vector<u128> acc(group * width);
+    std::vector<uint64_t> scratch(std::max<size_t>(3, 2 * group) * width);
+    for (size_t p0 = 0; p0 < n_probes; p0 += group) {
+      const size_t count = std::min(group, n_probes - p0);
+      std::fill(acc.begin(), acc.end(), u128(0));
+      for (size_t r = 0; r < rows; r += kRowsPerPass) {
+        const size_t pass = std::min(kRowsPerPass, rows - r);
+        const uint8_t* x = m.data + r * m.row_stride + first * kPackedBytes;
+        if (!accumulate_probes(kernel, x, m.row_stride, pass, width, probes, p0, count, r, h, acc.data(),
+                               scratch.data()))
+          out_of_range();
+      }
+      for (size_t p = p0; p < p0 + count; ++p) {
+        const uint64_t shift = probes[p].shift;
+        const u128* sums = acc.data() + (p - p0) * width;
+        int64_t* dst = out + p * block + i * cols + first;
+        for (size_t c = 0; c < width; ++c) {
+          const uint64_t s = uint64_t(sums[c] % q);
+          dst[c] = int64_t(s >= shift ? s - shift : s + q - shift);
+        }
+      }
     }
   });
 }
 
-// XOR of every value of every matrix, read tile by tile as combine reads
-// them: the benchmark's memory-bandwidth baseline for the same bytes. Eight
-// independent accumulators keep the loop bound by memory, not by one chain.
+// XOR of every stored byte of every matrix (8 at a time), read tile by tile as
+// combine reads them: the benchmark's memory-bandwidth baseline for the same
+// bytes. Eight independent accumulators keep the loop bound by memory.
 inline uint64_t read_all(const std::vector<Matrix>& matrices, int n_threads) {
   if (matrices.empty()) return 0;
   const size_t cols = matrices[0].cols, tiles = (cols + kTileCols - 1) / kTileCols;
@@ -198,13 +259,18 @@ inline uint64_t read_all(const std::vector<Matrix>& matrices, int n_threads) {
   parallel_for(parts.size(), n_threads, [&](size_t item) {
     const Matrix& m = matrices[item / tiles];
     const size_t first = (item % tiles) * kTileCols, width = std::min(kTileCols, cols - first);
+    const size_t bytes = width * kPackedBytes;
     uint64_t x[8] = {};
     for (size_t j = 0; j < m.rows; ++j) {
-      const int64_t* row = m.data + j * m.row_stride + first;
-      size_t c = 0;
-      for (; c + 8 <= width; c += 8)
-        for (size_t k = 0; k < 8; ++k) x[k] ^= uint64_t(row[c + k]);
-      for (; c < width; ++c) x[0] ^= uint64_t(row[c]);
+      const uint8_t* row = m.data + j * m.row_stride + first * kPackedBytes;
+      size_t b = 0;
+      for (; b + 64 <= bytes; b += 64)
+        for (size_t k = 0; k < 8; ++k) {
+          uint64_t word;
+          std::memcpy(&word, row + b + 8 * k, 8);
+          x[k] ^= word;
+        }
+      for (; b < bytes; ++b) x[0] ^= row[b];
     }
     parts[item] = x[0] ^ x[1] ^ x[2] ^ x[3] ^ x[4] ^ x[5] ^ x[6] ^ x[7];
   });
@@ -213,11 +279,11 @@ inline uint64_t read_all(const std::vector<Matrix>& matrices, int n_threads) {
   return x;
 }
 
-// out[i, c] = a[i, c] * b[c] mod q, in [0, q): a centred ([-h, h]), b in [0, q).
-// For the few rows a shortlist re-scores, so one thread and no SIMD.
+// out[i, c] = x[i, c] * b[c] mod q, in [0, q): x packed, b in [0, q). For the
+// few rows a shortlist re-scores, so one thread and no SIMD.
 inline void multiply(const Matrix& a, const int64_t* b, uint64_t q, int64_t* out) {
   check_modulus(q);
-  const int64_t h = int64_t(q / 2);
+  const uint64_t h = q / 2;
   std::vector<uint64_t> quotient(a.cols);  // Shoup's floor(b * 2^64 / q): one multiply estimates each quotient
   for (size_t c = 0; c < a.cols; ++c) {
     if (b[c] < 0 || uint64_t(b[c]) >= q) throw InvalidInput("plaintext values must lie in [0, q)");
@@ -225,11 +291,12 @@ inline void multiply(const Matrix& a, const int64_t* b, uint64_t q, int64_t* out
   }
   bool in_range = true;
   for (size_t i = 0; i < a.rows; ++i) {
-    const int64_t* x = a.data + i * a.row_stride;
+    const uint8_t* x = a.data + i * a.row_stride;
     int64_t* dst = out + i * a.cols;
     for (size_t c = 0; c < a.cols; ++c) {
-      in_range &= x[c] >= -h && x[c] <= h;
-      const uint64_t u = uint64_t(x[c] < 0 ? x[c] + int64_t(q) : x[c]);
+      const uint64_t stored = load_packed(x + kPackedBytes * c);
+      in_range &= stored <= 2 * h;
+      const uint64_t u = stored >= h ? stored - h : stored + q - h;  // x mod q
       const uint64_t estimate = uint64_t((u128(u) * quotient[c]) >> 64);
       const uint64_t r = u * uint64_t(b[c]) - estimate * q;  // in [0, 2q), exact modulo 2^64
       dst[c] = int64_t(r >= q ? r - q : r);

@@ -204,7 +204,8 @@ def protected_bytes(source: Any, subject: str) -> list[bytes]:
             (data,) = query("SELECT data FROM he_rows WHERE row = ?", (slot // _group(),)).fetchone()
             c0 = bytes(data)[len(data) // 2 :]
             position = slot % _group()
-            held.append(c0[position * DIM * 8 : (position + 1) * DIM * 8])
+            width = DIM * 6  # values are stored in 6 bytes (fpmatch.he._packing)
+            held.append(c0[position * width : (position + 1) * width])
     finally:
         close()
     return held

@@ -29,7 +29,11 @@ def test_bench_he_quick(tmp_path: Path) -> None:
         assert result[key] > 0, key
     assert set(result["bytes_per_template"]) == SCHEMES
     assert set(result["tar_at_far_1e-4"]) == SCHEMES
-    assert result["bytes_per_template"]["he"] == 2 * 128 * 8
+    assert result["bytes_per_template"]["he"] == result["he_bytes_per_template"] == 2 * 128 * 6  # 6 bytes a value
+    for key in ("he_identify_batch_per_s_3k", "plain_flat_ms_3k", "memory_bandwidth_gb_s", "he_scan_gb_s", "he_enrol_per_s"):
+        assert result[key] > 0, key
+    assert result["he_batch"]["batch"] == 10 and result["he_batch"]["matching_side_per_s"] > 0
+    assert result["he_gallery_rss"]["3000"]["ciphertext_bytes"] == 128 * 12 * 4096
     for scheme in SCHEMES:
         assert 0.0 <= result["tar_at_far_1e-4"][scheme] <= 1.0
     assert abs(result["tar_at_far_1e-4"]["he"] - result["tar_at_far_1e-4"]["plain"]) < 0.02

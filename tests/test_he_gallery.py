@@ -93,8 +93,8 @@ def test_layout_and_sizes(world: dict) -> None:
     gallery = world["gallery"]
     assert gallery.block_size == 4096 and gallery.blocks.count == 1
     assert gallery.blocks.refreshes == [1]  # the second batch filled columns known to be empty
-    assert gallery.bytes_per_template == 2 * DIM * 8
-    assert gallery.stored_bytes() == DIM * 2 * 4096 * 8
+    assert gallery.bytes_per_template == 2 * DIM * 6  # c0 and c1 values packed in 6 bytes
+    assert gallery.stored_bytes() == DIM * 2 * 4096 * 6
     assert len(gallery) == N and "p0001" in gallery and "nobody" not in gallery
 
 
@@ -241,7 +241,7 @@ def test_the_gallery_is_the_he_scheme_gallery_and_saves_no_empty_column(world: d
     data = path.read_bytes()
     meta_len, public_len = struct.unpack_from("<QQ", data, 8)
     # c1 halves of one block and the two live subjects' columns: no empty or withdrawn column.
-    assert len(data) == 8 + 16 + meta_len + public_len + DIM * 4096 * 8 + 2 * DIM * 8 + 32
+    assert len(data) == 8 + 16 + meta_len + public_len + DIM * 4096 * 6 + 2 * DIM * 6 + 32  # 6 bytes a value
     loaded = EncryptedGallery.load(path)
     assert loaded.subjects() == ["a", "c"]
     assert loaded.verify("c", world["probes"][2], holder, 0.9, caller="t").verified
@@ -279,3 +279,99 @@ def test_a_file_of_the_earlier_format_still_loads(world: dict, tmp_path: Path) -
     path.write_bytes(doubled + hashlib.sha256(doubled).digest())
     with pytest.raises(AuthenticationError, match="twice"):
         EncryptedGallery.load(path)
+
+
+def _reframe(data: bytes, magic: bytes, sections: bytes, meta: dict | None = None) -> bytes:
+    """A gallery file with its arrays replaced by ``sections`` (and its header by ``meta``), checksummed."""
+    import hashlib
+    import json
+
+    meta_len, public_len = struct.unpack_from("<QQ", data, 8)
+    start = 8 + 16
+    old_meta = json.loads(data[start : start + meta_len])
+    header = json.dumps(meta if meta is not None else old_meta).encode()
+    public = data[start + meta_len : start + meta_len + public_len]
+    body = magic + struct.pack("<QQ", len(header), len(public)) + header + public + sections
+    return body + hashlib.sha256(body).digest()
+
+
+def test_a_file_of_format_2_int64_values_still_loads(world: dict, tmp_path: Path) -> None:
+    from fpmatch.he._packing import unpack
+
+    holder = world["holder"]
+    gallery = EncryptedGallery(holder.public_context(), DIM)
+    gallery.enrol(["a", "b", "c"], world["templates"][:3])
+    gallery.withdraw("b")
+    q = gallery.context.ring.q
+    path = tmp_path / "g.he"
+    gallery.save(path)
+    # Format 2: the same sections, every value int64 (centred) instead of 6 packed bytes.
+    c1 = unpack(gallery.blocks.c1_bytes(0), q).astype("<i8").tobytes()
+    columns = b"".join(unpack(gallery.blocks.column(gallery._slot[gallery.id_of(s)]), q).astype("<i8").tobytes() for s in ("a", "c"))
+    old = tmp_path / "v2.he"
+    old.write_bytes(_reframe(path.read_bytes(), b"FPHEGAL2", c1 + columns))
+    loaded = EncryptedGallery.load(old)
+    assert loaded.subjects() == ["a", "c"]
+    probe = world["probes"][0]
+    assert loaded.identification_request(probe)[0].to_bytes() == gallery.identification_request(probe)[0].to_bytes()
+    assert loaded.blocks.column(loaded._slot[loaded.id_of("c")]) == gallery.blocks.column(gallery._slot[gallery.id_of("c")])
+
+
+def test_truncated_or_out_of_range_packed_data_is_refused(world: dict, tmp_path: Path) -> None:
+    holder = world["holder"]
+    gallery = EncryptedGallery(holder.public_context(), DIM)
+    gallery.enrol(["a"], world["templates"][:1])
+    path = tmp_path / "g.he"
+    gallery.save(path)
+    data = path.read_bytes()
+    meta_len, public_len = struct.unpack_from("<QQ", data, 8)
+    arrays = data[8 + 16 + meta_len + public_len : -32]
+    assert len(arrays) == DIM * 4096 * 6 + DIM * 6
+    for cut in (1, 6, 5 * DIM):  # part of a value, one value, most of the column
+        path.write_bytes(_reframe(data, b"FPHEGAL3", arrays[:-cut]))
+        with pytest.raises(AuthenticationError):
+            EncryptedGallery.load(path)
+    q = gallery.context.ring.q
+    too_big = arrays[:-6] + q.to_bytes(6, "little")  # a stored value above q - 1
+    path.write_bytes(_reframe(data, b"FPHEGAL3", too_big))
+    with pytest.raises(AuthenticationError, match="out of range"):
+        EncryptedGallery.load(path)
+
+
+def test_erasure_writes_the_packed_zero(world: dict) -> None:
+    holder = world["holder"]
+    gallery = EncryptedGallery(holder.public_context(), DIM)
+    gallery.enrol(["a", "b"], world["templates"][:2])
+    slot = gallery._slot[gallery.id_of("a")]
+    gallery.withdraw("a")
+    half = gallery.context.ring.q // 2
+    erased = gallery.blocks._columns(0)[:, slot]
+    assert erased.tobytes() == half.to_bytes(6, "little") * DIM  # zero is stored as (q - 1) / 2
+    c0, _ = gallery.blocks.ciphertexts()[0]
+    assert c0[slot] == 0
+
+
+def test_rows_of_the_int64_form_agree_with_the_packed_gallery(world: dict) -> None:
+    # A store written before the packed layout holds int64 rows and columns: loading packs them,
+    # and the integrity comparison sees the same values, not different bytes.
+    from fpmatch.galleries.base import StoredTemplate
+    from fpmatch.he._packing import int64_form, same_values
+
+    holder = world["holder"]
+    gallery = EncryptedGallery(holder.public_context(), DIM)
+    gallery.enrol(["a", "b"], world["templates"][:2])
+    q = gallery.context.ring.q
+    rows = [(int64_form(gallery.blocks.c1_bytes(0), q), gallery.blocks.used[0], gallery.blocks.refreshes[0])]
+    stored = {
+        name: StoredTemplate(name, gallery.id_of(name), None, slot, int64_form(gallery.blocks.column(slot), q))
+        for name, slot in ((s, gallery._slot[gallery.id_of(s)]) for s in ("a", "b"))
+    }
+    assert gallery.problems(stored, rows) == []
+    loaded = EncryptedGallery(holder.public_context(), DIM)
+    loaded.restore(list(stored.values()), rows, None)
+    assert loaded.blocks.c1_bytes(0) == gallery.blocks.c1_bytes(0)
+    changed = bytearray(rows[0][0])
+    changed[3] ^= 1
+    assert gallery.problems(stored, [(bytes(changed), *rows[0][1:])]) == ["ciphertext blocks in memory differ from the database"]
+    column = gallery.blocks.column(0)
+    assert same_values(column, column, q) and not same_values(column[:-6], column, q)

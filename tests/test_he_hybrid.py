@@ -54,7 +54,7 @@ def test_layout(world: dict) -> None:
     gallery = world["gallery"]
     assert gallery.group == 8  # 4096 coefficients, 512-D templates
     assert gallery.rows == -(-N // 8)
-    assert gallery.bytes_per_template == 2 * 4096 * 8 // 8 + 128
+    assert gallery.bytes_per_template == 2 * 4096 * 6 // 8 + 128  # 6,144 ciphertext bytes (6 a value) and the code
 
 
 def test_rescored_scores_match_plain_cosine(world: dict) -> None:

@@ -20,6 +20,7 @@ from fpmatch import DtypeError, InvalidInputError, _core
 from fpmatch.he import KeyHolder
 from fpmatch.he import _kernel, _reference
 from fpmatch.he._encoding import quantise
+from fpmatch.he._packing import PACKED_LIMIT, pack, stored_values
 from fpmatch.he._ring import Ring, secret_ntt
 from fpmatch.he.audit import SecretKeyAudit
 from fpmatch.he.blocks import CiphertextBlocks
@@ -42,8 +43,17 @@ def exact(matrices: list[np.ndarray], weights: np.ndarray, q: int = Q) -> np.nda
     return np.array([[int(v) % q for v in w @ m.astype(object)] for m in matrices], dtype=np.int64)
 
 
+def packed(m: np.ndarray, q: int = Q) -> np.ndarray:
+    """Centred int64 values in the packed form the kernel reads (uint8 passes as it is)."""
+    return m if m.dtype == np.uint8 else pack(m, q)
+
+
 def combine(matrices, weights, q=Q, **options):  # type: ignore[no-untyped-def]
-    return _core.modular_combine(matrices, np.asarray(weights, dtype=np.int64), q, **options)
+    return _core.modular_combine([packed(m, q) for m in matrices], np.asarray(weights, dtype=np.int64), q, **options)
+
+
+def reference(matrices, weights, q=Q):  # type: ignore[no-untyped-def]
+    return _reference.combine([packed(m, q) for m in matrices], np.asarray(weights, dtype=np.int64), q)
 
 
 def centred(rng: np.random.Generator, *shape: int) -> np.ndarray:
@@ -79,7 +89,7 @@ def test_random_inputs_equal_the_reference(kernel: str, rows: int, cols: int) ->
     weights = rng.integers(-(1 << 14), 1 << 14, rows)  # an honest probe: the reference is exact
     got = combine(matrices, weights, kernel=kernel)
     assert got.dtype == np.int64 and got.shape == (3, cols)
-    np.testing.assert_array_equal(got, _reference.combine(matrices, weights, Q))
+    np.testing.assert_array_equal(got, reference(matrices, weights))
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -149,13 +159,50 @@ def test_every_cpu_path_equals_the_portable_one(kernel: str) -> None:
 def test_strided_views_are_read_in_place() -> None:
     rng = np.random.default_rng(4)
     block = centred(rng, 40, 2 * 64)
+    stored = pack(block, Q)  # 6 bytes a value
     weights = rng.integers(-1000, 1000, 40)
-    halves = [block[:, 64:], block[:, 3:4], block[:, :64]]
-    got = [combine([view], weights)[0] for view in halves]
-    for view, row in zip(halves, got):
-        np.testing.assert_array_equal(row, exact([np.ascontiguousarray(view)], weights)[0])
-    window = block[5, 10:50].reshape(40, 1)  # one row's d values as a column: row stride 1
-    np.testing.assert_array_equal(combine([window], weights)[0], exact([window.copy()], weights)[0])
+    views = [(stored[:, 6 * 64 :], block[:, 64:]), (stored[:, 18:24], block[:, 3:4]), (stored[:, : 6 * 64], block[:, :64])]
+    for view, values in views:
+        assert view.base is not None  # a view, not a copy
+        np.testing.assert_array_equal(combine([view], weights)[0], exact([values], weights)[0])
+    window = stored[5, 60:300].reshape(40, 6)  # one row's d values as a column: row stride 6 bytes
+    np.testing.assert_array_equal(combine([window], weights)[0], exact([block[5, 10:50].reshape(40, 1)], weights)[0])
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_stored_values_at_the_ends_of_the_range(kernel: str) -> None:
+    # Stored 0 is -h, stored q - 1 is h, stored h is zero; every byte of a value is read.
+    rows, cols = 7, 8 * 3 + 5
+    stored = np.zeros((rows, 6 * cols), dtype=np.uint8)
+    ends = np.array([0, Q - 1, H, 1, Q - 2, (Q - 1) & ~0xFF, 0xFF], dtype="<u8")
+    for j in range(rows):
+        for c in range(cols):
+            value = int(ends[(j + c) % len(ends)])
+            stored[j, 6 * c : 6 * c + 6] = list(value.to_bytes(6, "little"))
+    values = stored_values(stored).astype(np.int64) - H
+    assert values.min() == -H and values.max() == H
+    for weights in (np.full(rows, Q - 1), np.arange(1, rows + 1), np.full(rows, INT64.min)):
+        np.testing.assert_array_equal(combine([stored], weights, kernel=kernel), exact([values], weights))
+        np.testing.assert_array_equal(_core.modular_multiply(stored, np.full(cols, Q - 1), Q), np.mod(values * -1, Q))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_batch_of_probes_equals_one_probe_at_a_time(kernel: str, threads: int) -> None:
+    rng = np.random.default_rng(41)
+    for rows, cols, probes in [(512, 8192 + 13, 5), (48, 300, 1), (3, 9, 17)]:
+        matrices = [pack(centred(rng, rows, cols), Q) for _ in range(3)]
+        weights = rng.integers(-(1 << 14), 1 << 14, (probes, rows))
+        batch = _core.modular_combine(matrices, weights, Q, n_threads=threads, kernel=kernel)
+        assert batch.shape == (probes, 3, cols)
+        for p in range(probes):
+            np.testing.assert_array_equal(batch[p], _core.modular_combine(matrices, weights[p], Q, kernel="portable"))
+        if rows == 48:
+            np.testing.assert_array_equal(batch, _reference.combine(matrices, weights, Q))
+    with pytest.raises(InvalidInputError):
+        _core.modular_combine(matrices, np.zeros((0, 3), dtype=np.int64), Q)
+    with pytest.raises(InvalidInputError):
+        _core.modular_combine(matrices, np.zeros((2, 4), dtype=np.int64), Q)
 
 
 def test_multiply_equals_the_reference() -> None:
@@ -164,8 +211,8 @@ def test_multiply_equals_the_reference() -> None:
     a[0, :4] = [H, -H, 0, -1]
     b = rng.integers(0, Q, 4096, dtype=np.int64)
     b[:3] = [0, Q - 1, 1]
-    got = _core.modular_multiply(a, b, Q)
-    np.testing.assert_array_equal(got, _reference.multiply(a, b, Q))
+    got = _core.modular_multiply(pack(a, Q), b, Q)
+    np.testing.assert_array_equal(got, _reference.multiply(pack(a, Q), b, Q))
     exact_rows = [[(int(x) * int(y)) % Q for x, y in zip(row, b)] for row in a[:2]]
     assert got[:2].tolist() == exact_rows
 
@@ -230,31 +277,30 @@ def test_equal_to_seal_evaluator_and_decrypts_the_same() -> None:
 # -- refusals ------------------------------------------------------------------------------------
 
 
-GOOD = np.zeros((4, 16), dtype=np.int64)
+GOOD = np.zeros((4, 6 * 16), dtype=np.uint8)  # 4 rows of 16 packed values
 WEIGHTS = np.ones(4, dtype=np.int64)
 
 
 def hostile_matrices() -> dict[str, tuple[object, type]]:
-    base = np.zeros((4, 17), dtype=np.int64)
-    raw = np.zeros(4 * 16 * 8 + 1, dtype=np.uint8)
+    base = np.zeros((4, 6 * 17), dtype=np.uint8)
     return {
-        "int32": (np.zeros((4, 16), dtype=np.int32), DtypeError),
-        "uint64": (np.zeros((4, 16), dtype=np.uint64), DtypeError),
-        "float64": (np.zeros((4, 16)), DtypeError),
-        "object": (np.zeros((4, 16), dtype=object), DtypeError),
-        "big-endian": (np.zeros((4, 16), dtype=">i8"), DtypeError),
-        "a list": ([[0] * 16] * 4, DtypeError),
-        "1-D": (np.zeros(64, dtype=np.int64), InvalidInputError),
-        "3-D": (np.zeros((4, 4, 4), dtype=np.int64), InvalidInputError),
-        "strided columns": (np.zeros((4, 32), dtype=np.int64)[:, ::2], InvalidInputError),
-        "reversed rows": (base[::-1, :16], InvalidInputError),
-        "broadcast rows": (np.broadcast_to(base[0, :16], (4, 16)), InvalidInputError),
-        "overlapping rows": (np.lib.stride_tricks.as_strided(base, (4, 16), (8, 8)), InvalidInputError),
-        "misaligned": (np.frombuffer(raw.data, dtype=np.int64, count=64, offset=1).reshape(4, 16), InvalidInputError),
-        "Fortran order": (np.asfortranarray(np.zeros((4, 16), dtype=np.int64)), InvalidInputError),
-        "no rows": (np.zeros((0, 16), dtype=np.int64), InvalidInputError),
-        "no columns": (np.zeros((4, 0), dtype=np.int64), InvalidInputError),
-        "other shape": (np.zeros((4, 8), dtype=np.int64), InvalidInputError),
+        "int64": (np.zeros((4, 16), dtype=np.int64), DtypeError),
+        "int8": (np.zeros((4, 96), dtype=np.int8), DtypeError),
+        "uint16": (np.zeros((4, 48), dtype=np.uint16), DtypeError),
+        "float64": (np.zeros((4, 96)), DtypeError),
+        "object": (np.zeros((4, 96), dtype=object), DtypeError),
+        "a list": ([[0] * 96] * 4, DtypeError),
+        "1-D": (np.zeros(384, dtype=np.uint8), InvalidInputError),
+        "3-D": (np.zeros((4, 16, 6), dtype=np.uint8), InvalidInputError),
+        "part of a value": (np.zeros((4, 95), dtype=np.uint8), InvalidInputError),
+        "strided columns": (np.zeros((4, 192), dtype=np.uint8)[:, ::2], InvalidInputError),
+        "reversed rows": (base[::-1, :96], InvalidInputError),
+        "broadcast rows": (np.broadcast_to(base[0, :96], (4, 96)), InvalidInputError),
+        "overlapping rows": (np.lib.stride_tricks.as_strided(base, (4, 96), (6, 1)), InvalidInputError),
+        "Fortran order": (np.asfortranarray(np.zeros((4, 96), dtype=np.uint8)), InvalidInputError),
+        "no rows": (np.zeros((0, 96), dtype=np.uint8), InvalidInputError),
+        "no columns": (np.zeros((4, 0), dtype=np.uint8), InvalidInputError),
+        "other shape": (np.zeros((4, 48), dtype=np.uint8), InvalidInputError),
     }
 
 
@@ -263,7 +309,7 @@ def test_hostile_arrays_are_refused(name: str) -> None:
     matrix, error = hostile_matrices()[name]
     with pytest.raises(error):
         _core.modular_combine([GOOD, matrix], WEIGHTS, Q)
-    if isinstance(matrix, np.ndarray) and matrix.ndim == 2 and matrix.shape[1] == 16:
+    if isinstance(matrix, np.ndarray) and matrix.ndim == 2 and matrix.shape[1] == 96:
         with pytest.raises(error):
             _core.modular_multiply(matrix, np.zeros(16, dtype=np.int64), Q)
 
@@ -284,7 +330,7 @@ def test_bad_weights_are_refused(weights: np.ndarray, error: type) -> None:
         _core.modular_combine([GOOD], weights, Q)
 
 
-@pytest.mark.parametrize("q", [0, 1, 2, Q + 1, 1 << 50, (1 << 50) + 1])
+@pytest.mark.parametrize("q", [0, 1, 2, Q + 1, 1 << 48, (1 << 48) + 1, (1 << 50) + 1])
 def test_bad_moduli_are_refused(q: int) -> None:
     with pytest.raises(InvalidInputError):
         _core.modular_combine([GOOD], WEIGHTS, q)
@@ -308,15 +354,16 @@ def test_other_bad_calls_are_refused() -> None:
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("bad", [H + 1, -H - 1, Q - 1, INT64.max, INT64.min, -(1 << 52)])
+@pytest.mark.parametrize("bad", [Q, Q + 1, 1 << 47, PACKED_LIMIT - 1])  # stored values above q - 1
 @pytest.mark.parametrize("where", [(0, 0), (3, 8 * 5 + 2), (7, 8 * 6 + 3)])  # first value, SIMD body, tail
 def test_values_out_of_range_are_refused(kernel: str, bad: int, where: tuple[int, int]) -> None:
-    matrix = np.zeros((8, 8 * 6 + 4), dtype=np.int64)
-    matrix[where] = bad
+    matrix = pack(np.zeros((8, 8 * 6 + 4), dtype=np.int64), Q)
+    row, col = where
+    matrix[row, 6 * col : 6 * col + 6] = list(bad.to_bytes(6, "little"))
     with pytest.raises(InvalidInputError, match="out of range"):
         combine([np.zeros_like(matrix), matrix], np.ones(8), kernel=kernel)
     with pytest.raises(InvalidInputError, match="out of range"):
-        _core.modular_multiply(matrix, np.zeros(matrix.shape[1], dtype=np.int64), Q)
+        _core.modular_multiply(matrix, np.zeros(matrix.shape[1] // 6, dtype=np.int64), Q)
 
 
 def test_a_bad_value_in_many_threads_is_one_exception() -> None:
@@ -328,7 +375,7 @@ def test_a_bad_value_in_many_threads_is_one_exception() -> None:
         with pytest.raises(InvalidInputError, match="out of range"):
             combine(matrices, np.ones(64), n_threads=4)
     fine = matrices[1::2]
-    np.testing.assert_array_equal(combine(fine, np.ones(64), n_threads=4), _reference.combine(fine, np.ones(64, dtype=np.int64), Q))
+    np.testing.assert_array_equal(combine(fine, np.ones(64), n_threads=4), reference(fine, np.ones(64)))
 
 
 # -- threads and the GIL ---------------------------------------------------------------------------
@@ -408,7 +455,8 @@ def test_a_gallery_holding_values_out_of_range_refuses_to_score(parties: tuple[P
     blocks = CiphertextBlocks(context, 16)
     blocks.apply(blocks.stage(quantise(unit(20, 16, 16), 23)))
     weights = quantise(unit(1, 16, 17)[0], blocks.probe_scale_bits)
-    blocks._data[0][3, 4096 + 5] = Q  # a c1 value no honest ciphertext holds
+    at = 6 * (4096 + 5)
+    blocks._data[0][3, at : at + 6] = list(Q.to_bytes(6, "little"))  # a c1 value no honest ciphertext holds
     with pytest.raises(InvalidInputError, match="out of range"):
         blocks.request_all(weights, [np.arange(20)])
     with pytest.raises(InvalidInputError, match="out of range"):
@@ -444,3 +492,36 @@ def test_encrypted_gallery_scores_as_the_reference(parties: tuple[PublicContext,
         same_scores(one, gallery.verification_request("s4099", probe))
     same_scores(request, expected)
     np.testing.assert_array_equal(slots, expected_slots)
+
+
+def test_a_batch_of_probes_gets_the_requests_of_one_probe_at_a_time(parties: tuple[PublicContext, SecretKeyAudit]) -> None:
+    context, _ = parties
+    dim = 24
+    templates, probes = unit(4200, dim, 18).astype(np.float32), unit(6, dim, 19).astype(np.float32)
+    gallery = EncryptedGallery(context, dim, n_threads=2)
+    gallery.enrol([f"s{i}" for i in range(4200)], templates)
+    gallery.withdraw("s17")
+    requests, slots = gallery.identification_requests(probes)
+    assert len(requests) == len(probes)
+    for probe, request in zip(probes, requests):
+        one, one_slots = gallery.identification_request(probe)
+        same_scores(request, one)
+        np.testing.assert_array_equal(slots, one_slots)
+    with _kernel.reference_scoring():
+        for request, expected in zip(requests, gallery.identification_requests(probes)[0]):
+            same_scores(request, expected)
+    with pytest.raises(InvalidInputError):
+        gallery.identification_requests(np.zeros((0, dim), dtype=np.float32))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_a_batch_at_the_ends_of_the_range_is_exact(kernel: str) -> None:
+    # Nine probes (more than one group of eight), rows past a pass and not a multiple of eight,
+    # every stored value at an end of its range, weights at the ends of int64.
+    rows, cols = 4097 + 3, 8 * 2 + 3
+    rng = np.random.default_rng(43)
+    values = rng.choice(np.array([-H, H, 0], dtype=np.int64), (rows, cols))
+    weights = rng.choice(np.array([Q - 1, INT64.max, INT64.min, -(Q - 1), 0], dtype=np.int64), (9, rows))
+    batch = _core.modular_combine([pack(values, Q)], weights, Q, kernel=kernel)
+    for p in range(len(weights)):
+        np.testing.assert_array_equal(batch[p], exact([values], weights[p]))

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..edge import EdgeProfile, EnrolmentRecord, ProbeMessage
 from ..he.blocks import CiphertextBlocks, StagedBlocks
+from ..he._packing import PACKED_BYTES, same_values
 from ..he.context import PublicContext
 from ..errors import InvalidInputError
 from ..he.keyholder import ScoreDecider
@@ -51,7 +52,7 @@ class EncryptedSchemeGallery(ProtectedGallery):
         n = self.blocks.n
         rows = {
             b: (
-                np.ascontiguousarray(staged.blocks[b][:, n:], dtype="<i8").tobytes() if b in staged.blocks else self.blocks.c1_bytes(b),
+                staged.blocks[b][:, PACKED_BYTES * n :].tobytes() if b in staged.blocks else self.blocks.c1_bytes(b),
                 used,
                 staged.refreshes[b],
             )
@@ -120,13 +121,19 @@ class EncryptedSchemeGallery(ProtectedGallery):
 
     def _request_for(self, chosen: Sequence[int], weights: np.ndarray) -> tuple[EncryptedScores, np.ndarray]:
         """Encrypted scores against the slots ``chosen`` (ascending), and those slots in score order."""
+        if len(chosen) == 1:  # one subject (1:1): its column only, not its whole block
+            slots = np.asarray(chosen, dtype=np.int64)
+            return self.blocks.request(slots, weights), slots
+        (request,), slots = self._requests_for(chosen, np.asarray(weights).reshape(1, -1))
+        return request, slots
+
+    def _requests_for(self, chosen: Sequence[int], weights: np.ndarray) -> tuple[list[EncryptedScores], np.ndarray]:
+        """:meth:`_request_for` for each row of ``weights`` (probes, d), in one sweep over the blocks."""
         n = self.blocks.n
         slots = np.asarray(chosen, dtype=np.int64)
-        if len(slots) == 1:  # one subject (1:1): its column only, not its whole block
-            return self.blocks.request(slots, weights), slots
         bounds = np.searchsorted(slots // n, np.arange(self.blocks.count + 1))
         live = [slots[bounds[b] : bounds[b + 1]] % n for b in range(self.blocks.count)]
-        return self.blocks.request_all(weights, live), slots
+        return self.blocks.request_all_batch(weights, live), slots
 
     def _key_holder(self) -> ScoreDecider:
         if self._decider is None:
@@ -137,10 +144,17 @@ class EncryptedSchemeGallery(ProtectedGallery):
         problems = []
         if {t.id: t.slot for t in stored.values()} != self._slot:
             problems.append("ciphertext slots differ from the database")
+        q = self.blocks.context.ring.q  # rows of earlier versions hold int64 values: compared as values
         held = [(self.blocks.c1_bytes(b), self.blocks.used[b], self.blocks.refreshes[b]) for b in range(self.blocks.count)]
-        if held != list(rows):
+        if len(held) != len(rows) or not all(
+            (h[1:] == tuple(r[1:])) and same_values(r[0], h[0], q) for h, r in zip(held, rows)
+        ):
             problems.append("ciphertext blocks in memory differ from the database")
-        bad = [t.subject for t in stored.values() if t.slot is not None and t.slot in self._ids_at and t.sealed != self.blocks.column(t.slot)]
+        bad = [
+            t.subject
+            for t in stored.values()
+            if t.slot is not None and t.slot in self._ids_at and not same_values(t.sealed or b"", self.blocks.column(t.slot), q)
+        ]
         if bad:
             problems.append(f"ciphertexts in memory differ from the database for {bad[:5]}")
         return problems

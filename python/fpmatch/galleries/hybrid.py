@@ -18,6 +18,7 @@ from ..errors import InvalidInputError, NotCalibratedError
 from ..he.context import PublicContext
 from ..he.keyholder import ScoreDecider
 from ..he.reclaim import reclaim_through
+from ..he._packing import same_values
 from ..he.rows import CiphertextRows, StagedRows, row_bytes
 from ..he.scores import EncryptedScores
 from ..index import Index
@@ -136,8 +137,11 @@ class HybridSchemeGallery(ProtectedGallery):
         problems = self.codes.problems({t.id: t.code or b"" for t in stored.values()})
         if {t.id: t.slot for t in stored.values()} != self._slot:
             problems.append("ciphertext slots differ from the database")
+        q = self.ciphertext_rows.context.ring.q  # rows of earlier versions hold int64 values: compared as values
         held = [(self.ciphertext_rows.to_bytes(r), self.ciphertext_rows.used[r], self.ciphertext_rows.refreshes[r]) for r in range(self.ciphertext_rows.count)]
-        if held != list(rows):
+        if len(held) != len(rows) or not all(
+            (h[1:] == tuple(r[1:])) and same_values(r[0], h[0], q) for h, r in zip(held, rows)
+        ):
             problems.append("ciphertext rows in memory differ from the database")
         return problems
 

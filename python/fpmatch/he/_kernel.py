@@ -3,7 +3,8 @@
 :func:`combine` and :func:`multiply` call ``fpmatch._core.modular_combine`` and
 ``modular_multiply``: exact arithmetic mod q on the CPU's fastest path (AVX-512 IFMA, AVX-512
 or portable, chosen at run time), every core, the GIL released, arrays checked before use and
-ciphertext values out of range refused. Inside :func:`reference_scoring` they run the numpy
+ciphertext values out of range refused. Ciphertexts are in the packed form of
+:mod:`fpmatch.he._packing`, which the kernel reads in place. Inside :func:`reference_scoring` they run the numpy
 reference (:mod:`fpmatch.he._reference`) instead: tests pin the two to each other and
 benchmarks time the reference as their baseline.
 """
@@ -22,14 +23,18 @@ _use_reference = False
 
 
 def combine(matrices: Sequence[np.ndarray], weights: np.ndarray, q: int, *, n_threads: int = 0) -> np.ndarray:
-    """``out[i] = weights @ matrices[i] mod q`` in [0, q) for same-shape (d, k) int64 matrices."""
+    """``out[i] = weights @ matrices[i] mod q`` in [0, q) for same-shape packed (d, 6k) uint8 matrices.
+
+    ``weights`` (d,) gives (len(matrices), k); a batch (probes, d) is scored in one sweep over the
+    matrices and gives (probes, len(matrices), k).
+    """
     if _use_reference:
         return _reference.combine(matrices, weights, q)
     return _core.modular_combine(list(matrices), weights, q, n_threads=n_threads)
 
 
 def multiply(a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
-    """``a * b mod q`` in [0, q), row by row: ``a`` (m, n) centred, ``b`` (n,) in [0, q)."""
+    """``a * b mod q`` in [0, q), row by row: ``a`` (m, 6n) packed, ``b`` (n,) in [0, q)."""
     if _use_reference:
         return _reference.multiply(a, b, q)
     return _core.modular_multiply(a, b, q)

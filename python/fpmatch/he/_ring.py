@@ -18,8 +18,11 @@ import tenseal as ts
 from tenseal import sealapi
 from tenseal.sealapi import util as seal_util
 
+from .. import _core
 from ..errors import InvalidInputError
 from .errors import CiphertextFormatError, InsecureParametersError
+from ._packing import pack_residues
+from ._zeros import CiphertextReader
 from .params import MAX_DATA_PRIME_BITS, check_security
 
 
@@ -54,6 +57,7 @@ class Ring:
         self._tables = data.small_ntt_tables()
         self._q_inverse = 1.0 / self.q
         self.n_inverse = pow(self.n, -1, self.q)
+        self.psi = int(self.monomial_ntt(1)[0])  # SEAL's primitive 2N-th root: value 0 of the NTT of X
 
     # -- representations ---------------------------------------------------------
 
@@ -124,9 +128,14 @@ class ZeroEncryptor:
         self._ring = ring
         self._encryptor = sealapi.Encryptor(ring.seal, public_key)
         self._evaluator = sealapi.Evaluator(ring.seal)
+        self._reader = CiphertextReader(ring.n)
+        self._native_intt = self._native_intt_agrees()
 
-    def encrypt(self, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """``count`` encryptions of 0: c0 as centred coefficients, c1 as centred NTT values."""
+    def encrypt(self, count: int, packed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` encryptions of 0: c0 as centred coefficients, c1 as centred NTT values.
+
+        ``packed``: both in the packed form of :mod:`fpmatch.he._packing` ((count, 6N) uint8).
+        """
         n = self._ring.n
         c0 = np.empty((count, n), dtype=np.int64)
         c1 = np.empty((count, n), dtype=np.int64)
@@ -135,12 +144,27 @@ class ZeroEncryptor:
             self._encryptor.encrypt_zero(ciphertext)
             if ciphertext.coeff_modulus_size() != 1 or ciphertext.size() != 2 or not ciphertext.is_ntt_form():
                 raise CiphertextFormatError("SEAL produced a ciphertext of an unexpected shape")
-            at = ciphertext.dyn_array().at
-            c1[i] = np.fromiter(map(at, range(n, 2 * n)), dtype=np.int64, count=n)
-            self._evaluator.transform_from_ntt_inplace(ciphertext)
-            at = ciphertext.dyn_array().at
-            c0[i] = np.fromiter(map(at, range(n)), dtype=np.int64, count=n)
+            c0[i], c1[i] = self._reader.read(ciphertext)
+            if not self._native_intt:
+                self._evaluator.transform_from_ntt_inplace(ciphertext)
+                c0[i] = self._reader.read(ciphertext)[0]
+        if self._native_intt and count:
+            c0 = _core.ntt_inverse(c0, self._ring.q, self._ring.psi)  # SEAL left c0 in NTT form too
+        if packed:
+            return pack_residues(c0, self._ring.q), pack_residues(c1, self._ring.q)
         return self._ring.centre(c0), self._ring.centre(c1)
+
+
+    def _native_intt_agrees(self) -> bool:
+        """Whether the core's inverse NTT gives SEAL's own coefficients (checked on one ciphertext)."""
+        ciphertext = sealapi.Ciphertext(self._ring.seal)
+        self._encryptor.encrypt_zero(ciphertext)
+        in_ntt = self._reader.read(ciphertext)[:1]
+        self._evaluator.transform_from_ntt_inplace(ciphertext)
+        try:
+            return bool(np.array_equal(_core.ntt_inverse(in_ntt, self._ring.q, self._ring.psi), self._reader.read(ciphertext)[:1]))
+        except InvalidInputError:
+            return False
 
 
 def secret_ntt(context: ts.Context, ring: Ring) -> np.ndarray:

@@ -14,6 +14,11 @@ they exist only in the memory of the process that made them, so a copy of the
 store taken before an enrolment holds nothing the enrolled column could be
 compared with.
 
+Memory and storage hold every value packed in 6 bytes (:mod:`fpmatch.he._packing`): a block
+is a (d, 12N) uint8 array, c0 coefficients in its first 6N bytes of each row and c1 NTT values
+in the rest, which the kernel scans in place; a stored column is 6d bytes and a block's stored
+c1 halves 6dN. Staging works on int64 copies of the few columns it changes.
+
 Reuse. An erased slot, or an empty one whose column this process does not
 know (a block restored from the store), decrypts to noise that nobody without
 the secret key can cancel. The key holder can (:mod:`fpmatch.he.reclaim`): a
@@ -33,7 +38,9 @@ import numpy as np
 
 from ..errors import AuthenticationError, InvalidInputError
 from ._kernel import combine
+from ._packing import PACKED_BYTES, from_stored, pack, unpack, zero_bytes
 from .context import PublicContext
+from .errors import CiphertextFormatError
 from .params import MAX_REFRESHES
 from .rows import Reclaimer
 from .scores import EncryptedScores
@@ -45,8 +52,8 @@ class StagedBlocks:
 
     slots: list[int]  # one per template, in order
     columns: list[bytes]  # one per template: its stored c0 column
-    blocks: dict[int, np.ndarray]  # blocks created or reclaimed: their whole new (d, 2N) data
-    written: dict[int, tuple[list[int], np.ndarray]]  # other blocks: positions and their new (d, k) columns
+    blocks: dict[int, np.ndarray]  # blocks created or reclaimed: their whole new (d, 12N) packed data
+    written: dict[int, tuple[list[int], np.ndarray]]  # other blocks: positions and their new (d, 6k) packed columns
     used: dict[int, int]  # per touched block: slots used afterwards
     refreshes: dict[int, int]  # per touched block: fresh encryptions absorbed afterwards
     free: dict[int, set[int]]  # per touched block: positions known to encrypt zero afterwards
@@ -62,7 +69,8 @@ class CiphertextBlocks:
         self.context = context
         self.dim = dim
         self.n = n
-        self._data: list[np.ndarray] = []  # (d, 2N) int64 per block, centred: c0 coefficients | c1 NTT values
+        self._data: list[np.ndarray] = []  # (d, 12N) uint8 per block, packed: c0 coefficients | c1 NTT values
+        self._zero = np.frombuffer(zero_bytes(1, context.ring.q), dtype=np.uint8)  # one packed zero
         self.used: list[int] = []  # per block: one past the highest position ever filled
         self.refreshes: list[int] = []  # per block: fresh encryptions absorbed (1 at creation)
         self._live: list[set[int]] = []  # per block: positions holding a template
@@ -74,7 +82,7 @@ class CiphertextBlocks:
         return len(self._data)
 
     def arrays(self) -> list[np.ndarray]:
-        """The (d, 2N) arrays a whole-gallery search scans (for measuring it; do not modify)."""
+        """The packed (d, 12N) arrays a whole-gallery search scans (for measuring it; do not modify)."""
         return list(self._data)
 
     @property
@@ -95,8 +103,9 @@ class CiphertextBlocks:
         eighth of a block; then new blocks.
         """
         n, ring, m = self.n, self.context.ring, len(values)
+        q = ring.q
         places: list[tuple[int, int]] = []
-        blocks: dict[int, np.ndarray] = {}
+        blocks: dict[int, np.ndarray] = {}  # whole new blocks, packed
         free: dict[int, set[int]] = {}
 
         def take(b: int) -> None:
@@ -117,11 +126,12 @@ class CiphertextBlocks:
                     break
                 mask = np.zeros((self.dim, n), dtype=bool)
                 mask[:, sorted(dirty[b])] = True
-                fresh = reclaim(self._data[b][:, n:], mask)
+                fresh = reclaim(unpack(self._data[b][:, PACKED_BYTES * n :], q), mask)
                 if fresh is None:
                     break
-                blocks[b] = np.concatenate(fresh, axis=1) + self._data[b]
-                blocks[b][:, sorted(dirty[b])] = fresh[0][:, sorted(dirty[b])]  # the reclaim cancels c1*s only
+                renewed = np.concatenate(fresh, axis=1) + unpack(self._data[b], q)
+                renewed[:, sorted(dirty[b])] = fresh[0][:, sorted(dirty[b])]  # the reclaim cancels c1*s only
+                blocks[b] = pack(ring.centre(renewed), q)
                 free[b] = free.get(b, set()) | dirty[b]
                 take(b)
         while len(places) < m:
@@ -129,37 +139,33 @@ class CiphertextBlocks:
             blocks[b] = self._fresh()
             free[b] = set(range(n))
             take(b)
-        filled: dict[int, tuple[list[int], list[np.ndarray]]] = {}
-        columns = []
-        for (b, t), value in zip(places, values):
-            column = ring.centre((blocks[b] if b in blocks else self._data[b])[:, t] + value)
+        # Templates go in block by block, all of a block's columns in one step.
+        order: dict[int, list[int]] = {}
+        for i, (b, _) in enumerate(places):
+            order.setdefault(b, []).append(i)
+        written: dict[int, tuple[list[int], np.ndarray]] = {}
+        columns: list[bytes] = [b""] * m
+        for b, chosen in order.items():
+            positions = [places[i][1] for i in chosen]
+            target = (blocks[b] if b in blocks else self._data[b]).reshape(self.dim, 2 * n, PACKED_BYTES)
+            current = target[:, positions].reshape(self.dim, -1)
+            filled = pack(ring.centre(unpack(current, q) + np.asarray(values)[chosen].T), q)
             if b in blocks:
-                blocks[b][:, t] = column
+                target[:, positions] = filled.reshape(self.dim, -1, PACKED_BYTES)
             else:
-                filled.setdefault(b, ([], []))[0].append(t)
-                filled[b][1].append(column)
-            columns.append(column)
-        written = {b: (positions, np.stack(cols, axis=1)) for b, (positions, cols) in filled.items()}
-        for b in blocks:
-            blocks[b] = ring.centre(blocks[b])
+                written[b] = (positions, filled)
+            by_column = filled.reshape(self.dim, len(positions), PACKED_BYTES).transpose(1, 0, 2)
+            for k, i in enumerate(chosen):
+                columns[i] = by_column[k].tobytes()
         resealed = {
-            b * n + t: np.ascontiguousarray(blocks[b][:, t], dtype="<i8").tobytes()
+            b * n + t: blocks[b].reshape(self.dim, 2 * n, PACKED_BYTES)[:, t].tobytes()
             for b in blocks
             if b < self.count
             for t in sorted(self._live[b])
         }
         used = {b: max([self.used[b] if b < self.count else 0] + [t + 1 for c, t in places if c == b]) for b in free}
         refreshes = {b: (self.refreshes[b] if b < self.count else 0) + (b in blocks) for b in free}
-        return StagedBlocks(
-            [b * n + t for b, t in places],
-            [np.ascontiguousarray(c, dtype="<i8").tobytes() for c in columns],
-            blocks,
-            written,
-            used,
-            refreshes,
-            free,
-            resealed,
-        )
+        return StagedBlocks([b * n + t for b, t in places], columns, blocks, written, used, refreshes, free, resealed)
 
     def apply(self, staged: StagedBlocks) -> None:
         """Write a staged batch into memory (after the store committed it)."""
@@ -175,7 +181,7 @@ class CiphertextBlocks:
                 old.fill(0)  # no stale copy in freed memory
             else:
                 positions, columns = staged.written[b]
-                self._data[b][:, positions] = columns
+                self._columns(b)[:, positions] = columns.reshape(self.dim, -1, PACKED_BYTES)
             self.used[b] = staged.used[b]
             self.refreshes[b] = staged.refreshes[b]
             self._free[b] = staged.free[b]
@@ -183,49 +189,53 @@ class CiphertextBlocks:
             self._live[slot // self.n].add(slot % self.n)
 
     def column(self, slot: int) -> bytes:
-        """The stored form of a slot's c0 column."""
+        """The stored form of a slot's c0 column (d packed values)."""
         b, t = self._where(slot)
-        return np.ascontiguousarray(self._data[b][:, t], dtype="<i8").tobytes()
+        return self._columns(b)[:, t].tobytes()
 
     def c1_bytes(self, block: int) -> bytes:
-        """A block's c1 halves as stored (d x N int64 little-endian)."""
-        return np.ascontiguousarray(self._data[block][:, self.n :], dtype="<i8").tobytes()
+        """A block's c1 halves as stored (d x N packed values)."""
+        return self._data[block][:, PACKED_BYTES * self.n :].tobytes()
 
     def erase(self, slot: int) -> None:
-        """Zero the only coefficients that encrypt the slot's template."""
+        """Zero the only coefficients that encrypt the slot's template (stored zero: (q-1)/2)."""
         b, t = self._where(slot)
-        self._data[b][:, t] = 0
+        self._columns(b)[:, t] = self._zero
         self._live[b].discard(t)
 
     def load(self, blocks: list[tuple[bytes, int, int]], columns: dict[int, bytes]) -> None:
-        """Replace everything with stored blocks (c1 bytes, slots used, refreshes) and slot columns."""
-        d, n, half_q = self.dim, self.n, self.context.ring.q // 2
-        self._data, self.used, self.refreshes = [], [], []
-        self._live, self._free = [set() for _ in blocks], [set() for _ in blocks]
+        """Replace everything with stored blocks (c1 bytes, slots used, refreshes) and slot columns.
+
+        Stored values are packed (6 bytes each); the int64 form of earlier versions (8 bytes
+        each, told apart by its length) is read too and packed.
+        """
+        d, n, q = self.dim, self.n, self.context.ring.q
+        data_list, self.used, self.refreshes = [], [], []
         for b, (c1, used, refreshes) in enumerate(blocks):
-            if len(c1) != 8 * d * n or not 0 <= used <= n or not 1 <= refreshes <= MAX_REFRESHES:
+            if not 0 <= used <= n or not 1 <= refreshes <= MAX_REFRESHES:
                 raise AuthenticationError(f"stored ciphertext block {b} has the wrong size")
-            data = np.zeros((d, 2 * n), dtype=np.int64)
-            data[:, n:] = np.frombuffer(c1, dtype="<i8").reshape(d, n)
-            self._data.append(data)
+            data = np.empty((d, 2 * PACKED_BYTES * n), dtype=np.uint8)
+            data[:, : PACKED_BYTES * n] = np.tile(self._zero, n)
+            data[:, PACKED_BYTES * n :] = _stored_packed(c1, d * n, q, f"stored ciphertext block {b}").reshape(d, -1)
+            data_list.append(data)
             self.used.append(int(used))
             self.refreshes.append(int(refreshes))
+        self._data = data_list
+        self._live, self._free = [set() for _ in blocks], [set() for _ in blocks]
         for slot, column in columns.items():
             b, t = self._where(slot)
-            if len(column) != 8 * d:
-                raise AuthenticationError(f"stored column of slot {slot} has the wrong size")
-            self._data[b][:, t] = np.frombuffer(column, dtype="<i8")
+            self._columns(b)[:, t] = _stored_packed(column, d, q, f"stored column of slot {slot}").reshape(d, -1)
             self._live[b].add(t)
-        if any((np.abs(data) > half_q).any() for data in self._data):
-            raise AuthenticationError("stored ciphertexts hold values out of range")
 
     def request(self, slots: np.ndarray, weights: np.ndarray) -> EncryptedScores:
         """Encrypted scores of the fixed-point probe ``weights`` (d,) against ``slots``, in order."""
         q, n = self.context.ring.q, self.n
         block_of, coefficient = np.divmod(np.asarray(slots, dtype=np.int64), n)
         blocks, row = np.unique(block_of, return_inverse=True)
-        alpha = combine([self._data[b][:, n:] for b in blocks.tolist()], weights, q, n_threads=self.n_threads)
-        columns = [self._data[b][:, t : t + 1] for b, t in zip(block_of.tolist(), coefficient.tolist())]
+        alpha = combine(
+            [self._data[b][:, PACKED_BYTES * n :] for b in blocks.tolist()], weights, q, n_threads=self.n_threads
+        )
+        columns = [self._columns(b)[:, t] for b, t in zip(block_of.tolist(), coefficient.tolist())]
         beta = combine(columns, weights, q)[:, 0]
         return self._scores(alpha, beta, coefficient, row.astype(np.int64).reshape(-1))
 
@@ -234,24 +244,42 @@ class CiphertextBlocks:
 
         One product of the probe with each block that has a live slot, on every core.
         """
+        (scores,) = self.request_all_batch(np.asarray(weights).reshape(1, -1), live)
+        return scores
+
+    def request_all_batch(self, weights: np.ndarray, live: list[np.ndarray]) -> list[EncryptedScores]:
+        """:meth:`request_all` for each row of ``weights`` (probes, d), in one sweep over the blocks."""
         n = self.n
         chosen = [b for b, slots in enumerate(live) if len(slots)]
-        product = combine([self._data[b] for b in chosen], weights, self.context.ring.q, n_threads=self.n_threads)
-        counts = [len(live[b]) for b in chosen]
-        return self._scores(
-            np.ascontiguousarray(product[:, n:]),
-            np.concatenate([product[i, live[b]] for i, b in enumerate(chosen)]),
-            np.concatenate([live[b] for b in chosen]),
-            np.repeat(np.arange(len(chosen), dtype=np.int64), counts),
+        products = combine(
+            [self._data[b] for b in chosen], np.ascontiguousarray(weights, dtype=np.int64), self.context.ring.q,
+            n_threads=self.n_threads,
         )
+        counts = [len(live[b]) for b in chosen]
+        index = np.concatenate([live[b] for b in chosen])
+        row = np.repeat(np.arange(len(chosen), dtype=np.int64), counts)
+        return [
+            self._scores(
+                np.ascontiguousarray(product[:, n:]),
+                np.concatenate([product[i, live[b]] for i, b in enumerate(chosen)]),
+                index,
+                row,
+            )
+            for product in products
+        ]
 
     def ciphertexts(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Every ciphertext held, block by block, as (c0 coefficients, c1 NTT values)."""
-        return [(data[j, : self.n], data[j, self.n :]) for data in self._data for j in range(self.dim)]
+        """Every ciphertext held, block by block, as (c0 coefficients, c1 NTT values), centred int64."""
+        q, half = self.context.ring.q, PACKED_BYTES * self.n
+        return [(unpack(data[j, :half], q), unpack(data[j, half:], q)) for data in self._data for j in range(self.dim)]
 
     def _fresh(self) -> np.ndarray:
-        c0, c1 = self.context.encrypt_zeros(self.dim)
+        c0, c1 = self.context.encrypt_zeros(self.dim, packed=True)
         return np.concatenate([c0, c1], axis=1)
+
+    def _columns(self, block: int) -> np.ndarray:
+        """A block's data as (d, 2N, 6): [:, t] is the packed column of coefficient t (a view)."""
+        return self._data[block].reshape(self.dim, 2 * self.n, PACKED_BYTES)
 
     def _scores(self, alpha: np.ndarray, beta: np.ndarray, index: np.ndarray, row: np.ndarray) -> EncryptedScores:
         params = self.context.params
@@ -270,3 +298,10 @@ class CiphertextBlocks:
         if not 0 <= b < self.count or t >= self.used[b]:
             raise InvalidInputError(f"slot {slot} holds no template")
         return b, t
+
+
+def _stored_packed(data: bytes, count: int, q: int, what: str) -> np.ndarray:
+    try:
+        return from_stored(data, count, q)
+    except CiphertextFormatError as exc:
+        raise AuthenticationError(f"{what}: {exc}") from None

@@ -10,6 +10,7 @@ import tenseal as ts
 
 from ..errors import InvalidInputError, KeyMismatchError
 from ._ring import Ring, ZeroEncryptor
+from ._zeros import encrypt_shared
 from .errors import CiphertextFormatError, SecretMaterialError
 from .params import HEParams
 
@@ -84,6 +85,7 @@ class PublicContext:
         self.ring = ring
         self._context = context
         self._zero = ZeroEncryptor(ring, public_key)
+        self._public: bytes | None = None  # to_bytes(), once needed
 
     def to_bytes(self) -> bytes:
         """The same public bytes this context was built from (secret-free by construction)."""
@@ -94,6 +96,17 @@ class PublicContext:
         """The public TenSEAL context itself."""
         return self._context
 
-    def encrypt_zeros(self, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """``count`` fresh encryptions of zero as (c0 coefficients, c1 NTT values), centred."""
-        return self._zero.encrypt(count)
+    def encrypt_zeros(self, count: int, *, packed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` fresh encryptions of zero as (c0 coefficients, c1 NTT values), centred int64
+        (packed: (count, 6N) uint8, :mod:`fpmatch.he._packing`).
+
+        SEAL makes every one; large requests are shared with worker processes
+        (:mod:`fpmatch.he._zeros`).
+        """
+        if self._public is None:
+            self._public = self.to_bytes()
+        return encrypt_shared(self._public, self.ring.n, count, packed, self._zero.encrypt)
+
+    def encrypt_zeros_here(self, count: int, packed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`encrypt_zeros` in this process only."""
+        return self._zero.encrypt(count, packed)

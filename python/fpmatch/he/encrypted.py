@@ -40,13 +40,15 @@ from ..errors import AuthenticationError, IdConflictError, InvalidInputError, Ke
 from ..galleries.base import StoredTemplate
 from ..galleries.encrypted import EncryptedSchemeGallery
 from ._encoding import Match, Verification, check_threshold, quantise
+from ._packing import PACKED_BYTES
 from .context import PublicContext
 from .keyholder import ScoreDecider
 from .params import MAX_REFRESHES
 from .scores import EncryptedScores
 
-_MAGIC = b"FPHEGAL2"
-_OLD_MAGIC = b"FPHEGAL1"  # whole blocks, empty columns included: still read
+_MAGIC = b"FPHEGAL3"  # values packed in 6 bytes
+_V2_MAGIC = b"FPHEGAL2"  # the same sections with int64 values: still read
+_V1_MAGIC = b"FPHEGAL1"  # whole int64 blocks, empty columns included: still read
 #: The transform-key id of a single party's profile: its templates are encrypted as they are.
 NO_TRANSFORM = "0" * 16
 
@@ -98,8 +100,8 @@ class EncryptedGallery(EncryptedSchemeGallery):
 
     @property
     def bytes_per_template(self) -> int:
-        """Ciphertext bytes per template slot of a full block (in memory)."""
-        return 2 * self.dim * 8
+        """Ciphertext bytes per template slot of a full block (in memory and stored): 2d packed values."""
+        return 2 * self.dim * PACKED_BYTES
 
     def stored_bytes(self) -> int:
         """Ciphertext bytes held now (all blocks, live or not)."""
@@ -147,6 +149,17 @@ class EncryptedGallery(EncryptedSchemeGallery):
             raise UnknownSubjectError("the gallery is empty")
         return self._request_for(sorted(self._slot.values()), weights)
 
+    def identification_requests(self, probes: np.ndarray) -> tuple[list[EncryptedScores], np.ndarray]:
+        """:meth:`identification_request` for a batch of probes (m, d), scored in one sweep.
+
+        The gallery's ciphertexts are read once for the whole batch, so a batch costs little more
+        than one probe until arithmetic, not memory, bounds the kernel.
+        """
+        weights = self._probe_batch(probes)
+        if not self._slot:
+            raise UnknownSubjectError("the gallery is empty")
+        return self._requests_for(sorted(self._slot.values()), weights)
+
     def subject_at(self, slot: int) -> str:
         """The subject in a slot numbered as by :meth:`identification_request`."""
         id_ = self._ids_at.get(int(slot))
@@ -162,6 +175,18 @@ class EncryptedGallery(EncryptedSchemeGallery):
         request, slots = self.identification_request(probe)
         positions = decider.best(request.to_bytes(), threshold, k, caller=caller)
         return [Match(self.subject_at(slots[p]), rank) for rank, p in enumerate(positions, start=1)]
+
+    def identify_batch(
+        self, probes: np.ndarray, decider: ScoreDecider, threshold: float, k: int = 5, *, caller: str
+    ) -> list[list[Match]]:
+        """:meth:`identify` for each probe of a batch (m, d): one sweep over the gallery, one key
+        holder decision per probe."""
+        threshold = check_threshold(threshold)
+        requests, slots = self.identification_requests(probes)
+        return [
+            [Match(self.subject_at(slots[p]), rank) for rank, p in enumerate(decider.best(r.to_bytes(), threshold, k, caller=caller), start=1)]
+            for r in requests
+        ]
 
     # -- audit and persistence --------------------------------------------------------------
 
@@ -184,7 +209,7 @@ class EncryptedGallery(EncryptedSchemeGallery):
         subjects = {name: self._slot[id_] for name, id_ in self._ids.items()}
         meta = json.dumps(
             {
-                "format": 2,
+                "format": 3,
                 "dim": self.dim,
                 "key_id": self.key_id,
                 "n": ring.n,
@@ -211,8 +236,11 @@ class EncryptedGallery(EncryptedSchemeGallery):
             ring = gallery.context.ring
             if meta["key_id"] != gallery.key_id or meta["n"] != ring.n or meta["q"] != ring.q:
                 raise KeyMismatchError(f"{path}: its ciphertexts and its public context disagree")
-            reader = _read_v2 if magic == _MAGIC else _read_v1
-            blocks, subjects = reader(body, meta, offset, gallery.dim, ring.n)
+            if magic == _V1_MAGIC:
+                blocks, subjects = _read_v1(body, meta, offset, gallery.dim, ring.n)
+            else:
+                width = PACKED_BYTES if magic == _MAGIC else 8
+                blocks, subjects = _read_sections(body, meta, offset, gallery.dim, ring.n, width)
         except KeyMismatchError:
             raise
         except (KeyError, TypeError, ValueError) as exc:  # typed errors of ours are ValueErrors too
@@ -230,11 +258,18 @@ class EncryptedGallery(EncryptedSchemeGallery):
             raise InvalidInputError("one probe at a time")
         return quantise(unit[0], self.probe_scale_bits)
 
+    def _probe_batch(self, probes: np.ndarray) -> np.ndarray:
+        unit = unit_rows(probes, self.dim, "probes")
+        if len(unit) == 0:
+            raise InvalidInputError("a batch needs at least one probe")
+        return quantise(unit, self.probe_scale_bits)
 
-def _read_v2(
-    body: bytes, meta: dict, offset: int, dim: int, n: int
+
+def _read_sections(
+    body: bytes, meta: dict, offset: int, dim: int, n: int, width: int
 ) -> tuple[list[tuple[bytes, int, int]], dict[str, tuple[int, bytes]]]:
-    c1_size, column_size = 8 * dim * n, 8 * dim
+    """Blocks' c1 halves, then subjects' columns, ``width`` bytes a value (6 packed, 8 int64 in v2)."""
+    c1_size, column_size = width * dim * n, width * dim
     blocks = []
     for entry in meta["blocks"]:
         blocks.append((body[offset : offset + c1_size], int(entry["used"]), int(entry["refreshes"])))
@@ -289,7 +324,7 @@ def _write_atomic(target: Path, data: bytes) -> None:
 def _read_checked(source: Path, mac_key: bytes | None) -> tuple[bytes, dict, bytes, int, bytes]:
     """(body, meta, public context bytes, offset of the arrays, magic) of a checked gallery file."""
     data = read_regular_file(source, "an fpmatch encrypted gallery")
-    if len(data) < len(_MAGIC) + 16 + 32 or data[: len(_MAGIC)] not in (_MAGIC, _OLD_MAGIC):
+    if len(data) < len(_MAGIC) + 16 + 32 or data[: len(_MAGIC)] not in (_MAGIC, _V2_MAGIC, _V1_MAGIC):
         raise AuthenticationError(f"{source} is not an fpmatch encrypted gallery (or is truncated)")
     body, tag = data[:-32], data[-32:]
     if not hmac.compare_digest(_tag(body, mac_key), tag):

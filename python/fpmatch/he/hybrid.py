@@ -50,7 +50,8 @@ from .rows import CiphertextRows
 from .keyholder import ScoreDecider
 from .scores import EncryptedScores
 
-_MAGIC = b"FPHEHYB2"
+_MAGIC = b"FPHEHYB3"  # ciphertext rows packed, 6 bytes a value
+_V2_MAGIC = b"FPHEHYB2"  # the same with int64 rows (16N bytes each): still read
 
 
 class HybridGallery(HybridSchemeGallery):
@@ -193,7 +194,7 @@ class HybridGallery(HybridSchemeGallery):
         ensure_outside(key, target.parent)
         meta = json.dumps(
             {
-                "format": 2,
+                "format": 3,
                 "dim": self.dim,
                 "bits": self.scheme.bits,
                 "offset": None if self.scheme.offset is None else np.asarray(self.scheme.offset).tolist(),
@@ -222,7 +223,7 @@ class HybridGallery(HybridSchemeGallery):
         ensure_outside(key, source.parent)
         data = read_regular_file(source, "an fpmatch hybrid gallery")
         head = len(_MAGIC) + 24
-        if len(data) < head + 32 or not data.startswith(_MAGIC):
+        if len(data) < head + 32 or data[: len(_MAGIC)] not in (_MAGIC, _V2_MAGIC):
             raise AuthenticationError(f"{source} is not an fpmatch hybrid gallery (or is truncated)")
         body, tag = data[:-32], data[-32:]
         if not hmac.compare_digest(hmac.new(key.subkey("hybrid-gallery-mac"), body, "sha256").digest(), tag):
@@ -243,7 +244,7 @@ class HybridGallery(HybridSchemeGallery):
         start += public_len
         stored_index = load_index(body[start : start + index_len], key.subkey("index-mac"))
         start += index_len
-        size = gallery.ciphertext_rows.row_bytes
+        size = gallery.ciphertext_rows.row_bytes if data.startswith(_MAGIC) else 16 * gallery.context.ring.n
         used, refreshes = meta["used"], meta["refreshes"]
         if len(body) != start + size * len(used) or len(refreshes) != len(used):
             raise AuthenticationError(f"{source}: ciphertext section has the wrong size")

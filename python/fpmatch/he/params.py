@@ -62,8 +62,9 @@ HE_STANDARD_128: Mapping[int, int] = {
 
 #: SEAL accepts primes of at most 60 bits.
 MAX_PRIME_BITS = 60
-#: The float64 modular product in :mod:`fpmatch.he._ring` is exact below 2**50.
-MAX_DATA_PRIME_BITS = 50
+#: Ciphertext values are stored in 6 bytes (:mod:`fpmatch.he._packing`), so the data prime is
+#: below 2**48 (the float64 modular product in :mod:`fpmatch.he._ring` would allow 2**50).
+MAX_DATA_PRIME_BITS = 48
 #: Headroom (bits) between the largest honest score and q/2; see the module notes.
 RANGE_HEADROOM_BITS = 3
 

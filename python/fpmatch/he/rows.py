@@ -16,7 +16,8 @@ that depend on its template: no ciphertext left decrypts to it, even with the
 secret key. A row stops taking templates after ``MAX_REFRESHES`` fresh
 encryptions, which bounds the noise they add.
 
-Stored, a row is c1 then c0: a database may leave a stale copy of the first
+Every value is held packed in 6 bytes (:mod:`fpmatch.he._packing`): a row is
+6N bytes of c0 and 6N of c1, in memory and stored. Stored, a row is c1 then c0: a database may leave a stale copy of the first
 bytes of a record in a page it rebalanced, and c1 carries no template.
 """
 
@@ -29,7 +30,9 @@ import numpy as np
 
 from ..errors import AuthenticationError, InvalidInputError
 from ._kernel import combine, multiply
+from ._packing import PACKED_BYTES, from_stored, int64_form, pack, unpack, zero_bytes
 from .context import PublicContext
+from .errors import CiphertextFormatError
 from .params import MAX_REFRESHES
 from .scores import EncryptedScores
 
@@ -39,8 +42,8 @@ class StagedRows:
     """Rows that placing a batch would write, not yet applied."""
 
     rows: list[int]  # rows written, ascending
-    c0: np.ndarray  # (r, N) centred coefficients, one per written row
-    c1: np.ndarray  # (r, N) centred NTT values
+    c0: np.ndarray  # (r, 6N) packed coefficients, one per written row
+    c1: np.ndarray  # (r, 6N) packed NTT values
     slots: list[int]  # one per template, in order
     used: list[int]  # templates placed in each written row afterwards
     refreshes: list[int]  # fresh encryptions each written row has absorbed afterwards
@@ -59,8 +62,9 @@ class CiphertextRows:
         self.context = context
         self.dim = dim
         self.group = n // dim
-        self._c0 = np.zeros((0, n), dtype=np.int64)
-        self._c1 = np.zeros((0, n), dtype=np.int64)
+        self._c0 = np.zeros((0, PACKED_BYTES * n), dtype=np.uint8)  # packed rows
+        self._c1 = np.zeros((0, PACKED_BYTES * n), dtype=np.uint8)
+        self._zero = np.frombuffer(zero_bytes(dim, context.ring.q), dtype=np.uint8)  # an erased window
         self.count = 0  # rows in use
         self.used: list[int] = []  # templates placed in each row (erased ones included)
         self.refreshes: list[int] = []
@@ -69,7 +73,7 @@ class CiphertextRows:
 
     @property
     def row_bytes(self) -> int:
-        return 16 * self.context.ring.n
+        return 2 * PACKED_BYTES * self.context.ring.n
 
     def stage(self, values: np.ndarray, reclaim: Reclaimer | None = None) -> StagedRows:
         """Where a batch of fixed-point templates (m, d) int64 would go and the rows it would write.
@@ -77,7 +81,7 @@ class CiphertextRows:
         With ``reclaim`` (the key holder's help), erased slots are filled
         first; then the last row's free positions, then new rows.
         """
-        g, d, n = self.group, self.dim, self.context.ring.n
+        g, d, n, q = self.group, self.dim, self.context.ring.n, self.context.ring.q
         m = len(values)
         reused = sorted(s for s in self.erased if self.refreshes[s // g] < MAX_REFRESHES)[:m] if reclaim else []
         reclaimed = {row: i for i, row in enumerate(sorted({s // g for s in reused}))}  # row -> reclaim reply row
@@ -87,7 +91,7 @@ class CiphertextRows:
             for s in reused:
                 row, p = divmod(s, g)
                 mask[reclaimed[row], p * d : (p + 1) * d] = True
-            fresh = reclaim(self._c1[list(reclaimed)], mask)  # type: ignore[misc]
+            fresh = reclaim(unpack(self._c1[list(reclaimed)], q), mask)  # type: ignore[misc]
         if fresh is None:
             reused, reclaimed = [], {}
         places = [divmod(s, g) for s in reused]
@@ -107,21 +111,22 @@ class CiphertextRows:
             else:
                 j = next(plain)
                 c0[i], c1[i] = z0[j], z1[j]
-        base0 = np.array([self._c0[row] if row < self.count else np.zeros(n, dtype=np.int64) for row in rows])
+        base0 = np.array([unpack(self._c0[row], q) if row < self.count else np.zeros(n, dtype=np.int64) for row in rows])
         for s in reused:  # an earlier re-randomisation left noise in erased windows: the reclaim cancels c1*s only
             row, p = divmod(s, g)
             base0[at[row], p * d : (p + 1) * d] = 0
         c0 += base0
         for row in rows:
             if row < self.count:
-                c1[at[row]] += self._c1[row]
+                c1[at[row]] += unpack(self._c1[row], q)
         used = [self.used[row] if row < self.count else 0 for row in rows]
         for (row, p), value in zip(places, values):
             c0[at[row], p * d : (p + 1) * d] += value
             used[at[row]] = max(used[at[row]], p + 1)
         refreshes = [(self.refreshes[row] if row < self.count else 0) + 1 for row in rows]
         ring = self.context.ring
-        return StagedRows(rows, ring.centre(c0), ring.centre(c1), [r * g + p for r, p in places], used, refreshes)
+        packed0, packed1 = pack(ring.centre(c0), q), pack(ring.centre(c1), q)
+        return StagedRows(rows, packed0, packed1, [r * g + p for r, p in places], used, refreshes)
 
     def apply(self, staged: StagedRows) -> None:
         """Write staged rows into memory (after the store committed them)."""
@@ -138,40 +143,43 @@ class CiphertextRows:
         self.erased.difference_update(staged.slots)
 
     def stage_erase(self, slots: list[int]) -> tuple[dict[int, bytes], list[bytes]]:
-        """The rows as they are once ``slots`` are erased, and the bytes erasure removes."""
+        """The rows as they are once ``slots`` are erased, and the bytes erasure removes (packed, and
+        in the int64 form a row stored by an earlier version held)."""
         changed: dict[int, np.ndarray] = {}
         removed = []
         for slot in slots:
             row, window = self._window(slot)
             c0 = changed.setdefault(row, self._c0[row].copy())
-            removed.append(np.ascontiguousarray(c0[window], dtype="<i8").tobytes())
-            c0[window] = 0
+            removed += [c0[window].tobytes(), int64_form(c0[window].tobytes(), self.context.ring.q)]
+            c0[window] = self._zero
         return {row: row_bytes(c0, self._c1[row]) for row, c0 in changed.items()}, removed
 
     def erase(self, slot: int) -> None:
         """Zero the only coefficients that encrypt the slot's template."""
         row, window = self._window(slot)
-        self._c0[row, window] = 0
+        self._c0[row, window] = self._zero
         self.erased.add(int(slot))
 
     def to_bytes(self, row: int) -> bytes:
-        """One row as stored: c1 then c0, int64 little-endian."""
+        """One row as stored: c1 then c0, packed."""
         return row_bytes(self._c0[row], self._c1[row])
 
     def load(self, rows: list[tuple[bytes, int, int]], occupied: set[int]) -> None:
         """Replace every row with stored ones: (bytes, templates placed, refreshes) each.
 
-        Placed slots not in ``occupied`` count as erased.
+        Placed slots not in ``occupied`` count as erased. Rows stored by earlier versions
+        (int64 values, 16N bytes) are read too and packed.
         """
-        n, half_q = self.context.ring.n, self.context.ring.q // 2
+        n, q = self.context.ring.n, self.context.ring.q
         self._ensure_capacity(len(rows))
         for r, (data, used, refreshes) in enumerate(rows):
-            if len(data) != self.row_bytes or not 0 <= used <= self.group:
+            if not 0 <= used <= self.group:
                 raise AuthenticationError(f"stored ciphertext row {r} has the wrong size")
-            values = np.frombuffer(data, dtype="<i8").reshape(2, n)
-            if (np.abs(values) > half_q).any():
-                raise AuthenticationError(f"stored ciphertext row {r} holds values out of range")
-            self._c1[r], self._c0[r] = values
+            try:
+                packed = from_stored(data, 2 * n, q)
+            except CiphertextFormatError as exc:
+                raise AuthenticationError(f"stored ciphertext row {r}: {exc}") from None
+            self._c1[r], self._c0[r] = packed.reshape(2, -1)
         self.count = len(rows)
         self.used = [int(u) for _, u, _ in rows]
         self.refreshes = [int(f) for _, _, f in rows]
@@ -191,7 +199,11 @@ class CiphertextRows:
         rows, row_index = np.unique(row_of_slot, return_inverse=True)
         alpha = multiply(self._c1[rows], p_hat, ring.q)
         offsets = position * d
-        windows = [self._c0[r, o : o + d].reshape(d, 1) for r, o in zip(row_of_slot.tolist(), offsets.tolist())]
+        width = PACKED_BYTES * d
+        windows = [
+            self._c0[r, PACKED_BYTES * o : PACKED_BYTES * o + width].reshape(d, PACKED_BYTES)
+            for r, o in zip(row_of_slot.tolist(), offsets.tolist())
+        ]
         beta = combine(windows, weights, ring.q, n_threads=self.n_threads)[:, 0]
         return EncryptedScores(
             key_id=self.context.key_id,
@@ -204,14 +216,15 @@ class CiphertextRows:
         )
 
     def ciphertexts(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Every row in use as (c0 coefficients, c1 NTT values)."""
-        return [(self._c0[r], self._c1[r]) for r in range(self.count)]
+        """Every row in use as (c0 coefficients, c1 NTT values), centred int64."""
+        q = self.context.ring.q
+        return [(unpack(self._c0[r], q), unpack(self._c1[r], q)) for r in range(self.count)]
 
     def _window(self, slot: int) -> tuple[int, slice]:
         row, p = divmod(int(slot), self.group)
         if not 0 <= row < self.count or p >= self.used[row]:
             raise InvalidInputError(f"slot {slot} holds no template")
-        return row, slice(p * self.dim, (p + 1) * self.dim)
+        return row, slice(PACKED_BYTES * p * self.dim, PACKED_BYTES * (p + 1) * self.dim)  # bytes
 
     def _ensure_capacity(self, rows: int) -> None:
         if rows <= len(self._c0):
@@ -219,12 +232,12 @@ class CiphertextRows:
         size = max(rows, 2 * len(self._c0), 16)
         for name in ("_c0", "_c1"):
             old = getattr(self, name)
-            grown = np.zeros((size, old.shape[1]), dtype=np.int64)
+            grown = np.zeros((size, old.shape[1]), dtype=np.uint8)
             grown[: self.count] = old[: self.count]
             old.fill(0)  # a withdrawal must not find a stale copy in freed memory
             setattr(self, name, grown)
 
 
 def row_bytes(c0: np.ndarray, c1: np.ndarray) -> bytes:
-    """A row as stored: c1 (NTT values) first, then c0 (coefficients), int64 little-endian."""
-    return np.ascontiguousarray(c1, dtype="<i8").tobytes() + np.ascontiguousarray(c0, dtype="<i8").tobytes()
+    """A row as stored: c1 (NTT values) first, then c0 (coefficients), both packed (uint8 rows)."""
+    return c1.tobytes() + c0.tobytes()

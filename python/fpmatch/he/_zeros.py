@@ -1,0 +1,289 @@
+"""Fresh SEAL encryptions of zero, read out of SEAL quickly and made on every core.
+
+Each enrolled block or row absorbs fresh public-key encryptions of zero made by SEAL (through
+TenSEAL's ``sealapi``); they are most of the cost of enrolment. Two things keep them fast:
+
+* Reading a ciphertext: ``sealapi`` offers one coefficient per Python call. SEAL's own
+  serialisation writes the whole ciphertext at once, so it is saved to a private file in memory
+  (``/dev/shm`` where there is one), read back and removed, decompressed (SEAL compresses with zstd or zlib)
+  and its trailing coefficient array taken, checked against its length and against values read
+  through ``sealapi``. The file is overwritten by the next ciphertext and removed at the end.
+* Cores: ``sealapi`` keeps the GIL while it encrypts, so large requests are split between this
+  process and worker processes (one fewer than the cores), each holding the same public context.
+
+A fresh encryption of zero is a one-time pad for the template added to it: it lives only in
+this process's (and the worker's) memory and in that short-lived in-memory file.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import os
+import select
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from ._packing import PACKED_BYTES
+from .errors import CiphertextFormatError
+
+try:
+    import zstandard
+except ImportError:  # reading falls back to one coefficient per call
+    zstandard = None
+
+if TYPE_CHECKING:
+    from tenseal import sealapi
+
+    from ._ring import Ring
+
+#: Requests smaller than this stay in the calling process (a worker round trip costs more).
+MIN_PARALLEL = 64
+_HEADER = struct.Struct("<HBBBBHQ")  # SEAL's header: magic, header size, version, compression, reserved, size
+_SEAL_MAGIC = 0xA15E
+_ZLIB, _ZSTD = 1, 2
+
+
+class CiphertextReader:
+    """The (2, N) coefficient array of a two-polynomial, one-prime SEAL ciphertext, in one read."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._folder: str | None = None
+        if zstandard is not None:
+            shm = "/dev/shm"
+            self._folder = tempfile.mkdtemp(prefix="fpmatch-ct-", dir=shm if os.path.isdir(shm) else None)
+            self._path = str(Path(self._folder) / "ciphertext")
+            self._unzstd = zstandard.ZstdDecompressor()
+            atexit.register(shutil.rmtree, self._folder, True)
+
+    def read(self, ciphertext: "sealapi.Ciphertext") -> np.ndarray:
+        n = self.n
+        array = ciphertext.dyn_array()
+        if self._folder is None:
+            return np.fromiter(map(array.at, range(2 * n)), dtype=np.int64, count=2 * n).reshape(2, n)
+        ciphertext.save(self._path)
+        try:
+            with open(self._path, "rb") as f:
+                data = f.read()
+        finally:
+            os.unlink(self._path)  # no copy left behind, even if this process is killed later
+        magic, header_size, _, _, compression, _, size = _HEADER.unpack_from(data)
+        if magic != _SEAL_MAGIC or header_size != _HEADER.size or size != len(data):
+            raise CiphertextFormatError("SEAL wrote a ciphertext this reader does not know")
+        body = data[_HEADER.size :]
+        if compression == _ZSTD:
+            body = self._unzstd.decompress(body, max_output_size=64 * n + 4096)
+        elif compression == _ZLIB:
+            body = zlib.decompress(body)
+        elif compression != 0:
+            raise CiphertextFormatError(f"SEAL used compression {compression}, which this reader does not know")
+        end = len(body) - 16 * n
+        if end < 8 or struct.unpack_from("<Q", body, end - 8)[0] != 2 * n:
+            raise CiphertextFormatError("SEAL wrote a ciphertext of an unexpected size")
+        values = np.frombuffer(body, dtype="<i8", offset=end)  # residues below q < 2**48: no sign to fix
+        if values[0] != array.at(0) or values[-1] != array.at(2 * n - 1) or values[n] != array.at(n):
+            raise CiphertextFormatError("SEAL's serialised ciphertext differs from the ciphertext")
+        return values.reshape(2, n)
+
+    def close(self) -> None:
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+# -- worker processes ------------------------------------------------------------------------------
+#
+# A worker is ``python -m fpmatch.he._zero_worker`` on pipes: it imports nothing of the caller's
+# program. Request: public context length (0: the one sent before), count, packed (0 or 1), then
+# the context bytes; reply: count * N int64 of c0, then of c1 (6 bytes a value when packed). A
+# worker that fails is dropped and its share made here. A worker starts in the background and
+# says "R" once its imports are done; until then requests are made here, so the first large
+# request never waits for an interpreter to start.
+
+_REQUEST = struct.Struct("<QQQ")
+_READY = b"R"
+_lock = threading.Lock()
+_workers: list["_Worker"] = []
+
+
+class _Worker:
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fpmatch.he._zero_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        self.loaded: bytes | None = None  # digest of the context it holds
+        self.owner = os.getpid()  # a forked child must not share its pipes
+        self.ready = False
+
+    def is_ready(self, timeout: float = 0.0) -> bool:
+        """Whether it has said it is ready (waiting up to ``timeout`` seconds)."""
+        if not self.ready and self.process.stdout is not None:
+            if select.select([self.process.stdout], [], [], timeout)[0]:
+                self.ready = self.process.stdout.read(1) == _READY
+                if not self.ready:
+                    raise OSError("an encryption worker failed to start")
+        return self.ready
+
+    def ask(self, public: bytes, digest: bytes, count: int, packed: bool) -> None:
+        send = public if digest != self.loaded else b""
+        assert self.process.stdin is not None
+        self.process.stdin.write(_REQUEST.pack(len(send), count, int(packed)) + send)
+        self.process.stdin.flush()
+        self.loaded = digest
+
+    def answer(self, count: int, n: int, packed: bool) -> tuple[np.ndarray, np.ndarray]:
+        assert self.process.stdout is not None
+        width = PACKED_BYTES if packed else 8
+        size = 2 * width * count * n
+        data = bytearray(size)
+        if self.process.stdout.readinto(data) != size:
+            raise OSError("an encryption worker stopped")
+        if packed:
+            values = np.frombuffer(data, dtype=np.uint8).reshape(2, count, width * n)
+        else:
+            values = np.frombuffer(data, dtype="<i8").reshape(2, count, n)
+        return values[0], values[1]
+
+    def stop(self) -> None:
+        try:
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+        except OSError:  # it had already stopped
+            pass
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def workers() -> int:
+    """Worker processes large requests are shared with (one fewer than the cores)."""
+    return max(0, (os.cpu_count() or 1) - 1)
+
+
+def start_workers(wait: float = 0.0) -> int:
+    """Start the worker processes now (they start on the first large request otherwise) and wait
+    up to ``wait`` seconds for them to be ready. Returns how many are ready."""
+    with _lock:
+        _start()
+        deadline = time.monotonic() + wait
+        ready = 0
+        for worker in list(_workers):
+            try:
+                ready += worker.is_ready(max(0.0, deadline - time.monotonic()))
+            except OSError:
+                _drop(worker)
+        return ready
+
+
+def _start() -> None:
+    _workers[:] = [w for w in _workers if w.owner == os.getpid()]
+    try:
+        while len(_workers) < workers():
+            _workers.append(_Worker())
+    except OSError:  # no new process: the workers there are (or none) will do
+        pass
+
+
+def shutdown() -> None:
+    """Stop the worker processes (they also stop when this process exits)."""
+    with _lock:
+        while _workers:
+            _workers.pop().stop()
+
+
+atexit.register(shutdown)
+
+
+#: Makes ``count`` encryptions of zero in this process: (count, packed) -> (c0, c1).
+Encrypt = Callable[[int, bool], "tuple[np.ndarray, np.ndarray]"]
+
+
+def encrypt_shared(public: bytes, n: int, count: int, packed: bool, here: Encrypt) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` encryptions of zero (ring degree ``n``), shared between ``here(k, packed)`` (this
+    process) and the workers."""
+    if count < MIN_PARALLEL or workers() == 0:
+        return here(count, packed)
+    with _lock:
+        _start()
+        ready = []
+        for worker in list(_workers):
+            try:
+                if worker.is_ready():
+                    ready.append(worker)
+            except OSError:
+                _drop(worker)
+        share = -(-count // (len(ready) + 1))
+        digest = hashlib.sha256(public).digest()
+        asked: list[tuple[_Worker, int]] = []
+        mine = count
+        for worker in ready:
+            k = min(share, mine - share)
+            if k <= 0:
+                break
+            try:
+                worker.ask(public, digest, k, packed)
+            except OSError:  # it stopped: its share stays here
+                _drop(worker)
+                continue
+            asked.append((worker, k))
+            mine -= k
+        parts = []
+        try:
+            parts.append(here(mine, packed))
+            for worker, k in asked:
+                try:
+                    parts.append(worker.answer(k, n, packed))
+                except OSError:  # it failed: its share is made here, and it is replaced next time
+                    _drop(worker)
+                    parts.append(here(k, packed))
+        except BaseException:
+            for worker, _ in asked:  # a reply left unread would answer the next request
+                _drop(worker)
+            raise
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _drop(worker: _Worker) -> None:
+    if worker in _workers:
+        _workers.remove(worker)
+    worker.stop()
+
+
+def serve() -> None:
+    """The worker's loop: answer requests until the caller closes the pipe."""
+    from .context import PublicContext
+
+    requests, replies = sys.stdin.buffer, sys.stdout.buffer
+    replies.write(_READY)
+    replies.flush()
+    context = None
+    while True:
+        head = requests.read(_REQUEST.size)
+        if len(head) < _REQUEST.size:
+            return
+        public_len, count, packed = _REQUEST.unpack(head)
+        if public_len:
+            context = PublicContext(requests.read(public_len))
+        if context is None:
+            return
+        c0, c1 = context.encrypt_zeros_here(count, bool(packed))
+        for part in (c0, c1):
+            replies.write(part.tobytes() if packed else np.ascontiguousarray(part, dtype="<i8").tobytes())
+        replies.flush()
+
