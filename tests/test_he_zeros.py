@@ -7,6 +7,8 @@ what this process makes does, and that a worker that dies costs nothing but time
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import numpy as np
@@ -53,10 +55,12 @@ def test_a_whole_read_equals_sealapi_one_value_at_a_time(parties: tuple[PublicCo
             np.testing.assert_array_equal(reader.read(ciphertext).reshape(-1), expected)
             if ntt_form:
                 evaluator.transform_from_ntt_inplace(ciphertext)
-    folder = reader._folder
-    assert folder is not None and Path(folder).exists()
+    fd = reader._fd
+    assert fd is not None and reader._folder is None  # an anonymous in-memory file: no name anywhere
+    assert os.fstat(fd).st_size == 0  # emptied after every read
     reader.close()
-    assert not Path(folder).exists()  # nothing left in memory-backed files
+    with pytest.raises(OSError):
+        os.fstat(fd)
 
 
 def test_a_large_request_does_not_wait_for_workers_to_start(parties: tuple[PublicContext, SecretKeyAudit]) -> None:

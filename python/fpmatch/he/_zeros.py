@@ -4,15 +4,16 @@ Each enrolled block or row absorbs fresh public-key encryptions of zero made by 
 TenSEAL's ``sealapi``); they are most of the cost of enrolment. Two things keep them fast:
 
 * Reading a ciphertext: ``sealapi`` offers one coefficient per Python call. SEAL's own
-  serialisation writes the whole ciphertext at once, so it is saved to a private file in memory
-  (``/dev/shm`` where there is one), read back and removed, decompressed (SEAL compresses with zstd or zlib)
+  serialisation writes the whole ciphertext at once, so it is saved to an anonymous in-memory
+  file (``memfd_create``: no name, gone with the process; elsewhere a private file under
+  ``/dev/shm``, removed at once), read back and emptied, decompressed (SEAL compresses with zstd or zlib)
   and its trailing coefficient array taken, checked against its length and against values read
   through ``sealapi``. The file is overwritten by the next ciphertext and removed at the end.
 * Cores: ``sealapi`` keeps the GIL while it encrypts, so large requests are split between this
   process and worker processes (one fewer than the cores), each holding the same public context.
 
 A fresh encryption of zero is a one-time pad for the template added to it: it lives only in
-this process's (and the worker's) memory and in that short-lived in-memory file.
+this process's (and the worker's) memory and, until it is read, in that in-memory file.
 """
 
 from __future__ import annotations
@@ -60,24 +61,36 @@ class CiphertextReader:
     def __init__(self, n: int) -> None:
         self.n = n
         self._folder: str | None = None
+        self._fd: int | None = None
         if zstandard is not None:
-            shm = "/dev/shm"
-            self._folder = tempfile.mkdtemp(prefix="fpmatch-ct-", dir=shm if os.path.isdir(shm) else None)
-            self._path = str(Path(self._folder) / "ciphertext")
+            if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+                # An anonymous in-memory file: no name anywhere, gone with the process.
+                self._fd = os.memfd_create("fpmatch-ciphertext", os.MFD_CLOEXEC)
+                self._path = f"/proc/self/fd/{self._fd}"
+            else:
+                shm = "/dev/shm"
+                self._folder = tempfile.mkdtemp(prefix="fpmatch-ct-", dir=shm if os.path.isdir(shm) else None)
+                self._path = str(Path(self._folder) / "ciphertext")
+                atexit.register(shutil.rmtree, self._folder, True)
             self._unzstd = zstandard.ZstdDecompressor()
-            atexit.register(shutil.rmtree, self._folder, True)
 
     def read(self, ciphertext: "sealapi.Ciphertext") -> np.ndarray:
         n = self.n
         array = ciphertext.dyn_array()
-        if self._folder is None:
+        if self._folder is None and self._fd is None:
             return np.fromiter(map(array.at, range(2 * n)), dtype=np.int64, count=2 * n).reshape(2, n)
         ciphertext.save(self._path)
-        try:
-            with open(self._path, "rb") as f:
-                data = f.read()
-        finally:
-            os.unlink(self._path)  # no copy left behind, even if this process is killed later
+        if self._fd is not None:
+            try:
+                data = os.pread(self._fd, os.fstat(self._fd).st_size, 0)
+            finally:
+                os.ftruncate(self._fd, 0)  # the pad is not kept past this read
+        else:
+            try:
+                with open(self._path, "rb") as f:
+                    data = f.read()
+            finally:
+                os.unlink(self._path)  # no copy left behind, even if this process is killed later
         magic, header_size, _, _, compression, _, size = _HEADER.unpack_from(data)
         if magic != _SEAL_MAGIC or header_size != _HEADER.size or size != len(data):
             raise CiphertextFormatError("SEAL wrote a ciphertext this reader does not know")
@@ -97,6 +110,9 @@ class CiphertextReader:
         return values.reshape(2, n)
 
     def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
