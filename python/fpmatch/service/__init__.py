@@ -62,6 +62,7 @@ class MatchingService(ConsentOps, EnrolmentOps, MatchingOps, ErasureOps, Account
         clock: Clock | None = None,
         alternative: AlternativeVerifier | None = None,
         purge_on_open: bool = True,
+        database: str | None = None,
         **gallery_options: Any,
     ) -> "MatchingService":
         """Open (or create: ``edge`` needed then) the store in ``directory``.
@@ -81,7 +82,9 @@ class MatchingService(ConsentOps, EnrolmentOps, MatchingOps, ErasureOps, Account
         rebuilt from the database. Subjects whose consent lapsed while the service
         was down are purged now unless ``purge_on_open`` is False. Without
         ``alternative``, a :class:`PinVerifier` keeps PINs in ``alternative.sqlite``
-        in the directory, peppered with a key derived from ``key``.
+        in the directory, peppered with a key derived from ``key``. ``database``, a
+        PostgreSQL connection string, keeps the store there instead of in
+        ``store.sqlite`` in the directory (:meth:`Store.open`).
         """
         if isinstance(key, HashKey):
             raise KeyMismatchError(
@@ -91,7 +94,7 @@ class MatchingService(ConsentOps, EnrolmentOps, MatchingOps, ErasureOps, Account
         if index not in INDEX_KINDS:
             raise InvalidInputError(f"index must be one of {', '.join(INDEX_KINDS)}, got {index!r}")
         clock = system_clock if clock is None else clock
-        store = Store.open(directory, key, profile=edge)
+        store = Store.open(directory, key, profile=edge, database=database)
         try:
             profile = store.settings.profile
             if scheme is not None and scheme != profile.scheme:
