@@ -57,6 +57,8 @@ if TYPE_CHECKING:
 _LOCK_CLASS = 0x66706D31
 #: Tables whose files can hold protected template bytes.
 _TEMPLATE_TABLES = ("subjects", "he_rows")
+#: Where else a value could be copied (ANALYZE samples; the template columns are excluded from it).
+_SEARCHED_TABLES = (*_TEMPLATE_TABLES, "pg_catalog.pg_statistic")
 #: Of each erased string, the first bytes searched for (a copy of any of them is a copy).
 _SEARCHED_BYTES = 8192
 #: Column names, in the order rows are written, and each table's key.
@@ -115,9 +117,11 @@ CREATE TABLE audit (
     hash TEXT NOT NULL
 );
 CREATE INDEX audit_by_subject ON audit (subject);
--- Stored as written (never compressed), so that a search of the files finds what they hold.
-ALTER TABLE subjects ALTER COLUMN code SET STORAGE EXTERNAL, ALTER COLUMN sealed SET STORAGE EXTERNAL;
-ALTER TABLE he_rows ALTER COLUMN data SET STORAGE EXTERNAL;
+-- Stored as written (never compressed), so that a search of the files finds what they hold; and
+-- never sampled by ANALYZE, which would copy values into pg_statistic, beyond any erasure.
+ALTER TABLE subjects ALTER COLUMN code SET STORAGE EXTERNAL, ALTER COLUMN sealed SET STORAGE EXTERNAL,
+    ALTER COLUMN code SET STATISTICS 0, ALTER COLUMN sealed SET STATISTICS 0;
+ALTER TABLE he_rows ALTER COLUMN data SET STORAGE EXTERNAL, ALTER COLUMN data SET STATISTICS 0;
 """
 
 
@@ -190,7 +194,7 @@ class PostgresDatabase:
         """Insert a whole row, replacing the row with the same key."""
         key, *rest = _COLUMNS[table]
         updates = ", ".join(f"{column} = EXCLUDED.{column}" for column in rest)
-        marks = ", ".join("%s" * len(values))
+        marks = ", ".join(["%s"] * len(values))
         self.conn.execute(
             f"INSERT INTO {table} VALUES ({marks}) ON CONFLICT ({key}) DO UPDATE SET {updates}", tuple(values)
         )
@@ -212,6 +216,8 @@ class PostgresDatabase:
         except psycopg.DataError as exc:
             if exc.sqlstate is None:  # refused by psycopg before it was sent (e.g. a NUL in text)
                 raise InvalidInputError(f"{self.name} cannot hold this value: {_first_line(exc)}") from exc
+            raise StoreIntegrityError(f"{self.name} is damaged ({_first_line(exc)}). {RECOVER}") from exc
+        except psycopg.IntegrityError as exc:  # a key the stored rows already hold: they were changed
             raise StoreIntegrityError(f"{self.name} is damaged ({_first_line(exc)}). {RECOVER}") from exc
         except psycopg.Error as exc:
             if exc.sqlstate in _DAMAGE_STATES:
@@ -321,7 +327,7 @@ class PostgresDatabase:
         relations = self.conn.execute(
             "SELECT pg_relation_filepath(c.oid), pg_relation_filepath(NULLIF(c.reltoastrelid, 0)) "
             "FROM pg_class c WHERE c.oid = ANY(%s::regclass[])",
-            (list(_TEMPLATE_TABLES),),
+            (list(_SEARCHED_TABLES),),
         ).fetchall()
         files = []
         for relative in (path for row in relations for path in row if path is not None):
