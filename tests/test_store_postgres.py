@@ -20,6 +20,7 @@ from fpmatch import (
     InvalidInputError,
     MatchingService,
     PinVerifier,
+    StoreFormatError,
     StoreUnavailableError,
 )
 from fpmatch.audit import AuditEvent
@@ -191,6 +192,7 @@ def test_two_services_share_one_store(server: postgres_support.PostgresServer, t
             alternative=PinVerifier(cost=2**10, clock=clock),
         )
         try:
+            assert first.store.shared and second.store.shared
             assert "ann" in second
             grant(second, "bob")
             assert [c.subject for c in first.store.consents("bob")] == ["bob"]  # written by the other
@@ -235,6 +237,17 @@ def test_a_server_that_would_keep_erased_rows_is_refused(
         Store.open(tmp_path / "plain", SERVICE_KEY, profile=profile, database=plain)
     assert "pg_switch_wal" in str(caught.value)
     open_store(tmp_path / "fine", profile=profile).close()  # the server as it was is fine again
+
+
+def test_a_directory_of_a_sqlite_store_is_not_mistaken_for_a_postgresql_one(
+    server: postgres_support.PostgresServer, tmp_path: Path
+) -> None:
+    profile = edge("hash").profile
+    sqlite_store = Store.open(tmp_path / "s", SERVICE_KEY, profile=profile)
+    assert not sqlite_store.shared
+    sqlite_store.close()
+    with pytest.raises(StoreFormatError, match="holds a SQLite store"):
+        Store.open(tmp_path / "s", SERVICE_KEY, profile=profile, database=database_for(tmp_path / "other"))
 
 
 def test_an_unreachable_server_or_database_is_a_typed_error(

@@ -292,6 +292,11 @@ class Store:
         db: Database
         if database is None:
             db, settings, store_id = SqliteDatabase.open(root, key, profile)
+        elif (root / DATABASE).exists():
+            raise StoreFormatError(
+                f"{root} holds a SQLite store ({DATABASE}); a PostgreSQL store's directory holds no database. "
+                "Open it without database=, or give the PostgreSQL store a directory of its own"
+            )
         else:
             db, settings, store_id = PostgresDatabase.open(database, key, profile)
         for leftover in root.glob(f"{INDEX_CACHE}.*.tmp"):  # a cache write cut short by a crash

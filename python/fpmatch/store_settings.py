@@ -37,7 +37,7 @@ class Rows(Protocol):
     def fetchall(self) -> list[Any]: ...
 
 
-class Database(Protocol):
+class Statements(Protocol):
     """What the settings need of a backend: statements with ``?`` placeholders."""
 
     name: str
@@ -62,7 +62,7 @@ class StoreSettings:
         return self.profile.dim
 
 
-def initialise(db: Database, key: ServiceKey, profile: EdgeProfile | None, *, create: bool) -> tuple[StoreSettings, bytes]:
+def initialise(db: Statements, key: ServiceKey, profile: EdgeProfile | None, *, create: bool) -> tuple[StoreSettings, bytes]:
     """Write a new store's settings (``create``) or authenticate an existing store's; inside the
     caller's transaction, after the schema exists. Returns the settings and the store's identifier."""
     meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
@@ -120,7 +120,7 @@ def check_format_and_key(meta: Mapping[str, str], name: str, key: ServiceKey) ->
         raise KeyMismatchError(f"{name} was created under service key {key_id}, not {key.key_id}")
 
 
-def verify_settings(db: Database, key: ServiceKey, *, rows_too: bool = True) -> bytes:
+def verify_settings(db: Statements, key: ServiceKey, *, rows_too: bool = True) -> bytes:
     """Authenticate every setting and (``rows_too``) every table's census; returns the store's identifier."""
 
     def damaged(what: str) -> StoreIntegrityError:
