@@ -236,6 +236,16 @@ def test_a_server_that_would_keep_erased_rows_is_refused(
     with pytest.raises(ErasureSettingsError, match="pg_checkpoint") as caught:
         Store.open(tmp_path / "plain", SERVICE_KEY, profile=profile, database=plain)
     assert "pg_switch_wal" in str(caught.value)
+    shared = open_store(tmp_path / "shared", profile=profile)  # made by the server's superuser
+    shared.close()
+    schema = database_for(tmp_path / "shared").rpartition("search_path=")[2]
+    with admin(server) as conn:
+        conn.execute("GRANT pg_checkpoint TO fpmatch_plain")
+        conn.execute("GRANT EXECUTE ON FUNCTION pg_switch_wal() TO fpmatch_plain")
+        conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO fpmatch_plain")
+        conn.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO fpmatch_plain")
+    with pytest.raises(ErasureSettingsError, match="does not own"):
+        Store.open(tmp_path / "plain", SERVICE_KEY, database=f"{plain} options=-csearch_path={schema}")
     open_store(tmp_path / "fine", profile=profile).close()  # the server as it was is fine again
 
 

@@ -73,6 +73,7 @@ _COLUMNS = {
 #: SQLSTATEs that mean the data or the schema is not what fpmatch wrote.
 _DAMAGE_STATES = {"XX001", "XX002", "42P01", "42703", "22P02", "22021", "42804"}
 
+#: Times and ids are compared and sorted byte by byte ("C"), as SQLite does, whatever the database's locale.
 _SCHEMA = """
 CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL, tag BYTEA);
 CREATE TABLE subjects (
@@ -92,11 +93,11 @@ CREATE TABLE he_rows (
     refreshes BIGINT NOT NULL
 );
 CREATE TABLE consents (
-    consent_id TEXT PRIMARY KEY,
+    consent_id TEXT COLLATE "C" PRIMARY KEY,
     tag BYTEA NOT NULL,
     subject TEXT NOT NULL,
     purposes TEXT NOT NULL,
-    granted_at TEXT NOT NULL,
+    granted_at TEXT COLLATE "C" NOT NULL,
     expires_at TEXT NOT NULL,
     notice_version TEXT NOT NULL,
     evidence_ref TEXT NOT NULL,
@@ -107,7 +108,7 @@ CREATE TABLE consents (
 CREATE INDEX consents_by_subject ON consents (subject);
 CREATE TABLE audit (
     seq BIGINT PRIMARY KEY,
-    time TEXT NOT NULL,
+    time TEXT COLLATE "C" NOT NULL,
     event TEXT NOT NULL,
     subject TEXT,
     purpose TEXT,
@@ -153,6 +154,11 @@ class PostgresDatabase:
                     found = db.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0]
                     if not found:
                         db.conn.execute(_SCHEMA)
+                    elif not db._owns_template_tables():
+                        raise ErasureSettingsError(
+                            f"{db.name}: the store's role does not own the tables subjects and he_rows, so it "
+                            "cannot rewrite them after an erasure (VACUUM FULL): open the store as their owner"
+                        )
                     settings, store_id = initialise(db, key, profile, create=not found)
                 db.data_directory = _readable_data_directory(db.conn)
                 if db._pending():  # erasures a crashed process committed but never made final
@@ -161,6 +167,15 @@ class PostgresDatabase:
             db.close()
             raise
         return db, settings, store_id
+
+    def _owns_template_tables(self) -> bool:
+        return bool(
+            self.execute(
+                "SELECT bool_and(pg_has_role(current_user, c.relowner, 'MEMBER')) FROM pg_class c "
+                "WHERE c.oid = ANY(?::regclass[])",
+                (list(_TEMPLATE_TABLES),),
+            ).fetchone()[0]
+        )
 
     def _describe(self) -> str:
         info = self.conn.info
@@ -217,6 +232,8 @@ class PostgresDatabase:
             if exc.sqlstate is None:  # refused by psycopg before it was sent (e.g. a NUL in text)
                 raise InvalidInputError(f"{self.name} cannot hold this value: {_first_line(exc)}") from exc
             raise StoreIntegrityError(f"{self.name} is damaged ({_first_line(exc)}). {RECOVER}") from exc
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise StoreFormatError(f"{self.name}: the store's role lacks a right it needs ({_first_line(exc)})") from exc
         except psycopg.IntegrityError as exc:  # a key the stored rows already hold: they were changed
             raise StoreIntegrityError(f"{self.name} is damaged ({_first_line(exc)}). {RECOVER}") from exc
         except psycopg.Error as exc:
