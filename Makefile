@@ -34,9 +34,8 @@ bench: $(VENV)/.built
 	$(PY) benchmarks/bench_security.py --json reports/security_centred.json
 	$(PY) benchmarks/bench_eval.py --million --json reports/eval.json --png-dir reports/eval
 
-# The fuzzer is installed only here: the tests do not need it.
+# The fuzzer (and clang for the instrumented core) is installed only here: the tests do not need it.
 fuzz: $(VENV)/.built
-	$(PIP) install -q 'atheris>=2.3'
 	PY=$(PY) bash scripts/fuzz.sh
 
 sanitize asan: $(VENV)/.built

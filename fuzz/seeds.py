@@ -2,8 +2,9 @@
 
     python fuzz/seeds.py [DIRECTORY] [--public-context]
 
-The public context seed (a real TenSEAL context, hundreds of kilobytes) is made only
-with --public-context; ``make fuzz`` makes it in its build directory.
+The public context and key holder seeds (a real TenSEAL context, hundreds of kilobytes)
+are made only with --public-context, which also saves the key the key holder target
+must load (``FPMATCH_FUZZ_KEYHOLDER``); ``make fuzz`` makes them in its build directory.
 """
 
 from __future__ import annotations
@@ -63,11 +64,60 @@ def seeds(public_context: bool = False) -> dict[str, list[bytes]]:
         gallery.enrol(["ann", "bob"], template)
         gallery.save(Path(tmp) / "gallery.fpg")
         out["gallery_file"] = [(Path(tmp) / "gallery.fpg").read_bytes()]
+    out["http_request"] = http_seeds(rng)
     if public_context:
-        from fpmatch.he import KeyHolder
-
-        out["public_context"] = [KeyHolder().public_context()]
+        context = targets.keyholder().public_context()
+        out["public_context"] = [context]
+        out["keyholder_request"] = keyholder_seeds(context)
     return out
+
+
+def http_seeds(rng: np.random.Generator) -> list[bytes]:
+    """One valid body per API route (the first byte picks the route, see targets.API_ROUTES)."""
+    import base64
+    import json
+
+    edge = targets.api_edge()
+    template = rng.standard_normal(16).astype(np.float32)
+    probe = base64.b64encode(edge.probe(template).to_bytes()).decode()
+    record = base64.b64encode(edge.enrolment(template).to_bytes()).decode()
+    bodies = [
+        {"subject": "cy", "purposes": ["entry"], "notice_version": "n1", "evidence_ref": "f", "method": "signed-form",
+         "separate": True, "retention_days": 30},
+        {"subject": "cy", "record": record},
+        {"subject": "ann", "purpose": "entry", "probe": probe},
+        {"purpose": "entry", "probe": probe, "k": 2},
+        {"consent_id": "c-1"},
+        {},
+        {},
+    ]  # fmt: skip
+    routes = [r for r, _ in enumerate(targets.API_ROUTES)]
+    return [bytes([route]) + json.dumps(body).encode() for route, body in zip(routes, bodies)]
+
+
+def keyholder_seeds(public_context: bytes) -> list[bytes]:
+    """Valid requests of every operation under the ring of ``public_context`` (any key id: the target sets it)."""
+    from fpmatch.he import EncryptedGallery, reclaim
+    from fpmatch.he.context import PublicContext
+    from fpmatch.he.remote import _pack
+
+    gallery = EncryptedGallery(public_context, 16)
+    templates = np.random.default_rng(2).standard_normal((3, 16)).astype(np.float32)
+    gallery.enrol(["a", "b", "c"], templates)
+    scores = gallery.verification_request("a", templates[0]).to_bytes()
+    ring = PublicContext(public_context).ring
+    c1 = np.random.default_rng(3).integers(0, ring.q, size=(1, ring.n), dtype=np.int64) - ring.q // 2
+    mask = np.zeros((1, ring.n), dtype=bool)
+    mask[0, :8] = True
+    key_id = "00" * 8
+    return [
+        _pack({"op": "decide", "threshold": 0.5, "subject": "s"}, scores),
+        _pack({"op": "best", "threshold": 0.1, "k": 1}, scores),
+        _pack({"op": "coarse_scores"}, scores),
+        _pack({"op": "reclaim"}, reclaim.reclaim_request(key_id, ring.q, c1, mask)),
+        _pack({"op": "public_context"}),
+        _pack({"op": "usage"}),
+    ]
 
 
 def _store_bytes(directory: Path, edge: CaptureEdge) -> bytes:
@@ -101,7 +151,14 @@ def _store_bytes(directory: Path, edge: CaptureEdge) -> bytes:
 
 def main(argv: list[str]) -> None:
     root = Path(argv[0]) if argv and not argv[0].startswith("-") else Path(__file__).resolve().parent / "corpus"
-    for target, inputs in seeds("--public-context" in argv).items():
+    with_context = "--public-context" in argv
+    if with_context:  # the key holder target decrypts these seeds: it must hold the same key
+        key = root / "keyholder.key"
+        key.unlink(missing_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        targets.keyholder().save(key)
+        print(f"export FPMATCH_FUZZ_KEYHOLDER={key}")
+    for target, inputs in seeds(with_context).items():
         folder = root / target
         folder.mkdir(parents=True, exist_ok=True)
         for i, data in enumerate(inputs):

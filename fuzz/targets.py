@@ -24,6 +24,11 @@ from fpmatch.he import reclaim
 from fpmatch.he.context import PublicContext
 from fpmatch.he.scores import EncryptedScores
 from fpmatch.store import DATABASE, Store
+from fpmatch.he import remote
+from fpmatch.he.ledger import Budgets, Ledger
+from fpmatch.he.server import KeyHolderService, lifted_rate
+from fpmatch.api.app import create_app
+from fpmatch.api.tokens import TokenStore
 
 # Every parser is imported above, not in its target: the fuzzer instruments modules as they are imported.
 
@@ -182,6 +187,122 @@ def store_file(data: bytes) -> None:
         store.close()
 
 
+_KEYHOLDER: list = []
+
+
+def keyholder_request(data: bytes) -> None:
+    """A request as the key holder service receives it from an authenticated caller.
+
+    Whatever arrives, the service answers with a reply message (a typed error at worst)
+    and never raises; the reply parses.
+    """
+    if not _KEYHOLDER:
+        directory = Path(tempfile.mkdtemp(prefix="fpmatch-fuzz-kh-"))
+        budgets = Budgets(requests_per_second=1e9, burst=10**9, caller_requests_per_day=10**9,
+                          caller_scores_per_day=10**12, caller_released_per_day=10**12,
+                          subject_requests_per_day=10**9)  # fmt: skip
+        holder = keyholder()
+        _KEYHOLDER.append(KeyHolderService(holder, Ledger(directory / "ledger.sqlite", budgets), release_coarse=True))
+    service = _KEYHOLDER[0]
+    answer = service.handle("fuzzer", with_key_id(data, service.holder.key_id))
+    header, _ = remote._unpack(answer)
+    assert isinstance(header.get("ok"), bool), "a reply without its ok flag"
+
+
+def keyholder() -> "KeyHolder":
+    """The target's key holder: the one whose key seeds.py saved (``FPMATCH_FUZZ_KEYHOLDER``), else a new one."""
+    import os
+
+    from fpmatch.he import KeyHolder
+
+    if not _HOLDER:
+        saved = os.environ.get("FPMATCH_FUZZ_KEYHOLDER")
+        _HOLDER.append(KeyHolder.load(saved, limits=lifted_rate()) if saved else KeyHolder(limits=lifted_rate()))
+    return _HOLDER[0]
+
+
+_HOLDER: list = []
+
+
+def with_key_id(message: bytes, key_id: str) -> bytes:
+    """The message with its payload's key id (bytes 8-16 after the magic) set to ``key_id``.
+
+    Callers know the key id (it is public); without this the fuzzer would have to guess
+    this key holder's random id before it reached anything past the key id check.
+    """
+    try:
+        header, payload = remote._unpack(message)
+    except ValueError:  # also the format errors, which are ValueErrors
+        return message
+    if len(payload) < 16:
+        return message
+    cut = len(message) - len(payload)
+    return message[: cut + 8] + bytes.fromhex(key_id) + message[cut + 16 :]
+
+
+_API: list = []
+#: Routes the HTTP target sends to; the first input byte picks one, the rest is the body.
+API_ROUTES = (
+    ("POST", "/v1/consents"),
+    ("POST", "/v1/enrolments"),
+    ("POST", "/v1/verify"),
+    ("POST", "/v1/identify"),
+    ("POST", "/v1/consents/ann/withdraw"),
+    ("GET", "/v1/consents/ann"),
+    ("DELETE", "/v1/subjects/bob"),
+)
+
+
+def http_request(data: bytes) -> None:
+    """An HTTP request to the matching service's API, with a valid token and any body.
+
+    Every answer is a JSON document with a status below 500: errors are typed
+    (4xx with a stable code), never an internal error.
+    """
+    if not data:
+        return
+    client, token = _api()
+    method, path = API_ROUTES[data[0] % len(API_ROUTES)]
+    headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+    response = client.request(method, path, content=data[1:], headers=headers)
+    assert response.status_code < 500, f"{method} {path}: {response.status_code} {response.text[:300]}"
+    body = response.json()
+    if response.status_code >= 400:
+        assert isinstance(body.get("error"), dict) and body["error"].get("code"), body
+
+
+def _api() -> tuple:
+    """A hash-scheme service with two consenting, enrolled subjects, calibrated, behind the API."""
+    if not _API:
+        from datetime import timedelta
+
+        import numpy as np
+        from fastapi.testclient import TestClient
+
+        from fpmatch import MatchingService
+
+        directory = Path(tempfile.mkdtemp(prefix="fpmatch-fuzz-api-"))
+        edge = api_edge()
+        service = MatchingService.open(directory / "store", SERVICE_KEY, edge=edge.profile)
+        rng = np.random.default_rng(7)
+        people = rng.standard_normal((40, 16)).astype(np.float32)
+        samples = np.repeat(people, 2, axis=0) + 0.1 * rng.standard_normal((80, 16)).astype(np.float32)
+        for name, template in zip(("ann", "bob"), people):
+            service.grant_consent(name, {"entry"}, notice_version="n1", evidence_ref="form", method="signed-form",
+                                  separate=True, retention=timedelta(days=30))  # fmt: skip
+            service.enrol(name, edge.enrolment(template))
+        service.calibrate(calibration=edge.calibration(samples, np.repeat(np.arange(40), 2), 1e-2))
+        tokens = TokenStore(directory / "tokens.json")
+        _API.append((TestClient(create_app(service, tokens)), tokens.issue("fuzzer")))
+    return _API[0]
+
+
+def api_edge() -> "CaptureEdge":
+    from fpmatch import CaptureEdge
+
+    return CaptureEdge(HASH_KEY, 16, scheme="hash", bits=64)
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "edge_enrolment": edge_enrolment,
     "edge_probe": edge_probe,
@@ -194,6 +315,8 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "key_file": key_file,
     "public_context": public_context,
     "store_file": store_file,
+    "keyholder_request": keyholder_request,
+    "http_request": http_request,
 }
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Time-boxed coverage-guided runs of every fuzz target (or of those named):
+# Time-boxed coverage-guided runs of every fuzz target (or of those named), on Python
+# coverage and, where clang can be had, on the native core's edges under ASan:
 #   FUZZ_SECONDS=300 bash scripts/fuzz.sh [TARGET ...]
 # Working corpora grow in build/fuzz/TARGET (seeded from fuzz/corpus); findings are
 # written to build/fuzz/findings/ and make the run fail.
@@ -9,7 +10,12 @@ PY=${PY:-.venv/bin/python}
 SECONDS_EACH=${FUZZ_SECONDS:-120}
 OUT=build/fuzz
 mkdir -p "$OUT/findings"
-[ -d "$OUT/public_context" ] || "$PY" fuzz/seeds.py "$OUT/seeds" --public-context
+# The instrumented core (clang, ASan, libFuzzer edges) when it can be built; see fuzz-native.sh.
+native_env=$(PY="$PY" bash scripts/fuzz-native.sh) || exit 1
+eval "$native_env"
+[ -n "${LD_PRELOAD:-}" ] && "$PY" -c "import fpmatch._core as c; print('instrumented core:', c.__file__)"
+[ -f "$OUT/seeds/keyholder.key" ] || "$PY" fuzz/seeds.py "$OUT/seeds" --public-context
+export FPMATCH_FUZZ_KEYHOLDER="$OUT/seeds/keyholder.key"
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && mapfile -t targets < <("$PY" -c "import sys; sys.path.insert(0, 'fuzz'); import targets; print('\n'.join(targets.TARGETS))")
 failed=0

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fuzz"))
 import targets  # noqa: E402
 
 #: Inputs per target beyond its seeds; parsers that touch files or TenSEAL get fewer.
-BUDGET = {"store_file": 150, "public_context": 60}
+BUDGET = {"store_file": 150, "public_context": 60, "keyholder_request": 400, "http_request": 400}
 DEFAULT_BUDGET = 2500
 _INTERESTING = [0, 1, 0x7F, 0x80, 0xFF]
 
@@ -61,10 +61,11 @@ def inputs(name: str, seeds: list[bytes], budget: int) -> Iterator[bytes]:
 def seeds_of(name: str) -> list[bytes]:
     folder = targets.corpus_dir(name)
     found = [path.read_bytes() for path in sorted(folder.iterdir())] if folder.is_dir() else []
-    if name == "public_context":
-        import service_support
+    if name in ("public_context", "keyholder_request"):  # made with a real TenSEAL context
+        import seeds
 
-        found.append(service_support.keyholder().public_context())
+        context = targets.keyholder().public_context()
+        found.extend([context] if name == "public_context" else seeds.keyholder_seeds(context))
     return found
 
 

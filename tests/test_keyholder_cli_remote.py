@@ -122,6 +122,18 @@ def test_store_commands_with_a_remote_key_holder(
                        *store, "--keyholder-key", str(keys / "kh.key"))  # fmt: skip
     assert code == 2 and "is not the one" in err
 
+    # A key holder service that holds another key (another deployment's, or after a rotation).
+    other = Deployment(tmp_path / "other-keyholder")
+    elsewhere = Server(other)
+    try:
+        before = len(Ledger(other.ledger).entries())
+        code, out, err = run(capsys, "verify", "alice", "--probe", str(data / "probe.npy"), "--purpose", "payment",
+                             *store, *remote_args(other, elsewhere))  # fmt: skip
+        assert code == 2 and out == "" and "is not the one" in err and "--keyholder-address" in err, err
+        assert len(Ledger(other.ledger).entries()) == before  # refused before any decision was asked
+    finally:
+        elsewhere.stop()
+
 
 def test_an_unreachable_key_holder_is_a_one_line_error(
     capsys: pytest.CaptureFixture[str], deployment: Deployment, tmp_path: Path

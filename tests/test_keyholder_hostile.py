@@ -58,12 +58,15 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
         issue_client(deployment.pki, caller)
     past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=10)
     issue_client(deployment.pki, "matching-service", days=1, start=past, stem="expired")
+    for stem in ("twin-lost", "twin-new"):  # one name, two certificates: only the lost one is revoked
+        issue_client(deployment.pki, "twin", stem=stem)
     return deployment
 
 
 @pytest.fixture(scope="module")
 def server(deployment: Deployment) -> Iterator[Server]:
-    limits = ["--rate", "2", "--burst", "6", "--subject-requests-per-day", "2", "--deny", "revoked"]
+    limits = ["--rate", "2", "--burst", "6", "--subject-requests-per-day", "2", "--deny", "revoked",
+              "--deny-cert", str(deployment.pki / "twin-lost.crt")]  # fmt: skip
     running = Server(deployment, extra=limits)
     yield running
     running.stop()
@@ -155,3 +158,22 @@ def test_a_revoked_caller_is_refused_and_audited(deployment: Deployment, server:
     assert [e.outcome for e in entries_of(deployment, "revoked")] == ["DecryptionRefusedError"] * 2
     with deployment.client(server, "other-service") as remote:
         assert remote.decide(request_bytes, 0.5, caller="x") == [True]
+
+
+def test_one_certificate_is_revoked_by_its_fingerprint(
+    deployment: Deployment, server: Server, request_bytes: bytes
+) -> None:
+    with RemoteKeyHolder(server.address, deployment.credentials("twin-lost"), timeout=10) as remote:
+        with pytest.raises(DecryptionRefusedError, match="revoked"):
+            remote.decide(request_bytes, 0.5, caller="x")
+    with RemoteKeyHolder(server.address, deployment.credentials("twin-new"), timeout=10) as remote:
+        assert remote.decide(request_bytes, 0.5, caller="x") == [True]  # same name, another certificate
+    assert [e.outcome for e in entries_of(deployment, "twin")] == ["DecryptionRefusedError", "ok"]
+    assert "refusing the revoked certificate" in server.log.read_text()
+
+
+def test_a_deny_cert_that_is_no_certificate_is_refused_clearly(deployment: Deployment, tmp_path: Path) -> None:
+    bogus = tmp_path / "not-a-cert.pem"
+    bogus.write_text("hello")
+    with pytest.raises(RuntimeError, match="--deny-cert .*not a PEM certificate"):
+        Server(deployment, extra=["--deny-cert", str(bogus)])

@@ -467,15 +467,16 @@ class Store:
             problems.append(str(exc))
         return problems
 
-    def audit_entries(self, pseudonym: str | None = None) -> list[AuditEntry]:
-        """The audit chain as stored, in sequence order; or only the entries naming ``pseudonym``."""
+    def audit_entries(self, pseudonym: str | None = None, *, since: str | None = None) -> list[AuditEntry]:
+        """The audit chain as stored, in sequence order; or only the entries naming ``pseudonym``;
+        or only those at or after the time ``since`` (as :func:`~fpmatch.consent.format_time` writes it)."""
         with self._reading() as db:
-            query = "SELECT * FROM audit ORDER BY seq"
-            args: tuple[str, ...] = ()
+            query = "SELECT * FROM audit WHERE time >= ? ORDER BY seq"
+            args: tuple[str, ...] = (since or "",)
             if pseudonym is not None:
                 # A substring test narrows the scan to candidates; the exact test is below.
-                query = f"SELECT * FROM audit WHERE subject = ? OR {db.contains('detail')} ORDER BY seq"
-                args = (pseudonym, pseudonym)
+                query = f"SELECT * FROM audit WHERE time >= ? AND (subject = ? OR {db.contains('detail')}) ORDER BY seq"
+                args = (since or "", pseudonym, pseudonym)
             rows = db.execute(query, args).fetchall()
         entries = [
             AuditEntry(seq, time, event, subject, purpose, outcome, _detail(detail), prev, digest)

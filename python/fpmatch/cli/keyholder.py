@@ -77,6 +77,15 @@ def _budgets(args: argparse.Namespace) -> Any:
     )  # fmt: skip
 
 
+def _fingerprint(path: str) -> str:
+    from ..he.certs import certificate_fingerprint
+
+    try:
+        return certificate_fingerprint(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CliError(f"--deny-cert {path}: {exc}") from exc
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     _require_service()
     from ..he.keyholder import RateLimit
@@ -90,9 +99,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"cannot read the TLS files: {exc}") from exc
     ledger = Ledger(args.ledger, _budgets(args))
-    service = KeyHolderService(holder, ledger, release_coarse=args.allow_coarse_scores, denied=args.deny or ())
+    fingerprints = [_fingerprint(path) for path in args.deny_cert or ()]
+    service = KeyHolderService(
+        holder, ledger, release_coarse=args.allow_coarse_scores, denied=args.deny or (), denied_certificates=fingerprints
+    )
     if args.deny:
         print(f"refusing the revoked caller(s): {', '.join(sorted(set(args.deny)))}", file=sys.stderr)
+    for path, fingerprint in zip(args.deny_cert or (), fingerprints):
+        print(f"refusing the revoked certificate {path} (SHA-256 {fingerprint})", file=sys.stderr)
     if args.allow_coarse_scores:
         print("warning: coarse scores are released; each is a noisy value that helps rebuild templates", file=sys.stderr)
     serve_until_signalled(KeyHolderServer(service, credentials, args.listen, workers=args.workers))
@@ -184,6 +198,9 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--deny", action="append", metavar="CN",
                        help="refuse the caller with this certificate common name, although its certificate "
                        "verifies (revocation; repeatable; requests are refused and audited)")  # fmt: skip
+    serve.add_argument("--deny-cert", action="append", metavar="FILE",
+                       help="refuse this one certificate (PEM), although it verifies; other certificates with "
+                       "the same common name are still served (repeatable)")  # fmt: skip
     limits = serve.add_argument_group("limits (per caller unless said otherwise; days are UTC)")
     limits.add_argument("--rate", type=float, default=20.0, help="requests per second (default 20)")
     limits.add_argument("--burst", type=positive_int, default=100, help="burst of requests (default 100)")

@@ -128,6 +128,15 @@ def issue_client(
     return _save(target, stem or caller, cert, key)
 
 
+def certificate_fingerprint(pem: bytes) -> str:
+    """SHA-256 of a certificate's DER encoding, lower-case hex (what ``--deny-cert`` matches)."""
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError as exc:
+        raise ValueError(f"not a PEM certificate: {exc}") from None
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
 def make_test_pki(
     directory: str | os.PathLike[str], callers: Sequence[str] = ("matching-service",),
     hosts: Sequence[str] = ("localhost", "127.0.0.1"),
@@ -139,4 +148,4 @@ def make_test_pki(
     return issued
 
 
-__all__ = ["Issued", "issue_client", "issue_server", "make_ca", "make_test_pki"]
+__all__ = ["Issued", "certificate_fingerprint", "issue_client", "issue_server", "make_ca", "make_test_pki"]

@@ -4,7 +4,8 @@ Every caller presents a client certificate signed by the deployment's CA; the
 TLS handshake refuses anyone else, and the service listens on no plain-text
 port. The caller's name (for limits and audit) is the certificate's common
 name; a request that names another caller is refused, and so is every request
-from a caller on the deny list (a certificate revoked before it expires).
+from a caller on the deny list (by common name, or one certificate by its
+SHA-256 fingerprint: revoked before it expires).
 
 One method, ``/fpmatch.keyholder.v1.KeyHolder/Call``, carries the byte messages
 of :mod:`fpmatch.he.remote` (a JSON header naming the operation, then
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import FpmatchError
+from .certs import certificate_fingerprint
 from .client import CHANNEL_OPTIONS
 from .errors import CiphertextFormatError, DecryptionRefusedError
 from .keyholder import KeyHolder, RateLimit
@@ -90,17 +92,26 @@ class KeyHolderService:
     """Answers authenticated requests: the part of the server that does not touch the network."""
 
     def __init__(
-        self, holder: KeyHolder, ledger: Ledger, *, release_coarse: bool = False, denied: Iterable[str] = ()
+        self,
+        holder: KeyHolder,
+        ledger: Ledger,
+        *,
+        release_coarse: bool = False,
+        denied: Iterable[str] = (),
+        denied_certificates: Iterable[str] = (),
     ) -> None:
         self.holder = holder
         self.ledger = ledger
         self.release_coarse = release_coarse
         #: Common names refused although their certificates verify (revoked before they expire).
         self.denied = frozenset(denied)
+        #: SHA-256 fingerprints (hex) of single certificates refused although they verify.
+        self.denied_certificates = frozenset(f.lower() for f in denied_certificates)
 
-    def handle(self, caller: str, message: bytes) -> bytes:
+    def handle(self, caller: str, message: bytes, fingerprint: str | None = None) -> bytes:
         """One request from ``caller`` (authenticated by the transport) in, one reply out.
 
+        ``fingerprint`` is the SHA-256 of the caller's certificate, for ``denied_certificates``.
         Every request but the public ones is counted and audited, refusals included.
         """
         try:
@@ -109,7 +120,8 @@ class KeyHolderService:
                 problem: Exception | None = None
             except CiphertextFormatError as exc:
                 op, header, payload, problem = "malformed", {}, b"", exc
-            if caller in self.denied:  # refused and audited: a revoked caller still asking is worth seeing
+            if caller in self.denied or (fingerprint is not None and fingerprint in self.denied_certificates):
+                # refused and audited: a revoked caller still asking is worth seeing
                 problem = DecryptionRefusedError(f"the certificate of caller {caller!r} is revoked at this key holder")
             if problem is None and op == "public_context":
                 return reply(None, self.holder.public_context())
@@ -176,7 +188,13 @@ class KeyHolderServer:
             caller = names[0].decode("utf-8")
         except UnicodeDecodeError:
             context.abort(self._grpc.StatusCode.UNAUTHENTICATED, "the certificate's common name is not UTF-8")
-        return self.service.handle(caller, request)
+        fingerprint = None
+        if self.service.denied_certificates:
+            pem = auth.get("x509_pem_cert") or []
+            if len(pem) != 1:
+                context.abort(self._grpc.StatusCode.UNAUTHENTICATED, "the client certificate could not be read")
+            fingerprint = certificate_fingerprint(pem[0])
+        return self.service.handle(caller, request, fingerprint)
 
     def start(self) -> "KeyHolderServer":
         self._server.start()

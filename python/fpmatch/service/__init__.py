@@ -27,13 +27,14 @@ from types import TracebackType
 from typing import Any
 
 from ..alternative import AlternativeVerifier, PinVerifier
-from ..consent import Clock, ConsentRecord, system_clock
+from ..consent import Clock, ConsentRecord, as_utc, format_time, system_clock
 from ..edge import EdgeProfile
 from ..errors import InvalidInputError, KeyMismatchError
 from ..galleries import INDEX_KINDS, ProtectedGallery, open_gallery
 from ..thresholds import DEFAULT_TARGET_FMR
 from ..keys import HashKey, ServiceKey
 from ..store import Store
+from .attempts import DEFAULT_FACE_FAILURES, FaceAttempts
 from .accountability import AccountabilityOps, IntegrityReport, SubjectReport
 from .consent import ConsentOps
 from .enrolment import EnrolmentOps
@@ -62,6 +63,7 @@ class MatchingService(ConsentOps, EnrolmentOps, MatchingOps, ErasureOps, Account
         clock: Clock | None = None,
         alternative: AlternativeVerifier | None = None,
         purge_on_open: bool = True,
+        max_face_failures: int | None = DEFAULT_FACE_FAILURES,
         database: str | None = None,
         **gallery_options: Any,
     ) -> "MatchingService":
@@ -80,7 +82,11 @@ class MatchingService(ConsentOps, EnrolmentOps, MatchingOps, ErasureOps, Account
 
         The index comes from the cache when it matches the database, else it is
         rebuilt from the database. Subjects whose consent lapsed while the service
-        was down are purged now unless ``purge_on_open`` is False. Without
+        was down are purged now unless ``purge_on_open`` is False.
+        ``max_face_failures``: failed face verifications a subject may have within a day
+        before verification answers ``USE_ALTERNATIVE`` (until the day has passed or the
+        subject passes the alternative method; None: no limit, only for tests and
+        evaluation). Without
         ``alternative``, a :class:`PinVerifier` keeps PINs in ``alternative.sqlite``
         in the directory, peppered with a key derived from ``key``. ``database``, a
         PostgreSQL connection string, keeps the store there instead of in
@@ -94,6 +100,7 @@ class MatchingService(ConsentOps, EnrolmentOps, MatchingOps, ErasureOps, Account
         if index not in INDEX_KINDS:
             raise InvalidInputError(f"index must be one of {', '.join(INDEX_KINDS)}, got {index!r}")
         clock = system_clock if clock is None else clock
+        attempts = FaceAttempts(max_face_failures)
         store = Store.open(directory, key, profile=edge, database=database)
         try:
             profile = store.settings.profile
@@ -108,6 +115,9 @@ class MatchingService(ConsentOps, EnrolmentOps, MatchingOps, ErasureOps, Account
             consents: dict[str, tuple[ConsentRecord, ...]] = {}
             for record in store.consents():
                 consents[record.subject] = consents.get(record.subject, ()) + (record,)
+            if max_face_failures is not None:
+                since = as_utc(clock(), "clock()") - attempts.window
+                attempts.replay(store.audit_entries(since=format_time(since)))
             owns = alternative is None
             if alternative is None:
                 alternative = PinVerifier(
@@ -116,7 +126,7 @@ class MatchingService(ConsentOps, EnrolmentOps, MatchingOps, ErasureOps, Account
         except BaseException:
             store.close()
             raise
-        service = cls(store, gallery, consents, clock, alternative, owns, status, threshold, fmr)
+        service = cls(store, gallery, consents, clock, alternative, owns, status, threshold, fmr, attempts)
         if purge_on_open:
             try:
                 service.expire()

@@ -47,11 +47,17 @@ class MatchingOps(ServiceState):
                 threshold = self._threshold
                 if reason is not None or threshold is not None:  # no threshold needed to say "use the alternative"
                     line = {"subject": self.pseudonym(subject), "purpose": purpose}
+                    if reason is None and not self._attempts.reserve(line["subject"], now):
+                        reason = "face_attempts"  # asks the key holder nothing: no oracle for a locked subject
                     if reason is not None:
                         outcome = VerificationOutcome.USE_ALTERNATIVE
                     else:
-                        with self._audited_failure(now, AuditEvent.VERIFY, line):
-                            verified = self._gallery.decide(subject, probe, threshold, label=line["subject"])  # type: ignore[arg-type]
+                        verified: bool | None = None
+                        try:
+                            with self._audited_failure(now, AuditEvent.VERIFY, line):
+                                verified = self._gallery.decide(subject, probe, threshold, label=line["subject"])  # type: ignore[arg-type]
+                        finally:
+                            self._attempts.settle(line["subject"], now, verified)
                         outcome = VerificationOutcome.MATCH if verified else VerificationOutcome.NO_MATCH
                     self._store.audit(
                         format_time(now),
@@ -187,6 +193,8 @@ class MatchingOps(ServiceState):
             )
             raise
         outcome = VerificationOutcome.MATCH if ok else VerificationOutcome.NO_MATCH
+        if ok:
+            self._attempts.clear(name)
         self._store.audit(
             format_time(self._now()),
             AuditEvent.ALTERNATIVE_VERIFY,

@@ -12,12 +12,14 @@ from ..edge import EdgeProfile
 from ..errors import StoreClosedError
 from ..galleries import ProtectedGallery
 from ..store import Store
+from .attempts import FaceAttempts
 from .locks import ReadWriteLock
 
 
 class VerificationOutcome(str, Enum):
     """Result of a 1:1 request. ``USE_ALTERNATIVE`` is not a rejection: route the
-    subject to the non-biometric method (no consent for this purpose, or not enrolled)."""
+    subject to the non-biometric method (no consent for this purpose, not enrolled, or the
+    subject's failed face verifications of the last day reached the limit)."""
 
     MATCH = "match"
     NO_MATCH = "no_match"
@@ -38,6 +40,7 @@ class ServiceState:
         cache_status: str,
         threshold: float | None,
         target_fmr: float,
+        attempts: FaceAttempts | None = None,
     ) -> None:
         self._store = store
         self._gallery = gallery
@@ -49,6 +52,7 @@ class ServiceState:
         self._rw = ReadWriteLock(self._ensure_open)
         self._threshold = threshold
         self.target_fmr = target_fmr
+        self._attempts = FaceAttempts(None) if attempts is None else attempts
         self.cache_status = cache_status  # how the index was obtained at open: "loaded" or why it was rebuilt
 
     @property
