@@ -139,7 +139,7 @@ def test_a_copy_left_after_the_rewrite_is_an_error(
     directory = tmp_path / "store"
     svc = open_service(directory, clock, "hash")
     enrol_people(svc, ["ann", "bob"])
-    monkeypatch.setattr(PostgresDatabase, "_copies_left", lambda self, erased: True)
+    monkeypatch.setattr(PostgresDatabase, "_copies_left", lambda self, erased: "pg_wal/000000010000000000000001")
     with pytest.raises(ErasureError, match="still in"):
         svc.withdraw("ann")
     monkeypatch.undo()

@@ -171,9 +171,8 @@ class PostgresDatabase:
     def _owns_template_tables(self) -> bool:
         return bool(
             self.execute(
-                "SELECT bool_and(pg_has_role(current_user, c.relowner, 'MEMBER')) FROM pg_class c "
-                "WHERE c.oid = ANY(?::regclass[])",
-                (list(_TEMPLATE_TABLES),),
+                "SELECT coalesce(bool_and(pg_has_role(current_user, c.relowner, 'MEMBER')), true) FROM pg_class c "
+                "WHERE c.oid IN (to_regclass('subjects'), to_regclass('he_rows'))",
             ).fetchone()[0]
         )
 
@@ -324,19 +323,26 @@ class PostgresDatabase:
                     "UPDATE meta SET value = greatest(value::bigint - %s, 0)::text WHERE name = 'erasures_pending'",
                     (pending,),
                 )
-        if erased and self.data_directory is not None and self._copies_left(erased):
-            raise ErasureError(f"an erased code or ciphertext is still in the files of {self.name} after VACUUM FULL")
+        if erased and self.data_directory is not None:
+            left = self._copies_left(erased)
+            if left is not None:
+                raise ErasureError(
+                    f"an erased code or ciphertext is still in {left} of {self.name} after VACUUM FULL and CHECKPOINT"
+                )
         return True
 
-    def _copies_left(self, erased: list[bytes]) -> bool:
-        """Whether a piece of an erased string is in a file of the template tables (heap and
-        TOAST, every segment) or in a WAL segment."""
+    def _copies_left(self, erased: list[bytes]) -> str | None:
+        """The first file of the template tables (heap and TOAST, every segment), of pg_statistic or
+        of the WAL that holds a piece of an erased string (its path in the data directory); None if none does."""
         assert self.data_directory is not None
         pieces = pieces_of(erased, limit=_SEARCHED_BYTES)
         if not pieces:
-            return False
+            return None
         finder = PieceFinder(pieces)
-        return any(finder.found_in_file(path) for path in self._storage_files())
+        for path in self._storage_files():
+            if finder.found_in_file(path):
+                return str(path.relative_to(self.data_directory))
+        return None
 
     def _storage_files(self) -> list[Path]:
         root = self.data_directory
