@@ -9,6 +9,7 @@ test_store_integrity.py.)"""
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,6 +25,7 @@ from fpmatch import (
     StoreUnavailableError,
 )
 from fpmatch.audit import AuditEvent
+from fpmatch import store_postgres
 from fpmatch.store import Store
 from fpmatch.store_postgres import PostgresDatabase
 from fpmatch.store_scan import PieceFinder
@@ -62,7 +64,8 @@ def clock() -> ManualClock:
 
 def server_files_holding(server: postgres_support.PostgresServer, parts: list[bytes]) -> list[str]:
     """The files of the server's data directory (tables, TOAST, WAL, everything) holding any
-    16-byte window of any of ``parts``."""
+    16-byte window of any of ``parts``. (Every test's stores share the server and the edge key,
+    so the subjects searched for have names no other test enrols.)"""
     finder = PieceFinder({w for part in parts for w in windows(part) if len(set(w)) > 1})
     return sorted(
         str(path.relative_to(server.data))
@@ -84,7 +87,7 @@ def test_withdrawn_and_expired_templates_leave_no_bytes_in_the_server_files(
     server: postgres_support.PostgresServer, scheme: str, tmp_path: Path, clock: ManualClock
 ) -> None:
     directory = tmp_path / "store"
-    names = [f"s{i:02d}" for i in range(40)]
+    names = [f"erased-{scheme}-{i:02d}" for i in range(40)]
     withdrawn, expired, kept = [names[0], names[20]], names[36:], names[1]
     with open_service(directory, clock) as svc:
         enrol_people(svc, names[:36])
@@ -118,11 +121,11 @@ def test_erasures_a_crashed_process_committed_are_made_final_at_the_next_open(
 ) -> None:
     directory = tmp_path / "store"
     with open_service(directory, clock, "hash") as svc:
-        enrol_people(svc, ["ann", "bob", "cat"])
-        code = protected_bytes(svc, "bob")[0]
+        enrol_people(svc, ["crash-ann", "crash-bob", "crash-cat"])
+        code = protected_bytes(svc, "crash-bob")[0]
     monkeypatch.setattr(PostgresDatabase, "scrub", lambda self, erased: True)  # dies before making it final
     with open_service(directory, clock, "hash") as svc:
-        svc.withdraw("bob")
+        svc.withdraw("crash-bob")
     monkeypatch.undo()
     assert server_files_holding(server, [code]) != []  # committed, not yet final
     with raw(directory) as db:
@@ -144,6 +147,40 @@ def test_a_copy_left_after_the_rewrite_is_an_error(
         svc.withdraw("ann")
     monkeypatch.undo()
     assert "ann" not in svc.store.subject_ids()  # the erasure itself was committed
+    svc.close()
+
+
+def test_an_erasure_waits_for_snapshots_older_than_it(
+    server: postgres_support.PostgresServer, tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg
+
+    directory = tmp_path / "store"
+    svc = open_service(directory, clock, "hash")
+    enrol_people(svc, ["wait-ann", "wait-bob", "wait-cat"])
+    codes = {name: protected_bytes(svc, name)[0] for name in ("wait-ann", "wait-bob")}
+    reader = psycopg.connect(database_for(directory), autocommit=True)  # another node, in the middle of a read
+    reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    reader.execute("SELECT 1").fetchone()  # its snapshot is taken (and it locks no table)
+    monkeypatch.setattr(store_postgres, "SNAPSHOT_WAIT_SECONDS", 0.5)
+    with pytest.raises(ErasureError, match="older than the erasure"):
+        svc.withdraw("wait-bob")
+    assert "wait-bob" not in svc.store.subject_ids()  # committed, but not final:
+    with admin(server) as conn:  # a rewrite now copies the row, which the old snapshot may still read
+        conn.execute(f"VACUUM FULL {database_for(directory).rpartition('=')[2]}.subjects")
+        conn.execute("CHECKPOINT")
+    assert reader.execute("SELECT count(*) FROM subjects WHERE subject = 'wait-bob'").fetchone() == (1,)
+    assert server_files_holding(server, [codes["wait-bob"]]) != []
+    reader.execute("ROLLBACK")
+    monkeypatch.undo()
+    reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    reader.execute("SELECT 1").fetchone()
+    ends = threading.Timer(0.5, reader.execute, ("ROLLBACK",))  # this read ends while the scrub waits
+    ends.start()
+    assert svc.withdraw("wait-ann")  # waits for it, then makes both erasures final
+    ends.join()
+    reader.close()
+    assert server_files_holding(server, [codes["wait-bob"]]) == [] and server_files_holding(server, [codes["wait-ann"]]) == []
     svc.close()
 
 
@@ -235,12 +272,12 @@ def test_a_server_that_would_keep_erased_rows_is_refused(
     plain = f"host={server.root} user=fpmatch_plain dbname=postgres"
     with pytest.raises(ErasureSettingsError, match="pg_checkpoint") as caught:
         Store.open(tmp_path / "plain", SERVICE_KEY, profile=profile, database=plain)
-    assert "pg_switch_wal" in str(caught.value)
+    assert "pg_switch_wal" in str(caught.value) and "pg_read_all_stats" in str(caught.value)
     shared = open_store(tmp_path / "shared", profile=profile)  # made by the server's superuser
     shared.close()
     schema = database_for(tmp_path / "shared").rpartition("search_path=")[2]
     with admin(server) as conn:
-        conn.execute("GRANT pg_checkpoint TO fpmatch_plain")
+        conn.execute("GRANT pg_checkpoint, pg_read_all_stats TO fpmatch_plain")
         conn.execute("GRANT EXECUTE ON FUNCTION pg_switch_wal() TO fpmatch_plain")
         conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO fpmatch_plain")
         conn.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO fpmatch_plain")

@@ -25,6 +25,11 @@ machine, run by the same user or root), scrub also searches the tables' files
 and the WAL for every erased piece and raises
 :class:`~fpmatch.errors.ErasureError` if one is left.
 
+VACUUM FULL keeps a deleted row while a snapshot older than its deletion exists
+(another node's read, autovacuum's ANALYZE), so scrub first waits for such
+transactions of the database to end (seeing them needs ``pg_read_all_stats``),
+and raises ErasureError, leaving the erasure pending, if they outlast the wait.
+
 Each erasing transaction counts itself in the setting ``erasures_pending``,
 and scrub takes off what it made final, so erasures that a crashed process
 committed but never scrubbed are made final by the next open.
@@ -33,6 +38,7 @@ committed but never scrubbed are made final by the next open.
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -61,6 +67,16 @@ _TEMPLATE_TABLES = ("subjects", "he_rows")
 _SEARCHED_TABLES = (*_TEMPLATE_TABLES, "pg_catalog.pg_statistic")
 #: Of each erased string, the first bytes searched for (a copy of any of them is a copy).
 _SEARCHED_BYTES = 8192
+#: How long a scrub waits for transactions older than an erasure to end.
+SNAPSHOT_WAIT_SECONDS = 30.0
+#: Server processes of this database holding a snapshot or an xid older than the xid8 given
+#: (xids compared by age, so across wraparound); plain VACUUM workers hold no rows back.
+_OLDER_SNAPSHOTS = """
+SELECT pid FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid()
+  AND NOT (backend_type = 'autovacuum worker' AND query LIKE 'autovacuum: VACUUM%%' AND query NOT LIKE '%%ANALYZE%%')
+  AND greatest(age(backend_xmin), age(backend_xid)) > age(((%s::numeric) %% 4294967296)::text::xid)
+"""
 #: Column names, in the order rows are written, and each table's key.
 _COLUMNS = {
     "meta": ("name", "value", "tag"),
@@ -162,7 +178,10 @@ class PostgresDatabase:
                     settings, store_id = initialise(db, key, profile, create=not found)
                 db.data_directory = _readable_data_directory(db.conn)
                 if db._pending():  # erasures a crashed process committed but never made final
-                    db.scrub([])
+                    try:
+                        db.scrub([])
+                    except ErasureError:
+                        pass  # older transactions still run: they stay pending, for the next scrub
         except BaseException:
             db.close()
             raise
@@ -313,6 +332,7 @@ class PostgresDatabase:
         pending = self._pending()
         if not erased and not pending:
             return True
+        self._wait_for_older_snapshots()
         for table in _TEMPLATE_TABLES:
             self.conn.execute(f"VACUUM FULL {table}")  # needs autocommit: never inside a transaction
         self.conn.execute("SELECT pg_switch_wal()")
@@ -330,6 +350,26 @@ class PostgresDatabase:
                     f"an erased code or ciphertext is still in {left} of {self.name} after VACUUM FULL and CHECKPOINT"
                 )
         return True
+
+    def _wait_for_older_snapshots(self) -> None:
+        """Wait until no transaction of this database can still see a row erased so far.
+
+        VACUUM FULL copies a deleted row into the new files while any snapshot older than
+        its deletion exists (that transaction could still read it): another node's read, or
+        autovacuum's ANALYZE. Plain VACUUM workers are left out (they read no rows)."""
+        horizon = self.conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text").fetchone()[0]
+        deadline = time.monotonic() + SNAPSHOT_WAIT_SECONDS
+        while True:
+            older = [pid for (pid,) in self.conn.execute(_OLDER_SNAPSHOTS, (horizon,)).fetchall()]
+            if not older:
+                return
+            if time.monotonic() > deadline:
+                raise ErasureError(
+                    f"{self.name}: transactions older than the erasure still run (server processes "
+                    f"{', '.join(map(str, older))}), and the server keeps the erased rows for them: the erasure is "
+                    "committed and is made final by the next scrub or open once they end"
+                )
+            time.sleep(0.05)
 
     def _copies_left(self, erased: list[bytes]) -> str | None:
         """The first file of the template tables (heap and TOAST, every segment), of pg_statistic or
@@ -407,9 +447,10 @@ def _erasure_problems(conn: "psycopg.Connection[Any]") -> list[str]:
     slots = conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0]
     if slots:
         problems.append(f"{slots} replication slot(s) keep WAL segments: drop them")
-    superuser, checkpoint, switch = conn.execute(
+    superuser, checkpoint, stats, switch = conn.execute(
         "SELECT r.rolsuper, "
         "EXISTS (SELECT 1 FROM pg_roles g WHERE g.rolname = 'pg_checkpoint' AND pg_has_role(current_user, g.oid, 'MEMBER')), "
+        "pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER'), "
         "has_function_privilege('pg_switch_wal()', 'EXECUTE') "
         "FROM pg_roles r WHERE r.rolname = current_user"
     ).fetchone()
@@ -417,6 +458,10 @@ def _erasure_problems(conn: "psycopg.Connection[Any]") -> list[str]:
         problems.append("the store's role may not run CHECKPOINT: GRANT pg_checkpoint TO it")
     if not switch:
         problems.append("the store's role may not run pg_switch_wal(): GRANT EXECUTE ON FUNCTION pg_switch_wal() TO it")
+    if not (superuser or stats):
+        problems.append(
+            "the store's role cannot see other sessions' snapshots, which keep erased rows: GRANT pg_read_all_stats TO it"
+        )
     return problems
 
 
