@@ -18,8 +18,9 @@ runs a CHECKPOINT, which removes every segment before it. A removed segment
 is gone only when the server does not recycle it under a new name
 (``wal_recycle = off``) and nothing keeps it (no archiving, no replication
 slot, ``wal_keep_size = 0``); :meth:`PostgresDatabase.open` checks that, and
-that the store's role may run CHECKPOINT and ``pg_switch_wal()``, and refuses
-the server otherwise (:class:`~fpmatch.errors.ErasureSettingsError`). When the
+that the store's role owns the tables, may run CHECKPOINT and ``pg_switch_wal()``
+and may see other sessions (``pg_read_all_stats``), and refuses the server
+otherwise (:class:`~fpmatch.errors.ErasureSettingsError`). When the
 server's data directory is readable from this process (a server on the same
 machine, run by the same user or root), scrub also searches the tables' files
 and the WAL for every erased piece and raises
