@@ -2,16 +2,21 @@
 
 Service tests run once per scheme: the ``scheme`` fixture (conftest.py) sets
 :data:`SCHEME`, and :func:`open_service` returns a :class:`Deployment` (a real
-capture edge beside a real service) for it.
+capture edge beside a real service) for it. Store tests also run once per
+backend: the ``backend`` fixture sets :data:`SERVER` (None for SQLite), and
+every store directory then gets a PostgreSQL schema of its own
+(:func:`database_for`).
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import zlib
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from fpmatch import CaptureEdge, HashKey, MatchingService, PinVerifier, ServiceKey
@@ -22,6 +27,8 @@ KEY = HashKey(bytes(range(32)))  # the capture edge's transform key
 SERVICE_KEY = ServiceKey(bytes(range(100, 132)))
 SCHEMES = ("hash", "he", "hybrid")
 SCHEME = "hash"  # set per test by the ``scheme`` fixture
+SERVER: Any = None  # the PostgreSQL server under test (postgres_support.PostgresServer), set by ``backend``
+_DATABASES: dict[Path, str] = {}  # store directory -> its PostgreSQL schema
 #: Limits no test reaches; the key holder's own limits are tested in test_he_keyholder.py.
 OPEN_LIMITS = RateLimit(requests_per_second=1e9, burst=10**9, max_decisions=64)
 _KEYHOLDER: list[KeyHolder] = []
@@ -129,10 +136,65 @@ def decider_options(scheme: str | None = None) -> dict[str, Any]:
     return {"keyholder": keyholder()} if (SCHEME if scheme is None else scheme) in ("he", "hybrid") else {}
 
 
+def database_for(directory: Path) -> str | None:
+    """The PostgreSQL connection string of the store kept for ``directory`` (a schema of its own,
+    made at first use); None on the SQLite backend."""
+    if SERVER is None:
+        return None
+    where = Path(directory).resolve()
+    if where not in _DATABASES:
+        _DATABASES[where] = SERVER.conninfo()
+    return _DATABASES[where]
+
+
+def store_options(directory: Path) -> dict[str, Any]:
+    """What MatchingService.open and Store.open need beside the directory on the backend under test."""
+    database = database_for(directory)
+    return {} if database is None else {"database": database}
+
+
+def open_store(directory: Path, key: ServiceKey = SERVICE_KEY, **kwargs: Any) -> Any:
+    from fpmatch.store import Store
+
+    return Store.open(directory, key, **store_options(directory), **kwargs)
+
+
+class _Raw:
+    """Statements with ``?`` placeholders on either backend, outside fpmatch (to damage a store)."""
+
+    def __init__(self, execute: Any) -> None:
+        self._execute = execute
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        return self._execute(sql, tuple(args))
+
+
+@contextmanager
+def raw(directory: Path) -> Iterator[_Raw]:
+    """A connection to the closed store of ``directory``, committed when the block ends."""
+    from fpmatch.store import DATABASE
+
+    database = database_for(directory)
+    if database is None:
+        db = sqlite3.connect(directory / DATABASE)
+        try:
+            with db:
+                yield _Raw(db.execute)
+        finally:
+            db.close()
+        return
+    import psycopg
+
+    with psycopg.connect(database) as conn:  # commits when the block ends
+        yield _Raw(lambda sql, args: conn.execute(sql.replace("?", "%s"), args))
+
+
 def open_service(
     directory: Path, clock: ManualClock, scheme: str | None = None, key: ServiceKey = SERVICE_KEY, **kwargs: Any
 ) -> Deployment:
     capture = edge(scheme)
+    for name, value in store_options(directory).items():
+        kwargs.setdefault(name, value)
     kwargs.setdefault("alternative", PinVerifier(cost=2**10, clock=clock))
     if capture.profile.encrypted:
         kwargs.setdefault("keyholder", keyholder())
@@ -187,17 +249,9 @@ def protected_bytes(source: Any, subject: str) -> list[bytes]:
     """What the store holds of ``subject``'s template, read from its database: the code and
     (encrypted schemes) the coefficients of c0 that encrypt the template (he: the subject's
     column; hybrid: its window of a packed row). ``source`` is a
-    store directory, or an open service (it owns its database exclusively)."""
-    import sqlite3
-
-    from fpmatch.store import DATABASE
-
-    if isinstance(source, Path):
-        db = sqlite3.connect(source / DATABASE)
-        query, close = db.execute, db.close
-    else:
-        query, close = source.store._connection().execute, (lambda: None)
-    try:
+    store directory, or an open service (a SQLite one owns its database exclusively)."""
+    with raw(source) if isinstance(source, Path) else source.store._reading() as db:
+        query = db.execute
         code, slot, sealed = query("SELECT code, slot, sealed FROM subjects WHERE subject = ?", (subject,)).fetchone()
         held = [bytes(part) for part in (code, sealed) if part is not None]
         if slot is not None and sealed is None:
@@ -206,8 +260,6 @@ def protected_bytes(source: Any, subject: str) -> list[bytes]:
             position = slot % _group()
             width = DIM * 6  # values are stored in 6 bytes (fpmatch.he._packing)
             held.append(c0[position * width : (position + 1) * width])
-    finally:
-        close()
     return held
 
 

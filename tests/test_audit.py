@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import sqlite3
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -16,8 +15,7 @@ import numpy as np
 import pytest
 from fpmatch import AuditEntry, AuditHead, AuditTamperedError, ConsentRequiredError, InvalidInputError
 from fpmatch.audit import AuditEvent, dumps_jsonl, export_jsonl, head_mac, make_entry, read_jsonl, verify_chain
-from fpmatch.store import DATABASE
-from service_support import KEY, ManualClock, calibrate, enrol_people, grant, open_service, sample, stranger
+from service_support import KEY, ManualClock, calibrate, enrol_people, grant, open_service, raw, sample, stranger
 
 pytestmark = pytest.mark.usefixtures("scheme")  # every test runs for every scheme
 
@@ -187,8 +185,8 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def store_dir(tmp_path: Path, clock: ManualClock) -> Iterator[Path]:
-    """A closed store with a full lifecycle in its log."""
+def store_dir(tmp_path: Path, clock: ManualClock, backend: str) -> Iterator[Path]:
+    """A closed store with a full lifecycle in its log (on each store backend)."""
     directory = tmp_path / "store"
     with open_service(directory, clock) as svc:
         enrol_people(svc, [f"p{i}" for i in range(12)])
@@ -242,11 +240,9 @@ def test_export_verifies_offline_with_the_head(store_dir: Path, clock: ManualClo
 
 
 def tamper(store_dir: Path, *statements: str) -> None:
-    db = sqlite3.connect(store_dir / DATABASE)
-    with db:
+    with raw(store_dir) as db:
         for statement in statements:
             db.execute(statement)
-    db.close()
 
 
 def verify_after(store_dir: Path, clock: ManualClock) -> tuple[str | None, int | None]:
@@ -306,6 +302,7 @@ def test_a_removed_or_forged_head_is_never_re_signed(store_dir: Path, clock: Man
         report.raise_if_broken()
 
 
+@pytest.mark.usefixtures("backend")
 def test_concurrent_match_requests_share_audit_commits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Group commit: appends arriving together take one transaction (one fsync), none is lost."""
     from fpmatch.store import Store

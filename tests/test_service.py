@@ -9,6 +9,7 @@ import json
 import random
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fpmatch import (
@@ -43,6 +44,7 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
+@pytest.mark.usefixtures("backend")
 def test_lifecycle_grant_enrol_match_withdraw_reconsent(tmp_path: Path, clock: ManualClock) -> None:
     with open_service(tmp_path / "store", clock) as svc:
         enrol_people(svc, [f"p{i}" for i in range(10)])
@@ -90,6 +92,7 @@ def test_input_checks(tmp_path: Path, clock: ManualClock) -> None:
         assert "c" not in svc
 
 
+@pytest.mark.usefixtures("backend")
 def test_threshold_is_persisted_and_calibrated_lazily(tmp_path: Path, clock: ManualClock) -> None:
     directory = tmp_path / "store"
     with open_service(directory, clock) as svc:
@@ -130,6 +133,7 @@ def test_withdrawing_one_of_two_consents_keeps_the_template(tmp_path: Path, cloc
         assert "sam" not in svc and svc.verify("sam", sample("sam", 1), "entry") is USE_ALTERNATIVE
 
 
+@pytest.mark.usefixtures("backend")
 def test_expired_subjects_are_purged_when_the_service_reopens(tmp_path: Path, clock: ManualClock) -> None:
     directory = tmp_path / "store"
     with open_service(directory, clock) as svc:
@@ -262,6 +266,7 @@ def test_open_refuses_unknown_index(tmp_path: Path, clock: ManualClock) -> None:
     assert not (tmp_path / "store").exists()
 
 
+@pytest.mark.usefixtures("backend")
 def test_withdrawn_slots_are_reused_after_a_restart(tmp_path: Path, clock: ManualClock) -> None:
     """Packed slots freed by withdrawal take new templates (the key holder reclaims them), and
     nothing of the withdrawn templates survives the reuse."""
@@ -272,18 +277,14 @@ def test_withdrawn_slots_are_reused_after_a_restart(tmp_path: Path, clock: Manua
         enrol_people(svc, [f"p{i}" for i in range(8)])
         calibrate(svc)
         leaving = ["p1", "p4", "p6"]
-        freed = sorted(svc.store._connection().execute(
-            f"SELECT slot FROM subjects WHERE subject IN ({','.join('?' * len(leaving))})", leaving
-        ).fetchall())
+        freed = slots_of(svc, leaving)
         held = [piece for name in leaving for part in protected_bytes(svc, name) for piece in windows(part)]
         for name in leaving:
             assert svc.withdraw(name)
     with open_service(directory, clock) as svc:  # he: a restored block's empty columns are unknown too
         newcomers = ["n0", "n1", "n2"]
         enrol_people(svc, newcomers)
-        reused = sorted(svc.store._connection().execute(
-            f"SELECT slot FROM subjects WHERE subject IN ({','.join('?' * 3)})", newcomers
-        ).fetchall())
+        reused = slots_of(svc, newcomers)
         assert reused == freed
         for name in newcomers + ["p0", "p2", "p7"]:
             assert svc.verify(name, sample(name, 1), "entry") is MATCH
@@ -293,5 +294,11 @@ def test_withdrawn_slots_are_reused_after_a_restart(tmp_path: Path, clock: Manua
     with open_service(directory, clock) as svc:  # and the reclaimed blocks or rows were stored whole
         assert svc.check_integrity().ok
         assert svc.verify("n2", sample("n2", 3), "entry") is MATCH
-    contents = [path.read_bytes() for path in directory.rglob("*") if path.is_file()]
+    contents = [path.read_bytes() for path in directory.rglob("*") if path.is_file()]  # SQLite: the database too
     assert not [piece for piece in held if any(piece in data for data in contents)]
+
+
+def slots_of(svc: Any, subjects: list[str]) -> list[tuple[int]]:
+    with svc.store._reading() as db:
+        marks = ",".join("?" * len(subjects))
+        return sorted(tuple(row) for row in db.execute(f"SELECT slot FROM subjects WHERE subject IN ({marks})", subjects).fetchall())

@@ -1,4 +1,4 @@
-"""The SQLite store: layout and settings, one transaction per operation, the
+"""The store, on both backends: layout and settings, one transaction per operation, the
 authenticated index cache (rebuilt when missing, stale, tampered or of another
 kind), erasure that leaves no byte of a withdrawn code in any file, and probes
 that are never written."""
@@ -31,8 +31,9 @@ from fpmatch import (
     VerificationOutcome,
     load_index,
 )
-from fpmatch import store as store_module
-from fpmatch.store import DATABASE, INDEX_CACHE, Store, Transaction
+from fpmatch import store_scan, store_sqlite
+from fpmatch.store import DATABASE, INDEX_CACHE, Transaction
+from fpmatch.store_sqlite import SqliteDatabase
 import service_support
 from service_support import (
     DIM,
@@ -46,13 +47,16 @@ from service_support import (
     files_containing,
     grant,
     open_service,
+    open_store,
+    raw,
+    store_options,
     protected_bytes,
     sample,
     stranger,
     windows,
 )
 
-pytestmark = pytest.mark.usefixtures("scheme")  # every test runs for every scheme
+pytestmark = pytest.mark.usefixtures("scheme", "backend")  # every test runs for every scheme and backend
 
 MATCH = VerificationOutcome.MATCH
 NAMES = [f"p{i:03d}" for i in range(24)]
@@ -81,6 +85,7 @@ def found_anywhere(directory: Path, needles: list[bytes]) -> list[bytes]:
 # --------------------------------------------------------------------------- layout and settings
 
 
+@pytest.mark.sqlite_only
 def test_layout_pragmas_and_permissions(directory: Path, clock: ManualClock) -> None:
     files = [DATABASE] + ([INDEX_CACHE] if edge().profile.hashed else [])  # he keeps no code index
     assert sorted(os.listdir(directory)) == sorted(files)
@@ -105,17 +110,18 @@ def test_keys_never_live_in_the_store(tmp_path: Path) -> None:
     (tmp_path / "store").mkdir()
     profile = edge().profile
     inside = ServiceKey.load(ServiceKey.generate().save(tmp_path / "store" / "service.key"))
+    options = {**decider_options(), **store_options(tmp_path / "store")}
     with pytest.raises(KeyFileError):
-        MatchingService.open(tmp_path / "store", inside, edge=profile, **decider_options())
+        MatchingService.open(tmp_path / "store", inside, edge=profile, **options)
     outside = ServiceKey.load(ServiceKey.generate().save(tmp_path / "service.key"))
-    MatchingService.open(tmp_path / "store", outside, edge=profile, **decider_options()).close()
+    MatchingService.open(tmp_path / "store", outside, edge=profile, **options).close()
     assert files_containing(tmp_path / "store", outside.secret) == []
     assert files_containing(tmp_path / "store", KEY.secret) == []
 
 
 def test_the_service_refuses_the_transform_key_and_foreign_messages(directory: Path, clock: ManualClock) -> None:
     with pytest.raises(KeyMismatchError, match="transform key"):
-        MatchingService.open(directory, KEY, **decider_options())  # type: ignore[arg-type]
+        MatchingService.open(directory, KEY, **decider_options(), **store_options(directory))  # type: ignore[arg-type]
     with pytest.raises(KeyFileError, match="hash key"):
         ServiceKey.load(HashKey.generate().save(directory.parent / "edge.key"))
     other_key = edge(key=HashKey(bytes(range(1, 33))))
@@ -140,31 +146,33 @@ def test_the_service_refuses_the_transform_key_and_foreign_messages(directory: P
 
 
 def test_settings_are_fixed_at_creation(directory: Path, tmp_path: Path) -> None:
-    options = decider_options()
+    options = {**decider_options(), **store_options(directory)}
     with pytest.raises(KeyMismatchError):
         MatchingService.open(directory, ServiceKey(bytes(32)), **options)
     for other in (edge(dim=DIM + 1), edge(key=HashKey(bytes(32))), edge("hash" if service_support.SCHEME != "hash" else "hybrid")):
         with pytest.raises(KeyMismatchError):
-            MatchingService.open(directory, SERVICE_KEY, edge=other.profile, **decider_options(other.scheme))
+            MatchingService.open(directory, SERVICE_KEY, edge=other.profile, **decider_options(other.scheme), **store_options(directory))
     with pytest.raises(KeyMismatchError):
         MatchingService.open(directory, SERVICE_KEY, scheme="hash" if edge().scheme != "hash" else "he", **options)
     with pytest.raises(InvalidInputError, match="profile"):
-        MatchingService.open(tmp_path / "new", SERVICE_KEY, **options)
+        MatchingService.open(tmp_path / "new", SERVICE_KEY, **decider_options(), **store_options(tmp_path / "new"))
+    with pytest.raises(InvalidInputError):
+        MatchingService.open(directory, SERVICE_KEY, index="lsh", **options)
+    with raw(directory) as db:
+        db.execute("DELETE FROM meta")
+    with pytest.raises(StoreFormatError, match="no store settings"):
+        MatchingService.open(directory, SERVICE_KEY, edge=edge().profile, **options)
+
+
+@pytest.mark.sqlite_only
+def test_a_file_that_is_no_database_is_refused(tmp_path: Path) -> None:
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / DATABASE).write_bytes(b"not a database at all" * 100)
     with pytest.raises(StoreFormatError):
-        MatchingService.open(tmp_path / "junk", SERVICE_KEY, edge=edge().profile, **options)
-    with pytest.raises(InvalidInputError):
-        MatchingService.open(directory, SERVICE_KEY, index="lsh", **options)
-    shutil.copytree(directory, tmp_path / "headless")
-    db = sqlite3.connect(tmp_path / "headless" / DATABASE)
-    with db:
-        db.execute("DELETE FROM meta")
-    db.close()
-    with pytest.raises(StoreFormatError, match="no store settings"):
-        MatchingService.open(tmp_path / "headless", SERVICE_KEY, edge=edge().profile, **options)
+        MatchingService.open(tmp_path / "junk", SERVICE_KEY, edge=edge().profile, **decider_options())
 
 
+@pytest.mark.sqlite_only
 def test_a_damaged_database_is_refused_never_recreated_empty(directory: Path, tmp_path: Path) -> None:
     options = decider_options()
     truncated = tmp_path / "truncated"
@@ -195,15 +203,16 @@ def test_a_refused_profile_leaves_the_directory_as_it_was(tmp_path: Path, bad: d
     good = edge().profile
     with pytest.raises(InvalidInputError, match="invalid edge profile"):
         profile = dataclasses.replace(good, **bad)
-        MatchingService.open(tmp_path / "new", SERVICE_KEY, edge=profile, **decider_options())
-    MatchingService.open(tmp_path / "new", SERVICE_KEY, edge=good, **decider_options()).close()
+        MatchingService.open(tmp_path / "new", SERVICE_KEY, edge=profile, **decider_options(), **store_options(tmp_path / "new"))
+    MatchingService.open(tmp_path / "new", SERVICE_KEY, edge=good, **decider_options(), **store_options(tmp_path / "new")).close()
 
 
+@pytest.mark.sqlite_only
 def test_a_store_whose_creation_fails_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(store_module.os, "replace", refuse)
+    monkeypatch.setattr(store_sqlite.os, "replace", refuse)
     with pytest.raises(OSError):
         MatchingService.open(tmp_path / "new", SERVICE_KEY, edge=edge().profile, **decider_options())
     assert os.listdir(tmp_path / "new") == []
@@ -211,6 +220,7 @@ def test_a_store_whose_creation_fails_leaves_nothing_behind(tmp_path: Path, monk
     MatchingService.open(tmp_path / "new", SERVICE_KEY, edge=edge().profile, **decider_options()).close()
 
 
+@pytest.mark.sqlite_only
 def test_one_process_owns_a_store_and_closed_means_closed(directory: Path, clock: ManualClock) -> None:
     svc = open_service(directory, clock)
     with pytest.raises(StoreLockedError):
@@ -345,7 +355,7 @@ def test_stale_cache_never_resurrects_a_withdrawn_subject(directory: Path, tmp_p
         assert victim not in svc and "newcomer" in svc and svc.check_integrity().ok
         assert svc.verify(victim, sample(victim, 1), "entry") is VerificationOutcome.USE_ALTERNATIVE
     # A cache stamped with the current generation but holding other ids is refused too.
-    store = Store.open(directory, SERVICE_KEY)
+    store = open_store(directory)
     store.write_index_cache(old_index, store.generation)
     store.close()
     with open_service(directory, clock) as svc:
@@ -365,6 +375,7 @@ def test_index_kind_can_change_between_opens(directory: Path, clock: ManualClock
 # --------------------------------------------------------------------------- erasure
 
 
+@pytest.mark.sqlite_only
 def test_withdrawn_and_expired_codes_leave_no_bytes_in_any_file(tmp_path: Path, clock: ManualClock) -> None:
     directory = tmp_path / "store"
     names = [f"s{i:03d}" for i in range(150)]
@@ -423,8 +434,8 @@ def assert_held(directory: Path, parts: list[bytes], hashed: bool) -> None:
 def count_rebuilds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """A list that grows by one each time the store rebuilds its database."""
     rebuilds: list[int] = []
-    real_rebuild = store_module._rebuild
-    monkeypatch.setattr(store_module, "_rebuild", lambda conn: (rebuilds.append(1), real_rebuild(conn)))
+    real_rebuild = store_sqlite._rebuild
+    monkeypatch.setattr(store_sqlite, "_rebuild", lambda conn: (rebuilds.append(1), real_rebuild(conn)))
     return rebuilds
 
 
@@ -463,11 +474,12 @@ def _withdraw_with_a_stale_copy(directory: Path, clock: ManualClock) -> tuple[Pa
     return directory, code
 
 
+@pytest.mark.sqlite_only
 def test_erased_codes_are_searched_for_and_stale_copies_rebuilt_away(
     tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with monkeypatch.context() as patched:  # without the search, the copy outlives the erasure
-        patched.setattr(Store, "_copies_left", lambda self, codes: False)
+        patched.setattr(SqliteDatabase, "copies_left", lambda self, codes: False)
         directory, code = _withdraw_with_a_stale_copy(tmp_path / "unchecked", clock)
     assert found_anywhere(directory, [code[32:48]]) == [code[32:48]]
 
@@ -479,15 +491,16 @@ def test_erased_codes_are_searched_for_and_stale_copies_rebuilt_away(
         assert svc.check_integrity().ok and sorted(svc.enrolled()) == sorted(set(NAMES) - {NAMES[5]})
 
 
+@pytest.mark.sqlite_only
 def test_a_large_batch_of_erasures_is_rebuilt_at_once(
     tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     directory = tmp_path / "store"
-    names = [f"b{i:03d}" for i in range(store_module._SEARCHED_ERASURES + 6)]
+    names = [f"b{i:03d}" for i in range(store_sqlite._SEARCHED_ERASURES + 6)]
     rebuilds = count_rebuilds(monkeypatch)
     searches = []
-    real_search = Store._copies_left
-    monkeypatch.setattr(Store, "_copies_left", lambda self, codes: (searches.append(1), real_search(self, codes))[1])
+    real_search = SqliteDatabase.copies_left
+    monkeypatch.setattr(SqliteDatabase, "copies_left", lambda self, codes: (searches.append(1), real_search(self, codes))[1])
     with open_service(directory, clock) as svc:
         enrol_people(svc, names[:3])
         enrol_people(svc, names[3:], days=30)
@@ -499,6 +512,7 @@ def test_a_large_batch_of_erasures_is_rebuilt_at_once(
         assert all(files_containing(directory, part) == [] for part in held[name]), name
 
 
+@pytest.mark.sqlite_only
 def test_a_store_left_by_a_crash_is_rebuilt_on_open(
     directory: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -512,10 +526,11 @@ def test_a_store_left_by_a_crash_is_rebuilt_on_open(
     assert not (directory / f"{DATABASE}-wal").exists()
 
 
+@pytest.mark.sqlite_only
 def test_a_copy_that_survives_the_rebuild_is_an_error(
     directory: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(Store, "_copies_left", lambda self, codes: True)
+    monkeypatch.setattr(SqliteDatabase, "copies_left", lambda self, codes: True)
     svc = open_service(directory, clock)
     with pytest.raises(ErasureError, match="still in"):
         svc.withdraw(NAMES[0])
@@ -545,10 +560,11 @@ def test_probes_are_never_written(directory: Path, clock: ManualClock) -> None:
     assert found_anywhere(directory, needles) == []
 
 
+@pytest.mark.sqlite_only
 def test_the_erasure_search_finds_a_piece_at_any_offset() -> None:
     rng = np.random.default_rng(8)
     pieces = {rng.bytes(16) for _ in range(300)}
-    finder = store_module._PieceFinder(pieces)
+    finder = store_scan.PieceFinder(pieces)
     noise = rng.bytes(100_000)
     assert not finder.found(noise) and not finder.found(b"") and not finder.found(noise[:15])
     piece = sorted(pieces)[7]

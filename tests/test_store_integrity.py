@@ -2,7 +2,8 @@
 under the service key, bound to its row and its store; each table has a census. A row or
 setting changed, moved, deleted or copied from another store is refused at open with an error
 that names it and says how to recover; the index cache is bound to its store; a damaged file
-or a damaged table is a typed error, never a raw sqlite3 one."""
+or a damaged table is a typed error, never a raw sqlite3 or psycopg one. Every test runs on both
+store backends but those about the SQLite file itself."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from pathlib import Path
 
 import pytest
 from fpmatch import MatchingService, StoreFormatError, StoreIntegrityError
-from fpmatch.store import DATABASE, INDEX_CACHE, Store
-from service_support import SERVICE_KEY, ManualClock, edge, enrol_people, open_service
+from fpmatch.store import DATABASE, INDEX_CACHE
+from service_support import SERVICE_KEY, ManualClock, edge, enrol_people, open_service, open_store, raw
+
+pytestmark = pytest.mark.usefixtures("backend")
 
 NAMES = ["ann", "bob", "cat", "dan"]
 
@@ -36,11 +39,9 @@ def hashed(tmp_path: Path, clock: ManualClock) -> Path:
 
 
 def change(directory: Path, *statements: tuple[str, tuple[object, ...]]) -> None:
-    db = sqlite3.connect(directory / DATABASE)
-    with db:
+    with raw(directory) as db:
         for statement, args in statements:
             db.execute(statement, args)
-    db.close()
 
 
 def refused(directory: Path, scheme: str, clock: ManualClock, *words: str) -> str:
@@ -54,13 +55,11 @@ def refused(directory: Path, scheme: str, clock: ManualClock, *words: str) -> st
 
 
 def flip_code_bit(directory: Path, subject: str) -> None:
-    db = sqlite3.connect(directory / DATABASE)
-    (code,) = db.execute("SELECT code FROM subjects WHERE subject = ?", (subject,)).fetchone()
-    damaged = bytearray(code)
-    damaged[3] ^= 0x10
-    with db:
+    with raw(directory) as db:
+        (code,) = db.execute("SELECT code FROM subjects WHERE subject = ?", (subject,)).fetchone()
+        damaged = bytearray(code)
+        damaged[3] ^= 0x10
         db.execute("UPDATE subjects SET code = ? WHERE subject = ?", (bytes(damaged), subject))
-    db.close()
 
 
 @pytest.mark.parametrize("without_cache", [False, True])
@@ -80,15 +79,13 @@ def test_a_changed_subject_name_is_refused_not_lost(hashed: Path, clock: ManualC
 
 
 def test_a_changed_dimension_in_the_settings_is_refused(hashed: Path, clock: ManualClock) -> None:
-    db = sqlite3.connect(hashed / DATABASE)
-    (value,) = db.execute("SELECT value FROM meta WHERE name = 'profile'").fetchone()
-    profile = json.loads(value)
-    profile["dim"] += 1
-    with db:
+    with raw(hashed) as db:
+        (value,) = db.execute("SELECT value FROM meta WHERE name = 'profile'").fetchone()
+        profile = json.loads(value)
+        profile["dim"] += 1
         db.execute("UPDATE meta SET value = ? WHERE name = 'profile'", (json.dumps(profile),))
-    db.close()
     with pytest.raises(StoreIntegrityError, match="'profile'"):
-        Store.open(hashed, SERVICE_KEY)
+        open_store(hashed)
 
 
 @pytest.mark.parametrize(
@@ -106,15 +103,14 @@ def test_deleted_rows_and_settings_are_refused(hashed: Path, clock: ManualClock,
 
 
 def test_rows_cannot_be_swapped_within_a_store(hashed: Path, clock: ManualClock) -> None:
-    db = sqlite3.connect(hashed / DATABASE)
-    rows = dict(db.execute("SELECT subject, code FROM subjects").fetchall())
-    with db:
+    with raw(hashed) as db:
+        rows = dict(db.execute("SELECT subject, code FROM subjects").fetchall())
         db.execute("UPDATE subjects SET code = ? WHERE subject = 'ann'", (rows["bob"],))
         db.execute("UPDATE subjects SET code = ? WHERE subject = 'bob'", (rows["ann"],))
-    db.close()
     refused(hashed, "hash", clock, "'ann'", "'bob'")
 
 
+@pytest.mark.sqlite_only
 def test_rows_and_caches_of_another_store_under_the_same_key_are_not_used(
     hashed: Path, tmp_path: Path, clock: ManualClock
 ) -> None:
@@ -141,31 +137,29 @@ def test_a_changed_consent_record_is_refused(hashed: Path, clock: ManualClock) -
 
 def test_a_changed_ciphertext_row_is_refused(tmp_path: Path, clock: ManualClock) -> None:
     store = make_store(tmp_path / "hybrid", clock, "hybrid")
-    db = sqlite3.connect(store / DATABASE)
-    (data,) = db.execute("SELECT data FROM he_rows WHERE row = 0").fetchone()
-    damaged = bytearray(data)
-    damaged[len(damaged) // 2] ^= 1
-    with db:
+    with raw(store) as db:
+        (data,) = db.execute("SELECT data FROM he_rows WHERE row = 0").fetchone()
+        damaged = bytearray(data)
+        damaged[len(damaged) // 2] ^= 1
         db.execute("UPDATE he_rows SET data = ? WHERE row = 0", (bytes(damaged),))
-    db.close()
     refused(store, "hybrid", clock, "ciphertext row 0")
 
 
 def test_earlier_formats_are_refused_with_a_way_forward(tmp_path: Path, hashed: Path) -> None:
     old = tmp_path / "old"
     old.mkdir()
-    db = sqlite3.connect(old / DATABASE)
-    with db:
+    with raw(old) as db:
         db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        db.executemany("INSERT INTO meta VALUES (?, ?)", [("format", "2"), ("key_id", json.dumps(SERVICE_KEY.key_id))])
-    db.close()
+        for name, value in [("format", "2"), ("key_id", json.dumps(SERVICE_KEY.key_id))]:
+            db.execute("INSERT INTO meta VALUES (?, ?)", (name, value))
     with pytest.raises(StoreFormatError, match="format 2.*enrol the subjects again"):
-        Store.open(old, SERVICE_KEY)
+        open_store(old)
     change(hashed, ("UPDATE meta SET value = '2' WHERE name = 'format'", ()))
     with pytest.raises(StoreFormatError, match="format 2"):
-        Store.open(hashed, SERVICE_KEY)
+        open_store(hashed)
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("where", ["header", "middle", "truncated"])
 def test_a_damaged_database_file_is_refused_at_open(hashed: Path, where: str) -> None:
     path = hashed / DATABASE
@@ -183,21 +177,22 @@ def test_a_damaged_database_file_is_refused_at_open(hashed: Path, where: str) ->
     assert "backup" in str(caught.value) or "not an fpmatch store" in str(caught.value)
 
 
-def test_damage_while_open_is_reported_by_check_integrity_and_typed(hashed: Path, clock: ManualClock) -> None:
+def test_damage_while_open_is_reported_by_check_integrity_and_typed(hashed: Path, clock: ManualClock, backend: str) -> None:
+    blob = "BLOB" if backend == "sqlite" else "BYTEA"
     with open_service(hashed, clock, "hash") as svc:
         assert svc.check_integrity().ok
-        conn = svc.store._connection()
-        conn.execute("UPDATE subjects SET code = zeroblob(length(code)) WHERE subject = 'ann'")
+        db = svc.store._database()  # the service's own connection (a SQLite store allows no other)
+        db.execute("UPDATE subjects SET code = ? WHERE subject = 'ann'", (bytes(32),))
         report = svc.check_integrity()
         assert not report.ok and any("'ann'" in problem for problem in report.problems)
         with pytest.raises(StoreIntegrityError, match="'ann'"):
             svc.store.templates()
-        conn.execute("DROP TABLE he_rows")
-        with pytest.raises(StoreIntegrityError, match="no such table"):
+        db.execute("DROP TABLE he_rows")
+        with pytest.raises(StoreIntegrityError, match="no such table|does not exist"):
             svc.store.rows()
         assert not svc.check_integrity().ok
-        conn.execute(
-            "CREATE TABLE he_rows (row INTEGER PRIMARY KEY, tag BLOB NOT NULL, data BLOB NOT NULL, "
+        db.execute(
+            f"CREATE TABLE he_rows (row INTEGER PRIMARY KEY, tag {blob} NOT NULL, data {blob} NOT NULL, "
             "used INTEGER NOT NULL, refreshes INTEGER NOT NULL)"
         )
     refused(hashed, "hash", clock, "'ann'")
@@ -216,7 +211,7 @@ def test_every_tagged_write_keeps_the_store_verifiable(tmp_path: Path, clock: Ma
 
 def test_a_store_of_sealed_ciphertexts_verifies(tmp_path: Path, clock: ManualClock) -> None:
     directory = make_store(tmp_path / "he", clock, "he")
-    store = Store.open(directory, SERVICE_KEY)
+    store = open_store(directory)
     try:
         assert store.verify() == [] and len(store.templates()) == len(NAMES) and store.rows()
     finally:

@@ -88,8 +88,19 @@ class StoreClosedError(FpmatchError, RuntimeError):
     """The store or service was used after close()."""
 
 
+class StoreUnavailableError(FpmatchError, ConnectionError):
+    """The store's database server cannot be reached, refused the connection, or the connection was
+    lost. Nothing was changed by the operation that raised it; it may be retried."""
+
+
 class ErasureError(FpmatchError, RuntimeError):
-    """An erased code still appears in the database file after it was rebuilt (VACUUM)."""
+    """An erased code or ciphertext still appears in the database's files after the store rewrote
+    them (SQLite: VACUUM; PostgreSQL: VACUUM FULL and retired WAL segments)."""
+
+
+class ErasureSettingsError(ErasureError):
+    """The database server's settings, or the store role's rights, would keep erased templates in its
+    files (recycled WAL segments, archives, replication slots): the store refuses to open there."""
 
 
 class TooManyAttemptsError(FpmatchError, PermissionError):

@@ -66,6 +66,7 @@ class MatchingService(ConsentOps, EnrolmentOps, MatchingOps, ErasureOps, Account
         alternative: AlternativeVerifier | None = None,
         purge_on_open: bool = True,
         max_face_failures: int | None = DEFAULT_FACE_FAILURES,
+        database: str | None = None,
         **gallery_options: Any,
     ) -> "MatchingService":
         """Open (or create: ``edge`` needed then) the store in ``directory``.
@@ -89,7 +90,9 @@ class MatchingService(ConsentOps, EnrolmentOps, MatchingOps, ErasureOps, Account
         subject passes the alternative method; None: no limit, only for tests and
         evaluation). Without
         ``alternative``, a :class:`PinVerifier` keeps PINs in ``alternative.sqlite``
-        in the directory, peppered with a key derived from ``key``.
+        in the directory, peppered with a key derived from ``key``. ``database``, a
+        PostgreSQL connection string, keeps the store there instead of in
+        ``store.sqlite`` in the directory (:meth:`Store.open`).
         """
         if isinstance(key, HashKey):
             raise KeyMismatchError(
@@ -100,7 +103,7 @@ class MatchingService(ConsentOps, EnrolmentOps, MatchingOps, ErasureOps, Account
             raise InvalidInputError(f"index must be one of {', '.join(INDEX_KINDS)}, got {index!r}")
         clock = system_clock if clock is None else clock
         attempts = FaceAttempts(max_face_failures)
-        store = Store.open(directory, key, profile=edge)
+        store = Store.open(directory, key, profile=edge, database=database)
         try:
             profile = store.settings.profile
             if scheme is not None and scheme != profile.scheme:
