@@ -192,7 +192,7 @@ class ServiceMachine(RuleBasedStateMachine):
         if clean:
             self.svc.close()
         else:  # a crash: the database connection dies with nothing flushed or checkpointed
-            self.svc.service.store._conn.close()  # type: ignore[union-attr]
+            self.svc.service.store._connection().close()
         self.svc = open_service(self.dir / "store", self.clock, max_face_failures=None)
         for name in list(self.enrolled):  # lapsed while down: purged at open
             if not self._active(name):
