@@ -156,3 +156,28 @@ def _wait_for(condition, timeout: float = 60.0) -> None:
     while not condition():
         assert time.monotonic() < end, "timed out"
         time.sleep(0.1)
+
+
+def test_a_sharded_service_on_a_postgresql_store(tmp_path: Path, postgres_server) -> None:
+    """PostgreSQL as the source of truth of a sharded service: the same answers as a single service,
+    a withdrawal erased from every replica and from every file of the server's data directory,
+    and a service reopened from the database alone (an empty directory) agrees."""
+    clock = ss.ManualClock()
+    names = [f"p{i}" for i in range(24)]
+    database = postgres_server.conninfo()
+    with open_sharded(tmp_path / "s", clock, "hybrid", shards=2, replicas=2, database=database) as sharded, open_single(
+        tmp_path / "single", clock, "hybrid"
+    ) as single:
+        populate([sharded, single], names)
+        probes = _probes(names[::4])
+        assert answers(sharded, probes) == answers(single, probes)
+        code = ss.protected_bytes(sharded.service, "p4")[0]
+        assert sharded.withdraw("p4") is True
+        assert all(m.subject != "p4" for m in sharded.identify(ss.sample("p4", 1), "entry"))
+        assert sharded.check_integrity().ok
+    assert ss.files_containing(postgres_server.data, code) == []
+    assert ss.files_containing(tmp_path / "s", code) == []
+    with open_sharded(tmp_path / "elsewhere", clock, "hybrid", replicas=1, database=database) as again:
+        assert again.service.shards == 2 and len(again) == 23 and "p4" not in again
+        assert again.identify(ss.sample("p8", 1), "entry")[0].subject == "p8"
+        assert again.audit_verify().ok
