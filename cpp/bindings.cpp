@@ -53,6 +53,8 @@ Rows<T> as_rows(const py::array& a, const char* what, size_t cols) {
     throw InvalidInput(std::string(what) + " must have " + std::to_string(cols) + " columns, got " +
                           std::to_string(a.shape(1)));
   if (a.shape(0) == 0) return {static_cast<const T*>(a.data()), 0, cols, cols};
+  if (reinterpret_cast<std::uintptr_t>(a.data()) % alignof(T) != 0)  // e.g. np.frombuffer at an odd offset
+    throw InvalidInput(std::string(what) + " must be aligned for its dtype; pass np.require(x, requirements='AC')");
   if (a.shape(0) > 1 && (a.strides(0) <= 0 || a.strides(0) % ssize_t(sizeof(T)) != 0))
     throw InvalidInput(std::string(what) + " rows must be laid out forwards in memory; pass np.ascontiguousarray(x)");
   if (cols > 1 && a.strides(1) != ssize_t(sizeof(T)))

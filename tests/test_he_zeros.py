@@ -127,3 +127,15 @@ def test_the_core_inverse_ntt_equals_seals(parties: tuple[PublicContext, SecretK
     ):
         with pytest.raises(InvalidInputError):
             call()
+
+
+def test_a_misaligned_array_is_refused_not_read(parties: tuple[PublicContext, SecretKeyAudit]) -> None:
+    from fpmatch import InvalidInputError, _core
+
+    ring = parties[0].ring
+    raw = np.zeros(8 * ring.n + 1, dtype=np.uint8)
+    misaligned = np.frombuffer(raw.data, dtype=np.int64, count=ring.n, offset=1).reshape(1, ring.n)
+    assert not misaligned.flags.aligned
+    with pytest.raises(InvalidInputError, match="aligned"):
+        _core.ntt_inverse(misaligned, ring.q, ring.psi)
+    assert np.array_equal(_core.ntt_inverse(misaligned.copy(), ring.q, ring.psi), np.zeros((1, ring.n), np.int64))

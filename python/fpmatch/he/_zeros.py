@@ -107,7 +107,8 @@ class CiphertextReader:
         values = np.frombuffer(body, dtype="<i8", offset=end)  # residues below q < 2**48: no sign to fix
         if values[0] != array.at(0) or values[-1] != array.at(2 * n - 1) or values[n] != array.at(n):
             raise CiphertextFormatError("SEAL's serialised ciphertext differs from the ciphertext")
-        return values.reshape(2, n)
+        # The array sits at SEAL's offset in the serialised bytes: aligned for int64 only by chance.
+        return np.require(values.reshape(2, n), requirements="AC")
 
     def close(self) -> None:
         if self._fd is not None:
