@@ -23,10 +23,23 @@ cp "$BUILD"/_core*.so "$BUILD/pkg/fpmatch/"
 
 runtimes="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libubsan.so)"
 # Leaks are not checked: the interpreter and numpy keep memory to the end by design.
-export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_init_order=1
-export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+# Reports go to files as well as stderr: pytest captures stderr, and an aborting process loses it.
+reports="$PWD/$BUILD/reports"
+rm -rf "$reports" && mkdir -p "$reports"
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_init_order=1:log_path=$reports/asan
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$reports/ubsan
+show_reports() {
+  if compgen -G "$reports/*" >/dev/null; then
+    echo "sanitizer reports:" >&2
+    head -c 20000 "$reports"/* >&2
+    return 1
+  fi
+}
 tests=${SANITIZE_TESTS:-tests/test_index.py tests/test_hashing_inputs.py tests/test_keys_and_derivation.py tests/test_gallery.py tests/test_fuzz_smoke.py tests/test_properties.py tests/test_bounds.py tests/test_he_kernel.py tests/test_he_blocks.py tests/test_stateful.py tests/test_stress.py tests/test_service.py}
 LD_PRELOAD="$runtimes" PYTHONPATH="$BUILD/pkg" "$PY" -c \
   "import fpmatch._core as c, sys; assert 'build/sanitize' in c.__file__, c.__file__; print('instrumented core:', c.__file__)"
 # shellcheck disable=SC2086
-LD_PRELOAD="$runtimes" PYTHONPATH="$BUILD/pkg" "$PY" -m pytest -q -p no:cacheprovider $tests "$@"
+status=0
+LD_PRELOAD="$runtimes" PYTHONPATH="$BUILD/pkg" "$PY" -m pytest -q -p no:cacheprovider $tests "$@" || status=$?
+show_reports || status=1
+exit $status
