@@ -163,7 +163,7 @@ def test_a_sharded_service_on_a_postgresql_store(tmp_path: Path, postgres_server
     a withdrawal erased from every replica and from every file of the server's data directory,
     and a service reopened from the database alone (an empty directory) agrees."""
     clock = ss.ManualClock()
-    names = [f"p{i}" for i in range(24)]
+    names = [f"pg-shard-{i}" for i in range(24)]  # templates of their own: the server holds other tests' stores
     database = postgres_server.conninfo()
     with open_sharded(tmp_path / "s", clock, "hybrid", shards=2, replicas=2, database=database) as sharded, open_single(
         tmp_path / "single", clock, "hybrid"
@@ -171,13 +171,13 @@ def test_a_sharded_service_on_a_postgresql_store(tmp_path: Path, postgres_server
         populate([sharded, single], names)
         probes = _probes(names[::4])
         assert answers(sharded, probes) == answers(single, probes)
-        code = ss.protected_bytes(sharded.service, "p4")[0]
-        assert sharded.withdraw("p4") is True
-        assert all(m.subject != "p4" for m in sharded.identify(ss.sample("p4", 1), "entry"))
+        code = ss.protected_bytes(sharded.service, "pg-shard-4")[0]
+        assert sharded.withdraw("pg-shard-4") is True
+        assert all(m.subject != "pg-shard-4" for m in sharded.identify(ss.sample("pg-shard-4", 1), "entry"))
         assert sharded.check_integrity().ok
     assert ss.files_containing(postgres_server.data, code) == []
     assert ss.files_containing(tmp_path / "s", code) == []
     with open_sharded(tmp_path / "elsewhere", clock, "hybrid", replicas=1, database=database) as again:
-        assert again.service.shards == 2 and len(again) == 23 and "p4" not in again
-        assert again.identify(ss.sample("p8", 1), "entry")[0].subject == "p8"
+        assert again.service.shards == 2 and len(again) == 23 and "pg-shard-4" not in again
+        assert again.identify(ss.sample("pg-shard-8", 1), "entry")[0].subject == "pg-shard-8"
         assert again.audit_verify().ok
