@@ -62,8 +62,11 @@ class PostgresServer:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-w", "-t", "60", "start")
 
     def _run(self, tool: str, *args: str) -> None:
+        # The server is not ours to instrument: under make sanitize the runtimes preloaded into the
+        # interpreter would be preloaded into initdb and postgres too.
+        env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
         result = subprocess.run(
-            [str(self.binaries / tool), *args], cwd=self.root, capture_output=True, text=True, **self._as
+            [str(self.binaries / tool), *args], cwd=self.root, capture_output=True, text=True, env=env, **self._as
         )
         if result.returncode != 0:
             raise RuntimeError(f"{tool} failed: {(result.stderr or result.stdout).strip()}")
