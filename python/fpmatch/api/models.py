@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ..edge import MAX_MESSAGE_BYTES
 
@@ -25,6 +25,15 @@ def _purpose() -> Any:
 
 def _message(kind: str) -> Any:
     return Field(max_length=MAX_MESSAGE_TEXT, description=f"base64 of {kind}.to_bytes() from the capture edge")
+
+
+def _is_base64(value: str) -> str:
+    decode_message(value)
+    return value
+
+
+#: A capture-edge message field: strict base64, checked when the body is read.
+Base64Text = Annotated[str, AfterValidator(_is_base64)]
 
 
 class Body(BaseModel):
@@ -56,37 +65,19 @@ class Withdrawal(Body):
 
 class Enrolment(Body):
     subject: str = _subject()
-    record: str = _message("EnrolmentRecord")
-
-    @field_validator("record")
-    @classmethod
-    def _record_is_base64(cls, value: str) -> str:
-        decode_message(value)
-        return value
+    record: Base64Text = _message("EnrolmentRecord")
 
 
 class Verification(Body):
     subject: str = _subject()
     purpose: str = _purpose()
-    probe: str = _message("ProbeMessage")
-
-    @field_validator("probe")
-    @classmethod
-    def _probe_is_base64(cls, value: str) -> str:
-        decode_message(value)
-        return value
+    probe: Base64Text = _message("ProbeMessage")
 
 
 class Identification(Body):
     purpose: str = _purpose()
-    probe: str = _message("ProbeMessage")
+    probe: Base64Text = _message("ProbeMessage")
     k: int = Field(default=5, ge=1, le=100)
-
-    @field_validator("probe")
-    @classmethod
-    def _probe_is_base64(cls, value: str) -> str:
-        decode_message(value)
-        return value
 
 
 class Outcome(BaseModel):
