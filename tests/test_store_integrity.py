@@ -102,6 +102,19 @@ def test_deleted_rows_and_settings_are_refused(hashed: Path, clock: ManualClock,
     refused(hashed, "hash", clock)
 
 
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "ALTER TABLE audit DROP COLUMN outcome",  # a row of the audit table no longer unpacks
+        "ALTER TABLE consents ADD COLUMN note TEXT",
+        "ALTER TABLE subjects RENAME COLUMN code TO codes",
+    ],
+)
+def test_tables_with_other_columns_are_refused_at_open(hashed: Path, clock: ManualClock, statement: str) -> None:
+    change(hashed, (statement, ()))
+    refused(hashed, "hash", clock, "columns")
+
+
 def test_rows_cannot_be_swapped_within_a_store(hashed: Path, clock: ManualClock) -> None:
     with raw(hashed) as db:
         rows = dict(db.execute("SELECT subject, code FROM subjects").fetchall())

@@ -81,11 +81,13 @@ WHERE datname = current_database() AND pid <> pg_backend_pid()
 #: Column names, in the order rows are written, and each table's key.
 _COLUMNS = {
     "meta": ("name", "value", "tag"),
+    "subjects": ("id", "tag", "subject", "code", "slot", "sealed", "enrolled_at"),
     "he_rows": ("row", "tag", "data", "used", "refreshes"),
     "consents": (
         "consent_id", "tag", "subject", "purposes", "granted_at", "expires_at",
         "notice_version", "evidence_ref", "method", "separate", "withdrawn_at",
     ),
+    "audit": ("seq", "time", "event", "subject", "purpose", "outcome", "detail", "prev_hash", "hash"),
 }
 #: SQLSTATEs that mean the data or the schema is not what fpmatch wrote.
 _DAMAGE_STATES = {"XX001", "XX002", "42P01", "42703", "22P02", "22021", "42804"}
@@ -187,6 +189,19 @@ class PostgresDatabase:
             db.close()
             raise
         return db, settings, store_id
+
+    def check_tables(self) -> None:
+        """Every table has the columns this version made, in order (the store reads whole rows)."""
+        for table, columns in _COLUMNS.items():
+            found = self.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = ? ORDER BY ordinal_position",
+                (table,),
+            ).fetchall()
+            if tuple(name for (name,) in found) != columns:
+                raise StoreIntegrityError(
+                    f"{self.name} is damaged: table {table} does not have the columns of an fpmatch store. {RECOVER}"
+                )
 
     def _owns_template_tables(self) -> bool:
         return bool(

@@ -44,6 +44,7 @@ class Statements(Protocol):
 
     def execute(self, sql: str, args: Sequence[Any] = ...) -> Rows: ...
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+    def check_tables(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ def initialise(db: Statements, key: ServiceKey, profile: EdgeProfile | None, *, 
         )
     if not create:
         check_format_and_key(meta, db.name, key)
+        db.check_tables()  # after the format check, which names a way forward for an earlier format
         store_id = verify_settings(db, key)
         return settings_of(meta, db.name, key, profile), store_id
     store_id = secrets.token_bytes(16)

@@ -17,6 +17,7 @@ time (SQLite then keeps its WAL index in private memory, so no ``-shm`` file).
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 from contextlib import contextmanager
@@ -211,6 +212,14 @@ class SqliteDatabase:
     def note_erasures(self) -> None:
         """Nothing to record: a crash leaves the WAL behind, and the next open rebuilds."""
 
+    def check_tables(self) -> None:
+        """Every table has the columns this version made (CREATE ... IF NOT EXISTS keeps an altered one)."""
+        for table, columns in _expected_columns().items():
+            if _columns(self.conn, table) != columns:
+                raise StoreIntegrityError(
+                    f"{self.path} is damaged: table {table} does not have the columns of an fpmatch store. {RECOVER}"
+                )
+
     def check_pages(self) -> None:
         """SQLite's own check of every page, so a damaged file is refused at open, not at a later read."""
         found = [str(row[0]) for row in self.conn.execute("PRAGMA quick_check(5)").fetchall()]
@@ -267,6 +276,22 @@ class SqliteDatabase:
                 if finder.found(b"".join(os.pread(f.fileno(), size, (page - 1) * size) for (page,) in batch)):
                     return True
         return False
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> list[tuple[Any, ...]]:
+    """Name, type, NOT NULL and key position of each column of ``table``, in order."""
+    return [tuple(row[1:3]) + (row[3], row[5]) for row in conn.execute(f"PRAGMA table_info({table})")]
+
+
+@functools.cache
+def _expected_columns() -> dict[str, list[tuple[Any, ...]]]:
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.executescript(_SCHEMA)
+        tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {t: _columns(conn, t) for t in tables if not t.startswith("sqlite_")}
+    finally:
+        conn.close()
 
 
 def _create(root: Path, path: Path, key: ServiceKey, profile: EdgeProfile | None) -> None:
