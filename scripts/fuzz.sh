@@ -3,11 +3,14 @@
 # coverage and, where clang can be had, on the native core's edges under ASan:
 #   FUZZ_SECONDS=300 bash scripts/fuzz.sh [TARGET ...]
 # Working corpora grow in build/fuzz/TARGET (seeded from fuzz/corpus); findings are
-# written to build/fuzz/findings/ and make the run fail.
+# written to build/fuzz/findings/ and make the run fail. FUZZ_SEED fixes the mutation
+# seed (CI uses one, so that a gate run repeats; exploratory runs leave it unset).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 SECONDS_EACH=${FUZZ_SECONDS:-120}
+seed_option=()
+[ -n "${FUZZ_SEED:-}" ] && seed_option=(-seed="$FUZZ_SEED")
 OUT=build/fuzz
 mkdir -p "$OUT/findings"
 # The instrumented core (clang, ASan, libFuzzer edges) when it can be built; see fuzz-native.sh.
@@ -26,7 +29,7 @@ for t in "${targets[@]}"; do
   existing=()
   for d in "${seeds[@]}"; do [ -d "$d" ] && existing+=("$d"); done
   "$PY" fuzz/run.py "$t" -max_total_time="$SECONDS_EACH" -rss_limit_mb=4096 -timeout=20 \
-    -artifact_prefix="$OUT/findings/$t-" -print_final_stats=1 "$OUT/$t" "${existing[@]}" 2>"$OUT/$t.log"
+    -artifact_prefix="$OUT/findings/$t-" -print_final_stats=1 "${seed_option[@]}" "$OUT/$t" "${existing[@]}" 2>"$OUT/$t.log"
   status=$?
   grep -E "^(stat::number_of_executed_units|stat::new_units_added|Done)" "$OUT/$t.log" || true
   if [ $status -ne 0 ]; then
