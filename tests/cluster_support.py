@@ -19,8 +19,9 @@ from fpmatch.cluster import ShardedMatchingService  # noqa: E402
 
 @pytest.fixture(scope="module")
 def ray_runtime() -> Iterator[Any]:
-    """A local Ray runtime on two CPUs, shut down after the module."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    """A new local Ray runtime on two CPUs, shut down after the module (never one already
+    running on the machine, which ``ray.init()`` would otherwise join)."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         yield ray
     finally:
