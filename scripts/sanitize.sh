@@ -26,7 +26,7 @@ runtimes="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libubsan.so)
 # Reports go to files as well as stderr: pytest captures stderr, and an aborting process loses it.
 reports="$PWD/$BUILD/reports"
 rm -rf "$reports" && mkdir -p "$reports"
-export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_init_order=1:log_path=$reports/asan
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_init_order=1:log_path=$reports/asan:suppressions=$PWD/scripts/asan.supp
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$reports/ubsan
 show_reports() {
   if compgen -G "$reports/*" >/dev/null; then
