@@ -26,7 +26,8 @@ from contextlib import AbstractContextManager
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import FpmatchError, ShardUnavailableError, StoreClosedError
-from .nodes import NAMESPACE, NodeChooser, log, replica_name
+from .nodes import NAMESPACE, NodeChooser, replica_name
+from .nodes import log as placement_log
 from .replica import ShardReplica, TemplateTuple
 
 #: Reads one shard's part of the store: (templates, rows in the shard's own order).
@@ -226,8 +227,9 @@ class ShardReplicas:
 
     def _get(self, ref: Any) -> Any:
         exceptions = self._ray.exceptions
+        # ActorUnschedulableError: the node a replica was pinned to left before it started.
         lost = (exceptions.RayActorError, exceptions.ActorUnavailableError, exceptions.GetTimeoutError,
-                exceptions.ActorUnschedulableError)  # fmt: skip  (the last: its node left before it started)
+                exceptions.ActorUnschedulableError)  # fmt: skip
         try:
             return self._ray.get(ref, timeout=self._timeout)
         except lost as exc:
@@ -266,7 +268,7 @@ class ShardReplicas:
         with self._lock:
             shared = sorted(self._shared)
         if shared:
-            log.warning(
+            placement_log.warning(
                 "the replicas of shard(s) %s share a node: the cluster has fewer live nodes than the %d "
                 "replicas per shard, so losing one node can leave a shard unavailable until it is rebuilt",
                 ", ".join(map(str, shared)), self.replicas,
