@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Collection, Mapping
+from typing import Any, Collection, Mapping, Sequence
 
 log = logging.getLogger("fpmatch.cluster")
 
@@ -39,6 +39,28 @@ def demand(options: Mapping[str, Any]) -> dict[str, float]:
     return {name: amount for name, amount in needed.items() if amount > 0}
 
 
+def able_nodes(nodes: Sequence[Mapping[str, Any]], needed: Mapping[str, float]) -> list[str]:
+    """Ids of the live nodes (entries of ``ray.nodes()``) whose resources cover ``needed``, in id order."""
+    return sorted(
+        node["NodeID"]
+        for node in nodes
+        if node.get("Alive") and all(node.get("Resources", {}).get(r, 0) >= a for r, a in needed.items())
+    )
+
+
+def choose(
+    nodes: Sequence[str], avoid: Collection[str], load: Mapping[str, int], suspect: Collection[str] = ()
+) -> tuple[str | None, bool]:
+    """(node, apart): the least-loaded of ``nodes`` (ties: lowest id) outside ``avoid`` (the nodes of
+    the shard's other replicas), outside ``suspect`` too when possible; ``apart`` is False when every
+    node is in ``avoid`` and the replica must share one. (None, False) when ``nodes`` is empty."""
+    apart = [n for n in nodes if n not in avoid]
+    pool = [n for n in apart if n not in suspect] or apart or list(nodes)
+    if not pool:
+        return None, False
+    return min(pool, key=lambda n: (load.get(n, 0), n)), bool(apart)
+
+
 class NodeChooser:
     """Picks the node of the next replica among the cluster's live nodes that can hold it."""
 
@@ -46,24 +68,9 @@ class NodeChooser:
         self._ray = ray
         self._demand = demand(options)
 
-    def live(self) -> list[str]:
-        """Ids of the live nodes with the resources a replica asks for, in id order."""
-        return sorted(
-            node["NodeID"]
-            for node in self._ray.nodes()
-            if node.get("Alive") and all(node.get("Resources", {}).get(r, 0) >= a for r, a in self._demand.items())
-        )
-
     def choose(self, avoid: Collection[str], load: Mapping[str, int], suspect: Collection[str] = ()) -> tuple[str | None, bool]:
-        """(node, apart): the least-loaded live node outside ``avoid`` (the nodes of the shard's other
-        replicas), outside ``suspect`` too when possible; ``apart`` is False when every live node is in
-        ``avoid`` and the replica must share one. (None, False) when no live node can hold it."""
-        nodes = self.live()
-        apart = [n for n in nodes if n not in avoid]
-        pool = [n for n in apart if n not in suspect] or apart or nodes
-        if not pool:
-            return None, False
-        return min(pool, key=lambda n: (load.get(n, 0), n)), bool(apart)
+        """:func:`choose` among the live nodes that have the resources a replica asks for."""
+        return choose(able_nodes(self._ray.nodes(), self._demand), avoid, load, suspect)
 
     def strategy(self, node: str) -> Any:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
