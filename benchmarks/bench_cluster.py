@@ -31,18 +31,15 @@ import datetime as _dt
 import json
 import os
 import sys
-import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import numpy as np
-from _common import cpu_model, log
+from _common import consents, cpu_model, identify_throughput, log, parties, workload
 
 import fpmatch
-from fpmatch import CaptureEdge, ConsentRecord, HashKey, MatchingService, ServiceKey
-from fpmatch.synthetic import FaceGenerator
+from fpmatch import MatchingService, ServiceKey
 
 CHUNK = 5_000
 
@@ -80,42 +77,19 @@ def main(argv: list[str]) -> int:
 def run(args: argparse.Namespace, root: Path) -> dict:
     from fpmatch.cluster import ShardedMatchingService
 
-    faces = FaceGenerator("centred", args.seed)
-    dim = faces.profile.dim
-    log(f"generating {args.n} identities (centred, {dim}-D)")
-    people = faces.identities(args.n)
-    gallery = faces.samples(people)
-    queries = min(args.queries, args.n)
-    mated = faces.samples(people[:queries])
-    labelled_people = faces.identities(2000)
-    labelled = np.concatenate([faces.samples(labelled_people), faces.samples(labelled_people)])
-    labels = np.tile(np.arange(2000), 2)
-
-    holder = None
-    if args.scheme != "hash":
-        from fpmatch.he import KeyHolder, RateLimit
-
-        holder = KeyHolder(limits=RateLimit(requests_per_second=1e9, burst=10**9, max_decisions=64))
-    edge = CaptureEdge(
-        HashKey.generate(), dim, scheme=args.scheme, public_context=None if holder is None else holder.public_context()
-    )
+    data = workload("centred", args.seed, args.n, args.queries)
+    dim, names, queries = data.dim, data.names, data.queries
+    edge, options = parties(args.scheme, dim, args.index)
     key = ServiceKey.generate()
-    options: dict = {"index": args.index}
-    if holder is not None:
-        options["keyholder"] = holder
-    calibration = edge.calibration(labelled, labels, 1e-3)
-    names = [f"customer-{i:08d}" for i in range(args.n)]
-    records = [edge.enrolments(gallery[s : s + CHUNK]) for s in range(0, args.n, CHUNK)]
-    messages = [edge.probe(mated[q]) for q in range(queries)]
+    calibration = edge.calibration(data.labelled, data.labels, 1e-3)
+    records = [edge.enrolments(data.gallery[s : s + CHUNK]) for s in range(0, args.n, CHUNK)]
+    messages = [edge.probe(data.mated[q]) for q in range(queries)]
 
     def populate(service: MatchingService) -> float:
-        now = _dt.datetime.now(_dt.timezone.utc)
         started = time.perf_counter()
         for i, start in enumerate(range(0, args.n, CHUNK)):
             chunk = names[start : start + CHUNK]
-            service.grant_consents(
-                [ConsentRecord(name, frozenset({"entry"}), now, now + timedelta(days=365), "v1", f"form-{name}", "signed-form", True) for name in chunk]
-            )
+            service.grant_consents(consents(chunk))
             service.enrol_many(chunk, records[i])
         service.calibrate(calibration=calibration)
         return args.n / (time.perf_counter() - started)
@@ -142,7 +116,7 @@ def run(args: argparse.Namespace, root: Path) -> dict:
             open_s = time.perf_counter() - started
             try:
                 ms, top = _timed(service, messages)
-                qps = _throughput(service, messages, args.threads, args.seconds)
+                qps = identify_throughput(service, messages, args.threads, args.seconds)
                 recovery = _recovery(service)
             finally:
                 service.close()
@@ -194,30 +168,6 @@ def _timed(service: MatchingService, messages: list) -> tuple[list[float], list[
         ms.append((time.perf_counter_ns() - t0) / 1e6)
         top.append(found[0].subject if found else None)
     return ms, top
-
-
-def _throughput(service: MatchingService, messages: list, threads: int, seconds: float) -> float:
-    done = 0
-    lock = threading.Lock()
-    stop = time.perf_counter() + seconds
-
-    def caller(seed: int) -> None:
-        nonlocal done
-        rng = np.random.default_rng(seed)
-        count = 0
-        while time.perf_counter() < stop:
-            service.identify(messages[int(rng.integers(len(messages)))], "entry", k=1)
-            count += 1
-        with lock:
-            done += count
-
-    t0 = time.perf_counter()
-    workers = [threading.Thread(target=caller, args=(s,)) for s in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    return done / (time.perf_counter() - t0)
 
 
 def _recovery(service) -> float:

@@ -36,18 +36,16 @@ import datetime as _dt
 import json
 import os
 import sys
-import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import numpy as np
-from _common import cpu_model, log, peak_rss_mb
+from _common import consents, cpu_model, identify_throughput, log, parties, peak_rss_mb, workload
 
 import fpmatch
-from fpmatch import CaptureEdge, ConsentRecord, HashKey, MatchingService, ServiceKey, estimate_offset
-from fpmatch.synthetic import PROFILES, FaceGenerator
+from fpmatch import MatchingService, ServiceKey
+from fpmatch.synthetic import PROFILES
 
 CHUNK = 10_000
 
@@ -77,46 +75,17 @@ def main(argv: list[str]) -> int:
 
 
 def run(args: argparse.Namespace, directory: Path) -> dict:
-    faces = FaceGenerator(args.profile, args.seed)
-    dim = faces.profile.dim
-    log(f"generating {args.n} identities ({args.profile}, {dim}-D)")
-    people = faces.identities(args.n)
-    gallery = faces.samples(people)
-    queries = min(args.queries, args.n)
-    mated = faces.samples(people[:queries])
-    offset = estimate_offset(faces.samples(faces.identities(2000))) if args.profile != "centred" else None
-    labelled_people = faces.identities(2000)
-    labelled = np.concatenate([faces.samples(labelled_people), faces.samples(labelled_people)])
-    labels = np.tile(np.arange(2000), 2)
-
-    from fpmatch.he import KeyHolder, RateLimit
-
-    holder = None
-    if args.scheme != "hash":
-        holder = KeyHolder(limits=RateLimit(requests_per_second=1e9, burst=10**9, max_decisions=64))
-    edge = CaptureEdge(
-        HashKey.generate(), dim, scheme=args.scheme, offset=offset,
-        public_context=None if holder is None else holder.public_context(),
-    )  # fmt: skip
-    options: dict = {"index": args.index}
-    if holder is not None:
-        options["keyholder"] = holder
+    data = workload(args.profile, args.seed, args.n, args.queries)
+    dim, names, gallery, mated, queries = data.dim, data.names, data.gallery, data.mated, data.queries
+    edge, options = parties(args.scheme, dim, args.index, data.offset)
     if args.index == "ivf":
         options["ivf_train_at"] = min(10_000, args.n)
     service = MatchingService.open(directory, ServiceKey.generate(), edge=edge.profile, **options)
-    names = [f"customer-{i:08d}" for i in range(args.n)]
-    now = _dt.datetime.now(_dt.timezone.utc)
 
     log("consent")
     started = time.perf_counter()
     for start in range(0, args.n, CHUNK):
-        service.grant_consents(
-            [
-                ConsentRecord(name, frozenset({"entry"}), now, now + timedelta(days=365), "v1", f"form-{name}",
-                              "signed-form", True)  # fmt: skip
-                for name in names[start : start + CHUNK]
-            ]
-        )
+        service.grant_consents(consents(names[start : start + CHUNK]))
     consent_s = time.perf_counter() - started
 
     log("enrolment")
@@ -131,7 +100,7 @@ def run(args: argparse.Namespace, directory: Path) -> dict:
         service_s += t2 - t1
         if start // CHUNK % 10 == 9:
             log(f"  {start + CHUNK} enrolled, {(start + CHUNK) / (edge_s + service_s):,.0f}/s")
-    service.calibrate(calibration=edge.calibration(labelled, labels, args.target_fmr))
+    service.calibrate(calibration=edge.calibration(data.labelled, data.labels, args.target_fmr))
     threshold = float(service.threshold)
 
     log("plain IndexFlatIP")
@@ -170,27 +139,7 @@ def run(args: argparse.Namespace, directory: Path) -> dict:
             agree += (found[0].subject if found else None) == (names[best] if score >= threshold else None)
 
     log(f"{args.threads} concurrent callers for {args.seconds:g} s")
-    done = 0
-    lock = threading.Lock()
-    stop = time.perf_counter() + args.seconds
-
-    def caller(seed: int) -> None:
-        nonlocal done
-        rng = np.random.default_rng(seed)
-        count = 0
-        while time.perf_counter() < stop:
-            service.identify(messages[int(rng.integers(queries))], "entry", k=1)
-            count += 1
-        with lock:
-            done += count
-
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=caller, args=(s,)) for s in range(args.threads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    qps = done / (time.perf_counter() - t0)
+    qps = identify_throughput(service, messages, args.threads, args.seconds)
 
     service.close()
     stored = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())

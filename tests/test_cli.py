@@ -698,3 +698,45 @@ def test_cluster_commands_wrap_ray(capsys: pytest.CaptureFixture[str], argv: lis
 def test_cluster_up_refuses_a_bad_port(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "cluster", "up", "--port", "0", "--dry-run")
     assert code == 2 and "positive integer" in err
+
+
+# -- PostgreSQL store ----------------------------------------------------------------
+
+
+def test_a_postgresql_store_from_the_command_line(
+    capsys: pytest.CaptureFixture[str], workspace: dict[str, Any], postgres_server: Any
+) -> None:
+    """--database CONNINFO: the store is created in, read from and erased from the PostgreSQL
+    database; the --store directory holds no database of its own."""
+    import psycopg
+
+    ws, npy = workspace, workspace["npy"]
+    make_keys(capsys, ws, "edge", "service")
+    database = postgres_server.conninfo()
+    args = [*store_args(ws, keyholder=False), "--database", database]
+    code, _, err = run(capsys, "audit", "verify", *args)
+    assert_one_line_error(code, err, "no fpmatch store in the database of --database", "--dim")
+    names = ["alice", "bob", "carol"]
+    for i, name in enumerate(names):
+        extra = ("--scheme", "hash", "--dim", str(DIM)) if i == 0 else ()
+        assert run(capsys, *grant_args(ws, name, "entry", extra=extra), *args)[0] == 0
+    np.save(ws["data"] / "batch.npy", np.stack([sample(name, 0) for name in names]))
+    (ws["data"] / "subjects.txt").write_text("\n".join(names) + "\n")
+    code, out, err = run(capsys, "enrol", "--batch", str(ws["data"] / "subjects.txt"),
+                         "--templates", str(ws["data"] / "batch.npy"), *args)  # fmt: skip
+    assert code == 0 and "enrolled 3" in out, err
+    assert run(capsys, *calibrate_args(ws), *args)[0] == 0
+    identify = ["identify", "--probe", str(npy["alice_probe"]), "--purpose", "entry", *args]
+    code, out, err = run(capsys, *identify)
+    assert code == 0 and json.loads(out.splitlines()[0]) == {"rank": 1, "subject": "alice"}, err
+    assert not (ws["store"] / "store.sqlite").exists()
+    assert Store.exists(ws["store"], database=database) and not Store.exists(ws["store"])
+
+    code, out, err = run(capsys, "consent", "withdraw", "alice", *args)
+    assert code == 0 and "erased" in out, err
+    code, out, _ = run(capsys, *identify)
+    assert "alice" not in out
+    with psycopg.connect(database) as connection:
+        assert connection.execute("SELECT subject FROM subjects ORDER BY subject").fetchall() == [("bob",), ("carol",)]
+    code, out, err = run(capsys, "audit", "verify", *args)
+    assert code == 0 and "verified" in out, err

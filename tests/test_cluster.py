@@ -12,7 +12,9 @@ import pytest
 import service_support as ss
 from cluster_support import answers, open_sharded, open_single, populate, ray_runtime  # noqa: F401
 from fpmatch import VerificationOutcome
+from fpmatch.cluster.placement import LAYOUT_SETTING
 from fpmatch.errors import InvalidInputError, ShardUnavailableError, StoreFormatError
+from fpmatch.store import Transaction
 
 pytestmark = pytest.mark.usefixtures("ray_runtime")
 
@@ -181,3 +183,32 @@ def test_a_sharded_service_on_a_postgresql_store(tmp_path: Path, postgres_server
         assert again.service.shards == 2 and len(again) == 23 and "pg-shard-4" not in again
         assert again.identify(ss.sample("pg-shard-8", 1), "entry")[0].subject == "pg-shard-8"
         assert again.audit_verify().ok
+
+
+def test_the_row_layout_is_written_only_when_it_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The (shard, row) layout setting is written in the transaction that adds ciphertext rows, and by
+    no enrolment or withdrawal that only fills or erases slots of rows the store already numbers."""
+    written: list[str] = []
+    set_meta = Transaction.set_meta
+
+    def spy(self: Transaction, name: str, value: object) -> None:
+        written.append(name)
+        set_meta(self, name, value)
+
+    monkeypatch.setattr(Transaction, "set_meta", spy)
+    with open_sharded(tmp_path / "s", ss.ManualClock(), "hybrid", shards=2, replicas=1) as svc:
+        shard_of = svc.service._gallery.placement.shard_of
+        first, *same_shard = [name for name in (f"p{i}" for i in range(40)) if shard_of(name) == shard_of("p0")][:4]
+        ss.enrol_people(svc, [first])  # the shard's first row
+        assert written.count(LAYOUT_SETTING) == 1
+        layout = svc.store.meta(LAYOUT_SETTING)
+        written.clear()
+        ss.enrol_people(svc, same_shard)  # slots of that row
+        assert svc.withdraw(same_shard[0]) is True
+        assert LAYOUT_SETTING not in written and "generation" in written  # the writes happened, the layout was left
+        assert svc.store.meta(LAYOUT_SETTING) == layout
+        other = next(name for name in (f"q{i}" for i in range(40)) if shard_of(name) != shard_of("p0"))
+        ss.enrol_people(svc, [other])  # the other shard's first row: a new layout
+        assert written.count(LAYOUT_SETTING) == 1 and len(svc.store.meta(LAYOUT_SETTING)) == len(layout) + 1
+        ss.calibrate(svc)
+        assert svc.identify(ss.sample(same_shard[1], 1), "entry", 1)[0].subject == same_shard[1]

@@ -6,7 +6,6 @@ are rebuilt from the store and rejoin; nothing acknowledged is lost and no withd
 from __future__ import annotations
 
 import random
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 
 import service_support as ss
-from cluster_support import open_sharded, open_single, populate, ray_runtime  # noqa: F401
+from cluster_support import Traffic, open_sharded, open_single, populate, ray_runtime, wait_until_whole  # noqa: F401
 from fpmatch import VerificationOutcome
 from fpmatch.errors import ShardUnavailableError
 
@@ -43,36 +42,7 @@ def test_killing_replicas_during_traffic(tmp_path: Path, scheme: str, ray_runtim
         replicas = sharded.service.replicas
         enrolled, withdrawn = set(names), set()
         killed: list[Any] = []
-        lock = threading.Lock()  # the traffic compares with the single service under the same membership
-        stop = threading.Event()
-        seen = {"answered": 0, "unavailable": 0, "wrong": []}
-
-        def traffic() -> None:
-            people = names + [f"new{i}" for i in range(6)]
-            while not stop.is_set():
-                name = rng.choice(people)
-                probe = ss.sample(name, 1)
-                with lock:
-                    expected = single.identify(probe, "entry", 3)
-                    try:
-                        got = sharded.identify(probe, "entry", 3)
-                    except ShardUnavailableError:
-                        seen["unavailable"] += 1
-                        continue
-                    if got != expected:
-                        seen["wrong"].append((name, got, expected))
-                    seen["answered"] += 1
-                    try:
-                        outcome = sharded.verify(name, probe, "entry")
-                    except ShardUnavailableError:
-                        seen["unavailable"] += 1
-                        continue
-                    if outcome != single.verify(name, probe, "entry"):
-                        seen["wrong"].append((name, outcome))
-
-        worker = threading.Thread(target=traffic)
-        worker.start()
-        try:
+        with Traffic(sharded, single, names + [f"new{i}" for i in range(6)], seed=15) as traffic:
             for round_ in range(6):
                 time.sleep(rng.uniform(0.1, 0.6))
                 shard = rng.randrange(2)
@@ -80,7 +50,7 @@ def test_killing_replicas_during_traffic(tmp_path: Path, scheme: str, ray_runtim
                 if handles:
                     killed.append(rng.choice(handles))
                     ray_runtime.kill(killed[-1])  # at a random moment of the traffic
-                with lock:  # a write right after the kill: it must reach every live replica and the replacement
+                with traffic.lock:  # a write right after the kill: it must reach every live replica and the replacement
                     if round_ % 2 == 0:
                         name = f"new{round_}"
                         for deployment in (sharded, single):
@@ -93,16 +63,9 @@ def test_killing_replicas_during_traffic(tmp_path: Path, scheme: str, ray_runtim
                         assert _retrying(lambda: sharded.withdraw(name)) is True
                         single.withdraw(name)
                         withdrawn.add(name)
-        finally:
-            stop.set()
-            worker.join()
-        assert not seen["wrong"], seen["wrong"][:5]
-        assert seen["answered"] > 0
-        replicas.check()  # a killed replica nobody asked since is found now
-        deadline = time.monotonic() + 120
-        while replicas.repairing() or replicas.check() != [2, 2]:
-            assert time.monotonic() < deadline, "replacements did not rejoin"
-            time.sleep(0.2)
+        assert not traffic.wrong, traffic.wrong[:5]
+        assert traffic.answered > 0
+        wait_until_whole(sharded)
         assert len(killed) >= 4 and len(replicas.rejoined) == len(killed)
         report = sharded.check_integrity()  # every replica, old and rebuilt, equals the store
         assert report.ok, report.problems

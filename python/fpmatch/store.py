@@ -303,6 +303,16 @@ class Store:
             leftover.unlink(missing_ok=True)
         return cls(root, key, db, settings, store_id)
 
+    @staticmethod
+    def exists(directory: str | os.PathLike[str], *, database: str | None = None) -> bool:
+        """Whether a store was created there: the SQLite file in ``directory``, or (``database``)
+        a store's tables in the PostgreSQL connection's schema. Creates nothing."""
+        if database is None:
+            return (Path(directory) / DATABASE).exists()
+        if not isinstance(database, str):
+            raise InvalidInputError(f"database must be a PostgreSQL connection string, got {type(database).__name__}")
+        return PostgresDatabase.holds_store(database)
+
     @property
     def shared(self) -> bool:
         """Whether other processes may write to this store at the same time (PostgreSQL)."""

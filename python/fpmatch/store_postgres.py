@@ -190,6 +190,16 @@ class PostgresDatabase:
             raise
         return db, settings, store_id
 
+    @classmethod
+    def holds_store(cls, conninfo: str) -> bool:
+        """Whether the connection's schema holds a store's tables (without creating anything)."""
+        db = cls(_connect(conninfo), "")
+        try:
+            with db.errors():
+                return bool(db.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0])
+        finally:
+            db.close()
+
     def check_tables(self) -> None:
         """Every table has the columns this version made, in order (the store reads whole rows)."""
         for table, columns in _COLUMNS.items():

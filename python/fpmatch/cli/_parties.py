@@ -14,7 +14,7 @@ from ..errors import KeyFileError, NotCalibratedError
 from ..hashing import DEFAULT_BITS, SCHEME as HASH_SCHEME
 from ..keys import HashKey, ServiceKey, ensure_outside
 from ..service import MatchingService
-from ..store import DATABASE, Store
+from ..store import Store
 from ._common import CliError, note, one_line, positive_int
 
 
@@ -148,8 +148,8 @@ def _outside(path: str, directory: Path, what: str) -> None:
         raise CliError(f"the {what} file {key} is inside the store directory {store}; keep keys elsewhere")
 
 
-def _stored_profile(directory: Path, service_key: ServiceKey) -> EdgeProfile:
-    store = Store.open(directory, service_key)
+def _stored_profile(directory: Path, service_key: ServiceKey, database: str | None) -> EdgeProfile:
+    store = Store.open(directory, service_key, database=database)
     try:
         return store.settings.profile
     finally:
@@ -227,10 +227,12 @@ def _session(args: argparse.Namespace, opened: list[Any], *, edge: bool, announc
         raise CliError("no store: pass --store DIR or set FPMATCH_STORE")
     directory = Path(args.store)
     service_key = _load_key(args, "service")
-    creating = not (directory / DATABASE).exists()
+    database = args.database
+    creating = not Store.exists(directory, database=database)
     if creating:
         if args.dim is None:
-            raise CliError(f"no fpmatch store in {directory}; pass --dim D (the template dimension) to create one")
+            where = directory if database is None else "the database of --database"
+            raise CliError(f"no fpmatch store in {where}; pass --dim D (the template dimension) to create one")
         scheme = args.scheme or DEFAULT_SCHEME
         _check_scheme(scheme)
         ensure_outside(service_key, directory)
@@ -244,7 +246,7 @@ def _session(args: argparse.Namespace, opened: list[Any], *, edge: bool, announc
         capture = CaptureEdge(key, args.dim, scheme=scheme, public_context=context, bits=args.bits or DEFAULT_BITS)
         profile = capture.profile
     else:
-        profile = _stored_profile(directory, service_key)
+        profile = _stored_profile(directory, service_key, database)
         given = {
             "--dim": (args.dim, profile.dim),
             "--bits": (args.bits, profile.bits),
@@ -270,7 +272,8 @@ def _session(args: argparse.Namespace, opened: list[Any], *, edge: bool, announc
                 )
         capture = _capture_edge(args, directory, profile, holder) if edge else None
     service = MatchingService.open(
-        directory, service_key, edge=profile if creating else None, keyholder=holder, purge_on_open=False
+        directory, service_key, edge=profile if creating else None, keyholder=holder, purge_on_open=False,
+        database=database,
     )
     try:
         purged = service.expire()
@@ -282,6 +285,14 @@ def _session(args: argparse.Namespace, opened: list[Any], *, edge: bool, announc
         raise CliError(f"{one_line(exc)}; see `fpmatch calibrate --help`") from exc
     finally:
         service.close()
+
+
+#: Help of --database, wherever a command opens a store.
+DATABASE_HELP = (
+    "PostgreSQL connection string of a store that several processes or nodes share (e.g. "
+    "'host=db1 dbname=faces user=fpmatch'); --store DIR then holds only local files. Keep the password "
+    "out of it (libpq reads PGPASSWORD or ~/.pgpass). Default: $FPMATCH_DATABASE, else the SQLite store in DIR"
+)
 
 
 def _env(name: str) -> str | None:
@@ -297,6 +308,7 @@ def store_options(parser: argparse.ArgumentParser) -> None:
     options.add_argument(
         "--store", metavar="DIR", default=_env("FPMATCH_STORE"), help="store directory (default: $FPMATCH_STORE)"
     )
+    options.add_argument("--database", metavar="CONNINFO", default=_env("FPMATCH_DATABASE"), help=DATABASE_HELP)
     options.add_argument(
         "--key",
         metavar="FILE",
@@ -336,4 +348,4 @@ def store_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-__all__ = ["DEFAULT_SCHEME", "KEY_KINDS", "ROLES", "Parties", "require_he", "session", "store_options"]
+__all__ = ["DATABASE_HELP", "DEFAULT_SCHEME", "KEY_KINDS", "ROLES", "Parties", "require_he", "session", "store_options"]

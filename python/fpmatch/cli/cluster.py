@@ -3,8 +3,9 @@
 These wrap Ray's own ``ray start``, ``ray status`` and ``ray stop`` (the
 ``ray`` command installed with the cluster extra), so that a node joins or
 leaves a cluster the way Ray documents it. ``--dry-run`` prints the command
-instead of running it. ``down`` stops every Ray process of this user on this
-node, as ``ray stop`` does.
+instead of running it. ``status`` then lists the replica actors of every
+sharded service on the cluster, per shard the node of each replica. ``down``
+stops every Ray process of this user on this node, as ``ray stop`` does.
 """
 
 from __future__ import annotations
@@ -55,7 +56,36 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         raise CliError(f"{' '.join(command)} failed with exit status {result.returncode} (its output is above)")
     if args.action == "up" and not args.address:
         print(f"head node up; join other nodes with: fpmatch cluster up --address <this host>:{args.port}")
+    if args.action == "status":
+        _print_replicas(args.address or "auto")
     return 0
+
+
+def _print_replicas(address: str) -> None:
+    """Per service and shard, the node of each replica actor; shards whose replicas share a node are flagged."""
+    try:
+        import ray
+
+        from ..cluster.nodes import running_replicas
+    except ImportError as exc:
+        raise CliError("listing replicas needs Ray: install the cluster extra (pip install 'fpmatch[cluster]')") from exc
+    ray.init(address=address, log_to_driver=False, configure_logging=False, logging_level="ERROR")
+    try:
+        found = running_replicas(ray)
+    finally:
+        ray.shutdown()
+    print(f"replicas of sharded matching services: {len(found)}")
+    shards: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for replica in found:
+        shards.setdefault((replica["service"], replica["shard"]), []).append(replica)
+    for (service, shard), replicas in shards.items():
+        nodes = [r["node"] for r in replicas if r["node"]]
+        where = "; ".join(
+            f"replica {r['replica']} on node {r['node']} ({r['address']})" if r["node"] else f"replica {r['replica']} not answering"
+            for r in replicas
+        )
+        flag = "  [replicas share a node: losing it loses the shard]" if len(set(nodes)) < len(nodes) else ""
+        print(f"service {service} shard {shard}: {where}{flag}")
 
 
 def add_commands(commands: Any) -> None:
@@ -74,7 +104,8 @@ def add_commands(commands: Any) -> None:
     up.add_argument("--port", type=positive_int, default=DEFAULT_PORT, help=f"head node port (default {DEFAULT_PORT})")
     up.add_argument("--num-cpus", type=positive_int, help="CPUs Ray may use on this node (default: all)")
     status = add_command(
-        cluster, "status", "Show the nodes and resources of the running cluster (ray status).", _cmd_cluster,
+        cluster, "status", "Show the nodes and resources of the running cluster (ray status), and the node of each replica.",
+        _cmd_cluster,
         ["fpmatch cluster status", "fpmatch cluster status --address 10.0.0.1:6379"],
     )  # fmt: skip
     status.add_argument("--address", help="HOST:PORT of the head node (default: the one this node runs or joined)")

@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..store import DATABASE
+from ..store import Store
 from ._common import CliError, add_command, add_group, note, positive_int
-from ._parties import REMOTE_OPTIONS, _load_key, _remote_keyholder, require_he
+from ._parties import DATABASE_HELP, REMOTE_OPTIONS, _load_key, _remote_keyholder, require_he
 
 #: The token file when neither --tokens nor $FPMATCH_TOKENS names one: hashes only, so it may sit in the store.
 TOKEN_FILE = "api-tokens.json"
@@ -37,8 +37,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.store is None:
         raise CliError("no store: pass --store DIR or set FPMATCH_STORE")
     directory = Path(args.store)
-    if not (directory / DATABASE).exists():
-        raise CliError(f"no fpmatch store in {directory}; create one first (fpmatch consent grant ... --dim D)")
+    if not Store.exists(directory, database=args.database):
+        where = directory if args.database is None else "the database of --database"
+        raise CliError(f"no fpmatch store in {where}; create one first (fpmatch consent grant ... --dim D)")
     if (args.tls_cert is None) != (args.tls_key is None):
         args.parser.error("give both --tls-cert and --tls-key")
     if args.tls_cert is None and not args.no_tls:
@@ -68,7 +69,7 @@ def _serve(args: argparse.Namespace, directory: Path, service_key: Any, holder: 
     tokens = api.TokenStore(_token_path(args))
     if not tokens.clients():
         note(f"no API clients yet: every request will be refused until `fpmatch tokens new CLIENT --tokens {tokens.path}`")
-    with MatchingService.open(directory, service_key, keyholder=holder) as service:
+    with MatchingService.open(directory, service_key, keyholder=holder, database=args.database) as service:
         scheme = "https" if args.tls_cert else "http"
         note(f"serving {directory} at {scheme}://{args.host}:{args.port} (OpenAPI docs at /docs)")
         api.serve(
@@ -136,6 +137,8 @@ def add_commands(commands: Any) -> None:
         "(--keyholder-key, with its per-caller rate limit).",
     )
     _token_options(serve)
+    serve.add_argument("--database", metavar="CONNINFO", default=os.environ.get("FPMATCH_DATABASE") or None,
+                       help=DATABASE_HELP)  # fmt: skip
     serve.add_argument("--service-key", metavar="FILE", default=os.environ.get("FPMATCH_SERVICE_KEY") or None,
                        help="matching service: its own key file (default: $FPMATCH_SERVICE_KEY)")  # fmt: skip
     serve.add_argument("--keyholder-key", metavar="FILE", default=os.environ.get("FPMATCH_KEYHOLDER_KEY") or None,

@@ -72,6 +72,12 @@ class ShardReplica:
     def ping(self) -> int:
         return len(self.gallery)
 
+    def node(self) -> str:
+        """The id of the Ray node this replica runs on."""
+        import ray  # only ever called inside a Ray worker
+
+        return str(ray.get_runtime_context().get_node_id())
+
     def restore(self, templates: Sequence[TemplateTuple], rows: Sequence[tuple[bytes, int, int]]) -> int:
         stored = [StoredTemplate(*t) for t in templates]
         self.gallery.restore(stored, list(rows), None)

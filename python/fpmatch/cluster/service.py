@@ -50,8 +50,9 @@ class ShardedMatchingService(MatchingService):
         on a node of a running cluster). ``shards`` is fixed when the store is
         first opened by a sharded service (default 2) and must match afterwards;
         ``replicas`` per shard may change between openings. ``actor_options``
-        are Ray's options for each replica actor (default: no CPU reserved,
-        replicas spread over nodes); ``call_timeout`` the seconds after which a
+        are Ray's options for each replica actor (default: no CPU reserved;
+        the replicas of a shard on distinct nodes when the cluster has enough,
+        unless these options carry a ``scheduling_strategy`` of their own); ``call_timeout`` the seconds after which a
         replica that has not answered counts as lost.
         """
         check_count("replicas", replicas, MAX_REPLICAS)
@@ -120,6 +121,11 @@ class ShardedMatchingService(MatchingService):
     def replicas(self) -> ShardReplicas:
         """The replica actors (their handles, live counts, replacements let in)."""
         return self._gallery.replicas
+
+    def cluster_status(self) -> dict[str, Any]:
+        """Where the replicas run, per shard the node of each live replica, and whether every
+        shard's replicas are on distinct nodes (see :meth:`ShardReplicas.status`)."""
+        return self._gallery.replicas.status()
 
     def close(self) -> None:
         """Stop repairs, close the store as the single service does, and end every replica actor."""

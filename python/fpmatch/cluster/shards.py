@@ -10,23 +10,30 @@ A replacement reads its shard from the store while holding the service's
 write lock, so no write is half done; the writes that land while it restores
 are logged and replayed on it before it joins. A replica that missed a write
 is never let answer: a replica whose replay fails is dropped at once.
+
+Where each replica runs is :mod:`fpmatch.cluster.nodes`' rule: the replicas of
+a shard on distinct nodes when the cluster has enough (see :meth:`status`).
 """
 
 from __future__ import annotations
 
 import itertools
+import secrets
 import threading
 import time
+from collections import Counter
 from contextlib import AbstractContextManager
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import FpmatchError, ShardUnavailableError, StoreClosedError
+from .nodes import NAMESPACE, NodeChooser, replica_name
+from .nodes import log as placement_log
 from .replica import ShardReplica, TemplateTuple
 
 #: Reads one shard's part of the store: (templates, rows in the shard's own order).
 ShardLoader = Callable[[int], "tuple[list[TemplateTuple], list[tuple[bytes, int, int]]]"]
-#: Default Ray options of a replica actor: no CPU reserved, replicas spread over nodes.
-DEFAULT_ACTOR_OPTIONS: Mapping[str, Any] = {"num_cpus": 0, "scheduling_strategy": "SPREAD"}
+#: Default Ray options of a replica actor: no CPU reserved (its node is chosen by :mod:`.nodes`).
+DEFAULT_ACTOR_OPTIONS: Mapping[str, Any] = {"num_cpus": 0}
 #: Seconds a call may take before its replica counts as lost.
 DEFAULT_CALL_TIMEOUT = 60.0
 
@@ -59,6 +66,13 @@ class ShardReplicas:
         self.replicas = replicas
         self._body = body  # (profile dict, index kind, gallery options): all plain data
         self._options = dict(DEFAULT_ACTOR_OPTIONS if actor_options is None else actor_options)
+        # A scheduling strategy of the caller's own replaces the distinct-node rule.
+        self._chooser = None if "scheduling_strategy" in self._options else NodeChooser(self._ray, self._options)
+        self.name = secrets.token_hex(4)  # this service's replicas among others on the cluster
+        self._serial = itertools.count()
+        self._where: dict[Any, str] = {}  # live replica -> the node it reported
+        self._shared: set[int] = set()  # shards whose live replicas were last placed on a shared node
+        self._planned: list[list[str]] = [[] for _ in range(shards)]  # nodes of replacements being rebuilt
         self._timeout = call_timeout
         self._actor = self._ray.remote(ShardReplica)
         self._live: list[list[Any]] = [[] for _ in range(shards)]
@@ -77,13 +91,20 @@ class ShardReplicas:
     def start(self, parts: Sequence[tuple[list[TemplateTuple], list[tuple[bytes, int, int]]]]) -> None:
         """Start every replica and restore it from its shard's part of the store."""
         pending = []
+        load: Counter[str] = Counter()
         for shard, (templates, rows) in enumerate(parts):
+            chosen: list[str] = []
             for _ in range(self.replicas):
-                handle = self._spawn()
-                pending.append((shard, handle, handle.restore.remote(templates, rows)))
-        for shard, handle, ref in pending:
-            self._ray.get(ref)
+                handle, node = self._spawn(shard, chosen, load)
+                if node is not None:
+                    chosen.append(node)
+                    load[node] += 1
+                pending.append((shard, handle, handle.restore.remote(templates, rows), handle.node.remote()))
+        for shard, handle, restored, node in pending:
+            self._ray.get(restored)
+            self._where[handle] = self._ray.get(node)
             self._live[shard].append(handle)
+        self._warn_if_shared()
 
     def attach(self, loader: ShardLoader, guard: Callable[[], AbstractContextManager[Any]]) -> None:
         """How replacements read their shard (``loader``) while no write is under way (``guard``)."""
@@ -100,6 +121,7 @@ class ShardReplicas:
             for handle in itertools.chain.from_iterable(self._live):
                 self._kill(handle)
             self._live = [[] for _ in range(self.shards)]
+            self._where.clear()
 
     def live(self, shard: int) -> int:
         with self._lock:
@@ -119,6 +141,30 @@ class ShardReplicas:
 
     def repairing(self) -> bool:
         return any(thread.is_alive() for thread in self._repairs)
+
+    def nodes(self, shard: int) -> list[str]:
+        """The node of each live replica of ``shard``, in the order of :meth:`handles`."""
+        with self._lock:
+            return [self._where[handle] for handle in self._live[shard]]
+
+    def status(self) -> dict[str, Any]:
+        """Where the replicas run: ``shards`` (per shard, the node of each live replica),
+        ``live_nodes`` (nodes of the cluster alive now), ``placement`` (the rule in force) and
+        ``replicas_apart`` (every shard's live replicas on distinct nodes; False means that
+        losing one node can take a whole shard until its replacements are rebuilt)."""
+        shards = [self.nodes(shard) for shard in range(self.shards)]
+        apart = all(len(set(nodes)) == len(nodes) for nodes in shards)
+        if self._chooser is None:
+            placement = "the scheduling_strategy of actor_options"
+        elif apart:
+            placement = "distinct nodes"
+        else:
+            placement = f"shared nodes: fewer live nodes than the {self.replicas} replicas of a shard"
+        return {
+            "service": self.name, "replicas": self.replicas, "placement": placement, "replicas_apart": apart,
+            "live_nodes": sum(1 for node in self._ray.nodes() if node.get("Alive")),
+            "shards": [{"shard": shard, "nodes": nodes} for shard, nodes in enumerate(shards)],
+        }  # fmt: skip
 
     # -- calls -----------------------------------------------------------------------
 
@@ -181,9 +227,12 @@ class ShardReplicas:
 
     def _get(self, ref: Any) -> Any:
         exceptions = self._ray.exceptions
+        # ActorUnschedulableError: the node a replica was pinned to left before it started.
+        lost = (exceptions.RayActorError, exceptions.ActorUnavailableError, exceptions.GetTimeoutError,
+                exceptions.ActorUnschedulableError)  # fmt: skip
         try:
             return self._ray.get(ref, timeout=self._timeout)
-        except (exceptions.RayActorError, exceptions.ActorUnavailableError, exceptions.GetTimeoutError) as exc:
+        except lost as exc:
             raise _Lost() from exc
         except exceptions.RayTaskError as exc:  # the replica raised: the same error as in-process
             cause = exc.cause
@@ -193,8 +242,37 @@ class ShardReplicas:
 
     # -- failure and repair -------------------------------------------------------------
 
-    def _spawn(self) -> Any:
-        return self._actor.options(**self._options).remote(*self._body)
+    def _spawn(self, shard: int, chosen: Sequence[str] = (), load: Mapping[str, int] | None = None,
+               suspect: Sequence[str] = (), replacement: bool = False) -> tuple[Any, str | None]:
+        """A new replica of ``shard`` (not yet restored) and the node it was pinned to (None: Ray's choice).
+        It avoids the nodes of the shard's live replicas and ``chosen``, and ``suspect`` if it can. A
+        ``replacement``'s node is kept in ``_planned`` (the caller removes it) so that other
+        replacements of the shard rebuilt at the same time keep away from it."""
+        options = dict(self._options, name=replica_name(self.name, shard, next(self._serial)), namespace=NAMESPACE)
+        node = None
+        if self._chooser is not None:
+            with self._lock:
+                avoid = set(chosen) | set(self._planned[shard]) | {self._where[h] for h in self._live[shard]}
+                if load is None:
+                    load = Counter(self._where.values()) + Counter(itertools.chain.from_iterable(self._planned))
+            node, apart = self._chooser.choose(avoid, load, suspect)
+            if node is not None:
+                options["scheduling_strategy"] = self._chooser.strategy(node)
+            with self._lock:
+                (self._shared.discard if apart else self._shared.add)(shard)
+                if node is not None and replacement:
+                    self._planned[shard].append(node)
+        return self._actor.options(**options).remote(*self._body), node
+
+    def _warn_if_shared(self) -> None:
+        with self._lock:
+            shared = sorted(self._shared)
+        if shared:
+            placement_log.warning(
+                "the replicas of shard(s) %s share a node: the cluster has fewer live nodes than the %d "
+                "replicas per shard, so losing one node can leave a shard unavailable until it is rebuilt",
+                ", ".join(map(str, shared)), self.replicas,
+            )  # fmt: skip
 
     def _kill(self, handle: Any) -> None:
         try:
@@ -208,18 +286,24 @@ class ShardReplicas:
             if handle not in self._live[shard]:
                 return
             self._live[shard].remove(handle)
+            lost_on = self._where.pop(handle, None)
             self._kill(handle)
             if self._stop.is_set():
                 return
-            thread = threading.Thread(target=self._repair, args=(shard,), name=f"fpmatch-shard-{shard}-repair", daemon=True)
+            suspect = [lost_on] if lost_on is not None else []
+            thread = threading.Thread(
+                target=self._repair, args=(shard, suspect), name=f"fpmatch-shard-{shard}-repair", daemon=True
+            )
             self._repairs = [t for t in self._repairs if t.is_alive()] + [thread]
             thread.start()
 
-    def _repair(self, shard: int) -> None:
+    def _repair(self, shard: int, suspect: list[str]) -> None:
+        """Rebuild one replica of ``shard`` from the store, away from its shard's other replicas and,
+        where the cluster allows, from ``suspect`` (the node the lost one ran on)."""
         self._attached.wait()
         while not self._stop.is_set():
             log: list[tuple[Any, list[int]]] = []
-            handle = None
+            handle = planned = None
             try:
                 assert self._guard is not None and self._loader is not None
                 with self._guard():  # no write is under way while the shard is read
@@ -228,14 +312,17 @@ class ShardReplicas:
                     templates, rows = self._loader(shard)
                     with self._lock:
                         self._logs[shard].append(log)
-                handle = self._spawn()
+                handle, planned = self._spawn(shard, suspect=suspect, replacement=True)
                 self._get(handle.restore.remote(templates, rows))
+                node = self._get(handle.node.remote())
                 with self._lock:
                     for change, ids in log:  # writes committed while it restored
                         self._get(handle.replay.remote(change, ids))
                     if not self._stop.is_set():
                         self._live[shard].append(handle)
+                        self._where[handle] = node
                         self.rejoined.append((shard, time.monotonic()))
+                        self._warn_if_shared()
                         handle = None
                 return
             except StoreClosedError:
@@ -245,6 +332,9 @@ class ShardReplicas:
             finally:
                 with self._lock:
                     self._logs[shard] = [other for other in self._logs[shard] if other is not log]
+                    if planned is not None:
+                        self._planned[shard].remove(planned)
+                        planned = None
                 if handle is not None:
                     self._kill(handle)
 
