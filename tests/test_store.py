@@ -571,3 +571,20 @@ def test_the_erasure_search_finds_a_piece_at_any_offset() -> None:
     for offset in [*range(9), 50_001, len(noise) - 16]:
         assert finder.found(noise[:offset] + piece + noise[offset + 16 :]), offset
     assert not finder.found(noise[:500] + piece[:15] + noise[515:])  # a partial piece is not a piece
+
+
+@pytest.mark.sqlite_only
+def test_the_file_search_finds_a_piece_across_the_boundary_of_two_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_scan, "CHUNK", 4096)
+    rng = np.random.default_rng(9)
+    pieces = {rng.bytes(16) for _ in range(50)}
+    finder = store_scan.PieceFinder(pieces)
+    noise, piece = rng.bytes(20_000), sorted(pieces)[3]
+    path = tmp_path / "file"
+    for start in (4096 - 8, 4096 - 15, 3 * 4096 - 1, 0, len(noise) - 16):
+        path.write_bytes(noise[:start] + piece + noise[start + 16 :])
+        assert finder.found_in_file(path), start
+    path.write_bytes(noise)
+    assert not finder.found_in_file(path)

@@ -36,7 +36,7 @@ _TEMPLATE_TABLES = ("subjects", "he_rows")
 #: Erasures of more codes than this are verified by rebuilding at once, not by search.
 _SEARCHED_ERASURES = 64
 #: Pages read and searched at a time (memory stays bounded on large stores).
-_PAGES_PER_SCAN = 16384
+_PAGES_PER_SCAN = 1024
 #: SQLite errors that mean the file is damaged (the others, such as a full disk, are raised as they are).
 _DAMAGE_WORDS = ("malformed", "corrupt", "not a database", "no such table", "no such column", "decode")
 
