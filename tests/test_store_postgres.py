@@ -66,12 +66,24 @@ def server_files_holding(server: postgres_support.PostgresServer, parts: list[by
     """The files of the server's data directory (tables, TOAST, WAL, everything) holding any
     16-byte window of any of ``parts``. (Every test's stores share the server and the edge key,
     so the subjects searched for have names no other test enrols.)"""
-    finder = PieceFinder({w for part in parts for w in windows(part) if len(set(w)) > 1})
-    return sorted(
-        str(path.relative_to(server.data))
-        for path in server.data.rglob("*")
-        if path.is_file() and finder.found_in_file(path)
-    )
+    return sorted({file for holders in files_holding_each(server, parts).values() for file in holders})
+
+
+def files_holding_each(server: postgres_support.PostgresServer, parts: list[bytes]) -> dict[bytes, list[str]]:
+    """For each of ``parts``, the files of the data directory holding any of its windows: one
+    pass over the directory, however many parts."""
+    owners: dict[bytes, list[bytes]] = {}
+    for part in parts:
+        for window in windows(part):
+            if len(set(window)) > 1:
+                owners.setdefault(window, []).append(part)
+    finder = PieceFinder(set(owners))
+    holding: dict[bytes, list[str]] = {part: [] for part in parts}
+    for path in sorted(server.data.rglob("*")):
+        if path.is_file():
+            for part in {part for piece in finder.pieces_in_file(path) for part in owners[piece]}:
+                holding[part].append(str(path.relative_to(server.data)))
+    return holding
 
 
 def admin(server: postgres_support.PostgresServer) -> Any:
@@ -97,10 +109,11 @@ def test_withdrawn_and_expired_templates_leave_no_bytes_in_the_server_files(
     with admin(server) as conn:
         conn.execute("ANALYZE")  # what autovacuum does sooner or later: sample columns into pg_statistic
         conn.execute("CHECKPOINT")  # the tables' pages reach their files
+    holding = files_holding_each(server, [part for parts in held.values() for part in parts])
     for name, parts in held.items():  # the search finds every part in the tables' files while it is held
         assert len(parts) == edge().profile.hashed + edge().profile.encrypted
         for part in parts:
-            assert any(f.startswith("base/") for f in server_files_holding(server, [part])), name
+            assert any(f.startswith("base/") for f in holding[part]), name
 
     with open_service(directory, clock) as svc:
         for name in withdrawn:
@@ -110,10 +123,11 @@ def test_withdrawn_and_expired_templates_leave_no_bytes_in_the_server_files(
         with raw(directory) as db:  # the rows are gone from the tables
             gone = [*withdrawn, *expired]
             assert db.execute("SELECT count(*) FROM subjects WHERE subject = ANY(?)", (gone,)).fetchone()[0] == 0
+        holding = files_holding_each(server, [part for parts in held.values() for part in parts])
         for name in gone:  # and, after the store's rewrite, from every file of the server
-            assert server_files_holding(server, held[name]) == [], name
+            assert all(holding[part] == [] for part in held[name]), name
         assert svc.check_integrity().ok and kept in svc
-    assert all(server_files_holding(server, [part]) for part in held[kept])
+    assert all(holding[part] for part in held[kept])
 
 
 def test_erasures_a_crashed_process_committed_are_made_final_at_the_next_open(

@@ -8,7 +8,7 @@ piece of each erased byte string.
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -48,6 +48,9 @@ class PieceFinder:
         return (words * self._MULTIPLIER) >> np.uint64(64 - self._BITS)
 
     def found(self, data: bytes) -> bool:
+        return next(self._hits(data), None) is not None
+
+    def _hits(self, data: bytes) -> Iterator[bytes]:
         for alignment in range(8):
             count = (len(data) - alignment - PIECE) // 8 + 1  # windows that fit whole
             if count <= 0:
@@ -56,19 +59,22 @@ class PieceFinder:
             for hit in np.flatnonzero(self._table[self._hash(words)]).tolist():
                 start = alignment + 8 * hit
                 if data[start : start + PIECE] in self.pieces:
-                    return True
-        return False
+                    yield data[start : start + PIECE]
 
     def found_in_file(self, path: str | os.PathLike[str]) -> bool:
-        """Whether a piece is in the file, read in overlapping chunks (a piece may straddle two)."""
+        """Whether a piece is in the file."""
+        return next(self._hits_in_file(path), None) is not None
+
+    def pieces_in_file(self, path: str | os.PathLike[str]) -> set[bytes]:
+        """Every piece that occurs in the file."""
+        return set(self._hits_in_file(path))
+
+    def _hits_in_file(self, path: str | os.PathLike[str]) -> Iterator[bytes]:
+        """Read in overlapping chunks (a piece may straddle two)."""
         with open(path, "rb") as f:
             tail = b""
-            while True:
-                chunk = f.read(CHUNK)
-                if not chunk:
-                    return False
-                if self.found(tail + chunk):
-                    return True
+            while chunk := f.read(CHUNK):
+                yield from self._hits(tail + chunk)
                 tail = chunk[-(PIECE - 1) :]
 
 
