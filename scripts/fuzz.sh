@@ -13,6 +13,8 @@ seed_option=()
 [ -n "${FUZZ_SEED:-}" ] && seed_option=(-seed="$FUZZ_SEED")
 OUT=build/fuzz
 mkdir -p "$OUT/findings"
+# The targets write stores and files per input: in memory where the machine has it, fsync is free.
+[ -z "${TMPDIR:-}" ] && [ -d /dev/shm ] && [ -w /dev/shm ] && export TMPDIR=/dev/shm
 # The instrumented core (clang, ASan, libFuzzer edges) when it can be built; see fuzz-native.sh.
 native_env=$(PY="$PY" bash scripts/fuzz-native.sh) || exit 1
 eval "$native_env"
