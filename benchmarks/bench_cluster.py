@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     import ray
 
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         with TemporaryDirectory(prefix="fpmatch-bench-cluster-") as tmp:
             result = run(args, Path(tmp))
