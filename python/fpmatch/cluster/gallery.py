@@ -193,59 +193,34 @@ class ShardedGallery(ProtectedGallery):
             return self._search_all(probe, k, threshold, eligible)
         assert probe.code is not None and probe.reliability is not None
         if self.profile.scheme == "hash":
-            found, _ = self._nearest(probe, k, eligible, with_scores=False)
+            found = self._nearest(probe, k, eligible)
             return [self._names[id_] for id_, d in found if weighted_score(d) >= threshold]
-        found, parts = self._nearest(probe, max(k, self.candidates), eligible, with_scores=True)
-        ids = [id_ for id_, _ in found]
-        if not ids:
+        # Two rounds: the shards' shortlists (ids and distances: small) are merged first, then only
+        # the shards holding the merged candidates encrypt their scores. One round, each shard
+        # sending the scores of its whole shortlist, moved S times the ciphertext bytes and was
+        # slower at every shard count measured (README, "Many machines").
+        found = self._nearest(probe, max(k, self.candidates), eligible)
+        if not found:
             return []
-        if parts is None:  # some shard was searched deeper: its scores are asked for now
-            by_shard: dict[int, list[int]] = {}
-            for id_ in ids:
-                by_shard.setdefault(self.placement.shard_of(self._names[id_]), []).append(id_)
-            return self._decide_best(probe, by_shard, k, threshold)
-        chosen = set(ids)
-        selected, order = {}, []
-        for shard, (shard_ids, request) in sorted(parts.items()):
-            positions = [p for p, id_ in enumerate(shard_ids) if id_ in chosen]
-            if positions:
-                selected[shard] = (request, positions)
-                order += [shard_ids[p] for p in positions]
-        return self._best(self._joined(selected), order, k, threshold)
+        by_shard: dict[int, list[int]] = {}
+        for id_, _ in found:
+            by_shard.setdefault(self.placement.shard_of(self._names[id_]), []).append(id_)
+        return self._decide_best(probe, by_shard, k, threshold)
 
-    def _nearest(
-        self, probe: ProbeMessage, want: int, eligible: Callable[[str], bool], *, with_scores: bool
-    ) -> tuple[list[tuple[int, float]], dict[int, tuple[list[int], bytes]] | None]:
-        """The ``want`` eligible (id, weighted distance) nearest the probe over every shard, nearest first.
-
-        ``with_scores`` (hybrid): the first round also brings each shard's encrypted
-        scores of its candidates (id order, request bytes), returned unless a shard
-        had to be searched deeper.
-        """
+    def _nearest(self, probe: ProbeMessage, want: int, eligible: Callable[[str], bool]) -> list[tuple[int, float]]:
+        """The ``want`` eligible (id, weighted distance) nearest the probe over every shard, nearest first."""
         code = probe.code.tobytes()  # type: ignore[union-attr]
         reliability = np.ascontiguousarray(probe.reliability, dtype="<f4").tobytes()
         depth = {s: min(self._count[s], max(want, 16)) for s in range(self.shards) if self._count[s]}
         found: dict[int, list[tuple[int, float]]] = {}
-        parts: dict[int, tuple[list[int], bytes]] | None = None
-        if with_scores and depth:
-            values = _values(probe)
-            calls = {s: ("shortlist_scores", (code, reliability, d, values)) for s, d in depth.items()}
-            answers = self.replicas.fan_out(calls)
-            parts = {s: (ids, request) for s, (ids, _, request) in answers.items() if request is not None}
-            results = {s: (ids, distances) for s, (ids, distances, _) in answers.items()}
-        else:
+        while depth:
             results = self.replicas.fan_out({s: ("nearest", (code, reliability, d)) for s, d in depth.items()})
-        while True:
             for shard, (ids, distances) in results.items():
                 found[shard] = [(i, d) for i, d in zip(ids, distances) if self._eligible_id(i, eligible)]
             # deeper only where ineligible subjects filled the list and more are held
             depth = {s: min(self._count[s], d * 4) for s, d in depth.items() if len(found[s]) < want and d < self._count[s]}
-            if not depth:
-                break
-            parts = None
-            results = self.replicas.fan_out({s: ("nearest", (code, reliability, d)) for s, d in depth.items()})
         merged = sorted((d, i) for part in found.values() for i, d in part)
-        return [(i, d) for d, i in merged[:want]], parts
+        return [(i, d) for d, i in merged[:want]]
 
     def _search_all(self, probe: ProbeMessage, k: int, threshold: float, eligible: Callable[[str], bool]) -> list[str]:
         by_shard: dict[int, list[int]] = {}
@@ -261,24 +236,18 @@ class ShardedGallery(ProtectedGallery):
         values = _values(probe)
         parts = self.replicas.fan_out({s: ("encrypted_scores", (ids, values)) for s, ids in sorted(by_shard.items())})
         order = [id_ for s in sorted(parts) for id_ in parts[s][1]]
-        return self._best(self._joined({s: (parts[s][0], None) for s in parts}), order, k, threshold)
+        return self._best(self._joined({s: parts[s][0] for s in parts}), order, k, threshold)
 
-    def _joined(self, parts: Mapping[int, tuple[bytes, list[int] | None]]) -> bytes:
-        """One request from the shards' requests (each cut to ``positions`` when given), in shard order."""
+    def _joined(self, parts: Mapping[int, bytes]) -> bytes:
+        """One request from the shards' requests, in shard order."""
         from ..he.scores import EncryptedScores
 
         if len(parts) == 1:
-            ((request, positions),) = parts.values()
-            if positions is None:
-                return request
+            return next(iter(parts.values()))
         context = self._context
         assert context is not None
         ring = context.ring
-        scores = []
-        for shard in sorted(parts):
-            request, positions = parts[shard]
-            part = EncryptedScores.from_bytes(request, key_id=context.key_id, n=ring.n, q=ring.q)
-            scores.append(part if positions is None or len(positions) == len(part) else part.select(positions))
+        scores = [EncryptedScores.from_bytes(parts[s], key_id=context.key_id, n=ring.n, q=ring.q) for s in sorted(parts)]
         return EncryptedScores.join(scores).to_bytes()
 
     def _best(self, request: bytes, order: list[int], k: int, threshold: float) -> list[str]:

@@ -114,17 +114,6 @@ class ShardReplica:
         )
         return [id_ for id_, _ in found], [d for _, d in found]
 
-    def shortlist_scores(
-        self, code: bytes, reliability: bytes, want: int, values: bytes
-    ) -> tuple[list[int], list[float], bytes | None]:
-        """:meth:`nearest` and, in the same call, the encrypted scores of those subjects in that order
-        (``hybrid``: one round trip when the service keeps them all eligible)."""
-        ids, distances = self.nearest(code, reliability, want)
-        if not ids:
-            return ids, distances, None
-        request, _ = self.gallery.encrypted_scores(ids, np.frombuffer(values, dtype="<i8"))  # type: ignore[attr-defined]
-        return ids, distances, request.to_bytes()
-
     def decide_codes(self, subject: str, probe: bytes, threshold: float) -> bool:
         """1:1 of the ``hash`` scheme, decided here (no key holder)."""
         return self.gallery.decide(subject, ProbeMessage.from_bytes(probe), threshold)
