@@ -158,6 +158,7 @@ class RemoteKeyHolder:
         self._sleep = sleep
         self.attempts = 0  # attempts made, retries included (for monitoring)
         self._key_id: str | None = None
+        self._attested: bool | None = None
 
     def close(self) -> None:
         self._transport.close()
@@ -213,6 +214,21 @@ class RemoteKeyHolder:
     def coarse_scores(self, scores: bytes, *, caller: str, noise_sigma: float | None = None) -> list[float]:
         header = {"op": "coarse_scores", "caller": caller, "noise_sigma": noise_sigma}
         return [float(v) for v in self._call(self._named(header), scores)[0]["result"]]
+
+    def decide_attested(self, request: bytes, threshold: float, *, caller: str, subject: str | None = None) -> list[bool]:
+        header = {"op": "decide_attested", "threshold": threshold, "caller": caller, "subject": subject}
+        return [bool(v) for v in self._call(self._named(header), request)[0]["result"]]
+
+    def best_attested(self, request: bytes, threshold: float, k: int, *, caller: str) -> list[int]:
+        header = {"op": "best_attested", "threshold": threshold, "k": k, "caller": caller}
+        return [int(v) for v in self._call(self._named(header), request)[0]["result"]]
+
+    @property
+    def attested_mode(self) -> bool:
+        """Whether the key holder runs in attested mode (asked once, then remembered)."""
+        if self._attested is None:
+            self._attested = bool(self._call(self._named({"op": "mode", "caller": ""}))[0]["result"]["attested"])
+        return self._attested
 
     def reclaim(self, request: bytes, *, caller: str) -> bytes:
         return self._call(self._named({"op": "reclaim", "caller": caller}), request)[1]
