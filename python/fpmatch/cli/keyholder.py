@@ -93,7 +93,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from ..he.sealing import read_sealed
     from ..he.server import KeyHolderServer, KeyHolderService, ServerCredentials, lifted_rate, serve_until_signalled
 
-    holder = read_sealed(args.key, **_how(args), limits=lifted_rate(RateLimit()))
+    attested: dict[str, Any] = {}
+    if args.edge_keys:
+        from ..attestation import EdgeKeys
+        from ..errors import KeyFileError
+
+        try:
+            attested = {"edge_keys": EdgeKeys.load(args.edge_keys), "freshness": args.freshness}
+        except KeyFileError as exc:
+            raise CliError(str(exc)) from exc
+    holder = read_sealed(args.key, **_how(args), limits=lifted_rate(RateLimit()), **attested)
     try:
         credentials = ServerCredentials.from_files(args.cert, args.tls_key, args.ca)
     except OSError as exc:
@@ -107,6 +116,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"refusing the revoked caller(s): {', '.join(sorted(set(args.deny)))}", file=sys.stderr)
     for path, fingerprint in zip(args.deny_cert or (), fingerprints):
         print(f"refusing the revoked certificate {path} (SHA-256 {fingerprint})", file=sys.stderr)
+    if attested:
+        print(f"attested mode: {len(attested['edge_keys'])} registered capture edge(s); probes usable for "
+              f"{args.freshness:g} s", file=sys.stderr)  # fmt: skip
     if args.allow_coarse_scores:
         print("warning: coarse scores are released; each is a noisy value that helps rebuild templates", file=sys.stderr)
     serve_until_signalled(KeyHolderServer(service, credentials, args.listen, workers=args.workers))
@@ -201,6 +213,11 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--deny-cert", action="append", metavar="FILE",
                        help="refuse this one certificate (PEM), although it verifies; other certificates with "
                        "the same common name are still served (repeatable)")  # fmt: skip
+    serve.add_argument("--edge-keys", metavar="FILE",
+                       help="attested mode: decide only over probes and templates signed by the capture edges "
+                       "registered in FILE (JSON, fpmatch.EdgeKeys.save)")  # fmt: skip
+    serve.add_argument("--freshness", type=float, default=120.0, metavar="SECONDS",
+                       help="attested mode: how long a signed probe stays usable (default 120)")  # fmt: skip
     limits = serve.add_argument_group("limits (per caller unless said otherwise; days are UTC)")
     limits.add_argument("--rate", type=float, default=20.0, help="requests per second (default 20)")
     limits.add_argument("--burst", type=positive_int, default=100, help="burst of requests (default 100)")

@@ -101,6 +101,16 @@ class ProtectedGallery(ABC):
     # -- the scheme ---------------------------------------------------------------
 
     @property
+    def decider(self) -> Any:
+        """The key holder that decides for this gallery (None for schemes without one)."""
+        return getattr(self, "_decider", None)
+
+    @property
+    def caller(self) -> str:
+        """How the key holder names this gallery's service."""
+        return str(getattr(self, "_caller", ""))
+
+    @property
     def index(self) -> Index | None:
         """The code index, for schemes that have one (it is cached beside the store)."""
         return None

@@ -26,7 +26,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import KeyHolderUnavailable
+from .errors import DecryptionRefusedError, KeyHolderUnavailable
 from .keyholder import Usage
 from .remote import _pack, read_reply
 from .scores import MAX_REQUEST_BYTES
@@ -227,7 +227,10 @@ class RemoteKeyHolder:
     def attested_mode(self) -> bool:
         """Whether the key holder runs in attested mode (asked once, then remembered)."""
         if self._attested is None:
-            self._attested = bool(self._call(self._named({"op": "mode", "caller": ""}))[0]["result"]["attested"])
+            try:
+                self._attested = bool(self._call(self._named({"op": "mode", "caller": ""}))[0]["result"]["attested"])
+            except DecryptionRefusedError:  # a key holder of a version without attested mode
+                self._attested = False
         return self._attested
 
     def reclaim(self, request: bytes, *, caller: str) -> bytes:
