@@ -406,3 +406,69 @@ def test_withdrawal_erases_the_signed_template(site: Site, tmp_path: Path) -> No
                 assert piece not in (Path(root) / f).read_bytes(), f
     finally:
         attested.close()
+
+
+# -- the real server: fpmatch keyholder serve --edge-keys ------------------------------------------
+
+
+def test_remote_attested_key_holder(tmp_path: Path) -> None:
+    pytest.importorskip("grpc", reason="the key holder service needs grpcio")
+    from keyholder_support import Deployment, Server
+
+    deployment = Deployment(tmp_path)
+    signing = EdgeSigningKey.generate()
+    capture = CaptureEdge(KEY, DIM, scheme="hybrid", public_context=deployment.public, signing_key=signing)
+    keys = EdgeKeys()
+    keys.add(signing.public_bytes, capture.profile.profile_id)
+    edges = keys.save(tmp_path / "edges.json")
+    server = Server(deployment, extra=["--edge-keys", str(edges)])
+    clock = ManualClock()
+    client = deployment.client(server)
+    service = None
+    try:
+        assert client.attested_mode
+        service = MatchingService.open(tmp_path / "store", ServiceKey(bytes(range(100, 132))), edge=capture.profile,
+                                       keyholder=client, clock=clock, alternative=PinVerifier(cost=2**10, clock=clock),
+                                       max_face_failures=None)  # fmt: skip
+        people = [f"remote-{i}" for i in range(6)]
+        for name in people:
+            grant(service, name, ("entry",))
+        service.enrol_many(people, capture.enrolments(np.stack([sample(p, 0, DIM) for p in people]), people))
+        service.calibrate(calibration=_calibration(capture))
+        probe = capture.probe(sample(people[1], 1, DIM), purpose="entry", subject=people[1])
+        assert service.verify(people[1], probe, "entry") == VerificationOutcome.MATCH
+        impostor = capture.probe(stranger(3, DIM), purpose="entry", subject=people[1])
+        assert service.verify(people[1], impostor, "entry") == VerificationOutcome.NO_MATCH
+        found = service.identify(capture.probe(sample(people[2], 1, DIM), purpose="entry", identify=True), "entry", k=2)
+        assert [m.subject for m in found][:1] == [people[2]]
+        # Straight to the key holder: the old request and an unsigned probe are refused, typed, over the network.
+        signed = service.store.attested([service.store.subject_ids()[people[1]]])
+        template = next(iter(signed.values()))
+        with pytest.raises(AttestedModeError):
+            client.decide(b"\0" * 64, 0.5, caller="matching-service")
+        unsigned = site_free_probe(capture, sample(people[1], 2, DIM))
+        with pytest.raises(AttestationError, match="not signed"):
+            client.decide_attested(verify_request(unsigned, template), 0.5, caller="matching-service")
+        used = capture.probe(sample(people[1], 2, DIM), purpose="entry", subject=people[1])
+        assert client.decide_attested(verify_request(used, template), 0.5, caller="matching-service") == [True]
+        client.close()
+        server.stop()
+        server = Server(deployment, extra=["--edge-keys", str(edges)])  # a restart, on the same ledger
+        client = deployment.client(server)
+        with pytest.raises(AttestationError, match="replay"):
+            client.decide_attested(verify_request(used, template), 0.5, caller="matching-service")
+    finally:
+        if service is not None:
+            service.close()
+        client.close()
+        server.stop()
+    ledger = Ledger(deployment.ledger)
+    lines = [(e.op, e.outcome) for e in ledger.entries()]
+    ledger.close()
+    assert ("decide", "AttestedModeError") in lines and ("decide_attested", "AttestationError") in lines
+    assert lines[-1] == ("decide_attested", "AttestationError")
+
+
+def site_free_probe(capture: CaptureEdge, face: np.ndarray) -> ProbeMessage:
+    """The probe a signing edge would send, with its signature taken off (a made-up probe)."""
+    return replace(capture.probe(face, purpose="entry"), attestation=None)

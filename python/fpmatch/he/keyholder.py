@@ -81,54 +81,6 @@ class ScoreDecider(Protocol):
 
     def coarse_scores(self, scores: bytes, *, caller: str, noise_sigma: float | None = None) -> list[float]: ...
 
-    # -- attested mode ---------------------------------------------------------------
-
-    @property
-    def attested_mode(self) -> bool:
-        """Whether this key holder decides only over scores it computes from signed probes and templates."""
-        return self.edge_keys is not None
-
-    def decide_attested(self, request: bytes, threshold: float, *, caller: str, subject: str | None = None) -> list[bool]:
-        """``score >= threshold`` for the one template of an attested verification
-        (:class:`~fpmatch.he.attested.AttestedRequest`); ``subject`` as for :meth:`decide`."""
-        threshold = check_threshold(threshold)
-        values = self._attested(request, caller, "verify")
-        return (self._flooded(values, self.decision_noise) >= threshold).tolist()
-
-    def best_attested(self, request: bytes, threshold: float, k: int, *, caller: str) -> list[int]:
-        """Positions of up to ``k`` templates of an attested identification scoring ``>= threshold``, best first."""
-        threshold = check_threshold(threshold)
-        self._check_k(k)
-        return _best(self._flooded(self._attested(request, caller, "identify"), self.decision_noise), threshold, k)
-
-    def _attested(self, data: bytes, caller: str, kind: str) -> np.ndarray:
-        """Scores this key holder computes itself from a signed probe and signed templates, after every check."""
-        if self.edge_keys is None:
-            self._refuse(caller, "this key holder is not in attested mode: it has no registered capture edges")
-        bucket = self._charge(caller)
-        checked = check_attested(
-            data, self.edge_keys, kind=kind, now=self._wall_clock(), freshness=self.freshness, nonces=self.nonces,
-            params=self.params, n=self._ring.n, max_templates=self.limits.max_attested,
-        )  # fmt: skip
-        scores = attested_scores(self.key_id, self._ring.n, self._ring.q, self._ring, checked.probe_scale_bits,
-                                 self.params.template_scale_bits, checked.weights, checked.templates)  # fmt: skip
-        with self._lock:
-            bucket.usage.scores += len(scores)
-        return self._decrypt(scores)
-
-    def _unattested(self, caller: str, what: str) -> None:
-        if self.edge_keys is not None:
-            self._refuse(
-                caller,
-                f"this key holder runs in attested mode: it refuses {what} on scores the caller computed and "
-                "decides only over signed probes and templates (decide_attested, best_attested)",
-                AttestedModeError,
-            )
-
-    def _check_k(self, k: int) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.limits.max_k:
-            raise InvalidInputError(f"k must be an integer in [1, {self.limits.max_k}], got {k!r}")
-
     def reclaim(self, request: bytes, *, caller: str) -> bytes: ...
 
 
