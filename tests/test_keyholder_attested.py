@@ -53,6 +53,8 @@ from test_keyholder_attacks import SITE, climb, through_service  # noqa: E402
 
 DIM = 128
 KEY = HashKey(bytes(range(40, 72)))
+#: The small site of test_keyholder_attacks.py, with room for the attacks' requests against one subject.
+ROOMY = replace(SITE, subject_requests_per_day=100)
 
 
 class Site:
@@ -112,7 +114,7 @@ def outcomes(ledger: Ledger) -> list[str]:
 def attested(site: Site, tmp_path: Path) -> Iterator[tuple[KeyHolderService, list[int], list[float]]]:
     clock = [time.time()]
     holder = site.holder()
-    service = KeyHolderService(holder, Ledger(tmp_path / "ledger.sqlite", SITE, clock=lambda: clock[0]))
+    service = KeyHolderService(holder, Ledger(tmp_path / "ledger.sqlite", ROOMY, clock=lambda: clock[0]))
     yield service, counting_decryptions(holder), clock
     service.ledger.close()
 
@@ -472,3 +474,59 @@ def test_remote_attested_key_holder(tmp_path: Path) -> None:
 def site_free_probe(capture: CaptureEdge, face: np.ndarray) -> ProbeMessage:
     """The probe a signing edge would send, with its signature taken off (a made-up probe)."""
     return replace(capture.probe(face, purpose="entry"), attestation=None)
+
+
+# -- a stolen edge key: a search at the calibrated threshold, counted per signed subject -------------
+
+
+def test_stolen_edge_key_cannot_climb_below_the_registered_floor(site: Site, tmp_path: Path) -> None:
+    floor = 0.3  # the profile's calibrated threshold, registered with the edge's key
+    keys = EdgeKeys()
+    keys.add(site.signing["hybrid"].public_bytes, site.edge.profile.profile_id, min_threshold=floor)
+    keys.save(tmp_path / "edges.json")
+    assert EdgeKeys.load(tmp_path / "edges.json").min_threshold(site.signing["hybrid"].key_id) == floor
+    holder = KeyHolder.from_bytes(site.base.to_bytes(), limits=lifted_rate(RateLimit()), edge_keys=keys)
+    service = KeyHolderService(holder, Ledger(tmp_path / "ledger.sqlite", ROOMY))
+    true, signed = victim(site)
+    rng = np.random.default_rng(9)
+    answers = []
+    for step in range(30):  # made-up probes, signed with the stolen key
+        u = rng.standard_normal(DIM).astype(np.float32)
+        u /= np.linalg.norm(u)
+        request = verify_request(site.edge.probe(u, purpose="entry", subject="victim"), signed)
+        if step % 2:
+            with pytest.raises(AttestationError, match="below the least"):
+                send(service, "decide_attested", request, threshold=0.0)  # the climb's threshold
+        else:
+            answers += send(service, "decide_attested", request, threshold=floor)
+    assert answers == [False] * 15  # at the calibrated threshold a made-up probe learns nothing to climb on
+    service.ledger.close()
+
+
+def test_per_subject_budget_counts_the_signed_subject(site: Site, tmp_path: Path) -> None:
+    """A caller that leaves the subject label out is still counted per subject: the template's signed tag."""
+    from fpmatch.he import RateLimitExceededError
+
+    service = KeyHolderService(site.holder(), Ledger(tmp_path / "ledger.sqlite", SITE))
+    true, signed = victim(site)
+    for _ in range(SITE.subject_requests_per_day):
+        probe = site.edge.probe(sample("victim", 2, DIM), purpose="entry", subject="victim")
+        send(service, "decide_attested", verify_request(probe, signed), threshold=0.5)
+    probe = site.edge.probe(sample("victim", 2, DIM), purpose="entry", subject="victim")
+    with pytest.raises(RateLimitExceededError, match="subject 'signed:"):
+        send(service, "decide_attested", verify_request(probe, signed), threshold=0.5, subject="another-label")
+    service.ledger.close()
+
+
+def test_benchmark_writes_its_figures(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "attested.json"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "bench_attested.py"), "--dim", "64", "--shortlist", "4",
+                    "--rounds", "2", "--json", str(out)], check=True, cwd=root / "benchmarks", capture_output=True)  # fmt: skip
+    figures = json.loads(out.read_text())
+    for key in ("decide_ms_p50", "decide_attested_ms_p50", "decide_attested_ratio", "best_ms_p50",
+                "best_attested_ms_p50", "best_attested_ratio"):  # fmt: skip
+        assert figures[key] > 0

@@ -139,29 +139,45 @@ class RegisteredEdge:
     key_id: str
     public: bytes  # raw Ed25519 public key
     profile_id: str  # the only profile this edge signs for
+    min_threshold: float | None = None  # the least threshold a decision on its probes may use
 
 
 class EdgeKeys:
     """The edges a key holder in attested mode accepts signatures of, each bound to one profile.
 
-    File format (JSON): ``{"edges": [{"public_key": HEX, "profile_id": HEX}, ...]}``.
+    ``min_threshold`` (the profile's calibrated threshold, :meth:`CaptureEdge.calibration`)
+    makes the key holder refuse decisions on the edge's probes at any lower threshold: whoever
+    holds the edge's key can then only try faces at the calibrated threshold (a search, one
+    decision per probe), never read which side of a made-up probe a template lies (a climb).
+
+    File format (JSON): ``{"edges": [{"public_key": HEX, "profile_id": HEX, "min_threshold": X}, ...]}``
+    (``min_threshold`` optional).
     """
 
     def __init__(self, edges: Iterable[RegisteredEdge] = ()) -> None:
         self._edges: dict[str, tuple[RegisteredEdge, Any]] = {}
         for edge in edges:
-            self.add(edge.public, edge.profile_id)
+            self.add(edge.public, edge.profile_id, edge.min_threshold)
 
-    def add(self, public: bytes, profile_id: str) -> str:
+    def add(self, public: bytes, profile_id: str, min_threshold: float | None = None) -> str:
         """Register a public key (raw 32 bytes) for ``profile_id``; returns its key id."""
         if not isinstance(public, bytes) or len(public) != 32:
             raise InvalidInputError("an edge public key is 32 raw bytes")
         if not isinstance(profile_id, str) or len(profile_id) != 16 or any(c not in "0123456789abcdef" for c in profile_id):
             raise InvalidInputError(f"a profile id is 16 hex digits, got {profile_id!r}")
+        if min_threshold is not None and (isinstance(min_threshold, bool) or not isinstance(min_threshold, (int, float))
+                                          or not -1.0 <= min_threshold <= 1.0):  # fmt: skip
+            raise InvalidInputError(f"min_threshold must be a number in [-1, 1], got {min_threshold!r}")
         verifier = _ed25519().Ed25519PublicKey.from_public_bytes(public)
         key_id = key_id_of(public)
-        self._edges[key_id] = (RegisteredEdge(key_id, public, profile_id), verifier)
+        floor = None if min_threshold is None else float(min_threshold)
+        self._edges[key_id] = (RegisteredEdge(key_id, public, profile_id, floor), verifier)
         return key_id
+
+    def min_threshold(self, key_id: str) -> float | None:
+        """The least threshold decisions on this edge's probes may use (None: any)."""
+        found = self._edges.get(key_id)
+        return None if found is None else found[0].min_threshold
 
     def __len__(self) -> int:
         return len(self._edges)
@@ -170,7 +186,13 @@ class EdgeKeys:
         return key_id in self._edges
 
     def to_dict(self) -> dict[str, Any]:
-        return {"edges": [{"public_key": e.public.hex(), "profile_id": e.profile_id} for e, _ in self._edges.values()]}
+        edges = []
+        for edge, _ in self._edges.values():
+            entry: dict[str, Any] = {"public_key": edge.public.hex(), "profile_id": edge.profile_id}
+            if edge.min_threshold is not None:
+                entry["min_threshold"] = edge.min_threshold
+            edges.append(entry)
+        return {"edges": edges}
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         target = Path(path)
@@ -185,7 +207,7 @@ class EdgeKeys:
             value = json.loads(read_regular_file(source, "an fpmatch edge key list"))
             keys = cls()
             for entry in value["edges"]:
-                keys.add(bytes.fromhex(entry["public_key"]), entry["profile_id"])
+                keys.add(bytes.fromhex(entry["public_key"]), entry["profile_id"], entry.get("min_threshold"))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise KeyFileError(f"cannot read edge key list {source}: {exc}") from exc
         if not len(keys):

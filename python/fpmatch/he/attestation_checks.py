@@ -61,8 +61,8 @@ class CheckedRequest:
 
 
 def check_attested(
-    data: bytes, keys: EdgeKeys, *, kind: str, now: float, freshness: float, nonces: NonceRegister,
-    params: HEParams, n: int, max_templates: int,
+    data: bytes, keys: EdgeKeys, *, kind: str, threshold: float, now: float, freshness: float,
+    nonces: NonceRegister, params: HEParams, n: int, max_templates: int,
 ) -> CheckedRequest:  # fmt: skip
     request = AttestedRequest.from_bytes(data, max_templates=max_templates)
     probe = ProbeMessage.from_bytes(request.probe)
@@ -71,6 +71,11 @@ def check_attested(
     attestation = ProbeAttestation.from_bytes(probe.attestation)
     keys.check(attestation.key_id, probe.profile_id, attestation.statement(probe.profile_id, probe.unsigned()),
                attestation.signature, "the probe")  # fmt: skip
+    floor = keys.min_threshold(attestation.key_id)
+    if floor is not None and threshold < floor:
+        raise AttestationError(
+            f"threshold {threshold} is below the least this edge's probes are decided at ({floor}, its calibrated threshold)"
+        )
     if attestation.kind != kind:
         raise AttestationError(f"the probe was signed for a {attestation.kind} request, not a {kind} request")
     age = now - attestation.issued

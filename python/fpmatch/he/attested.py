@@ -115,6 +115,17 @@ def template_count(data: bytes) -> int:
         return 0
 
 
+def subject_label(data: bytes) -> str | None:
+    """The per-subject budget label of an attested verification: its template's signed subject tag
+    (None if the request cannot be read; it is then refused anyway). A caller cannot leave it out."""
+    try:
+        request = AttestedRequest.from_bytes(data, max_templates=1)
+        tag = SignedTemplate.from_bytes(request.templates[0]).subject_tag
+    except MessageFormatError:
+        return None
+    return "signed:" + tag[:16].hex()
+
+
 def attested_scores(
     key_id: str, n: int, q: int, ring: object, probe_scale_bits: int, template_scale_bits: int,
     weights: np.ndarray, templates: list[SignedTemplate],
@@ -139,4 +150,4 @@ def attested_scores(
     return EncryptedScores(key_id, template_scale_bits + probe_scale_bits, q, a, b, index, np.arange(len(templates)))
 
 
-__all__ = ["AttestedRequest", "attested_scores", "encrypt_template", "read_template", "template_count"]
+__all__ = ["AttestedRequest", "attested_scores", "encrypt_template", "read_template", "subject_label", "template_count"]

@@ -320,22 +320,22 @@ class KeyHolder:
         """``score >= threshold`` for the one template of an attested verification
         (:class:`~fpmatch.he.attested.AttestedRequest`); ``subject`` as for :meth:`decide`."""
         threshold = check_threshold(threshold)
-        values = self._attested(request, caller, "verify")
+        values = self._attested(request, caller, "verify", threshold)
         return (self._flooded(values, self.decision_noise) >= threshold).tolist()
 
     def best_attested(self, request: bytes, threshold: float, k: int, *, caller: str) -> list[int]:
         """Positions of up to ``k`` templates of an attested identification scoring ``>= threshold``, best first."""
         threshold = check_threshold(threshold)
         self._check_k(k)
-        return _best(self._flooded(self._attested(request, caller, "identify"), self.decision_noise), threshold, k)
+        return _best(self._flooded(self._attested(request, caller, "identify", threshold), self.decision_noise), threshold, k)
 
-    def _attested(self, data: bytes, caller: str, kind: str) -> np.ndarray:
+    def _attested(self, data: bytes, caller: str, kind: str, threshold: float) -> np.ndarray:
         """Scores this key holder computes itself from a signed probe and signed templates, after every check."""
         if self.edge_keys is None:
             self._refuse(caller, "this key holder is not in attested mode: it has no registered capture edges")
         bucket = self._charge(caller)
         checked = check_attested(
-            data, self.edge_keys, kind=kind, now=self._wall_clock(), freshness=self.freshness, nonces=self.nonces,
+            data, self.edge_keys, kind=kind, threshold=threshold, now=self._wall_clock(), freshness=self.freshness, nonces=self.nonces,
             params=self.params, n=self._ring.n, max_templates=self.limits.max_attested,
         )  # fmt: skip
         scores = attested_scores(self.key_id, self._ring.n, self._ring.q, self._ring, checked.probe_scale_bits,

@@ -34,7 +34,7 @@ from ..errors import FpmatchError
 from .certs import certificate_fingerprint
 from .client import CHANNEL_OPTIONS
 from .errors import CiphertextFormatError, DecryptionRefusedError
-from .attested import template_count
+from .attested import subject_label, template_count
 from .keyholder import KeyHolder, RateLimit
 from .ledger import Budgets, Ledger
 from .remote import dispatch, error_reply, parse, reply
@@ -143,6 +143,9 @@ class KeyHolderService:
                     f"a subject label is a string of 1 to {MAX_SUBJECT_LABEL} characters"
                 )
                 subject = None
+            if problem is None and op == "decide_attested":
+                # Count the subject the edge signed the template for, not a label the caller chose.
+                subject = subject_label(payload) or subject
             claimed = header.get("caller")
             if problem is None and claimed not in (None, "", caller):
                 problem = DecryptionRefusedError(

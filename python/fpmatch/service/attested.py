@@ -84,8 +84,15 @@ class AttestedOps(ServiceState):
                 f"an attested key holder scores a shortlist of signed templates; the {self.scheme} scheme has no "
                 "shortlist (1:N would send the whole gallery): identify with the hybrid scheme"
             )
-        signed = self._signed_probe(probe, "identify", purpose)
+        from ..galleries.hybrid import HybridSchemeGallery
+
         gallery: Any = self._gallery
+        if not isinstance(gallery, HybridSchemeGallery):
+            raise AttestedModeError(
+                "attested identification runs on one service's hybrid gallery; this service's shortlist is "
+                f"spread over shards ({type(gallery).__name__}), which attested mode does not cover yet"
+            )
+        signed = self._signed_probe(probe, "identify", purpose)
         assert probe.code is not None and probe.reliability is not None
         want = min(max(k, gallery.candidates), MAX_ATTESTED_CANDIDATES)
         ids = gallery._shortlist(probe.code, probe.reliability, want, eligible)
