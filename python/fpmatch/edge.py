@@ -21,6 +21,11 @@ What a message carries, by scheme:
 Every message names the :class:`EdgeProfile` it was made under (scheme,
 dimension, code width, transform key id, encryption key id); a service refuses
 messages of any other profile.
+
+An edge with a signing key (:mod:`fpmatch.attestation`) also encrypts each
+enrolled template itself and signs that ciphertext, and signs each probe for one
+use, for a key holder in attested mode. Such messages are written as version 2
+(the version 1 parts, then the signed part); messages without it stay version 1.
 """
 
 from __future__ import annotations

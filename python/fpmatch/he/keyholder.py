@@ -29,6 +29,13 @@ key (re-enrolment). These in-process counters reset with the process; the
 key holder service (:mod:`fpmatch.he.server`) keeps its callers' rates and
 daily budgets in its own ledger instead (:mod:`fpmatch.he.ledger`), and
 THREAT_MODEL.md gives what each attack needs.
+
+Attested mode (``edge_keys``, the capture edges' registered signing keys) removes
+that residual risk for a caller without an edge's key: the three questions above
+are refused, and :meth:`KeyHolder.decide_attested` and :meth:`KeyHolder.best_attested`
+take a signed probe and signed template ciphertexts instead, check them
+(:mod:`fpmatch.he.attestation_checks`) and compute the scores themselves
+(:mod:`fpmatch.he.attested`), so nothing a caller crafted is ever decrypted.
 """
 
 from __future__ import annotations
