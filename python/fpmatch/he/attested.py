@@ -23,6 +23,7 @@ import numpy as np
 from ..attestation import SignedTemplate
 from ..errors import KeyMismatchError, MessageFormatError
 from ._packing import PACKED_BYTES, pack, unpack
+from ._ring import Ring
 from .context import PublicContext
 from .errors import CiphertextFormatError
 from .scores import EncryptedScores
@@ -126,28 +127,25 @@ def subject_label(data: bytes) -> str | None:
     return "signed:" + tag[:16].hex()
 
 
-def attested_scores(
-    key_id: str, n: int, q: int, ring: object, probe_scale_bits: int, template_scale_bits: int,
-    weights: np.ndarray, templates: list[SignedTemplate],
-) -> EncryptedScores:  # fmt: skip
-    """Encrypted scores of fixed-point probe ``weights`` (d,) against the templates, in order.
+def attested_scores(ring: Ring, key_id: str, scale_bits: int, weights: np.ndarray, templates: list[SignedTemplate]) -> EncryptedScores:
+    """Encrypted scores (at ``scale_bits``) of fixed-point probe ``weights`` (d,) against the templates, in order.
 
-    ``ring`` is the key holder's :class:`~fpmatch.he._ring.Ring`.
+    ``ring`` is the key holder's; each template's ciphertext is read (and checked) here.
     """
-    d = len(weights)
+    n, q, d = ring.n, ring.q, len(weights)
     poly = np.zeros(n, dtype=np.int64)
     poly[0] = weights[0]
-    poly[n - np.arange(1, d)] = -weights[1:]
-    p_hat = ring.ntt(poly)  # type: ignore[attr-defined]
+    poly[n - np.arange(1, d)] = -weights[1:]  # X^-i = -X^(N-i)
+    p_hat = ring.ntt(poly)
     w = np.mod(weights, q)
     a = np.empty((len(templates), n), dtype=np.int64)
     b = np.empty(len(templates), dtype=np.int64)
     for i, template in enumerate(templates):
         c0, c1 = read_template(template.ciphertext, key_id=key_id, n=n, q=q)
-        a[i] = ring.mulmod(c1, p_hat)  # type: ignore[attr-defined]
-        b[i] = int(np.mod(ring.mulmod(c0[:d], w).sum(), q))  # type: ignore[attr-defined]
+        a[i] = ring.mulmod(c1, p_hat)  # c1 * P, NTT values
+        b[i] = int(np.mod(ring.mulmod(c0[:d], w).sum(), q))  # coefficient 0 of c0 * P
     index = np.zeros(len(templates), dtype=np.int64)
-    return EncryptedScores(key_id, template_scale_bits + probe_scale_bits, q, a, b, index, np.arange(len(templates)))
+    return EncryptedScores(key_id, scale_bits, q, a, b, index, np.arange(len(templates), dtype=np.int64))
 
 
 __all__ = ["AttestedRequest", "attested_scores", "encrypt_template", "read_template", "subject_label", "template_count"]

@@ -342,11 +342,11 @@ class KeyHolder:
             self._refuse(caller, "this key holder is not in attested mode: it has no registered capture edges")
         bucket = self._charge(caller)
         checked = check_attested(
-            data, self.edge_keys, kind=kind, threshold=threshold, now=self._wall_clock(), freshness=self.freshness, nonces=self.nonces,
-            params=self.params, n=self._ring.n, max_templates=self.limits.max_attested,
+            data, self.edge_keys, kind=kind, threshold=threshold, now=self._wall_clock(), freshness=self.freshness,
+            nonces=self.nonces, params=self.params, n=self._ring.n, max_templates=self.limits.max_attested,
         )  # fmt: skip
-        scores = attested_scores(self.key_id, self._ring.n, self._ring.q, self._ring, checked.probe_scale_bits,
-                                 self.params.template_scale_bits, checked.weights, checked.templates)  # fmt: skip
+        scale_bits = self.params.template_scale_bits + checked.probe_scale_bits
+        scores = attested_scores(self._ring, self.key_id, scale_bits, checked.weights, checked.templates)
         with self._lock:
             bucket.usage.scores += len(scores)
         return self._decrypt(scores)
