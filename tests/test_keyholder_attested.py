@@ -532,3 +532,21 @@ def test_benchmark_writes_its_figures(tmp_path: Path) -> None:
     for key in ("decide_ms_p50", "decide_attested_ms_p50", "decide_attested_ratio", "best_ms_p50",
                 "best_attested_ms_p50", "best_attested_ratio"):  # fmt: skip
         assert figures[key] > 0
+
+
+def test_command_line_makes_and_registers_edge_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fpmatch import cli
+
+    key = tmp_path / "edge-signing.key"
+    assert cli.main(["keys", "new", "--kind", "edge-signing", str(key)]) == 0
+    public = EdgeSigningKey.load(key).public_bytes.hex()
+    assert public in capsys.readouterr().out
+    edges = tmp_path / "edges.json"
+    assert cli.main(["keyholder", "register-edge", str(edges), "--public-key", public, "--profile", "0123456789abcdef",
+                     "--min-threshold", "0.4"]) == 0  # fmt: skip
+    loaded = EdgeKeys.load(edges)
+    assert len(loaded) == 1 and loaded.min_threshold(EdgeSigningKey.load(key).key_id) == 0.4
+    assert cli.main(["keyholder", "register-edge", str(edges), "--public-key", "zz", "--profile", "0123456789abcdef"]) == 2
+    assert "64 hex digits" in capsys.readouterr().err
+    assert cli.main(["keyholder", "register-edge", str(edges), "--public-key", public, "--profile", "xyz"]) == 2
+    assert "profile id" in capsys.readouterr().err

@@ -125,6 +125,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_register_edge(args: argparse.Namespace) -> int:
+    from ..attestation import EdgeKeys
+    from ..errors import InvalidInputError, KeyFileError
+
+    path = Path(args.edge_keys)
+    try:
+        public = bytes.fromhex(args.public_key)
+    except ValueError:
+        raise CliError("--public-key must be the edge's public key as 64 hex digits") from None
+    try:
+        keys = EdgeKeys.load(path) if path.exists() else EdgeKeys()
+        key_id = keys.add(public, args.profile, args.min_threshold)
+    except (KeyFileError, InvalidInputError) as exc:
+        raise CliError(str(exc)) from exc
+    keys.save(path)
+    floor = "any threshold" if args.min_threshold is None else f"thresholds of at least {args.min_threshold}"
+    print(f"registered edge key {key_id} for profile {args.profile} ({floor}) in {path}; restart the key holder to load it")
+    return 0
+
+
 def _cmd_public(args: argparse.Namespace) -> int:
     _require_service()
     from ..he.sealing import read_sealed
@@ -174,7 +194,7 @@ def _seal_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_commands(commands: Any) -> None:
-    """Register ``keyholder init|serve|public|certs|audit``."""
+    """Register ``keyholder init|serve|register-edge|public|certs|audit``."""
     group = add_group(
         commands, "keyholder", "Run the key holder: its sealed key, its network service, test certificates.",
         ["fpmatch keyholder init /etc/fpmatch/keyholder.sealed",
@@ -237,6 +257,17 @@ def add_commands(commands: Any) -> None:
     public.add_argument("--out", required=True, metavar="FILE", help="public context file to write")
     _seal_options(public)
 
+    register = add_command(
+        group, "register-edge", "Register a capture edge's signing key for attested mode (serve --edge-keys).",
+        _cmd_register_edge,
+        ["fpmatch keyholder register-edge /etc/fpmatch/edge-keys.json --public-key HEX --profile 0123456789abcdef "
+         "--min-threshold 0.42"],
+    )  # fmt: skip
+    register.add_argument("edge_keys", metavar="FILE", help="the edge key list (created if missing)")
+    register.add_argument("--public-key", required=True, metavar="HEX", help="the edge's public key (`keys new --kind edge-signing`)")
+    register.add_argument("--profile", required=True, metavar="ID", help="the edge profile id it signs for (16 hex digits)")
+    register.add_argument("--min-threshold", type=float, metavar="X",
+                          help="refuse decisions on its probes below this threshold (the profile's calibrated one)")  # fmt: skip
     certs = add_command(
         group, "certs", "Make a test CA, a server certificate and client certificates.", _cmd_certs,
         ["fpmatch keyholder certs pki --caller matching-service --host localhost --host 127.0.0.1"],
