@@ -550,3 +550,11 @@ def test_command_line_makes_and_registers_edge_keys(tmp_path: Path, capsys: pyte
     assert "64 hex digits" in capsys.readouterr().err
     assert cli.main(["keyholder", "register-edge", str(edges), "--public-key", public, "--profile", "xyz"]) == 2
     assert "profile id" in capsys.readouterr().err
+
+
+def test_http_api_answers_attested_refusals_with_stable_codes() -> None:
+    pytest.importorskip("fastapi", reason="the HTTP API needs fastapi")
+    from fpmatch.api.errors import classify
+
+    assert classify(AttestationError("replayed")) == (403, "attestation_refused")
+    assert classify(AttestedModeError("use hybrid")) == (409, "attested_mode")
