@@ -425,9 +425,11 @@ def test_remote_attested_key_holder(tmp_path: Path) -> None:
     keys = EdgeKeys()
     keys.add(signing.public_bytes, capture.profile.profile_id)
     edges = keys.save(tmp_path / "edges.json")
-    server = Server(deployment, extra=["--edge-keys", str(edges)])
+    attested_options = ["--edge-keys", str(edges)]
+    server = Server(deployment, extra=attested_options)
     clock = ManualClock()
-    client = deployment.client(server)
+    client = deployment.client(server)  # the matching service's
+    direct = deployment.client(server)  # the same certificate, asking the key holder straight
     service = None
     try:
         assert client.attested_mode
@@ -449,28 +451,35 @@ def test_remote_attested_key_holder(tmp_path: Path) -> None:
         signed = service.store.attested([service.store.subject_ids()[people[1]]])
         template = next(iter(signed.values()))
         with pytest.raises(AttestedModeError):
-            client.decide(b"\0" * 64, 0.5, caller="matching-service")
+            direct.decide(b"\0" * 64, 0.5, caller="matching-service")
         unsigned = site_free_probe(capture, sample(people[1], 2, DIM))
         with pytest.raises(AttestationError, match="not signed"):
-            client.decide_attested(verify_request(unsigned, template), 0.5, caller="matching-service")
+            direct.decide_attested(verify_request(unsigned, template), 0.5, caller="matching-service")
         used = capture.probe(sample(people[1], 2, DIM), purpose="entry", subject=people[1])
-        assert client.decide_attested(verify_request(used, template), 0.5, caller="matching-service") == [True]
-        client.close()
+        assert direct.decide_attested(verify_request(used, template), 0.5, caller="matching-service") == [True]
         server.stop()
-        server = Server(deployment, extra=["--edge-keys", str(edges)])  # a restart, on the same ledger
-        client = deployment.client(server)
+        server = Server(deployment, port=server.port, extra=attested_options)  # a restart, on the same ledger
         with pytest.raises(AttestationError, match="replay"):
-            client.decide_attested(verify_request(used, template), 0.5, caller="matching-service")
+            direct.decide_attested(verify_request(used, template), 0.5, caller="matching-service")
+        # Restarted without attested mode: the service's first request is refused for the mode, then it
+        # asks again and decides as before.
+        server.stop()
+        server = Server(deployment, port=server.port)
+        probe = capture.probe(sample(people[1], 3, DIM), purpose="entry", subject=people[1])
+        with pytest.raises(AttestedModeError, match="not in attested mode"):
+            service.verify(people[1], probe, "entry")
+        assert service.verify(people[1], probe, "entry") == VerificationOutcome.MATCH
     finally:
         if service is not None:
             service.close()
         client.close()
+        direct.close()
         server.stop()
     ledger = Ledger(deployment.ledger)
     lines = [(e.op, e.outcome) for e in ledger.entries()]
     ledger.close()
     assert ("decide", "AttestedModeError") in lines and ("decide_attested", "AttestationError") in lines
-    assert lines[-1] == ("decide_attested", "AttestationError")
+    assert lines[-2:] == [("decide_attested", "AttestedModeError"), ("decide", "ok")]
 
 
 def site_free_probe(capture: CaptureEdge, face: np.ndarray) -> ProbeMessage:

@@ -26,6 +26,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable
 
+from ..errors import AttestedModeError
 from .errors import DecryptionRefusedError, KeyHolderUnavailable
 from .keyholder import Usage
 from .remote import _pack, read_reply
@@ -189,7 +190,11 @@ class RemoteKeyHolder:
                         f"attempt(s): {detail}"
                     ) from None
                 raise
-        return read_reply(answer)
+        try:
+            return read_reply(answer)
+        except AttestedModeError:
+            self._attested = None  # the key holder's mode differs from what was asked: ask again next time
+            raise
 
     def public_context(self) -> bytes:
         return self._call({"op": "public_context"})[1]
@@ -225,7 +230,8 @@ class RemoteKeyHolder:
 
     @property
     def attested_mode(self) -> bool:
-        """Whether the key holder runs in attested mode (asked once, then remembered)."""
+        """Whether the key holder runs in attested mode (asked once, then remembered until a request
+        is refused for the other mode, e.g. after the key holder restarted with other options)."""
         if self._attested is None:
             try:
                 self._attested = bool(self._call(self._named({"op": "mode", "caller": ""}))[0]["result"]["attested"])

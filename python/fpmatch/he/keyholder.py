@@ -339,7 +339,8 @@ class KeyHolder:
     def _attested(self, data: bytes, caller: str, kind: str, threshold: float) -> np.ndarray:
         """Scores this key holder computes itself from a signed probe and signed templates, after every check."""
         if self.edge_keys is None:
-            self._refuse(caller, "this key holder is not in attested mode: it has no registered capture edges")
+            self._refuse(caller, "this key holder is not in attested mode: it has no registered capture edges",
+                         AttestedModeError)  # fmt: skip
         bucket = self._charge(caller)
         checked = check_attested(
             data, self.edge_keys, kind=kind, threshold=threshold, now=self._wall_clock(), freshness=self.freshness,
