@@ -84,6 +84,10 @@ class ProtectedGallery(ABC):
         except (KeyError, TypeError):
             raise UnknownSubjectError(f"subject {subject!r} is not enrolled") from None
 
+    def subject_of(self, id_: int) -> str:
+        """The enrolled subject stored under ``id_``."""
+        return self._names[id_]
+
     def _eligible_id(self, id_: int, eligible: Callable[[str], bool]) -> bool:
         """Whether the subject stored under ``id_`` is still enrolled and ``eligible``."""
         name = self._names.get(id_)

@@ -13,7 +13,7 @@ signed, for the request's kind and purpose.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from ..attestation import ProbeAttestation, SignedTemplate
 from ..edge import EnrolmentRecord, ProbeMessage
@@ -86,23 +86,22 @@ class AttestedOps(ServiceState):
             )
         from ..galleries.hybrid import HybridSchemeGallery
 
-        gallery: Any = self._gallery
+        gallery = self._gallery
         if not isinstance(gallery, HybridSchemeGallery):
             raise AttestedModeError(
                 "attested identification runs on one service's hybrid gallery; this service's shortlist is "
                 f"spread over shards ({type(gallery).__name__}), which attested mode does not cover yet"
             )
         signed = self._signed_probe(probe, "identify", purpose)
-        assert probe.code is not None and probe.reliability is not None
         want = min(max(k, gallery.candidates), MAX_ATTESTED_CANDIDATES)
-        ids = gallery._shortlist(probe.code, probe.reliability, want, eligible)
+        ids = gallery.shortlist_ids(probe, want, eligible)
         templates = self._store.attested(ids)
         ids = [id_ for id_ in ids if id_ in templates]  # subjects enrolled unsigned cannot be scored (README)
         if not ids:
             return []
         request = AttestedRequest(signed, [templates[id_] for id_ in ids]).to_bytes()
         positions = gallery.decider.best_attested(request, threshold, min(k, len(ids)), caller=gallery.caller)
-        return [gallery._names[ids[p]] for p in positions]
+        return [gallery.subject_of(ids[p]) for p in positions]
 
 
 __all__ = ["AttestedOps", "MAX_ATTESTED_CANDIDATES"]
