@@ -567,3 +567,69 @@ def test_http_api_answers_attested_refusals_with_stable_codes() -> None:
 
     assert classify(AttestationError("replayed")) == (403, "attestation_refused")
     assert classify(AttestedModeError("use hybrid")) == (409, "attested_mode")
+
+
+def test_store_commands_sign_for_an_attested_key_holder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("grpc", reason="the key holder service needs grpcio")
+    from fpmatch import cli
+    from fpmatch.hashing import DEFAULT_BITS
+    from keyholder_support import Deployment, Server
+    from service_support import labelled_set
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = cli.main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    deployment = Deployment(tmp_path / "kh")
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for kind, name in (("edge", "edge.key"), ("service", "service.key"), ("edge-signing", "signing.key")):
+        assert run("keys", "new", "--kind", kind, str(keys / name))[0] == 0
+    signing = EdgeSigningKey.load(keys / "signing.key")
+    profile = CaptureEdge(HashKey.load(keys / "edge.key"), DIM, scheme="hybrid", public_context=deployment.public,
+                          bits=DEFAULT_BITS).profile.profile_id  # fmt: skip
+    edges = tmp_path / "edges.json"
+    assert run("keyholder", "register-edge", str(edges), "--public-key", signing.public_bytes.hex(), "--profile", profile)[0] == 0
+    server = Server(deployment, extra=["--edge-keys", str(edges)])
+    try:
+        data = tmp_path / "data"
+        data.mkdir()
+        names = ["alice", "bob", "carol"]
+        np.save(data / "batch.npy", np.stack([sample(name, 0, DIM) for name in names]))
+        (data / "subjects.txt").write_text("\n".join(names) + "\n")
+        np.save(data / "probe.npy", sample("alice", 1, DIM))
+        templates, labels = labelled_set(150, DIM)
+        np.save(data / "cal.npy", templates)
+        np.save(data / "labels.npy", labels)
+        pki = deployment.pki
+        unsigned = ["--store", str(tmp_path / "store"), "--key", str(keys / "edge.key"), "--service-key",
+                    str(keys / "service.key"), "--keyholder-address", server.address, "--keyholder-cert",
+                    str(pki / "matching-service.crt"), "--keyholder-tls-key", str(pki / "matching-service.key"),
+                    "--keyholder-ca", str(pki / "ca.crt")]  # fmt: skip
+        args = [*unsigned, "--edge-signing-key", str(keys / "signing.key")]
+        for name in names:
+            code, _, err = run("consent", "grant", name, "--purpose", "payment", "--notice-version", "v1", "--evidence",
+                               name, "--method", "signed-form", "--retention-days", "30", "--dim", str(DIM), *args)  # fmt: skip
+            assert code == 0, err
+        code, out, err = run("enrol", "--batch", str(data / "subjects.txt"), "--templates", str(data / "batch.npy"), *unsigned)
+        assert code == 2 and "no signed template" in err  # unsigned enrolment: refused in attested mode
+        code, out, err = run("enrol", "--batch", str(data / "subjects.txt"), "--templates", str(data / "batch.npy"), *args)
+        assert code == 0 and "enrolled 3" in out, err
+        code, _, err = run("calibrate", "--target-fmr", "1e-3", "--templates", str(data / "cal.npy"), "--labels",
+                           str(data / "labels.npy"), "--max-pairs", "40000", *args)  # fmt: skip
+        assert code == 0, err
+        code, out, err = run("verify", "alice", "--probe", str(data / "probe.npy"), "--purpose", "payment", *args)
+        assert (code, out.strip()) == (0, "match"), err
+        code, out, err = run("verify", "bob", "--probe", str(data / "probe.npy"), "--purpose", "payment", *args)
+        assert (code, out.strip()) == (0, "no_match"), err
+        code, out, err = run("identify", "--probe", str(data / "probe.npy"), "--purpose", "payment", *args)
+        assert code == 0 and [json.loads(line)["subject"] for line in out.splitlines()] == ["alice"], err
+        code, out, err = run("verify", "alice", "--probe", str(data / "probe.npy"), "--purpose", "payment", *unsigned)
+        assert code == 2 and "not signed" in err and "Traceback" not in err
+    finally:
+        server.stop()
+    ledger = Ledger(deployment.ledger)
+    ops = {e.op for e in ledger.entries() if e.outcome == "ok"}
+    ledger.close()
+    assert {"decide_attested", "best_attested"} <= ops and not ops & {"decide", "best"}
