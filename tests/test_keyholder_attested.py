@@ -633,3 +633,21 @@ def test_store_commands_sign_for_an_attested_key_holder(tmp_path: Path, capsys: 
     ops = {e.op for e in ledger.entries() if e.outcome == "ok"}
     ledger.close()
     assert {"decide_attested", "best_attested"} <= ops and not ops & {"decide", "best"}
+
+
+def test_enrolment_checks_the_signed_template_it_stores(site: Site, tmp_path: Path) -> None:
+    clock = ManualClock()
+    plain, attested, capture = open_pair(site, tmp_path, "hybrid", clock)
+    try:
+        for service in (plain, attested):
+            grant(service, "alice", ("entry",))
+            record = capture.enrolment(sample("alice", 0, DIM), subject="bob")  # signed for someone else
+            with pytest.raises(AttestationError, match="another subject than 'alice'"):
+                service.enrol("alice", record)
+            broken = replace(capture.enrolment(sample("alice", 0, DIM), subject="alice"), attestation=b"junk")
+            with pytest.raises(MessageFormatError):
+                service.enrol("alice", broken)
+            assert "alice" not in service
+    finally:
+        plain.close()
+        attested.close()

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..attestation import ProbeAttestation, SignedTemplate
+from ..attestation import ProbeAttestation, SignedTemplate, subject_tag
 from ..edge import EnrolmentRecord, ProbeMessage
-from ..errors import AttestationError, AttestedModeError
+from ..errors import AttestationError, AttestedModeError, MessageFormatError
 from .state import ServiceState
 
 #: The most shortlisted candidates one attested identification sends (the key holder's default cap).
@@ -34,18 +34,25 @@ class AttestedOps(ServiceState):
         except KeyHolderUnavailable:
             return False  # nothing can be decided now either way: the decision request raises it again
 
-    def _check_signed_records(self, records: list[EnrolmentRecord]) -> None:
-        """In attested mode, every record carries a template signed for this profile (else it could never match)."""
-        if not self._attested():
-            return
-        for record in records:
+    def _check_signed_records(self, names: list[str], records: list[EnrolmentRecord]) -> None:
+        """Every signed template parses and was signed for this profile and its subject; in attested mode every
+        record carries one (an unsigned record could never be scored)."""
+        attested = self._attested()
+        for name, record in zip(names, records):
             if record.attestation is None:
-                raise AttestationError(
-                    "the key holder runs in attested mode and this enrolment record carries no signed template: "
-                    "enrol from a capture edge with a signing key (CaptureEdge(..., signing_key=...))"
-                )
-            if SignedTemplate.from_bytes(record.attestation).profile_id != self.profile.profile_id:
+                if attested:
+                    raise AttestationError(
+                        "the key holder runs in attested mode and this enrolment record carries no signed template: "
+                        "enrol from a capture edge with a signing key (CaptureEdge(..., signing_key=...))"
+                    )
+                continue
+            if not self.profile.encrypted:
+                raise MessageFormatError(f"the {self.scheme} scheme takes no signed template in an EnrolmentRecord")
+            signed = SignedTemplate.from_bytes(record.attestation)
+            if signed.profile_id != self.profile.profile_id:
                 raise AttestationError("this record's signed template was made for another profile")
+            if signed.subject_tag != subject_tag(self.profile.profile_id, name):
+                raise AttestationError(f"this record's signed template was signed for another subject than {name!r}")
 
     def _signed_probe(self, probe: ProbeMessage, kind: str, purpose: str) -> bytes:
         """The probe's bytes once it is signed for ``kind`` and ``purpose`` (the key holder checks the rest)."""

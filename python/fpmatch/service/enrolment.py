@@ -34,7 +34,7 @@ class EnrolmentOps(AttestedOps):
             return
         for record in records:
             check_message(record, EnrolmentRecord, self.profile)
-        self._check_signed_records(records)
+        self._check_signed_records(names, records)
         with self._rw.write():
             now = self._now()
             time = format_time(now)
