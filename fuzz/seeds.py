@@ -47,6 +47,7 @@ def seeds(public_context: bool = False) -> dict[str, list[bytes]]:
     b = rng.integers(0, q, size=3, dtype=np.int64)
     scores = EncryptedScores(targets.HE_KEY_ID, 20, q, a, b, np.array([0, 5, 15]), np.array([0, 1, 1]))
     out["encrypted_scores"] = [scores.to_bytes()]
+    out["attested_request"] = [attested_seed(pid, values, rng)]
     mask = rng.integers(0, 2, size=(2, n)).astype(bool)
     out["reclaim_request"] = [reclaim.reclaim_request(targets.HE_KEY_ID, q, a - q // 2, mask)]
     centred = rng.integers(-(q // 2), q // 2, size=(2, 2, n), dtype=np.int64)
@@ -70,6 +71,25 @@ def seeds(public_context: bool = False) -> dict[str, list[bytes]]:
         out["public_context"] = [context]
         out["keyholder_request"] = keyholder_seeds(context)
     return out
+
+
+def attested_seed(pid: str, values: np.ndarray, rng: np.random.Generator) -> bytes:
+    """A well-formed attested request in the target's small ring (signatures are not checked by the parser)."""
+    import struct
+
+    from fpmatch.attestation import ProbeAttestation, SignedTemplate
+    from fpmatch.he._packing import pack
+    from fpmatch.he.attested import AttestedRequest
+
+    n, q = targets.RING_N, targets.RING_Q
+    signature = bytes(rng.integers(0, 256, 64, dtype=np.uint8))
+    attestation = ProbeAttestation("00112233445566ff", bytes(16), 1.8e9, "verify", bytes(32), "entry", signature)
+    probe = ProbeMessage(pid, None, None, values, attestation.to_bytes())
+    ciphertext = struct.pack("<8s8sIQ", b"FPHEATC1", bytes.fromhex(targets.HE_KEY_ID), n, q) + pack(
+        rng.integers(-(q // 2), q // 2, size=2 * n, dtype=np.int64), q
+    ).tobytes()
+    template = SignedTemplate(pid, "00112233445566ff", bytes(32), ciphertext, signature).to_bytes()
+    return AttestedRequest(probe.to_bytes(), [template, template]).to_bytes()
 
 
 def http_seeds(rng: np.random.Generator) -> list[bytes]:

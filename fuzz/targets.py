@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Callable
 
 from fpmatch import EnrolmentRecord, Gallery, HashKey, ProbeMessage, ServiceKey, load_index
+from fpmatch.attestation import ProbeAttestation, SignedTemplate
 from fpmatch.errors import FpmatchError
+from fpmatch.he.attested import AttestedRequest, read_template
 from fpmatch.he import reclaim
 from fpmatch.he.context import PublicContext
 from fpmatch.he.scores import EncryptedScores
@@ -48,6 +50,22 @@ def edge_enrolment(data: bytes) -> None:
 
 def edge_probe(data: bytes) -> None:
     _round_trip(data, ProbeMessage.from_bytes)
+
+
+def attested_request(data: bytes) -> None:
+    """An attested request as a key holder in attested mode parses it, before any signature is checked:
+    the request, its probe message and probe attestation, each signed template and its ciphertext."""
+    try:
+        request = AttestedRequest.from_bytes(data, max_templates=MAX_ROWS)
+        probe = ProbeMessage.from_bytes(request.probe)
+        if probe.attestation is not None:
+            ProbeAttestation.from_bytes(probe.attestation)
+        for template in request.templates:
+            read_template(SignedTemplate.from_bytes(template).ciphertext, key_id=HE_KEY_ID, n=RING_N, q=RING_Q)
+    except FpmatchError:
+        return
+    if request.to_bytes() != data:
+        raise AssertionError("an accepted attested request does not write back to the same bytes")
 
 
 def encrypted_scores(data: bytes) -> None:
@@ -306,6 +324,7 @@ def api_edge() -> "CaptureEdge":
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "edge_enrolment": edge_enrolment,
     "edge_probe": edge_probe,
+    "attested_request": attested_request,
     "encrypted_scores": encrypted_scores,
     "reclaim_request": reclaim_request,
     "reclaim_reply": reclaim_reply,

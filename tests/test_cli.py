@@ -49,6 +49,7 @@ COMMANDS = [
     ["keyholder"],
     ["keyholder", "init"],
     ["keyholder", "serve"],
+    ["keyholder", "register-edge"],
     ["keyholder", "public"],
     ["keyholder", "certs"],
     ["keyholder", "audit"],

@@ -10,10 +10,13 @@ the secret key; a key holder (:mod:`fpmatch.he`) returns decisions only.
 from . import errors
 from ._core import scan_kernel
 from .alternative import AlternativeVerifier, PinVerifier
+from .attestation import EdgeKeys, EdgeSigningKey
 from .audit import AuditEntry, AuditEvent, AuditHead, AuditReport
 from .consent import ConsentRecord
 from .edge import Calibration, CaptureEdge, EdgeProfile, EnrolmentRecord, ProbeMessage
 from .errors import (
+    AttestationError,
+    AttestedModeError,
     AuditTamperedError,
     AuthenticationError,
     BundledConsentError,
@@ -48,6 +51,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlternativeVerifier",
+    "AttestationError",
+    "AttestedModeError",
     "AuditEntry",
     "AuditEvent",
     "AuditHead",
@@ -62,6 +67,8 @@ __all__ = [
     "ConsentRecord",
     "ConsentRequiredError",
     "DtypeError",
+    "EdgeKeys",
+    "EdgeSigningKey",
     "EdgeProfile",
     "EnrolmentRecord",
     "ErasureError",

@@ -21,6 +21,11 @@ What a message carries, by scheme:
 Every message names the :class:`EdgeProfile` it was made under (scheme,
 dimension, code width, transform key id, encryption key id); a service refuses
 messages of any other profile.
+
+An edge with a signing key (:mod:`fpmatch.attestation`) also encrypts each
+enrolled template itself and signs that ciphertext, and signs each probe for one
+use, for a key holder in attested mode. Such messages are written as version 2
+(the version 1 parts, then the signed part); messages without it stay version 1.
 """
 
 from __future__ import annotations
@@ -28,14 +33,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import secrets
 import struct
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
 from ._validate import unit_rows
+from .attestation import NONCE_BYTES, EdgeSigningKey, ProbeAttestation, SignedTemplate, subject_tag
 from .codes import weighted_pairs
 from .errors import InvalidInputError, KeyMismatchError, MessageFormatError
 from .thresholds import check_fmr, threshold_at_fmr
@@ -50,6 +58,8 @@ if TYPE_CHECKING:
 SCHEMES = ("hash", "he", "hybrid")
 _MAGIC = b"FPEDGE01"
 _HEADER = struct.Struct("<8sc8sIII")  # magic, kind, profile id, code bytes, reliabilities, values
+_MAGIC_V2 = b"FPEDGE02"  # a signed message: version 1's parts, then its attestation
+_HEADER_V2 = struct.Struct("<8sc8sIIII")  # ... and the attestation's bytes
 _CHUNK = 65536  # pairs scored per numpy step
 #: Largest message accepted from the network (a 4096-D probe with 4096-bit codes is far below it).
 MAX_MESSAGE_BYTES = 1 << 20
@@ -168,6 +178,9 @@ class _Message:
     code: np.ndarray | None  # (bits/8,) uint8
     reliability: np.ndarray | None  # (bits,) float32, probes only
     values: np.ndarray | None  # (dim,) int64: the rotated template or probe, fixed point
+    #: What a signing edge adds (:mod:`fpmatch.attestation`): a record's signed template ciphertext,
+    #: a probe's signature. Messages with it are written as version 2; without it, as version 1.
+    attestation: bytes | None = None
 
     _KIND: ClassVar[bytes]
 
@@ -183,8 +196,15 @@ class _Message:
             None if self.values is None else np.ascontiguousarray(self.values, dtype="<i8").tobytes(),
         ]
         sizes = [0 if part is None else len(part) for part in parts]
-        header = _HEADER.pack(_MAGIC, self._KIND, bytes.fromhex(self.profile_id), *sizes)
-        return header + b"".join(part for part in parts if part)
+        body = b"".join(part for part in parts if part)
+        if self.attestation is None:  # version 1, as every message was before signing edges
+            return _HEADER.pack(_MAGIC, self._KIND, bytes.fromhex(self.profile_id), *sizes) + body
+        header = _HEADER_V2.pack(_MAGIC_V2, self._KIND, bytes.fromhex(self.profile_id), *sizes, len(self.attestation))
+        return header + body + self.attestation
+
+    def unsigned(self) -> bytes:
+        """The message as version 1 bytes, without its attestation (what a probe signature covers)."""
+        return replace(self, attestation=None).to_bytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Any:
@@ -194,20 +214,31 @@ class _Message:
         data = bytes(data)
         if not _HEADER.size <= len(data) <= MAX_MESSAGE_BYTES:
             raise MessageFormatError(f"a message of {len(data)} bytes is truncated or too large")
-        magic, kind, profile, code_len, rel_len, values_len = _HEADER.unpack_from(data)
-        if magic != _MAGIC:
+        signed = data.startswith(_MAGIC_V2)
+        if signed:
+            if len(data) < _HEADER_V2.size:
+                raise MessageFormatError(f"a message of {len(data)} bytes is truncated")
+            magic, kind, profile, code_len, rel_len, values_len, attest_len = _HEADER_V2.unpack_from(data)
+        else:
+            magic, kind, profile, code_len, rel_len, values_len = _HEADER.unpack_from(data)
+            attest_len = 0
+        if magic not in (_MAGIC, _MAGIC_V2):
             raise MessageFormatError("not an fpmatch capture-edge message (bad magic)")
         if kind != cls._KIND:
             raise MessageFormatError(f"expected a {cls.__name__}, got message kind {kind!r}")
-        if rel_len % 4 or values_len % 8 or _HEADER.size + code_len + rel_len + values_len != len(data):
+        head = _HEADER_V2.size if signed else _HEADER.size
+        if rel_len % 4 or values_len % 8 or head + code_len + rel_len + values_len + attest_len != len(data):
             raise MessageFormatError("message lengths do not add up")
-        offset = _HEADER.size
+        if signed and not attest_len:
+            raise MessageFormatError("a signed message without its attestation")
+        offset = head
         code = np.frombuffer(data, np.uint8, code_len, offset).copy() if code_len else None
         offset += code_len
         reliability = np.frombuffer(data, "<f4", rel_len // 4, offset).astype(np.float32) if rel_len else None
         offset += rel_len
         values = np.frombuffer(data, "<i8", values_len // 8, offset).astype(np.int64) if values_len else None
-        return cls(profile.hex(), code, reliability, values)
+        offset += values_len
+        return cls(profile.hex(), code, reliability, values, data[offset:] if signed else None)
 
 
 @dataclass(frozen=True, eq=False)
@@ -258,7 +289,13 @@ class CaptureEdge:
         offset_removal: float = DEFAULT_OFFSET_REMOVAL,
         hash_scheme: str = SCHEME,
         n_threads: int = 0,
+        signing_key: "EdgeSigningKey | None" = None,
     ) -> None:
+        if signing_key is not None and not isinstance(signing_key, EdgeSigningKey):
+            raise KeyMismatchError(f"signing_key must be an EdgeSigningKey, got {type(signing_key).__name__}")
+        if signing_key is not None and scheme == "hash":
+            raise InvalidInputError("only the encrypted schemes (he, hybrid) have an attested mode to sign for")
+        self.signing_key = signing_key
         if not isinstance(key, HashKey):
             raise KeyMismatchError(f"a capture edge takes the transform key (a HashKey), got {type(key).__name__}")
         if scheme not in SCHEMES:
@@ -294,35 +331,66 @@ class CaptureEdge:
     def scheme(self) -> str:
         return self.profile.scheme
 
-    def enrolments(self, templates: Any) -> list[EnrolmentRecord]:
-        """One record per template (rows of a (n, dim) float32 array) or per photo (a list of them)."""
+    def enrolments(self, templates: Any, subjects: "list[str] | None" = None) -> list[EnrolmentRecord]:
+        """One record per template (rows of a (n, dim) float32 array) or per photo (a list of them).
+
+        An edge with a signing key also encrypts each template itself and signs that ciphertext
+        for its subject (``subjects``, one per template, needed then), for an attested key holder.
+        """
+        if self.signing_key is not None and subjects is None:
+            raise InvalidInputError("a signing edge signs each template for its subject: pass subjects")
         embedded = self._embed(templates)
         try:
             codes, _, values = self._protect(embedded, "templates", probe=False)
         finally:
             _drop(embedded, templates)
         pid = self.profile.profile_id
+        count = len(codes if codes is not None else values)  # type: ignore[arg-type]
+        signed: list[bytes | None] = [None] * count
+        if self.signing_key is not None:
+            assert values is not None and self._context is not None and subjects is not None
+            if isinstance(subjects, str) or len(subjects) != count:
+                raise InvalidInputError(f"subjects must be a list of {count} names, one per template")
+            from .he.attested import encrypt_template
+
+            signed = [
+                SignedTemplate.make(self.signing_key, pid, name, encrypt_template(self._context, v)).to_bytes()
+                for name, v in zip(subjects, values)
+            ]
         return [
-            EnrolmentRecord(pid, None if codes is None else codes[i], None, None if values is None else values[i])
-            for i in range(len(codes if codes is not None else values))  # type: ignore[arg-type]
+            EnrolmentRecord(pid, None if codes is None else codes[i], None, None if values is None else values[i], signed[i])
+            for i in range(count)
         ]
 
-    def enrolment(self, template: Any) -> EnrolmentRecord:
+    def enrolment(self, template: Any, *, subject: str | None = None) -> EnrolmentRecord:
         """The record of one template (dim,) or (1, dim), or of the one person in a photo.
 
         A photo is a path, encoded bytes or a uint8 image array (:mod:`fpmatch.faces`);
-        one with more than one face enrols nobody (``MultipleFacesError``).
+        one with more than one face enrols nobody (``MultipleFacesError``). A signing
+        edge needs the ``subject`` the record is for.
         """
-        records = self.enrolments(template)
+        records = self.enrolments(template, None if subject is None else [subject])
         if len(records) != 1:
             raise InvalidInputError("enrolment takes one template; use enrolments() for a batch")
         return records[0]
 
-    def probe(self, template: Any, *, face: Any = "largest") -> ProbeMessage:
+    def probe(
+        self,
+        template: Any,
+        *,
+        face: Any = "largest",
+        purpose: str | None = None,
+        subject: str | None = None,
+        identify: bool = False,
+    ) -> ProbeMessage:
         """The probe message of one template (dim,) or (1, dim), or of one face in a photo.
 
         In a photo only the chosen ``face`` is embedded (``"largest"``, an index
         or a box from :func:`fpmatch.faces.detect`); the others never are.
+
+        A signing edge signs the probe for one use: a verification (of ``subject``,
+        when the edge knows who claims to be there) or, with ``identify``, an
+        identification, for the consent ``purpose`` (needed then).
         """
         embedded = self._embed(template, face=face)
         try:
@@ -332,12 +400,25 @@ class CaptureEdge:
         n = len(codes if codes is not None else values)  # type: ignore[arg-type]
         if n != 1:
             raise InvalidInputError("a probe message holds one probe")
-        return ProbeMessage(
+        message = ProbeMessage(
             self.profile.profile_id,
             None if codes is None else codes[0],
             None if reliability is None else reliability[0],
             None if values is None else values[0],
         )
+        if self.signing_key is None:
+            return message
+        if purpose is None:
+            raise InvalidInputError("a signing edge signs a probe for a purpose: pass purpose")
+        if identify and subject is not None:
+            raise InvalidInputError("an identification names no subject")
+        pid = self.profile.profile_id
+        unsigned = ProbeAttestation(
+            self.signing_key.key_id, secrets.token_bytes(NONCE_BYTES), time.time(),
+            "identify" if identify else "verify", subject_tag(pid, subject), purpose,
+        )  # fmt: skip
+        signature = self.signing_key.sign(unsigned.statement(pid, message.to_bytes()))
+        return replace(message, attestation=replace(unsigned, signature=signature).to_bytes())
 
     def calibration(
         self,

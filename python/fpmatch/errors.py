@@ -51,6 +51,16 @@ class MessageFormatError(FpmatchError, ValueError):
     """A capture-edge message (enrolment record or probe) is malformed, truncated or of the wrong kind."""
 
 
+class AttestationError(FpmatchError, PermissionError):
+    """A signed probe or template does not verify at an attested key holder: unsigned, signed by an
+    unknown edge, altered, stale, replayed, or paired with another subject's template."""
+
+
+class AttestedModeError(FpmatchError, PermissionError):
+    """The key holder runs in attested mode: it decides only over scores it computes itself from
+    signed probes and templates, so requests carrying scores the caller computed are refused."""
+
+
 class NotCalibratedError(FpmatchError, RuntimeError):
     """No decision threshold is available yet; call calibrate() or pass one."""
 

@@ -33,7 +33,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Union
+from typing import Any, Iterator, Mapping, Sequence, Union
 
 from ._validate import read_regular_file
 from .audit import AuditEntry, AuditEvent, AuditHead, head_mac, make_entry
@@ -120,10 +120,15 @@ class Transaction:
         row = self._db.execute("SELECT tag, code, sealed FROM subjects WHERE subject = ?", (subject,)).fetchone()
         if row is None:
             return False
+        id_ = self._db.execute("SELECT id FROM subjects WHERE subject = ?", (subject,)).fetchone()[0]
+        signed = self._db.execute("SELECT template FROM attested WHERE id = ?", (id_,)).fetchone()
+        self._db.execute("DELETE FROM attested WHERE id = ?", (id_,))
         self._db.execute("DELETE FROM subjects WHERE subject = ?", (subject,))
         # The stored tag leaves the census whatever it is: a damaged one leaves the census wrong, so it shows.
         self._counted("subjects").remove(_blob(row[0]))
         self.erased += [bytes(part) for part in row[1:] if part is not None]
+        if signed is not None:
+            self.erased.append(bytes(signed[0]))
         self.changed_subjects = True
         return True
 
@@ -144,6 +149,13 @@ class Transaction:
         census.remove(_blob(old_tag))
         census.add(tag)
         self.changed_subjects = True
+
+    def put_attested(self, id_: int, template: bytes) -> None:
+        """Keep the signed template ciphertext a signing edge made for subject ``id_`` (attested mode).
+
+        Not tagged by the store: its edge's signature, checked by the key holder, protects it.
+        """
+        self._db.execute("INSERT INTO attested (id, template) VALUES (?, ?)", (id_, template))
 
     def put_row(self, row: int, stored: StoredRow) -> None:
         """Insert or replace one row of packed ciphertexts."""
@@ -429,6 +441,17 @@ class Store:
             StoredTemplate(s, i, None if c is None else bytes(c), t, None if e is None else bytes(e))
             for i, _, s, c, t, e, _ in found
         ]
+
+    def attested(self, ids: Sequence[int]) -> dict[int, bytes]:
+        """The signed template ciphertexts kept for the subjects ``ids`` (those that have one)."""
+        found: dict[int, bytes] = {}
+        with self._reading() as db:
+            for start in range(0, len(ids), 500):
+                chunk = [int(i) for i in ids[start : start + 500]]
+                marks = ",".join("?" * len(chunk))
+                for id_, template in db.execute(f"SELECT id, template FROM attested WHERE id IN ({marks})", chunk).fetchall():
+                    found[int(id_)] = bytes(template)
+        return found
 
     def rows(self) -> list[StoredRow]:
         """Every row of packed ciphertexts, in order (rows are numbered from 0 without gaps; each verified)."""

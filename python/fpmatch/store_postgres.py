@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 #: First key of the advisory lock that serialises a store's writers (the second is its schema).
 _LOCK_CLASS = 0x66706D31
 #: Tables whose files can hold protected template bytes.
-_TEMPLATE_TABLES = ("subjects", "he_rows")
+_TEMPLATE_TABLES = ("subjects", "he_rows", "attested")
 #: Where else a value could be copied (ANALYZE samples; the template columns are excluded from it).
 _SEARCHED_TABLES = (*_TEMPLATE_TABLES, "pg_catalog.pg_statistic")
 #: Of each erased string, the first bytes searched for (a copy of any of them is a copy).
@@ -83,6 +83,7 @@ _COLUMNS = {
     "meta": ("name", "value", "tag"),
     "subjects": ("id", "tag", "subject", "code", "slot", "sealed", "enrolled_at"),
     "he_rows": ("row", "tag", "data", "used", "refreshes"),
+    "attested": ("id", "template"),
     "consents": (
         "consent_id", "tag", "subject", "purposes", "granted_at", "expires_at",
         "notice_version", "evidence_ref", "method", "separate", "withdrawn_at",
@@ -143,6 +144,12 @@ ALTER TABLE subjects ALTER COLUMN code SET STORAGE EXTERNAL, ALTER COLUMN sealed
     ALTER COLUMN code SET STATISTICS 0, ALTER COLUMN sealed SET STATISTICS 0;
 ALTER TABLE he_rows ALTER COLUMN data SET STORAGE EXTERNAL, ALTER COLUMN data SET STATISTICS 0;
 """
+#: Signed template ciphertexts of an attested deployment (a table stores of earlier versions lack:
+#: created when such a store is opened). Unsigned by the store: each carries its edge's signature.
+_ATTESTED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS attested (id BIGINT PRIMARY KEY, template BYTEA NOT NULL);
+ALTER TABLE attested ALTER COLUMN template SET STORAGE EXTERNAL, ALTER COLUMN template SET STATISTICS 0;
+"""
 
 
 class PostgresDatabase:
@@ -178,6 +185,7 @@ class PostgresDatabase:
                             f"{db.name}: the store's role does not own the tables subjects and he_rows, so it "
                             "cannot rewrite them after an erasure (VACUUM FULL): open the store as their owner"
                         )
+                    db.conn.execute(_ATTESTED_SCHEMA)
                     settings, store_id = initialise(db, key, profile, create=not found)
                 db.data_directory = _readable_data_directory(db.conn)
                 if db._pending():  # erasures a crashed process committed but never made final
@@ -217,7 +225,7 @@ class PostgresDatabase:
         return bool(
             self.execute(
                 "SELECT coalesce(bool_and(pg_has_role(current_user, c.relowner, 'MEMBER')), true) FROM pg_class c "
-                "WHERE c.oid IN (to_regclass('subjects'), to_regclass('he_rows'))",
+                "WHERE c.oid IN (to_regclass('subjects'), to_regclass('he_rows'), to_regclass('attested'))",
             ).fetchone()[0]
         )
 

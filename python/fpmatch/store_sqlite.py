@@ -32,7 +32,7 @@ from .store_settings import RECOVER, StoreSettings, initialise
 
 DATABASE = "store.sqlite"
 #: Tables whose pages can hold protected template bytes (searched after erasures).
-_TEMPLATE_TABLES = ("subjects", "he_rows")
+_TEMPLATE_TABLES = ("subjects", "he_rows", "attested")
 #: Erasures of more codes than this are verified by rebuilding at once, not by search.
 _SEARCHED_ERASURES = 64
 #: Pages read and searched at a time (memory stays bounded on large stores).
@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS subjects (
     slot INTEGER,
     sealed BLOB,
     enrolled_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS attested (
+    id INTEGER PRIMARY KEY,
+    template BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS he_rows (
     row INTEGER PRIMARY KEY,

@@ -37,6 +37,8 @@ ERROR_CODES: tuple[tuple[type[BaseException], int, str], ...] = (
     (e.KeyMismatchError, 422, "profile_mismatch"),
     (e.NotCalibratedError, 409, "not_calibrated"),
     (e.TooManyAttemptsError, 429, "too_many_attempts"),
+    (e.AttestationError, 403, "attestation_refused"),  # unsigned, stale, replayed or mismatched (attested mode)
+    (e.AttestedModeError, 409, "attested_mode"),  # a request an attested key holder never answers (he 1:N)
     (RateLimitExceededError, 429, "rate_limited"),
     (DecryptionRefusedError, 503, "keyholder_refused"),
     (e.StoreClosedError, 503, "unavailable"),

@@ -173,6 +173,16 @@ def _capture_edge(args: argparse.Namespace, directory: Path, profile: EdgeProfil
         )
     key = _load_key(args, "edge", " (the capture edge protects templates)")
     ensure_outside(key, directory)
+    signing = None
+    if getattr(args, "edge_signing_key", None):
+        from ..attestation import EdgeSigningKey
+
+        try:
+            signing = EdgeSigningKey.load(args.edge_signing_key)
+        except (KeyFileError, ImportError) as exc:
+            raise CliError(f"--edge-signing-key: {one_line(exc)}") from exc
+        if Path(args.edge_signing_key).resolve().is_relative_to(directory.resolve()):
+            raise CliError("--edge-signing-key: keep the edge's signing key outside the store directory")
     edge = CaptureEdge(
         key,
         profile.dim,
@@ -180,6 +190,7 @@ def _capture_edge(args: argparse.Namespace, directory: Path, profile: EdgeProfil
         public_context=None if holder is None else holder.public_context(),
         bits=profile.bits or DEFAULT_BITS,
         hash_scheme=profile.hash_scheme or HASH_SCHEME,
+        signing_key=signing,
     )
     if edge.profile.profile_id != profile.profile_id:
         if edge.profile.edge_key_id != profile.edge_key_id:
@@ -315,6 +326,13 @@ def store_options(parser: argparse.ArgumentParser) -> None:
         default=_env("FPMATCH_KEY"),
         help="capture edge: hash (transform) key file; needed to create a store and for commands "
         "that take templates (default: $FPMATCH_KEY)",
+    )
+    options.add_argument(
+        "--edge-signing-key",
+        metavar="FILE",
+        default=_env("FPMATCH_EDGE_SIGNING_KEY"),
+        help="capture edge: its Ed25519 signing key, to sign enrolments and probes for a key holder in "
+        "attested mode (default: $FPMATCH_EDGE_SIGNING_KEY)",
     )
     options.add_argument(
         "--service-key",

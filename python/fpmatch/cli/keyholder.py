@@ -93,7 +93,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from ..he.sealing import read_sealed
     from ..he.server import KeyHolderServer, KeyHolderService, ServerCredentials, lifted_rate, serve_until_signalled
 
-    holder = read_sealed(args.key, **_how(args), limits=lifted_rate(RateLimit()))
+    attested: dict[str, Any] = {}
+    if args.edge_keys:
+        from ..attestation import EdgeKeys
+        from ..errors import KeyFileError
+
+        try:
+            attested = {"edge_keys": EdgeKeys.load(args.edge_keys), "freshness": args.freshness}
+        except KeyFileError as exc:
+            raise CliError(str(exc)) from exc
+    holder = read_sealed(args.key, **_how(args), limits=lifted_rate(RateLimit()), **attested)
     try:
         credentials = ServerCredentials.from_files(args.cert, args.tls_key, args.ca)
     except OSError as exc:
@@ -107,9 +116,32 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"refusing the revoked caller(s): {', '.join(sorted(set(args.deny)))}", file=sys.stderr)
     for path, fingerprint in zip(args.deny_cert or (), fingerprints):
         print(f"refusing the revoked certificate {path} (SHA-256 {fingerprint})", file=sys.stderr)
+    if attested:
+        print(f"attested mode: {len(attested['edge_keys'])} registered capture edge(s); probes usable for "
+              f"{args.freshness:g} s", file=sys.stderr)  # fmt: skip
     if args.allow_coarse_scores:
         print("warning: coarse scores are released; each is a noisy value that helps rebuild templates", file=sys.stderr)
     serve_until_signalled(KeyHolderServer(service, credentials, args.listen, workers=args.workers))
+    return 0
+
+
+def _cmd_register_edge(args: argparse.Namespace) -> int:
+    from ..attestation import EdgeKeys
+    from ..errors import InvalidInputError, KeyFileError
+
+    path = Path(args.edge_keys)
+    try:
+        public = bytes.fromhex(args.public_key)
+    except ValueError:
+        raise CliError("--public-key must be the edge's public key as 64 hex digits") from None
+    try:
+        keys = EdgeKeys.load(path) if path.exists() else EdgeKeys()
+        key_id = keys.add(public, args.profile, args.min_threshold)
+    except (KeyFileError, InvalidInputError) as exc:
+        raise CliError(str(exc)) from exc
+    keys.save(path)
+    floor = "any threshold" if args.min_threshold is None else f"thresholds of at least {args.min_threshold}"
+    print(f"registered edge key {key_id} for profile {args.profile} ({floor}) in {path}; restart the key holder to load it")
     return 0
 
 
@@ -162,7 +194,7 @@ def _seal_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_commands(commands: Any) -> None:
-    """Register ``keyholder init|serve|public|certs|audit``."""
+    """Register ``keyholder init|serve|register-edge|public|certs|audit``."""
     group = add_group(
         commands, "keyholder", "Run the key holder: its sealed key, its network service, test certificates.",
         ["fpmatch keyholder init /etc/fpmatch/keyholder.sealed",
@@ -201,6 +233,11 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--deny-cert", action="append", metavar="FILE",
                        help="refuse this one certificate (PEM), although it verifies; other certificates with "
                        "the same common name are still served (repeatable)")  # fmt: skip
+    serve.add_argument("--edge-keys", metavar="FILE",
+                       help="attested mode: decide only over probes and templates signed by the capture edges "
+                       "registered in FILE (JSON, fpmatch.EdgeKeys.save)")  # fmt: skip
+    serve.add_argument("--freshness", type=float, default=120.0, metavar="SECONDS",
+                       help="attested mode: how long a signed probe stays usable (default 120)")  # fmt: skip
     limits = serve.add_argument_group("limits (per caller unless said otherwise; days are UTC)")
     limits.add_argument("--rate", type=float, default=20.0, help="requests per second (default 20)")
     limits.add_argument("--burst", type=positive_int, default=100, help="burst of requests (default 100)")
@@ -220,6 +257,17 @@ def add_commands(commands: Any) -> None:
     public.add_argument("--out", required=True, metavar="FILE", help="public context file to write")
     _seal_options(public)
 
+    register = add_command(
+        group, "register-edge", "Register a capture edge's signing key for attested mode (serve --edge-keys).",
+        _cmd_register_edge,
+        ["fpmatch keyholder register-edge /etc/fpmatch/edge-keys.json --public-key HEX --profile 0123456789abcdef "
+         "--min-threshold 0.42"],
+    )  # fmt: skip
+    register.add_argument("edge_keys", metavar="FILE", help="the edge key list (created if missing)")
+    register.add_argument("--public-key", required=True, metavar="HEX", help="the edge's public key (`keys new --kind edge-signing`)")
+    register.add_argument("--profile", required=True, metavar="ID", help="the edge profile id it signs for (16 hex digits)")
+    register.add_argument("--min-threshold", type=float, metavar="X",
+                          help="refuse decisions on its probes below this threshold (the profile's calibrated one)")  # fmt: skip
     certs = add_command(
         group, "certs", "Make a test CA, a server certificate and client certificates.", _cmd_certs,
         ["fpmatch keyholder certs pki --caller matching-service --host localhost --host 127.0.0.1"],

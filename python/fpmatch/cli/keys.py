@@ -21,6 +21,14 @@ def _cmd_keys_new(args: argparse.Namespace) -> int:
         print(f"wrote the key holder's CKKS secret key {holder.key_id} to {target} (mode 0600)")
         print("only the key holder reads it; back it up: encrypted templates are useless without it")
         return 0
+    if args.kind == "edge-signing":
+        from ..attestation import EdgeSigningKey
+
+        signing = EdgeSigningKey.generate()
+        signing.save(target)
+        print(f"wrote the capture edge's signing key {signing.key_id} to {target} (mode 0600)")
+        print(f"public key (register it at the key holder: `fpmatch keyholder register-edge`): {signing.public_bytes.hex()}")
+        return 0
     key = (HashKey if args.kind == "edge" else ServiceKey).generate()
     key.save(target)
     if args.kind == "edge":
@@ -45,13 +53,15 @@ def add_commands(commands: Any) -> None:
             "fpmatch keys new ~/keys/edge.key",
             "fpmatch keys new --kind service ~/keys/service.key",
             "fpmatch keys new --kind keyholder ~/keys/keyholder.key",
+            "fpmatch keys new --kind edge-signing ~/keys/edge-signing.key",
         ],
         "edge: the capture edge's hash (transform) key (--key); service: the matching service's own\n"
         "key (--service-key); keyholder: the key holder's CKKS secret key (--keyholder-key, needs\n"
-        "TenSEAL). Each party holds only its own. Refuses to overwrite an existing file; keep every\n"
-        "key outside every store directory.",
+        "TenSEAL); edge-signing: a capture edge's Ed25519 signing key for a key holder in attested\n"
+        "mode (prints the public key to register). Each party holds only its own. Refuses to\n"
+        "overwrite an existing file; keep every key outside every store directory.",
     )  # fmt: skip
     keys_new.add_argument("out", metavar="OUT", help="key file to create")
     keys_new.add_argument(
-        "--kind", choices=list(KEY_KINDS), default="edge", help="whose key to create (default edge)"
+        "--kind", choices=[*KEY_KINDS, "edge-signing"], default="edge", help="whose key to create (default edge)"
     )

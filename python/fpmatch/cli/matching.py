@@ -18,6 +18,7 @@ from .photos import (
     add_enrol_options,
     add_probe_options,
     cmd_enrol_photos,
+    enrolment_records,
     model_calibration,
     probe_input,
     probe_message,
@@ -83,7 +84,9 @@ def _cmd_enrol(args: argparse.Namespace) -> int:
                 print(f"{args.subject}: already enrolled, skipped")
                 return 0
             assert parties.edge is not None
-            parties.service.enrol(args.subject, parties.edge.enrolment(template))
+            signs = parties.edge.signing_key is not None  # a signing edge signs the record for its subject
+            record = parties.edge.enrolment(template, subject=args.subject) if signs else parties.edge.enrolment(template)
+            parties.service.enrol(args.subject, record)
         print(f"{args.subject}: enrolled")
         return 0
 
@@ -119,7 +122,8 @@ def _cmd_enrol(args: argparse.Namespace) -> int:
                 if todo:
                     lines = [subjects[i] for i in todo]
                     try:  # one transaction per chunk: a refused subject leaves the whole chunk out
-                        service.enrol_many([name for _, name in lines], edge.enrolments(rows[todo]))
+                        names = [name for _, name in lines]
+                        service.enrol_many(names, enrolment_records(edge, rows[todo], names))
                     except FpmatchError as exc:
                         raise CliError(_batch_error(args.batch, service, lines, exc, enrolled)) from exc
                     enrolled += len(todo)
@@ -175,7 +179,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     probe = probe_input(args)
     with session(args, edge=True) as parties:
         assert parties.edge is not None
-        outcome = parties.service.verify(args.subject, probe_message(parties.edge, probe, args), args.purpose)
+        outcome = parties.service.verify(args.subject, probe_message(parties.edge, probe, args, args.subject), args.purpose)
     print(outcome.value)
     return VERIFY_STATUS[outcome] if args.exit_code else 0
 

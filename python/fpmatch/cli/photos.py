@@ -62,11 +62,25 @@ def probe_input(args: argparse.Namespace) -> Any:
     return args.image
 
 
-def probe_message(edge: Any, probe: Any, args: argparse.Namespace) -> Any:
-    """The capture edge's probe message: of a template, or of the chosen face of a photo."""
+def probe_message(edge: Any, probe: Any, args: argparse.Namespace, subject: str | None = None) -> Any:
+    """The capture edge's probe message: of a template, or of the chosen face of a photo.
+
+    A signing edge (``--edge-signing-key``) signs it for the command's purpose: a verification of
+    ``subject``, or (no subject) an identification.
+    """
+    signed = {"purpose": args.purpose, "subject": subject, "identify": subject is None} if _signs(edge) else {}
     if isinstance(probe, np.ndarray):
-        return edge.probe(probe)
-    return edge.probe(probe, face=args.face)
+        return edge.probe(probe, **signed)
+    return edge.probe(probe, face=args.face, **signed)
+
+
+def enrolment_records(edge: Any, templates: Any, names: list[str]) -> list[Any]:
+    """The capture edge's records of ``templates``, signed for ``names`` by a signing edge."""
+    return edge.enrolments(templates, names) if _signs(edge) else edge.enrolments(templates)
+
+
+def _signs(edge: Any) -> bool:
+    return getattr(edge, "signing_key", None) is not None
 
 
 def cmd_enrol_photos(args: argparse.Namespace) -> int:
@@ -89,7 +103,8 @@ def cmd_enrol_photos(args: argparse.Namespace) -> int:
         # Every photo is embedded before anything is enrolled: one refused photo enrols nobody.
         templates = [faces.embed(path) for _, path in pairs]
         if templates:
-            service.enrol_many([name for name, _ in pairs], edge.enrolments(np.stack(templates)))
+            names = [name for name, _ in pairs]
+            service.enrol_many(names, enrolment_records(edge, np.stack(templates), names))
     for name, path in pairs:
         print(f"{name}: enrolled from {path.name}")
     return 0

@@ -84,6 +84,10 @@ class ProtectedGallery(ABC):
         except (KeyError, TypeError):
             raise UnknownSubjectError(f"subject {subject!r} is not enrolled") from None
 
+    def subject_of(self, id_: int) -> str:
+        """The enrolled subject stored under ``id_``."""
+        return self._names[id_]
+
     def _eligible_id(self, id_: int, eligible: Callable[[str], bool]) -> bool:
         """Whether the subject stored under ``id_`` is still enrolled and ``eligible``."""
         name = self._names.get(id_)
@@ -99,6 +103,16 @@ class ProtectedGallery(ABC):
             del self._names[self._ids.pop(name)]
 
     # -- the scheme ---------------------------------------------------------------
+
+    @property
+    def decider(self) -> Any:
+        """The key holder that decides for this gallery (None for schemes without one)."""
+        return getattr(self, "_decider", None)
+
+    @property
+    def caller(self) -> str:
+        """How the key holder names this gallery's service."""
+        return str(getattr(self, "_caller", ""))
 
     @property
     def index(self) -> Index | None:

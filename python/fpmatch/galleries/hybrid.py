@@ -123,6 +123,11 @@ class HybridSchemeGallery(ProtectedGallery):
         """Encrypted scores of a probe against the subjects stored under ``ids``, and those ids in score order."""
         return self.ciphertext_rows.request(np.array([self._slot[id_] for id_ in ids]), values), list(ids)
 
+    def shortlist_ids(self, probe: ProbeMessage, want: int, eligible: Callable[[str], bool]) -> list[int]:
+        """Ids of the ``want`` eligible subjects whose codes are nearest the probe's, nearest first."""
+        assert probe.code is not None and probe.reliability is not None
+        return self._shortlist(probe.code, probe.reliability, want, eligible)
+
     def _shortlist(self, code: np.ndarray, reliability: np.ndarray, want: int, eligible: Callable[[str], bool]) -> list[int]:
         """Ids of the ``want`` eligible subjects whose codes are nearest the probe's, nearest first."""
         found = self.codes.nearest(code, reliability, want, lambda id_: self._eligible_id(id_, eligible))

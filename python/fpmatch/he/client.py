@@ -26,7 +26,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import KeyHolderUnavailable
+from ..errors import AttestedModeError
+from .errors import DecryptionRefusedError, KeyHolderUnavailable
 from .keyholder import Usage
 from .remote import _pack, read_reply
 from .scores import MAX_REQUEST_BYTES
@@ -158,6 +159,7 @@ class RemoteKeyHolder:
         self._sleep = sleep
         self.attempts = 0  # attempts made, retries included (for monitoring)
         self._key_id: str | None = None
+        self._attested: bool | None = None
 
     def close(self) -> None:
         self._transport.close()
@@ -188,7 +190,11 @@ class RemoteKeyHolder:
                         f"attempt(s): {detail}"
                     ) from None
                 raise
-        return read_reply(answer)
+        try:
+            return read_reply(answer)
+        except AttestedModeError:
+            self._attested = None  # the key holder's mode differs from what was asked: ask again next time
+            raise
 
     def public_context(self) -> bytes:
         return self._call({"op": "public_context"})[1]
@@ -213,6 +219,25 @@ class RemoteKeyHolder:
     def coarse_scores(self, scores: bytes, *, caller: str, noise_sigma: float | None = None) -> list[float]:
         header = {"op": "coarse_scores", "caller": caller, "noise_sigma": noise_sigma}
         return [float(v) for v in self._call(self._named(header), scores)[0]["result"]]
+
+    def decide_attested(self, request: bytes, threshold: float, *, caller: str, subject: str | None = None) -> list[bool]:
+        header = {"op": "decide_attested", "threshold": threshold, "caller": caller, "subject": subject}
+        return [bool(v) for v in self._call(self._named(header), request)[0]["result"]]
+
+    def best_attested(self, request: bytes, threshold: float, k: int, *, caller: str) -> list[int]:
+        header = {"op": "best_attested", "threshold": threshold, "k": k, "caller": caller}
+        return [int(v) for v in self._call(self._named(header), request)[0]["result"]]
+
+    @property
+    def attested_mode(self) -> bool:
+        """Whether the key holder runs in attested mode (asked once, then remembered until a request
+        is refused for the other mode, e.g. after the key holder restarted with other options)."""
+        if self._attested is None:
+            try:
+                self._attested = bool(self._call(self._named({"op": "mode", "caller": ""}))[0]["result"]["attested"])
+            except DecryptionRefusedError:  # a key holder of a version without attested mode
+                self._attested = False
+        return self._attested
 
     def reclaim(self, request: bytes, *, caller: str) -> bytes:
         return self._call(self._named({"op": "reclaim", "caller": caller}), request)[1]

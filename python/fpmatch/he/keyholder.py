@@ -29,6 +29,13 @@ key (re-enrolment). These in-process counters reset with the process; the
 key holder service (:mod:`fpmatch.he.server`) keeps its callers' rates and
 daily budgets in its own ledger instead (:mod:`fpmatch.he.ledger`), and
 THREAT_MODEL.md gives what each attack needs.
+
+Attested mode (``edge_keys``, the capture edges' registered signing keys) removes
+that residual risk for a caller without an edge's key: the three questions above
+are refused, and :meth:`KeyHolder.decide_attested` and :meth:`KeyHolder.best_attested`
+take a signed probe and signed template ciphertexts instead, check them
+(:mod:`fpmatch.he.attestation_checks`) and compute the scores themselves
+(:mod:`fpmatch.he.attested`), so nothing a caller crafted is ever decrypted.
 """
 
 from __future__ import annotations
@@ -49,9 +56,12 @@ import numpy as np
 import tenseal as ts
 
 from .._validate import read_regular_file
-from ..errors import InvalidInputError, KeyFileError
+from ..attestation import EdgeKeys
+from ..errors import AttestedModeError, InvalidInputError, KeyFileError
 from ._encoding import check_threshold
 from ._ring import Ring, ZeroEncryptor, secret_ntt
+from .attested import attested_scores
+from .attestation_checks import DEFAULT_FRESHNESS, MemoryNonces, NonceRegister, check_attested
 from .context import pack_public_context
 from .errors import CiphertextIntegrityError, DecryptionRefusedError, RateLimitExceededError
 from .params import DEFAULT_PARAMS, HEParams
@@ -90,7 +100,7 @@ class RateLimit:
     returns a bit for each), :meth:`KeyHolder.best` at most ``max_scores``
     scores and ``max_k`` results, :meth:`KeyHolder.coarse_scores` at most
     ``max_coarse`` scores, :meth:`KeyHolder.reclaim` at most ``max_reclaim``
-    ciphertexts.
+    ciphertexts, an attested request at most ``max_attested`` templates.
     """
 
     requests_per_second: float = 20.0
@@ -100,11 +110,12 @@ class RateLimit:
     max_k: int = 100
     max_coarse: int = 16
     max_reclaim: int = 64
+    max_attested: int = 64
 
     def __post_init__(self) -> None:
         if not self.requests_per_second > 0 or self.burst < 1:
             raise InvalidInputError("a rate limit needs requests_per_second > 0 and burst >= 1")
-        if min(self.max_decisions, self.max_scores, self.max_k, self.max_coarse, self.max_reclaim) < 1:
+        if min(self.max_decisions, self.max_scores, self.max_k, self.max_coarse, self.max_reclaim, self.max_attested) < 1:
             raise InvalidInputError("per-request limits must be at least 1")
 
 
@@ -147,6 +158,9 @@ class KeyHolder:
         min_coarse_noise: float = 0.005,
         coarse_step: float = 0.01,
         clock: Callable[[], float] = time.monotonic,
+        edge_keys: EdgeKeys | None = None,
+        freshness: float = DEFAULT_FRESHNESS,
+        wall_clock: Callable[[], float] = time.time,
         _context: ts.Context | None = None,
     ) -> None:
         if not 0 <= decision_noise < 0.01:
@@ -174,6 +188,16 @@ class KeyHolder:
         self.min_coarse_noise = float(min_coarse_noise)
         self.coarse_step = float(coarse_step)
         self._clock = clock
+        if edge_keys is not None and not isinstance(edge_keys, EdgeKeys):
+            raise InvalidInputError(f"edge_keys must be EdgeKeys, got {type(edge_keys).__name__}")
+        if not 0 < freshness <= 86400:
+            raise InvalidInputError(f"freshness must lie in (0, 86400] seconds, got {freshness}")
+        #: Registered capture edges: set, the key holder runs in attested mode (see :meth:`decide_attested`).
+        self.edge_keys = edge_keys
+        self.freshness = float(freshness)
+        self._wall_clock = wall_clock
+        #: Nonces of attested probes seen within their freshness window (the service keeps them in its ledger).
+        self.nonces: NonceRegister = MemoryNonces()
         self._lock = threading.Lock()
         self._callers: dict[str, _Bucket] = {}
         self._extractors: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
@@ -257,6 +281,7 @@ class KeyHolder:
         ``subject`` (a pseudonym the caller chooses) is the label the key holder
         service counts per-subject budgets under; in process it is not counted.
         """
+        self._unattested(caller, "decide")
         threshold = check_threshold(threshold)
         request = self._admit(scores, caller, self.limits.max_decisions, "decide")
         values = self._flooded(self._decrypt(request), self.decision_noise)
@@ -264,15 +289,11 @@ class KeyHolder:
 
     def best(self, scores: bytes, threshold: float, k: int, *, caller: str) -> list[int]:
         """Positions of up to ``k`` scores ``>= threshold``, highest first."""
+        self._unattested(caller, "best")
         threshold = check_threshold(threshold)
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.limits.max_k:
-            raise InvalidInputError(f"k must be an integer in [1, {self.limits.max_k}], got {k!r}")
+        self._check_k(k)
         request = self._admit(scores, caller, self.limits.max_scores, "best")
-        values = self._flooded(self._decrypt(request), self.decision_noise)
-        passing = np.flatnonzero(values >= threshold)
-        if passing.size > k:
-            passing = passing[np.argpartition(-values[passing], k - 1)[:k]]
-        return passing[np.argsort(-values[passing], kind="stable")].tolist()
+        return _best(self._flooded(self._decrypt(request), self.decision_noise), threshold, k)
 
     def coarse_scores(self, scores: bytes, *, caller: str, noise_sigma: float | None = None) -> list[float]:
         """Scores plus N(0, noise_sigma^2) noise, rounded to ``coarse_step`` and clipped to [-1, 1].
@@ -280,6 +301,7 @@ class KeyHolder:
         ``noise_sigma`` defaults to ``coarse_noise``; less than ``min_coarse_noise``
         is refused, because near-exact scores are what template rebuilding needs.
         """
+        self._unattested(caller, "coarse_scores")
         sigma = self.coarse_noise if noise_sigma is None else float(noise_sigma)
         if not sigma >= self.min_coarse_noise:
             self._refuse(
@@ -293,6 +315,55 @@ class KeyHolder:
         step = self.coarse_step
         noisy = [round((v + rng.gauss(0.0, sigma)) / step) * step for v in exact]
         return [round(min(1.0, max(-1.0, v)), 9) for v in noisy]
+
+    # -- attested mode ---------------------------------------------------------------
+
+    @property
+    def attested_mode(self) -> bool:
+        """Whether this key holder decides only over scores it computes from signed probes and templates."""
+        return self.edge_keys is not None
+
+    def decide_attested(self, request: bytes, threshold: float, *, caller: str, subject: str | None = None) -> list[bool]:
+        """``score >= threshold`` for the one template of an attested verification
+        (:class:`~fpmatch.he.attested.AttestedRequest`); ``subject`` as for :meth:`decide`."""
+        threshold = check_threshold(threshold)
+        values = self._attested(request, caller, "verify", threshold)
+        return (self._flooded(values, self.decision_noise) >= threshold).tolist()
+
+    def best_attested(self, request: bytes, threshold: float, k: int, *, caller: str) -> list[int]:
+        """Positions of up to ``k`` templates of an attested identification scoring ``>= threshold``, best first."""
+        threshold = check_threshold(threshold)
+        self._check_k(k)
+        return _best(self._flooded(self._attested(request, caller, "identify", threshold), self.decision_noise), threshold, k)
+
+    def _attested(self, data: bytes, caller: str, kind: str, threshold: float) -> np.ndarray:
+        """Scores this key holder computes itself from a signed probe and signed templates, after every check."""
+        if self.edge_keys is None:
+            self._refuse(caller, "this key holder is not in attested mode: it has no registered capture edges",
+                         AttestedModeError)  # fmt: skip
+        bucket = self._charge(caller)
+        checked = check_attested(
+            data, self.edge_keys, kind=kind, threshold=threshold, now=self._wall_clock(), freshness=self.freshness,
+            nonces=self.nonces, params=self.params, n=self._ring.n, max_templates=self.limits.max_attested,
+        )  # fmt: skip
+        scale_bits = self.params.template_scale_bits + checked.probe_scale_bits
+        scores = attested_scores(self._ring, self.key_id, scale_bits, checked.weights, checked.templates)
+        with self._lock:
+            bucket.usage.scores += len(scores)
+        return self._decrypt(scores)
+
+    def _unattested(self, caller: str, what: str) -> None:
+        if self.edge_keys is not None:
+            self._refuse(
+                caller,
+                f"this key holder runs in attested mode: it refuses {what} on scores the caller computed and "
+                "decides only over signed probes and templates (decide_attested, best_attested)",
+                AttestedModeError,
+            )
+
+    def _check_k(self, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.limits.max_k:
+            raise InvalidInputError(f"k must be an integer in [1, {self.limits.max_k}], got {k!r}")
 
     def reclaim(self, request: bytes, *, caller: str) -> bytes:
         """Fresh encryptions that make erased coefficients encrypt zero again (see :mod:`fpmatch.he.reclaim`).
@@ -327,7 +398,7 @@ class KeyHolder:
             bucket = self._callers[caller] = _Bucket(float(self.limits.burst), now)
         return bucket
 
-    def _refuse(self, caller: str, reason: str) -> None:
+    def _refuse(self, caller: str, reason: str, error: type[Exception] = DecryptionRefusedError) -> None:
         """Count a request refused before it was parsed, then raise."""
         with self._lock:
             now = self._clock()
@@ -335,7 +406,7 @@ class KeyHolder:
             usage.requests += 1
             usage.refused += 1
             usage.last_request = now
-        raise DecryptionRefusedError(reason)
+        raise error(reason)
 
     def _admit(self, data: bytes, caller: str, max_scores: int, what: str) -> EncryptedScores:
         """Count the request, enforce the caller's budget, then parse it."""
@@ -420,3 +491,11 @@ class KeyHolder:
             return scores
         rng = np.random.default_rng(secrets.randbits(128))
         return scores + rng.normal(0.0, sigma, scores.shape)
+
+
+def _best(values: np.ndarray, threshold: float, k: int) -> list[int]:
+    """Positions of up to ``k`` values ``>= threshold``, highest first."""
+    passing = np.flatnonzero(values >= threshold)
+    if passing.size > k:
+        passing = passing[np.argpartition(-values[passing], k - 1)[:k]]
+    return passing[np.argsort(-values[passing], kind="stable")].tolist()

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY, time TEXT NOT NULL, caller TEXT NOT NULL, op TEXT NOT NULL,
     request_bytes INTEGER NOT NULL, scores INTEGER NOT NULL, outcome TEXT NOT NULL,
     released TEXT NOT NULL, prev TEXT NOT NULL, hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nonce (nonce BLOB PRIMARY KEY, expires REAL NOT NULL);
 """
 
 
@@ -122,6 +123,7 @@ class Ledger:
         self.budgets = budgets
         self._clock = clock
         self._lock = threading.Lock()
+        self._in_request: int | None = None  # the thread whose request transaction is open
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -150,6 +152,7 @@ class Ledger:
                     self._db.execute("COMMIT")
                     raise refusal
                 released: dict[str, int] = {}
+                self._in_request = threading.get_ident()
                 try:
                     yield released
                 except Exception as exc:
@@ -167,6 +170,30 @@ class Ledger:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._in_request = None
+
+    def remember(self, nonce: bytes, expires: float, now: float) -> bool:
+        """Record an attested probe's nonce until ``expires``; False if it is recorded already (a replay).
+
+        Inside a request it joins that request's transaction, so a refused request
+        still spends its nonce; outside one it runs in its own.
+        """
+        if self._in_request == threading.get_ident():
+            return self._remember(nonce, expires, now)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                fresh = self._remember(nonce, expires, now)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return fresh
+
+    def _remember(self, nonce: bytes, expires: float, now: float) -> bool:
+        self._db.execute("DELETE FROM nonce WHERE expires < ?", (now,))
+        return self._db.execute("INSERT OR IGNORE INTO nonce VALUES (?, ?)", (nonce, expires)).rowcount == 1
 
     def _charge(self, caller: str, size: int, scores: int, subject: str | None) -> Exception | None:
         b = self.budgets

@@ -52,7 +52,7 @@ def _unpack(message: bytes) -> tuple[dict[str, Any], bytes]:
 
 
 #: The operations a key holder answers, beside ``public_context`` and ``usage``.
-OPERATIONS = ("decide", "best", "coarse_scores", "reclaim")
+OPERATIONS = ("decide", "best", "coarse_scores", "reclaim", "decide_attested", "best_attested")
 
 
 def parse(message: bytes) -> tuple[str, dict[str, Any], bytes]:
@@ -79,6 +79,12 @@ def dispatch(holder: Any, op: str, header: dict[str, Any], payload: bytes, calle
         return holder.coarse_scores(payload, caller=caller, noise_sigma=header.get("noise_sigma")), b""
     if op == "reclaim":
         return None, holder.reclaim(payload, caller=caller)
+    if op == "decide_attested":
+        return holder.decide_attested(payload, header["threshold"], caller=caller), b""
+    if op == "best_attested":
+        return holder.best_attested(payload, header["threshold"], header["k"], caller=caller), b""
+    if op == "mode":
+        return {"attested": bool(holder.attested_mode)}, b""
     raise DecryptionRefusedError(
         f"the key holder does not do {op!r}: it returns decisions, coarse scores and reclaim ciphertexts only"
     )

@@ -13,6 +13,8 @@ encrypted scores or a reclaim request). Each request is admitted, answered and
 audited in one ledger transaction (:mod:`fpmatch.he.ledger`). Release policy:
 decisions (``decide``, ``best``) and reclaim ciphertexts only; ``coarse_scores``
 releases values and is refused unless the service was started with it allowed.
+In attested mode (``--edge-keys``) it decides only on ``decide_attested`` and
+``best_attested`` requests, whose probe nonces it keeps in the ledger.
 Bad input gives a typed error in the reply; nothing a caller sends ends the
 service.
 """
@@ -32,6 +34,7 @@ from ..errors import FpmatchError
 from .certs import certificate_fingerprint
 from .client import CHANNEL_OPTIONS
 from .errors import CiphertextFormatError, DecryptionRefusedError
+from .attested import subject_label, template_count
 from .keyholder import KeyHolder, RateLimit
 from .ledger import Budgets, Ledger
 from .remote import dispatch, error_reply, parse, reply
@@ -49,6 +52,7 @@ def lifted_rate(limits: RateLimit = RateLimit()) -> RateLimit:
     return RateLimit(
         requests_per_second=1e9, burst=10**9, max_decisions=limits.max_decisions, max_scores=limits.max_scores,
         max_k=limits.max_k, max_coarse=limits.max_coarse, max_reclaim=limits.max_reclaim,
+        max_attested=limits.max_attested,
     )  # fmt: skip
 
 
@@ -70,6 +74,8 @@ class ServerCredentials:
 
 def _scores_in(op: str, payload: bytes) -> int:
     """How many scores (or ciphertexts) a request asks about, from its header; 0 if it has none."""
+    if op in ("decide_attested", "best_attested"):
+        return template_count(payload)
     if op in ("decide", "best", "coarse_scores") and len(payload) >= _SCORES_COUNT.size:
         return int(_SCORES_COUNT.unpack_from(payload)[-1])
     if op == "reclaim" and len(payload) >= _RECLAIM_ROWS.size:
@@ -78,10 +84,10 @@ def _scores_in(op: str, payload: bytes) -> int:
 
 
 def _released(op: str, result: Any, count: int) -> dict[str, int]:
-    if op == "decide":
+    if op in ("decide", "decide_attested"):
         passed = sum(bool(v) for v in result)
         return {"passed": passed, "failed": len(result) - passed}
-    if op == "best":
+    if op in ("best", "best_attested"):
         return {"positions": len(result)}
     if op == "coarse_scores":
         return {"values": len(result)}
@@ -102,6 +108,8 @@ class KeyHolderService:
     ) -> None:
         self.holder = holder
         self.ledger = ledger
+        if holder.attested_mode:  # nonces of signed probes outlive a restart
+            holder.nonces = ledger
         self.release_coarse = release_coarse
         #: Common names refused although their certificates verify (revoked before they expire).
         self.denied = frozenset(denied)
@@ -127,12 +135,17 @@ class KeyHolderService:
                 return reply(None, self.holder.public_context())
             if problem is None and op == "usage":
                 return reply(self.ledger.usage(caller))
+            if problem is None and op == "mode":
+                return reply({"attested": self.holder.attested_mode})
             subject = header.get("subject")
             if subject is not None and (not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_LABEL):
                 problem = problem or CiphertextFormatError(
                     f"a subject label is a string of 1 to {MAX_SUBJECT_LABEL} characters"
                 )
                 subject = None
+            if problem is None and op == "decide_attested":
+                # Count the subject the edge signed the template for, not a label the caller chose.
+                subject = subject_label(payload) or subject
             claimed = header.get("caller")
             if problem is None and claimed not in (None, "", caller):
                 problem = DecryptionRefusedError(

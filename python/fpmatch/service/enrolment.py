@@ -9,10 +9,10 @@ from ..audit import AuditEvent
 from ..consent import active_purposes, format_time
 from ..edge import EnrolmentRecord, check_message
 from ..errors import ConsentRequiredError, IdConflictError, InvalidInputError
-from .state import ServiceState
+from .attested import AttestedOps
 
 
-class EnrolmentOps(ServiceState):
+class EnrolmentOps(AttestedOps):
     def enrol(self, subject: str, record: EnrolmentRecord) -> None:
         """Store one subject's protected template (a record from :meth:`CaptureEdge.enrolment`).
 
@@ -34,6 +34,7 @@ class EnrolmentOps(ServiceState):
             return
         for record in records:
             check_message(record, EnrolmentRecord, self.profile)
+        self._check_signed_records(names, records)
         with self._rw.write():
             now = self._now()
             time = format_time(now)
@@ -57,6 +58,9 @@ class EnrolmentOps(ServiceState):
                     tx.insert_subject(name, code, time, slot, part)
                     for name, code, slot, part in zip(names, staged.codes, staged.slots, sealed)
                 ]
+                for id_, record in zip(ids, records):
+                    if record.attestation is not None:
+                        tx.put_attested(id_, record.attestation)
                 for row, stored in staged.rows.items():
                     tx.put_row(row, stored)
                 for id_, part in staged.resealed.items():

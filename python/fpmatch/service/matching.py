@@ -23,13 +23,14 @@ from ..edge import Calibration, ProbeMessage, check_message
 from ..errors import FpmatchError, InvalidInputError, KeyMismatchError, TooManyAttemptsError
 from ..gallery import Match
 from ..thresholds import check_fmr, threshold_at_fmr
-from .state import ServiceState, VerificationOutcome
+from .attested import AttestedOps
+from .state import VerificationOutcome
 
 #: The most candidates one identification may return.
 MAX_K = 100
 
 
-class MatchingOps(ServiceState):
+class MatchingOps(AttestedOps):
     @property
     def threshold(self) -> float | None:
         """The calibrated decision threshold, or None before calibration."""
@@ -55,7 +56,10 @@ class MatchingOps(ServiceState):
                         verified: bool | None = None
                         try:
                             with self._audited_failure(now, AuditEvent.VERIFY, line):
-                                verified = self._gallery.decide(subject, probe, threshold, label=line["subject"])  # type: ignore[arg-type]
+                                if self._attested():
+                                    verified = self._decide_attested(subject, probe, purpose, threshold, line["subject"])  # type: ignore[arg-type]
+                                else:
+                                    verified = self._gallery.decide(subject, probe, threshold, label=line["subject"])  # type: ignore[arg-type]
                         finally:
                             self._attempts.settle(line["subject"], now, verified)
                         outcome = VerificationOutcome.MATCH if verified else VerificationOutcome.NO_MATCH
@@ -86,9 +90,11 @@ class MatchingOps(ServiceState):
             found: list[str] = []
             if threshold is not None and len(self._gallery):
                 with self._audited_failure(now, AuditEvent.IDENTIFY, {"purpose": purpose}):
-                    found = self._gallery.search(
-                        probe, k, threshold, lambda subject: self._ineligible(subject, purpose, now) is None
-                    )
+                    eligible = lambda subject: self._ineligible(subject, purpose, now) is None  # noqa: E731
+                    if self._attested():
+                        found = self._search_attested(probe, purpose, k, threshold, eligible)
+                    else:
+                        found = self._gallery.search(probe, k, threshold, eligible)
             result = [Match(subject, rank) for rank, subject in enumerate(found, start=1)]
             self._store.audit(
                 format_time(now),
