@@ -117,18 +117,18 @@ class Transaction:
 
     def delete_subject(self, subject: str) -> bool:
         """Whether a row was deleted. Its code is checked for copies at the next scrub."""
-        row = self._db.execute("SELECT tag, code, sealed FROM subjects WHERE subject = ?", (subject,)).fetchone()
+        row = self._db.execute("SELECT id, tag, code, sealed FROM subjects WHERE subject = ?", (subject,)).fetchone()
         if row is None:
             return False
-        id_ = self._db.execute("SELECT id FROM subjects WHERE subject = ?", (subject,)).fetchone()[0]
+        id_, tag, *parts = row
         signed = self._db.execute("SELECT template FROM attested WHERE id = ?", (id_,)).fetchone()
-        self._db.execute("DELETE FROM attested WHERE id = ?", (id_,))
-        self._db.execute("DELETE FROM subjects WHERE subject = ?", (subject,))
-        # The stored tag leaves the census whatever it is: a damaged one leaves the census wrong, so it shows.
-        self._counted("subjects").remove(_blob(row[0]))
-        self.erased += [bytes(part) for part in row[1:] if part is not None]
         if signed is not None:
-            self.erased.append(bytes(signed[0]))
+            parts.append(signed[0])
+            self._db.execute("DELETE FROM attested WHERE id = ?", (id_,))
+        self._db.execute("DELETE FROM subjects WHERE id = ?", (id_,))
+        # The stored tag leaves the census whatever it is: a damaged one leaves the census wrong, so it shows.
+        self._counted("subjects").remove(_blob(tag))
+        self.erased += [bytes(part) for part in parts if part is not None]
         self.changed_subjects = True
         return True
 

@@ -185,7 +185,8 @@ class PostgresDatabase:
                             f"{db.name}: the store's role does not own the tables subjects and he_rows, so it "
                             "cannot rewrite them after an erasure (VACUUM FULL): open the store as their owner"
                         )
-                    db.conn.execute(_ATTESTED_SCHEMA)
+                    if not db.execute("SELECT to_regclass('attested') IS NOT NULL").fetchone()[0]:
+                        db.conn.execute(_ATTESTED_SCHEMA)  # not at every open: ALTER TABLE locks the table
                     settings, store_id = initialise(db, key, profile, create=not found)
                 db.data_directory = _readable_data_directory(db.conn)
                 if db._pending():  # erasures a crashed process committed but never made final
