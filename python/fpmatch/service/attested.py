@@ -30,7 +30,8 @@ class AttestedOps(ServiceState):
         from ..he.errors import KeyHolderUnavailable
 
         try:
-            return bool(getattr(self._gallery.decider, "attested_mode", False))
+            # ``is True``: a decider of the plain ScoreDecider protocol may answer any attribute
+            return getattr(self._gallery.decider, "attested_mode", False) is True
         except KeyHolderUnavailable:
             return False  # nothing can be decided now either way: the decision request raises it again
 
