@@ -63,14 +63,6 @@ class EncryptedScores:
             np.concatenate([p.row + offset for p, offset in zip(parts, offsets.tolist())]),
         )
 
-    def select(self, positions: "list[int] | np.ndarray") -> "EncryptedScores":
-        """Only the scores at ``positions`` (in that order), with only the rows of ``a`` they use."""
-        chosen = np.asarray(positions, dtype=np.int64)
-        rows, row = np.unique(self.row[chosen], return_inverse=True)
-        return EncryptedScores(
-            self.key_id, self.scale_bits, self.q, self.a[rows], self.b[chosen], self.index[chosen], row.reshape(-1).astype(np.int64)
-        )
-
     def to_bytes(self) -> bytes:
         """The request as bytes (see the module notes)."""
         header = _HEADER.pack(
