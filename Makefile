@@ -2,7 +2,7 @@
 # make test : the same set-up, then the test suite
 # make bench: the search benchmark at 1M templates (slow; run by hand)
 # make fuzz : every fuzz target for FUZZ_SECONDS (default 120) each (run by hand)
-# make sanitize: the native core built with AddressSanitizer and UBSan, and its tests run on it
+# make sanitize: the native core built with AddressSanitizer and UBSan, and the whole test suite run on it
 # make wheel: a wheel that needs no system package (dist/), checked with auditwheel show
 # make check-wheel: that wheel in a fresh virtual environment runs the demo
 # make demo PHOTOS=../shared/faces: the demo on photos instead of synthetic faces
