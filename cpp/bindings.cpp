@@ -255,6 +255,38 @@ PYBIND11_MODULE(_core, m) {
         py::arg("matrices"), py::kw_only(), py::arg("n_threads") = 0,
         "XOR of every value, read as modular_combine reads them (a memory-bandwidth baseline).");
 
+  m.def("pack_values", [](const py::array& values, uint64_t q) {
+          Rows<int64_t> rows = as_rows<int64_t>(values, "values", values.ndim() == 2 ? size_t(values.shape(1)) : 0);
+          modq::check_modulus(q);
+          py::array_t<uint8_t> out({rows.n, rows.cols * modq::kPackedBytes});
+          uint8_t* dst = out.mutable_data();
+          {
+            py::gil_scoped_release release;
+            for (size_t i = 0; i < rows.n; ++i)
+              modq::pack(rows.data + i * rows.row_stride, rows.cols, q, dst + i * rows.cols * modq::kPackedBytes);
+          }
+          return out;
+        },
+        py::arg("values"), py::arg("q"),
+        "int64 (rows, k), any values -> their packed form (uint8 (rows, 6k)): x mod q centred, stored as x + (q-1)/2 "
+        "in 6 bytes little-endian.");
+  m.def("unpack_values", [](const py::array& packed, uint64_t q) {
+          const modq::Matrix x = as_matrix(packed, "packed");
+          modq::check_modulus(q);
+          py::array_t<int64_t> out({x.rows, x.cols});
+          int64_t* dst = out.mutable_data();
+          bool in_range = true;
+          {
+            py::gil_scoped_release release;
+            for (size_t i = 0; i < x.rows; ++i)
+              in_range &= modq::unpack(x.data + i * x.row_stride, x.cols, q, dst + i * x.cols);
+          }
+          if (!in_range) modq::out_of_range();
+          return out;
+        },
+        py::arg("packed"), py::arg("q"),
+        "Packed values (uint8 (rows, 6k)) -> centred int64 (rows, k); a stored value above q - 1 raises "
+        "InvalidInputError.");
   m.def("ntt_inverse", [](const py::array& values, uint64_t q, uint64_t psi) {
           Rows<int64_t> rows = as_rows<int64_t>(values, "values", values.ndim() == 2 ? size_t(values.shape(1)) : 0);
           const ntt::InverseNtt transform(rows.cols, q, psi);

@@ -2,10 +2,9 @@
 // modulo the data prime q. SEAL makes the keys and ciphertexts; this file only
 // multiplies and adds numbers it is given, exactly.
 //
-// Packed layout. A ciphertext value x, centred in [-h, h] with h = (q - 1) / 2,
-// is stored as u = x + h in [0, 2h] = [0, q - 1], in 6 bytes little-endian
-// (kPackedBytes; q < 2^48). A row of k values is 6k bytes; rows of a matrix
-// start row_stride bytes apart. Zero is stored as h.
+// Values are read in their packed form (packed_values.h: x centred mod q stored
+// as u = x + h, h = (q - 1) / 2, in 6 bytes). A row of k values is 6k bytes;
+// rows of a matrix start row_stride bytes apart.
 //
 // A weight w is read as v = w mod q. Each column gets S = sum_j v_j u_j exactly
 // (an unsigned 128-bit sum), and the result is S - h * sum_j v_j = sum_j w_j x_j
@@ -22,6 +21,7 @@
 #include <vector>
 
 #include "errors.h"
+#include "packed_values.h"
 #include "parallel.h"
 
 namespace fpmatch {
@@ -29,8 +29,6 @@ namespace modq {
 
 using u128 = unsigned __int128;
 
-constexpr size_t kPackedBytes = 6;                    // bytes per stored value
-constexpr uint64_t kMaxModulus = uint64_t(1) << 48;   // every u < q fits the 6 bytes
 constexpr size_t kMaxRows = size_t(1) << 16;          // keeps S below 2^112
 constexpr size_t kRowsPerPass = 4096;                 // 4096 terms below 2^52 fit 64 bits
 constexpr size_t kTileCols = 8192;                    // whole rows of N = 4096 blocks: reads stay sequential
@@ -42,13 +40,6 @@ struct Matrix {
   const uint8_t* data;
   size_t rows, cols, row_stride;
 };
-
-// One packed value (little-endian on every host).
-inline uint64_t load_packed(const uint8_t* p) {
-  uint64_t u = 0;
-  for (size_t b = 0; b < kPackedBytes; ++b) u |= uint64_t(p[b]) << (8 * b);
-  return u;
-}
 
 // Rows j .. j+3 and their weights; past the last row, the last row again with
 // weight 0 (it adds nothing and is in range if the row is).

@@ -20,8 +20,9 @@ from fpmatch import DtypeError, InvalidInputError, _core
 from fpmatch.he import KeyHolder
 from fpmatch.he import _kernel, _reference
 from fpmatch.he._encoding import quantise
-from fpmatch.he._packing import PACKED_LIMIT, pack, stored_values
+from fpmatch.he._packing import PACKED_LIMIT, pack, unpack
 from fpmatch.he._ring import Ring, secret_ntt
+from fpmatch.he.errors import CiphertextFormatError
 from fpmatch.he.audit import SecretKeyAudit
 from fpmatch.he.blocks import CiphertextBlocks
 from fpmatch.he.context import PublicContext
@@ -174,12 +175,14 @@ def test_stored_values_at_the_ends_of_the_range(kernel: str) -> None:
     # Stored 0 is -h, stored q - 1 is h, stored h is zero; every byte of a value is read.
     rows, cols = 7, 8 * 3 + 5
     stored = np.zeros((rows, 6 * cols), dtype=np.uint8)
-    ends = np.array([0, Q - 1, H, 1, Q - 2, (Q - 1) & ~0xFF, 0xFF], dtype="<u8")
+    values = np.zeros((rows, cols), dtype=np.int64)
+    ends = [0, Q - 1, H, 1, Q - 2, (Q - 1) & ~0xFF, 0xFF]
     for j in range(rows):
         for c in range(cols):
-            value = int(ends[(j + c) % len(ends)])
+            value = ends[(j + c) % len(ends)]
             stored[j, 6 * c : 6 * c + 6] = list(value.to_bytes(6, "little"))
-    values = stored_values(stored).astype(np.int64) - H
+            values[j, c] = value - H
+    np.testing.assert_array_equal(unpack(stored, Q), values)
     assert values.min() == -H and values.max() == H
     for weights in (np.full(rows, Q - 1), np.arange(1, rows + 1), np.full(rows, INT64.min)):
         np.testing.assert_array_equal(combine([stored], weights, kernel=kernel), exact([values], weights))
@@ -368,9 +371,9 @@ def test_values_out_of_range_are_refused(kernel: str, bad: int, where: tuple[int
 
 def test_a_bad_value_in_many_threads_is_one_exception() -> None:
     rng = np.random.default_rng(7)
-    matrices = [centred(rng, 64, 2048) for _ in range(12)]
+    matrices = [pack(centred(rng, 64, 2048), Q) for _ in range(12)]
     for m in matrices[::2]:
-        m[5, 100] = H + 1
+        m[5, 600:606] = list(Q.to_bytes(6, "little"))  # stored q: one past the largest value
     for _ in range(3):
         with pytest.raises(InvalidInputError, match="out of range"):
             combine(matrices, np.ones(64), n_threads=4)
@@ -525,3 +528,32 @@ def test_a_batch_at_the_ends_of_the_range_is_exact(kernel: str) -> None:
     batch = _core.modular_combine([pack(values, Q)], weights, Q, kernel=kernel)
     for p in range(len(weights)):
         np.testing.assert_array_equal(batch[p], exact([values], weights[p]))
+
+
+def test_packing_reduces_any_representative_and_round_trips() -> None:
+    # SEAL's residues, centred values and sums of them pack to the same bytes as their centred form.
+    rng = np.random.default_rng(43)
+    centred_values = np.concatenate([centred(rng, 3, 50), np.array([[-H, H, 0, 1, -1] * 10] * 2)])
+    residues = np.mod(centred_values, Q)
+    shifted = centred_values + Q * rng.integers(-(1 << 15), 1 << 15, centred_values.shape)
+    packed = pack(centred_values, Q)
+    assert packed.shape == (5, 300) and packed.dtype == np.uint8
+    for same in (residues, shifted, np.asfortranarray(centred_values), centred_values[:, ::-1][:, ::-1]):
+        np.testing.assert_array_equal(pack(same, Q), packed)
+    np.testing.assert_array_equal(unpack(packed, Q), centred_values)
+    expected = [(int(v) % Q + H) % Q for v in centred_values[0, :8]]  # stored u = centred x + h
+    assert [int.from_bytes(packed[0, 6 * i : 6 * i + 6].tobytes(), "little") for i in range(8)] == expected
+    np.testing.assert_array_equal(unpack(packed[:, 6:30], Q), centred_values[:, 1:5])  # a strided view
+    assert unpack(b"", Q).shape == (0,) and pack(np.zeros((0, 4), dtype=np.int64), Q).shape == (0, 24)
+    for extreme in (np.iinfo(np.int64).min, np.iinfo(np.int64).max):
+        np.testing.assert_array_equal(unpack(pack(np.array([extreme]), Q), Q), [((extreme % Q) + H) % Q - H])
+
+
+@pytest.mark.parametrize("bad", [Q, 1 << 47, PACKED_LIMIT - 1])
+def test_unpacking_refuses_stored_values_above_q(bad: int) -> None:
+    stored = pack(np.zeros((2, 3), dtype=np.int64), Q)
+    stored[1, 6:12] = list(bad.to_bytes(6, "little"))
+    with pytest.raises(CiphertextFormatError, match="out of range"):
+        unpack(stored, Q)
+    with pytest.raises(CiphertextFormatError, match="6-byte units"):
+        unpack(stored[:, :5], Q)

@@ -106,6 +106,59 @@ def test_a_worker_that_dies_costs_only_time(parties: tuple[PublicContext, Secret
     assert not _zeros._workers
 
 
+def _batches(context: PublicContext, count: int, batches: int, use=None) -> list[tuple[np.ndarray, np.ndarray]]:  # type: ignore[no-untyped-def]
+    got: list[tuple[np.ndarray, np.ndarray]] = []
+    context.encrypt_zero_batches(count, batches, use or (lambda c0, c1: got.append((c0, c1))))
+    return got
+
+
+def test_batches_arrive_whole_and_fresh(parties: tuple[PublicContext, SecretKeyAudit]) -> None:
+    context, audit = parties
+    q, n = context.ring.q, context.ring.n
+    _zeros.start_workers(wait=60.0)
+    for batches in (0, 1, 5):
+        got = _batches(context, 7, batches)
+        assert len(got) == batches
+        for c0, c1 in got:
+            assert c0.shape == c1.shape == (7, 6 * n) and c0.dtype == np.uint8
+            assert noise(audit, unpack(c0, q), unpack(c1, q)) < 200
+        assert len({row.tobytes() for _, c1 in got for row in c1}) == 7 * batches
+
+
+@pytest.mark.skipif(not _zeros.workers(), reason="one core: no worker processes")
+def test_batches_survive_workers_that_die(parties: tuple[PublicContext, SecretKeyAudit]) -> None:
+    context, audit = parties
+    q = context.ring.q
+    _zeros.start_workers(wait=60.0)
+    killed = []
+
+    def kill_then_keep(c0: np.ndarray, c1: np.ndarray) -> None:
+        if not killed:  # the workers die while they make the other batches
+            for worker in _zeros._workers:
+                worker.process.kill()
+            killed.append(True)
+        got.append((c0, c1))
+
+    got: list[tuple[np.ndarray, np.ndarray]] = []
+    context.encrypt_zero_batches(5, 6, kill_then_keep)
+    assert len(got) == 6 and all(noise(audit, unpack(c0, q), unpack(c1, q)) < 200 for c0, c1 in got)
+    assert len(_batches(context, 5, 3)) == 3 and _zeros.start_workers(wait=60.0) == _zeros.workers()
+
+
+def test_an_error_in_the_caller_leaves_the_workers_in_step(parties: tuple[PublicContext, SecretKeyAudit]) -> None:
+    context, audit = parties
+    q = context.ring.q
+    _zeros.start_workers(wait=60.0)
+
+    def fail(c0: np.ndarray, c1: np.ndarray) -> None:
+        raise RuntimeError("the caller failed")
+
+    with pytest.raises(RuntimeError, match="the caller failed"):
+        context.encrypt_zero_batches(5, 4, fail)
+    for c0, c1 in _batches(context, 5, 4):  # no reply of the failed call answers this one
+        assert c0.shape == (5, 6 * context.ring.n) and noise(audit, unpack(c0, q), unpack(c1, q)) < 200
+
+
 def test_the_core_inverse_ntt_equals_seals(parties: tuple[PublicContext, SecretKeyAudit]) -> None:
     from fpmatch import InvalidInputError, _core
 

@@ -53,7 +53,8 @@ def unit_rows(templates: object, dim: int, what: str = "templates") -> np.ndarra
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     if (norms == 0).any():
         raise InvalidInputError(f"{what} contain a zero vector")
-    return rows / norms
+    rows /= norms  # rows is this function's own float64 copy
+    return rows
 
 
 def read_regular_file(path: "os.PathLike[str] | str", what: str) -> bytes:

@@ -22,7 +22,8 @@ class Verification:
 
 def quantise(unit: np.ndarray, bits: int) -> np.ndarray:
     """round(x * 2**bits) as int64."""
-    return np.rint(unit * float(1 << bits)).astype(np.int64)
+    scaled = unit * float(1 << bits)
+    return np.rint(scaled, out=scaled).astype(np.int64)
 
 
 def check_threshold(threshold: float) -> float:

@@ -2,15 +2,17 @@
 
 A value x, centred mod q (``[-h, h]`` with ``h = (q - 1) / 2``), is stored as ``u = x + h`` in
 ``[0, q - 1]``, 48-bit little-endian: a row of k values is ``6k`` bytes (uint8). The data prime is
-below 2**48, so every value fits; zero is stored as ``h``. The native kernel
-(``cpp/modular_scan.h``) reads this form directly. Stored bytes holding a value above ``q - 1``
-are refused wherever they are read.
+below 2**48, so every value fits; zero is stored as ``h``. Packing and unpacking are native
+(``cpp/packed_values.h``), and the scoring kernel (``cpp/modular_scan.h``) reads this form in
+place. Stored bytes holding a value above ``q - 1`` are refused wherever they are read.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .. import _core
+from ..errors import InvalidInputError
 from .errors import CiphertextFormatError
 
 #: Bytes per stored value.
@@ -19,47 +21,30 @@ PACKED_BYTES = 6
 PACKED_LIMIT = 1 << 48
 
 
-def pack(centred: np.ndarray, q: int) -> np.ndarray:
-    """Values centred mod q (int64, shape (..., k)) -> their packed bytes (uint8, shape (..., 6k))."""
-    return _stored_bytes(np.asarray(centred, dtype=np.int64) + q // 2)
-
-
-def pack_residues(residues: np.ndarray, q: int) -> np.ndarray:
-    """Values in [0, q) (as SEAL holds them) -> packed bytes, centring on the way."""
-    stored = np.asarray(residues, dtype=np.int64) + q // 2
-    stored[stored >= q] -= q
-    return _stored_bytes(stored)
-
-
-def _stored_bytes(stored: np.ndarray) -> np.ndarray:
-    """Stored values (int64 in [0, 2**48)) -> their low 6 bytes, little-endian."""
-    as_bytes = stored.astype("<u8", copy=False).reshape(stored.shape + (1,)).view(np.uint8)[..., :PACKED_BYTES]
-    return np.ascontiguousarray(as_bytes).reshape(stored.shape[:-1] + (stored.shape[-1] * PACKED_BYTES,))
-
-
-def stored_values(packed: np.ndarray | bytes) -> np.ndarray:
-    """The stored ``u`` of packed bytes (uint8 (..., 6k) array or bytes), as uint64 (..., k)."""
-    raw = np.frombuffer(packed, dtype=np.uint8) if isinstance(packed, (bytes, bytearray, memoryview)) else packed
-    if raw.shape[-1] % PACKED_BYTES:
-        raise CiphertextFormatError(f"packed ciphertext values come in {PACKED_BYTES}-byte units, got {raw.shape[-1]} bytes")
-    shape = raw.shape[:-1] + (raw.shape[-1] // PACKED_BYTES,)
-    flat = np.ascontiguousarray(raw).reshape(-1)
-    total = flat.size // PACKED_BYTES
-    out = np.empty(total, dtype="<u8")
-    if total:
-        # Each value but the last read as the 8 bytes starting at it, the 2 past it masked off.
-        overlapping = np.ndarray((total - 1,), dtype="<u8", buffer=flat, strides=(PACKED_BYTES,))
-        np.bitwise_and(overlapping, np.uint64(PACKED_LIMIT - 1), out=out[:-1])
-        out[-1] = int.from_bytes(flat[-PACKED_BYTES:].tobytes(), "little")
-    return out.reshape(shape)
+def pack(values: np.ndarray, q: int) -> np.ndarray:
+    """Values mod q (int64, shape (..., k), any representatives: centred, SEAL's residues in
+    [0, q), or sums of them) -> their packed bytes (uint8, shape (..., 6k)), in one native pass."""
+    values = np.asarray(values, dtype=np.int64)
+    shape = values.shape
+    rows = np.ascontiguousarray(values.reshape(-1, shape[-1] if shape else 1))
+    return _core.pack_values(rows, q).reshape(shape[:-1] + (PACKED_BYTES * (shape[-1] if shape else 1),))
 
 
 def unpack(packed: np.ndarray | bytes, q: int) -> np.ndarray:
     """Packed bytes -> values centred mod q (int64); a stored value above q - 1 is refused."""
-    stored = stored_values(packed)
-    if stored.size and int(stored.max()) > q - 1:
-        raise CiphertextFormatError("packed ciphertext values out of range for this modulus")
-    return stored.astype(np.int64) - q // 2
+    raw = np.frombuffer(packed, dtype=np.uint8) if isinstance(packed, (bytes, bytearray, memoryview)) else packed
+    if raw.shape[-1] % PACKED_BYTES:
+        raise CiphertextFormatError(f"packed ciphertext values come in {PACKED_BYTES}-byte units, got {raw.shape[-1]} bytes")
+    shape = raw.shape[:-1] + (raw.shape[-1] // PACKED_BYTES,)
+    if raw.size == 0:
+        return np.zeros(shape, dtype=np.int64)
+    rows = raw.reshape(-1, raw.shape[-1])
+    if rows.strides[-1] != 1 or (len(rows) > 1 and rows.strides[0] < rows.shape[1]):
+        rows = np.ascontiguousarray(rows)
+    try:
+        return _core.unpack_values(rows, q).reshape(shape)
+    except InvalidInputError:
+        raise CiphertextFormatError("packed ciphertext values out of range for this modulus") from None
 
 
 def zero_bytes(count: int, q: int) -> bytes:

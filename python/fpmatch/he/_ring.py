@@ -21,7 +21,7 @@ from tenseal.sealapi import util as seal_util
 from .. import _core
 from ..errors import InvalidInputError
 from .errors import CiphertextFormatError, InsecureParametersError
-from ._packing import pack_residues
+from ._packing import pack
 from ._zeros import CiphertextReader
 from .params import MAX_DATA_PRIME_BITS, check_security
 
@@ -151,7 +151,7 @@ class ZeroEncryptor:
         if self._native_intt and count:
             c0 = _core.ntt_inverse(c0, self._ring.q, self._ring.psi)  # SEAL left c0 in NTT form too
         if packed:
-            return pack_residues(c0, self._ring.q), pack_residues(c1, self._ring.q)
+            return pack(c0, self._ring.q), pack(c1, self._ring.q)
         return self._ring.centre(c0), self._ring.centre(c1)
 
 

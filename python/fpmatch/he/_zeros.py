@@ -188,9 +188,14 @@ class _Worker:
             self.process.wait()
 
 
+def _cores() -> int:
+    return os.cpu_count() or 1
+
+
 def workers() -> int:
-    """Worker processes large requests are shared with (one fewer than the cores)."""
-    return max(0, (os.cpu_count() or 1) - 1)
+    """Worker processes (one per core when there are several): a large request is shared
+    between this process and one fewer than the cores; batches of them between all of them."""
+    return _cores() if _cores() > 1 else 0
 
 
 def start_workers(wait: float = 0.0) -> int:
@@ -234,17 +239,11 @@ Encrypt = Callable[[int, bool], "tuple[np.ndarray, np.ndarray]"]
 def encrypt_shared(public: bytes, n: int, count: int, packed: bool, here: Encrypt) -> tuple[np.ndarray, np.ndarray]:
     """``count`` encryptions of zero (ring degree ``n``), shared between ``here(k, packed)`` (this
     process) and the workers."""
-    if count < MIN_PARALLEL or workers() == 0:
+    if count < MIN_PARALLEL or _cores() == 1:
         return here(count, packed)
     with _lock:
         _start()
-        ready = []
-        for worker in list(_workers):
-            try:
-                if worker.is_ready():
-                    ready.append(worker)
-            except OSError:
-                _drop(worker)
+        ready = _ready_workers()[: _cores() - 1]  # with this process, one per core
         share = -(-count // (len(ready) + 1))
         digest = hashlib.sha256(public).digest()
         asked: list[tuple[_Worker, int]] = []
@@ -276,6 +275,73 @@ def encrypt_shared(public: bytes, n: int, count: int, packed: bool, here: Encryp
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
+def encrypt_units(
+    public: bytes, n: int, unit: int, units: int, packed: bool, here: Encrypt,
+    use: Callable[[np.ndarray, np.ndarray], None],
+) -> None:
+    """``units`` batches of ``unit`` encryptions of zero, each handed to ``use(c0, c1)`` as soon
+    as it is ready, in no set order.
+
+    The workers (one per core) make the batches, one each at a time, while this process uses
+    the finished ones: the caller's own work on a batch overlaps the encryption of the next. A
+    worker that fails is dropped and its batch made here; with no worker ready, every batch is.
+    """
+    with _lock:
+        _start()
+        idle = _ready_workers()
+        digest = hashlib.sha256(public).digest()
+        left, busy = units, []
+
+        def dispatch() -> None:
+            nonlocal left
+            while left and idle:
+                worker = idle.pop()
+                try:
+                    worker.ask(public, digest, unit, packed)
+                except OSError:
+                    _drop(worker)
+                    continue
+                busy.append(worker)
+                left -= 1
+
+        try:
+            dispatch()
+            while left or busy:
+                if not busy:  # no worker left: this process makes the rest
+                    left -= 1
+                    use(*here(unit, packed))
+                    continue
+                readable = select.select([w.process.stdout for w in busy], [], [])[0]
+                worker = next(w for w in busy if w.process.stdout in readable)
+                busy.remove(worker)
+                try:
+                    batch = worker.answer(unit, n, packed)
+                except OSError:  # it failed: its batch is made again
+                    _drop(worker)
+                    left += 1
+                    dispatch()
+                    continue
+                idle.append(worker)
+                dispatch()  # it works on the next batch while this one is used
+                use(*batch)
+        except BaseException:
+            for worker in busy:  # a reply left unread would answer the next request
+                _drop(worker)
+            raise
+
+
+def _ready_workers() -> list[_Worker]:
+    """The started workers that are ready (those that failed to start are dropped)."""
+    ready = []
+    for worker in list(_workers):
+        try:
+            if worker.is_ready():
+                ready.append(worker)
+        except OSError:
+            _drop(worker)
+    return ready
+
+
 def _drop(worker: _Worker) -> None:
     if worker in _workers:
         _workers.remove(worker)
@@ -301,6 +367,6 @@ def serve() -> None:
             return
         c0, c1 = context.encrypt_zeros_here(count, bool(packed))
         for part in (c0, c1):
-            replies.write(part.tobytes() if packed else np.ascontiguousarray(part, dtype="<i8").tobytes())
+            replies.write(memoryview(np.ascontiguousarray(part if packed else part.astype("<i8", copy=False))).cast("B"))
         replies.flush()
 

@@ -41,7 +41,7 @@ def encrypt_template(context: PublicContext, values: np.ndarray) -> bytes:
     c0 = c0[0].copy()
     c0[: len(values)] += np.asarray(values, dtype=np.int64)
     head = _HEAD.pack(_MAGIC, bytes.fromhex(context.key_id), ring.n, ring.q)
-    return head + pack(ring.centre(c0), ring.q).tobytes() + pack(c1[0], ring.q).tobytes()
+    return head + pack(c0, ring.q).tobytes() + pack(c1[0], ring.q).tobytes()
 
 
 def read_template(data: bytes, *, key_id: str, n: int, q: int) -> tuple[np.ndarray, np.ndarray]:

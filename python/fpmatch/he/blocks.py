@@ -131,12 +131,13 @@ class CiphertextBlocks:
                     break
                 renewed = np.concatenate(fresh, axis=1) + unpack(self._data[b], q)
                 renewed[:, sorted(dirty[b])] = fresh[0][:, sorted(dirty[b])]  # the reclaim cancels c1*s only
-                blocks[b] = pack(ring.centre(renewed), q)
+                blocks[b] = pack(renewed, q)
                 free[b] = free.get(b, set()) | dirty[b]
                 take(b)
+        fresh: list[int] = []  # new blocks, filled as their encryptions arrive
         while len(places) < m:
-            b = self.count + sum(1 for key in blocks if key >= self.count)
-            blocks[b] = self._fresh()
+            b = self.count + sum(1 for key in blocks if key >= self.count) + len(fresh)
+            fresh.append(b)
             free[b] = set(range(n))
             take(b)
         # Templates go in block by block, all of a block's columns in one step.
@@ -145,25 +146,45 @@ class CiphertextBlocks:
             order.setdefault(b, []).append(i)
         written: dict[int, tuple[list[int], np.ndarray]] = {}
         columns: list[bytes] = [b""] * m
-        for b, chosen in order.items():
+        values = np.asarray(values)
+
+        def fill(b: int) -> None:
+            chosen = order[b]
             positions = [places[i][1] for i in chosen]
             target = (blocks[b] if b in blocks else self._data[b]).reshape(self.dim, 2 * n, PACKED_BYTES)
-            current = target[:, positions].reshape(self.dim, -1)
-            filled = pack(ring.centre(unpack(current, q) + np.asarray(values)[chosen].T), q)
+            at = _as_slice(positions)  # a run of positions (a new block's) is a view, not a gather
+            filled = pack(unpack(target[:, at].reshape(self.dim, -1), q) + values[_as_slice(chosen)].T, q)
             if b in blocks:
-                target[:, positions] = filled.reshape(self.dim, -1, PACKED_BYTES)
+                target[:, at] = filled.reshape(self.dim, -1, PACKED_BYTES)
             else:
                 written[b] = (positions, filled)
-            by_column = filled.reshape(self.dim, len(positions), PACKED_BYTES).transpose(1, 0, 2)
+            by_column = np.ascontiguousarray(filled.reshape(self.dim, len(positions), PACKED_BYTES).transpose(1, 0, 2))
+            width = by_column.shape[1] * PACKED_BYTES
+            flat = by_column.tobytes()
             for k, i in enumerate(chosen):
-                columns[i] = by_column[k].tobytes()
+                columns[i] = flat[k * width : (k + 1) * width]
+
+        for b in order:
+            if b not in fresh:
+                fill(b)
+
+        unfilled = iter(fresh)
+
+        def new_block(c0: np.ndarray, c1: np.ndarray) -> None:
+            b = next(unfilled)
+            blocks[b] = np.concatenate([c0, c1], axis=1)
+            fill(b)
+
+        self.context.encrypt_zero_batches(self.dim, len(fresh), new_block)
         resealed = {
             b * n + t: blocks[b].reshape(self.dim, 2 * n, PACKED_BYTES)[:, t].tobytes()
             for b in blocks
             if b < self.count
             for t in sorted(self._live[b])
         }
-        used = {b: max([self.used[b] if b < self.count else 0] + [t + 1 for c, t in places if c == b]) for b in free}
+        used = {b: self.used[b] if b < self.count else 0 for b in free}
+        for b, t in places:
+            used[b] = max(used[b], t + 1)
         refreshes = {b: (self.refreshes[b] if b < self.count else 0) + (b in blocks) for b in free}
         return StagedBlocks([b * n + t for b, t in places], columns, blocks, written, used, refreshes, free, resealed)
 
@@ -273,10 +294,6 @@ class CiphertextBlocks:
         q, half = self.context.ring.q, PACKED_BYTES * self.n
         return [(unpack(data[j, :half], q), unpack(data[j, half:], q)) for data in self._data for j in range(self.dim)]
 
-    def _fresh(self) -> np.ndarray:
-        c0, c1 = self.context.encrypt_zeros(self.dim, packed=True)
-        return np.concatenate([c0, c1], axis=1)
-
     def _columns(self, block: int) -> np.ndarray:
         """A block's data as (d, 2N, 6): [:, t] is the packed column of coefficient t (a view)."""
         return self._data[block].reshape(self.dim, 2 * self.n, PACKED_BYTES)
@@ -298,6 +315,13 @@ class CiphertextBlocks:
         if not 0 <= b < self.count or t >= self.used[b]:
             raise InvalidInputError(f"slot {slot} holds no template")
         return b, t
+
+
+def _as_slice(positions: list[int]) -> slice | list[int]:
+    """Ascending consecutive positions as a slice; others as they are."""
+    if positions and positions[-1] - positions[0] == len(positions) - 1 and positions == sorted(positions):
+        return slice(positions[0], positions[-1] + 1)
+    return positions
 
 
 def _stored_packed(data: bytes, count: int, q: int, what: str) -> np.ndarray:

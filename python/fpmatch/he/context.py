@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import Callable
 
 import numpy as np
 import tenseal as ts
 
 from ..errors import InvalidInputError, KeyMismatchError
 from ._ring import Ring, ZeroEncryptor
-from ._zeros import encrypt_shared
+from ._zeros import encrypt_shared, encrypt_units
 from .errors import CiphertextFormatError, SecretMaterialError
 from .params import HEParams
 
@@ -106,6 +107,13 @@ class PublicContext:
         if self._public is None:
             self._public = self.to_bytes()
         return encrypt_shared(self._public, self.ring.n, count, packed, self._zero.encrypt)
+
+    def encrypt_zero_batches(self, count: int, batches: int, use: Callable[[np.ndarray, np.ndarray], None]) -> None:
+        """``batches`` batches of ``count`` fresh encryptions of zero, packed, each handed to
+        ``use(c0, c1)`` as soon as it is ready (worker processes make them while ``use`` runs)."""
+        if self._public is None:
+            self._public = self.to_bytes()
+        encrypt_units(self._public, self.ring.n, count, batches, True, self._zero.encrypt, use)
 
     def encrypt_zeros_here(self, count: int, packed: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`encrypt_zeros` in this process only."""

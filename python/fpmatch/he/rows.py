@@ -125,7 +125,7 @@ class CiphertextRows:
             used[at[row]] = max(used[at[row]], p + 1)
         refreshes = [(self.refreshes[row] if row < self.count else 0) + 1 for row in rows]
         ring = self.context.ring
-        packed0, packed1 = pack(ring.centre(c0), q), pack(ring.centre(c1), q)
+        packed0, packed1 = pack(c0, q), pack(c1, q)
         return StagedRows(rows, packed0, packed1, [r * g + p for r, p in places], used, refreshes)
 
     def apply(self, staged: StagedRows) -> None:
