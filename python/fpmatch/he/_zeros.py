@@ -9,8 +9,10 @@ TenSEAL's ``sealapi``); they are most of the cost of enrolment. Two things keep 
   ``/dev/shm``, removed at once), read back and emptied, decompressed (SEAL compresses with zstd or zlib)
   and its trailing coefficient array taken, checked against its length and against values read
   through ``sealapi``. The file is overwritten by the next ciphertext and removed at the end.
-* Cores: ``sealapi`` keeps the GIL while it encrypts, so large requests are split between this
-  process and worker processes (one fewer than the cores), each holding the same public context.
+* Cores: ``sealapi`` keeps the GIL while it encrypts, so the work goes to worker processes (one
+  per core), each holding the same public context. A large request is split between this process
+  and one fewer workers than the cores; a run of batches (new blocks of an enrolment) is made by
+  the workers, one batch each at a time, while this process uses the batches already made.
 
 A fresh encryption of zero is a one-time pad for the template added to it: it lives only in
 this process's (and the worker's) memory and, until it is read, in that in-memory file.
@@ -285,7 +287,12 @@ def encrypt_units(
     The workers (one per core) make the batches, one each at a time, while this process uses
     the finished ones: the caller's own work on a batch overlaps the encryption of the next. A
     worker that fails is dropped and its batch made here; with no worker ready, every batch is.
+    Fewer batches than cores are each shared as :func:`encrypt_shared` shares one request.
     """
+    if units < _cores():
+        for _ in range(units):
+            use(*encrypt_shared(public, n, unit, packed, here))
+        return
     with _lock:
         _start()
         idle = _ready_workers()
