@@ -68,6 +68,7 @@ from fpmatch.codes import hamming_pairs
 from fpmatch.gallery import default_shortlist
 from fpmatch import CancellableHash, FlatIndex, HashKey, IVFIndex, _core, estimate_offset
 from fpmatch.he import EncryptedGallery, HybridGallery, KeyHolder, PublicContext, RateLimit
+from fpmatch.he.params import DEFAULT_PARAMS, HEParams
 from fpmatch.he import _kernel, _zeros
 from fpmatch.he._encoding import quantise
 from fpmatch.he.audit import SecretKeyAudit
@@ -185,18 +186,29 @@ class _Setup:
                 first_ids = ids[: min(self.n_small, e - s)].copy()
         assert first_ids is not None and len(first_ids) == self.n_small
         self.probes = gen.samples(first_ids)  # mated probe i belongs to identity i
+        self.full_dim_plain_tar = None
+        self.basis: np.ndarray | None = None
+        if args.dim is not None and args.dim != dim:
+            self._reduce(args, gen)
+            dim = self.dim
         self.names = [f"id{i:07d}" for i in range(n_gen)]
         self.unit_probes = _unit(self.probes)
         self.rng = np.random.default_rng(args.seed + 1)
         self.q_idx = self.rng.choice(self.n_small, min(args.queries, self.n_small), replace=False)
         self._tmp = TemporaryDirectory(prefix="bench-he-")
         limits = RateLimit(requests_per_second=1e9, burst=10**9, max_scores=1 << 23, max_k=100)
-        self.holder = KeyHolder(limits=limits)
+        params = HEParams(
+            coeff_mod_bit_sizes=(args.data_prime_bits, DEFAULT_PARAMS.coeff_mod_bit_sizes[1]),
+            template_scale_bits=args.template_scale_bits,
+            probe_scale_bits=args.probe_scale_bits,
+        )
+        self.holder = KeyHolder(params, limits=limits)
         self.audit = SecretKeyAudit(self.holder.save(Path(self._tmp.name) / "he.key"))
         self.public = PublicContext(self.holder.public_context())
         # Enrolment-free identities of the same model (a generator with another seed
         # would be another model, with another offset direction).
-        offset = estimate_offset(gen.samples(gen.identities(5000)))
+        model_samples = gen.samples(gen.identities(5000))
+        offset = estimate_offset(model_samples if self.basis is None else model_samples @ self.basis)
         self.scheme = CancellableHash(HashKey(np.random.default_rng(args.seed).bytes(32)), dim, args.bits, offset)
         # Verification pairs: probe i with enrolled template i (genuine) or j != i (impostor).
         n = self.n_small
@@ -211,6 +223,29 @@ class _Setup:
         self.plain_genuine = _pair_scores(self.unit_probes, self.genuine, enrolled, self.genuine)
         self.plain_impostor = _pair_scores(self.unit_probes, self.imp_a, enrolled, self.imp_b)
         self.plain_tar = _tar(self.plain_genuine, self.plain_impostor, TARGET_FAR)
+
+    def _reduce(self, args: argparse.Namespace, gen: FaceGenerator) -> None:
+        """Project gallery and probes on the top --dim principal directions of enrolment-free
+        samples of the same model (what a model with fewer dimensions would give), keeping the
+        full-dimension plain TAR of the same pairs for comparison."""
+        n = self.n_small
+        rng = np.random.default_rng(args.seed + 2)
+        pairs = rng.integers(0, n, (2, args.impostor_pairs))
+        pairs = pairs[:, pairs[0] != pairs[1]]
+        full_probes, full_enrolled = _unit(self.probes), _unit(self.gallery[:n])
+        self.full_dim_plain_tar = _tar(
+            _pair_scores(full_probes, np.arange(n), full_enrolled, np.arange(n)),
+            _pair_scores(full_probes, pairs[0], full_enrolled, pairs[1]),
+            TARGET_FAR,
+        )
+        _, _, vt = np.linalg.svd(gen.samples(gen.identities(5000)).astype(np.float64), full_matrices=False)
+        self.basis = basis = vt[: args.dim].T.astype(np.float32)
+        _log(f"projecting {self.dim}-D templates on {args.dim} principal directions")
+        for s in range(0, len(self.gallery), CHUNK):
+            self.gallery[s : s + CHUNK, : args.dim] = self.gallery[s : s + CHUNK] @ basis
+        self.gallery = self.gallery[:, : args.dim].copy()
+        self.probes = np.ascontiguousarray(self.probes @ basis)
+        self.dim = args.dim
 
     def encrypted_tar(self, decrypted: np.ndarray, probe_bits: int) -> tuple[dict, float, np.ndarray]:
         """TAR of scores rebuilt from decrypted templates, the worst error, and the probe weights."""
@@ -656,6 +691,7 @@ def run(args: argparse.Namespace, result: dict | None = None) -> dict:
         {
             "profile": args.profile,
             "dim": data.dim,
+            "plain_tar_full_dim": data.full_dim_plain_tar,
             "quick": args.quick,
             "n_small": args.n_small,
             "n_large": args.n_large,
@@ -686,6 +722,8 @@ def _table(r: dict) -> str:
     b, t = r.get("bytes_per_template", {}), r.get(FAR_KEY, {})
     lines = [f"{'scheme':<8} {'bytes/template':>15} {'TAR@FAR=1e-4':>13}"]
     lines += [f"{k:<8} {b[k]:>15,} {t[k]:>13.4f}" for k in ("plain", "hash", "he", "hybrid") if k in b and k in t]
+    if r.get("plain_tar_full_dim"):
+        lines.append(f"plain before projecting to {r['dim']}-D: TAR@FAR=1e-4 {r['plain_tar_full_dim']['tar']:.4f}")
     if "verify_ms" in r:
         lines.append(f"he 1:1 verify            {r['verify_ms']:.2f} ms")
         for n, v in r["packed"].items():
@@ -742,6 +780,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads of the multithreaded figures")
     p.add_argument("--n", type=int, default=None, help="enrolled templates of the 1:N scaling figures (default --n-large)")
     p.add_argument("--batch", type=int, default=16, help="probes scored in one sweep for the batch figures")
+    p.add_argument("--dim", type=int, default=None,
+                   help="project templates on this many principal directions (fewer bytes per template)")
+    p.add_argument("--data-prime-bits", type=int, default=DEFAULT_PARAMS.coeff_mod_bit_sizes[0],
+                   help="bits of the CKKS data prime (a smaller modulus needs smaller scales)")
+    p.add_argument("--template-scale-bits", type=int, default=DEFAULT_PARAMS.template_scale_bits)
+    p.add_argument("--probe-scale-bits", type=int, default=DEFAULT_PARAMS.probe_scale_bits)
     p.add_argument("--part", choices=["all", "he", "hybrid"], default="all", help="run only part of the benchmark")
     p.add_argument("--update", action="store_true", help="add to the results already in --json")
     args = p.parse_args(argv)

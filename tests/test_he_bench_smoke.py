@@ -39,3 +39,20 @@ def test_bench_he_quick(tmp_path: Path) -> None:
     assert abs(result["tar_at_far_1e-4"]["he"] - result["tar_at_far_1e-4"]["plain"]) < 0.02
     assert max(result["max_abs_score_error"].values()) < 2e-4
     assert result["hybrid_1m"]["n"] == 8000 and set(result["packed"]) == {"1000", "3000"}
+
+
+def test_bench_he_fewer_dimensions_and_a_smaller_modulus(tmp_path: Path) -> None:
+    # The trade-offs below the default parameters are measured by the same benchmark.
+    out = tmp_path / "he.json"
+    cmd = [
+        sys.executable, str(SCRIPT), "--quick", "--part", "he", "--profile", "hard", "--dim", "64",
+        "--data-prime-bits", "32", "--template-scale-bits", "18", "--probe-scale-bits", "10",
+        "--n-small", "500", "--n-large", "1000", "--queries", "10", "--impostor-pairs", "50000", "--json", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["dim"] == 64 and result["he_bytes_per_template"] == 2 * 64 * 6
+    assert result["params"]["coeff_mod_bit_sizes"][0] == 32 and result["params"]["probe_scale_bits"] == 10
+    assert 0.0 <= result["plain_tar_full_dim"]["tar"] <= 1.0
+    assert max(result["max_abs_score_error"].values()) < 4e-3  # coarser scales: larger, still bounded errors
