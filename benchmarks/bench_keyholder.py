@@ -70,7 +70,7 @@ def start_server(
         sys.executable, "-m", "fpmatch", "keyholder", "serve", "--listen", address, "--key", str(sealed),
         "--kek", str(kek), "--cert", str(pki / "server.crt"), "--tls-key", str(pki / "server.key"),
         "--ca", str(pki / "ca.crt"), "--ledger", str(directory / "ledger.sqlite"), "--workers", str(workers),
-        "--max-scores-per-request", str(max_scores), *UNLIMITED,
+        "--max-scores-per-request", str(max_scores), "--unattested", *UNLIMITED,
     ]  # fmt: skip
     log_path = directory / "server.log"
     out = open(log_path, "wb")

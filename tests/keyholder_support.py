@@ -61,7 +61,7 @@ class Server:
             sys.executable, "-m", "fpmatch", "keyholder", "serve", "--listen", self.address,
             "--key", str(deployment.sealed), "--kek", str(deployment.kek), "--cert", str(pki / "server.crt"),
             "--tls-key", str(pki / "server.key"), "--ca", str(pki / "ca.crt"), "--ledger", str(deployment.ledger),
-            "--workers", "4", *extra,
+            "--workers", "4", *extra, *(() if "--edge-keys" in extra else ("--unattested",)),
         ]  # fmt: skip
         self._log = open(self.log, "wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}

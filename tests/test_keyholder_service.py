@@ -410,6 +410,19 @@ def test_certs_command(tmp_path: Path) -> None:
     assert isinstance(FpmatchError, type) and CiphertextFormatError
 
 
+def test_serve_needs_attested_mode_or_an_explicit_opt_out(
+    deployment: Deployment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pki = deployment.pki
+    base = ["keyholder", "serve", "--listen", "127.0.0.1:0", "--key", str(deployment.sealed), "--kek",
+            str(deployment.kek), "--cert", str(pki / "server.crt"), "--tls-key", str(pki / "server.key"),
+            "--ca", str(pki / "ca.crt"), "--ledger", str(tmp_path / "ledger.sqlite")]  # fmt: skip
+    assert main(base) == 2
+    assert "--edge-keys FILE" in capsys.readouterr().err and not (tmp_path / "ledger.sqlite").exists()
+    assert main([*base, "--unattested", "--edge-keys", str(tmp_path / "edges.json")]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+
+
 def test_a_connection_that_timed_out_is_not_reused() -> None:
     """A late reply must never answer the next request: after a timeout the connection is closed."""
     import multiprocessing

@@ -93,6 +93,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from ..he.sealing import read_sealed
     from ..he.server import KeyHolderServer, KeyHolderService, ServerCredentials, lifted_rate, serve_until_signalled
 
+    if not args.edge_keys and not args.unattested:
+        raise CliError(
+            "the key holder service runs in attested mode unless told otherwise: pass --edge-keys FILE "
+            "(capture edges registered with `fpmatch keyholder register-edge`), or --unattested to decide over "
+            "scores the callers compute (a caller with a valid certificate can then rebuild a template from "
+            "decisions within the daily budgets: THREAT_MODEL.md)"
+        )
+    if args.edge_keys and args.unattested:
+        raise CliError("--edge-keys and --unattested exclude each other")
     attested: dict[str, Any] = {}
     if args.edge_keys:
         from ..attestation import EdgeKeys
@@ -212,11 +221,12 @@ def add_commands(commands: Any) -> None:
     serve = add_command(
         group, "serve", "Serve decisions over gRPC with mutual TLS until SIGTERM.", _cmd_serve,
         ["fpmatch keyholder serve --listen 127.0.0.1:7443 --key kh.sealed --kek kek.bin --cert pki/server.crt "
-         "--tls-key pki/server.key --ca pki/ca.crt --ledger kh.sqlite"],
+         "--tls-key pki/server.key --ca pki/ca.crt --ledger kh.sqlite --edge-keys edge-keys.json"],
         "Callers present client certificates signed by --ca; each is named by its certificate's\n"
         "common name for limits and audit. Plain-text connections are refused. Limits and the\n"
-        "audit log live in --ledger and survive restarts. Decisions only, unless\n"
-        "--allow-coarse-scores (noisy values: each helps rebuild templates; see THREAT_MODEL.md).",
+        "audit log live in --ledger and survive restarts. Attested mode (--edge-keys) unless\n"
+        "--unattested is given. Decisions only, unless --allow-coarse-scores (noisy values: each\n"
+        "helps rebuild templates; see THREAT_MODEL.md).",
     )  # fmt: skip
     serve.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to listen on (port 0: any free)")
     serve.add_argument("--key", required=True, metavar="FILE", help="sealed key from `keyholder init`")
@@ -234,8 +244,12 @@ def add_commands(commands: Any) -> None:
                        help="refuse this one certificate (PEM), although it verifies; other certificates with "
                        "the same common name are still served (repeatable)")  # fmt: skip
     serve.add_argument("--edge-keys", metavar="FILE",
-                       help="attested mode: decide only over probes and templates signed by the capture edges "
-                       "registered in FILE (JSON, fpmatch.EdgeKeys.save)")  # fmt: skip
+                       help="attested mode (the default; one of this or --unattested is required): decide only "
+                       "over probes and templates signed by the capture edges registered in FILE (JSON, "
+                       "fpmatch.EdgeKeys.save)")  # fmt: skip
+    serve.add_argument("--unattested", action="store_true",
+                       help="decide over scores the callers compute, with no capture-edge signatures (budgets "
+                       "then bound, but cannot stop, a certificate holder rebuilding templates)")  # fmt: skip
     serve.add_argument("--freshness", type=float, default=120.0, metavar="SECONDS",
                        help="attested mode: how long a signed probe stays usable (default 120)")  # fmt: skip
     limits = serve.add_argument_group("limits (per caller unless said otherwise; days are UTC)")
@@ -245,8 +259,8 @@ def add_commands(commands: Any) -> None:
     limits.add_argument("--caller-scores-per-day", type=positive_int, default=200_000, metavar="N")
     limits.add_argument("--caller-released-per-day", type=positive_int, default=20_000, metavar="N",
                         help="true decisions and returned positions (default 20000)")  # fmt: skip
-    limits.add_argument("--subject-requests-per-day", type=positive_int, default=50, metavar="N",
-                        help="requests labelled with one subject (default 50)")  # fmt: skip
+    limits.add_argument("--subject-requests-per-day", type=positive_int, default=25, metavar="N",
+                        help="requests labelled with one subject (default 25)")  # fmt: skip
     limits.add_argument("--max-scores-per-request", type=positive_int, default=4096, metavar="N")
 
     public = add_command(

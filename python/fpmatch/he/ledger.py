@@ -64,7 +64,7 @@ class Budgets:
     caller_requests_per_day: int = 100_000
     caller_scores_per_day: int = 200_000
     caller_released_per_day: int = 20_000
-    subject_requests_per_day: int = 50
+    subject_requests_per_day: int = 25
     max_scores_per_request: int = 4096
 
     def __post_init__(self) -> None:
