@@ -555,10 +555,18 @@ def test_command_line_makes_and_registers_edge_keys(tmp_path: Path, capsys: pyte
                      "--min-threshold", "0.4"]) == 0  # fmt: skip
     loaded = EdgeKeys.load(edges)
     assert len(loaded) == 1 and loaded.min_threshold(EdgeSigningKey.load(key).key_id) == 0.4
-    assert cli.main(["keyholder", "register-edge", str(edges), "--public-key", "zz", "--profile", "0123456789abcdef"]) == 2
+    assert cli.main(["keyholder", "register-edge", str(edges), "--public-key", "zz", "--profile", "0123456789abcdef",
+                     "--no-floor"]) == 2  # fmt: skip
     assert "64 hex digits" in capsys.readouterr().err
-    assert cli.main(["keyholder", "register-edge", str(edges), "--public-key", public, "--profile", "xyz"]) == 2
+    assert cli.main(["keyholder", "register-edge", str(edges), "--public-key", public, "--profile", "xyz", "--no-floor"]) == 2
     assert "profile id" in capsys.readouterr().err
+    for choice in ([], ["--no-floor", "--min-threshold", "0.4"]):  # the floor is a choice made explicitly
+        assert cli.main(["keyholder", "register-edge", str(edges), "--public-key", public, "--profile", "0123456789abcdef",
+                         *choice]) == 2  # fmt: skip
+        assert "--min-threshold X" in capsys.readouterr().err
+    assert cli.main(["keyholder", "register-edge", str(edges), "--public-key", public, "--profile", "0123456789abcdef",
+                     "--no-floor"]) == 0  # fmt: skip
+    assert EdgeKeys.load(edges).min_threshold(EdgeSigningKey.load(key).key_id) is None
 
 
 def test_http_api_answers_attested_refusals_with_stable_codes() -> None:
@@ -590,7 +598,8 @@ def test_store_commands_sign_for_an_attested_key_holder(tmp_path: Path, capsys: 
     profile = CaptureEdge(HashKey.load(keys / "edge.key"), DIM, scheme="hybrid", public_context=deployment.public,
                           bits=DEFAULT_BITS).profile.profile_id  # fmt: skip
     edges = tmp_path / "edges.json"
-    assert run("keyholder", "register-edge", str(edges), "--public-key", signing.public_bytes.hex(), "--profile", profile)[0] == 0
+    assert run("keyholder", "register-edge", str(edges), "--public-key", signing.public_bytes.hex(), "--profile", profile,
+               "--no-floor")[0] == 0  # fmt: skip
     server = Server(deployment, extra=["--edge-keys", str(edges)])
     try:
         data = tmp_path / "data"

@@ -138,6 +138,12 @@ def _cmd_register_edge(args: argparse.Namespace) -> int:
     from ..attestation import EdgeKeys
     from ..errors import InvalidInputError, KeyFileError
 
+    if (args.min_threshold is None) == (not args.no_floor):
+        raise CliError(
+            "pass --min-threshold X (the profile's calibrated threshold: decisions on this edge's probes below it are "
+            "refused) or, to allow any threshold, --no-floor (whoever holds the edge's key can then climb toward a "
+            "template with low thresholds: THREAT_MODEL.md)"
+        )
     path = Path(args.edge_keys)
     try:
         public = bytes.fromhex(args.public_key)
@@ -281,7 +287,9 @@ def add_commands(commands: Any) -> None:
     register.add_argument("--public-key", required=True, metavar="HEX", help="the edge's public key (`keys new --kind edge-signing`)")
     register.add_argument("--profile", required=True, metavar="ID", help="the edge profile id it signs for (16 hex digits)")
     register.add_argument("--min-threshold", type=float, metavar="X",
-                          help="refuse decisions on its probes below this threshold (the profile's calibrated one)")  # fmt: skip
+                          help="refuse decisions on its probes below this threshold (the profile's calibrated one; "
+                          "this or --no-floor is required)")  # fmt: skip
+    register.add_argument("--no-floor", action="store_true", help="allow decisions at any threshold on its probes")
     certs = add_command(
         group, "certs", "Make a test CA, a server certificate and client certificates.", _cmd_certs,
         ["fpmatch keyholder certs pki --caller matching-service --host localhost --host 127.0.0.1"],
