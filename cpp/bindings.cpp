@@ -10,6 +10,7 @@
 #include <string>
 
 #include "hamming_scan.h"
+#include "hybrid_rescore.h"
 #include "index_io.h"
 #include "modular_scan.h"
 #include "negacyclic_ntt.h"
@@ -149,6 +150,143 @@ void translate_errors() {
       PyErr_SetString(errors.attr("IndexFormatError").ptr(), e.what());
     }
   });
+}
+
+}  // namespace
+
+// ---- The hybrid path (hybrid_rescore.h, forward_ntt.h): conversion and validation only.
+namespace {
+
+// A contiguous, aligned 1-D array of exactly n elements of T (any length when n is SIZE_MAX).
+template <class T>
+const T* as_flat(const py::array& a, const char* what, size_t n) {
+  check_dtype<T>(a, what);
+  if (a.ndim() != 1 || (n != SIZE_MAX && size_t(a.shape(0)) != n))
+    throw InvalidInput(std::string(what) + " must be a 1-D array" +
+                       (n != SIZE_MAX ? " of length " + std::to_string(n) : std::string()));
+  if (reinterpret_cast<uintptr_t>(a.data()) % alignof(T) != 0 || (a.shape(0) > 1 && a.strides(0) != ssize_t(sizeof(T))))
+    throw InvalidInput(std::string(what) + " must be contiguous and aligned; pass np.ascontiguousarray(x)");
+  return static_cast<const T*>(a.data());
+}
+
+// The first `count` rows of packed c0 and c1 arrays (rows.py), N values a row.
+hybrid::PackedRows as_packed_rows(const py::array& c0, const py::array& c1, size_t count, size_t n) {
+  if (count == 0) return {nullptr, nullptr, 0, 0, 0};
+  const modq::Matrix a = as_matrix(c0, "c0"), b = as_matrix(c1, "c1");
+  if (a.cols != n || b.cols != n)
+    throw InvalidInput("c0 and c1 rows must hold N = " + std::to_string(n) + " packed values");
+  if (count > a.rows || count > b.rows) throw InvalidInput("count exceeds the rows given");
+  return {a.data, b.data, count, a.row_stride, b.row_stride};
+}
+
+// A vector handed to numpy without a copy: the array owns it.
+template <class T>
+py::array_t<T> adopt(std::vector<T>&& v, std::vector<size_t> shape) {
+  auto* held = new std::vector<T>(std::move(v));
+  py::capsule owner(held, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  return py::array_t<T>(shape, held->data(), owner);
+}
+
+py::tuple request_arrays(hybrid::Request&& r, size_t n) {
+  const size_t rows = r.alpha.size() / n, m = r.beta.size();
+  return py::make_tuple(adopt(std::move(r.alpha), {rows, n}), adopt(std::move(r.beta), {m}),
+                        adopt(std::move(r.index), {m}), adopt(std::move(r.row), {m}));
+}
+
+void bind_hybrid(py::module_& m) {
+  m.def("ntt_forward", [](const py::array& coefficients, uint64_t q, uint64_t psi) {
+          Rows<int64_t> rows = as_rows<int64_t>(coefficients, "coefficients",
+                                                coefficients.ndim() == 2 ? size_t(coefficients.shape(1)) : 0);
+          const ntt::ForwardNtt transform(rows.cols, q, psi);
+          py::array_t<int64_t> out({rows.n, rows.cols});
+          int64_t* dst = out.mutable_data();
+          {
+            py::gil_scoped_release release;
+            for (size_t i = 0; i < rows.n; ++i)
+              for (size_t c = 0; c < rows.cols; ++c) {
+                const int64_t v = rows.data[i * rows.row_stride + c];
+                if (v < 0 || uint64_t(v) >= q) throw InvalidInput("coefficients must lie in [0, q)");
+                dst[i * rows.cols + c] = v;
+              }
+            for (size_t i = 0; i < rows.n; ++i) transform.apply(reinterpret_cast<uint64_t*>(dst + i * rows.cols));
+          }
+          return out;
+        },
+        py::arg("coefficients"), py::arg("q"), py::arg("psi"),
+        "NTT values in [0, q), SEAL's order (value i at psi^(2 bitrev(i) + 1)), of polynomials given as "
+        "coefficients (m, N) in [0, q); the inverse of ntt_inverse.");
+
+  using hybrid::Rescorer;
+  py::class_<Rescorer>(m, "HybridRescorer",
+                       "The hybrid path: a code shortlist and the encrypted scores of its packed ciphertext rows.")
+      .def(py::init<size_t, size_t, uint64_t, uint64_t>(), py::arg("n"), py::arg("dim"), py::arg("q"), py::arg("psi"))
+      .def_property_readonly("n", &Rescorer::n)
+      .def_property_readonly("dim", &Rescorer::dim)
+      .def_property_readonly("group", &Rescorer::group)
+      .def("probe_ntt", [](const Rescorer& r, const py::array& weights) {
+             const int64_t* w = as_flat<int64_t>(weights, "weights", r.dim());
+             std::vector<int64_t> out;
+             {
+               py::gil_scoped_release release;
+               out = r.probe_ntt(w);
+             }
+             return adopt(std::move(out), {r.n()});
+           },
+           py::arg("weights"), "NTT values of P(X) = sum_i w_i X^-i.")
+      .def("score", [](const Rescorer& r, const py::array& c0, const py::array& c1, size_t count,
+                       const py::array& slots, const py::array& weights, int n_threads) {
+             const hybrid::PackedRows rows = as_packed_rows(c0, c1, count, r.n());
+             const int64_t* s = as_flat<int64_t>(slots, "slots", SIZE_MAX);
+             const size_t m = size_t(slots.shape(0));
+             const int64_t* w = as_flat<int64_t>(weights, "weights", r.dim());
+             hybrid::Request out;
+             {
+               py::gil_scoped_release release;
+               out = r.score(rows, s, m, w, n_threads);
+             }
+             return request_arrays(std::move(out), r.n());
+           },
+           py::arg("c0"), py::arg("c1"), py::arg("count"), py::arg("slots"), py::arg("weights"),
+           py::arg("n_threads") = 0, "(alpha, beta, index, row) of the weights against the slots, in order.")
+      .def("shortlist", [](const Rescorer&, const ProtectedIndex& index, const py::array& code,
+                           const py::array& reliability, size_t want, size_t hamming, const py::array& slot_of_id,
+                           int n_threads) {
+             const uint8_t* c = as_flat<uint8_t>(code, "code", index.code_size());
+             const float* rel = as_flat<float>(reliability, "reliability", index.bits());
+             const hybrid::SlotTable table{as_flat<int64_t>(slot_of_id, "slot_of_id", SIZE_MAX), size_t(slot_of_id.shape(0))};
+             hybrid::Shortlist out;
+             {
+               py::gil_scoped_release release;
+               out = Rescorer::shortlist(index, c, rel, want, hamming, table, n_threads);
+             }
+             const size_t k = out.ids.size();
+             return py::make_tuple(adopt(std::move(out.ids), {k}), adopt(std::move(out.slots), {k}));
+           },
+           py::arg("index"), py::arg("code"), py::arg("reliability"), py::arg("want"), py::arg("hamming"),
+           py::arg("slot_of_id"), py::arg("n_threads") = 0, "(ids, slots): up to want ids with a slot, nearest first.")
+      .def("identify", [](const Rescorer& r, const ProtectedIndex& index, const py::array& code,
+                          const py::array& reliability, size_t want, size_t hamming, const py::array& slot_of_id,
+                          const py::array& c0, const py::array& c1, size_t count, const py::array& weights,
+                          int n_threads) {
+             const uint8_t* c = as_flat<uint8_t>(code, "code", index.code_size());
+             const float* rel = as_flat<float>(reliability, "reliability", index.bits());
+             const hybrid::SlotTable table{as_flat<int64_t>(slot_of_id, "slot_of_id", SIZE_MAX), size_t(slot_of_id.shape(0))};
+             const hybrid::PackedRows rows = as_packed_rows(c0, c1, count, r.n());
+             const int64_t* w = as_flat<int64_t>(weights, "weights", r.dim());
+             std::pair<hybrid::Shortlist, hybrid::Request> out;
+             {
+               py::gil_scoped_release release;
+               out = r.identify(index, c, rel, want, hamming, table, rows, w, n_threads);
+             }
+             const size_t k = out.first.ids.size();
+             py::tuple parts = request_arrays(std::move(out.second), r.n());
+             return py::make_tuple(adopt(std::move(out.first.ids), {k}), adopt(std::move(out.first.slots), {k}), parts[0],
+                                   parts[1], parts[2], parts[3]);
+           },
+           py::arg("index"), py::arg("code"), py::arg("reliability"), py::arg("want"), py::arg("hamming"),
+           py::arg("slot_of_id"), py::arg("c0"), py::arg("c1"), py::arg("count"), py::arg("weights"),
+           py::arg("n_threads") = 0,
+           "shortlist, then score, in one call with the GIL released: (ids, slots, alpha, beta, index, row).");
 }
 
 }  // namespace
@@ -504,4 +642,6 @@ PYBIND11_MODULE(_core, m) {
           return deserialize_index(copy.data(), copy.size(), key);
         },
         py::arg("data"), py::arg("mac_key"));
+
+  bind_hybrid(m);
 }

@@ -44,6 +44,11 @@ class _IndexBase:
     _native: _core.ProtectedIndex
 
     @property
+    def native(self) -> _core.ProtectedIndex:
+        """The core's index object, for native calls that search it."""
+        return self._native
+
+    @property
     def bits(self) -> int:
         return self._native.bits
 

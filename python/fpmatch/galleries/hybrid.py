@@ -24,6 +24,7 @@ from ..he.scores import EncryptedScores
 from ..index import Index
 from .base import ProtectedGallery, Staged, StoredRow, StoredTemplate
 from .codes import CodeTable
+from .slots import SlotTable
 from .hashed import default_shortlist
 
 #: Shortlisted subjects re-scored under encryption per identification.
@@ -54,7 +55,7 @@ class HybridSchemeGallery(ProtectedGallery):
         self.candidates = candidates
         self._decider = decider
         self._caller = caller
-        self._slot: dict[int, int] = {}  # id -> ciphertext slot
+        self._slot = SlotTable()  # id -> ciphertext slot
 
     @property
     def index(self) -> Index:
@@ -84,14 +85,14 @@ class HybridSchemeGallery(ProtectedGallery):
             _, subjects, codes, staged = change
             self.codes.add(codes, np.asarray(ids, dtype=np.int64))
             self.ciphertext_rows.apply(StagedRows(**staged))
-            self._slot.update(zip(ids, staged["slots"]))
+            self._slot.assign(ids, staged["slots"])
             self._bind(subjects, ids)
         else:
             _, subjects, ids, slots = change
             self.codes.remove(np.array(ids, dtype=np.int64))
-            for id_, slot in zip(ids, slots):
+            for slot in slots:
                 self.ciphertext_rows.erase(slot)
-                del self._slot[id_]
+            self._slot.release(ids)
             self._unbind(subjects)
 
     def restore(self, stored: Sequence[StoredTemplate], rows: Sequence[StoredRow], index: Index | None) -> bool:
@@ -99,7 +100,7 @@ class HybridSchemeGallery(ProtectedGallery):
         adopted = self.codes.adopt(index)
         if not adopted:
             self.codes.load(ids, [t.code or b"" for t in stored])
-        self._slot = {t.id: int(t.slot) for t in stored if t.slot is not None}
+        self._slot.reset({t.id: int(t.slot) for t in stored if t.slot is not None})
         self.ciphertext_rows.load(list(rows), set(self._slot.values()))
         self._bind([t.subject for t in stored], ids)
         return adopted
@@ -112,16 +113,38 @@ class HybridSchemeGallery(ProtectedGallery):
 
     def search(self, probe: ProbeMessage, k: int, threshold: float, eligible: Callable[[str], bool]) -> list[str]:
         assert probe.code is not None and probe.reliability is not None and probe.values is not None
-        ids = self._shortlist(probe.code, probe.reliability, max(k, self.candidates), eligible)
-        if not ids:
+        ids, request = self.rescored(probe.code, probe.reliability, probe.values, max(k, self.candidates), eligible)
+        if request is None:
             return []
-        request, _ = self.encrypted_scores(ids, probe.values)
         positions = self._key_holder().best(request.to_bytes(), threshold, min(k, len(ids)), caller=self._caller)
         return [self._names[ids[p]] for p in positions]
 
     def encrypted_scores(self, ids: Sequence[int], values: np.ndarray) -> tuple[EncryptedScores, list[int]]:
         """Encrypted scores of a probe against the subjects stored under ``ids``, and those ids in score order."""
         return self.ciphertext_rows.request(np.array([self._slot[id_] for id_ in ids]), values), list(ids)
+
+    def rescored(
+        self,
+        code: np.ndarray,
+        reliability: np.ndarray,
+        values: np.ndarray,
+        want: int,
+        eligible: Callable[[str], bool] | None = None,
+    ) -> tuple[list[int], EncryptedScores | None]:
+        """Ids of the ``want`` eligible subjects whose codes are nearest the probe's, nearest first, and
+        their encrypted scores (None if there are none).
+
+        Without ``eligible`` (everyone enrolled is), one native call searches, maps ids to slots and
+        scores. With it, the shortlist is filtered here before anything is scored, searching deeper
+        while ineligible subjects fill it; the kept slots are then scored natively.
+        """
+        rows = self.ciphertext_rows
+        if eligible is None and rows.native:
+            return rows.identify(
+                self.codes.index.native, code, reliability, want, self.codes.shortlist, self._slot.array, values
+            )
+        ids = self._shortlist(code, reliability, want, eligible or (lambda name: True))
+        return ids, (self.encrypted_scores(ids, values)[0] if ids else None)
 
     def shortlist_ids(self, probe: ProbeMessage, want: int, eligible: Callable[[str], bool]) -> list[int]:
         """Ids of the ``want`` eligible subjects whose codes are nearest the probe's, nearest first."""
@@ -140,7 +163,7 @@ class HybridSchemeGallery(ProtectedGallery):
 
     def problems(self, stored: Mapping[str, StoredTemplate], rows: Sequence[StoredRow]) -> list[str]:
         problems = self.codes.problems({t.id: t.code or b"" for t in stored.values()})
-        if {t.id: t.slot for t in stored.values()} != self._slot:
+        if {t.id: t.slot for t in stored.values()} != self._slot.as_dict():
             problems.append("ciphertext slots differ from the database")
         q = self.ciphertext_rows.context.ring.q  # rows of earlier versions hold int64 values: compared as values
         held = [(self.ciphertext_rows.to_bytes(r), self.ciphertext_rows.used[r], self.ciphertext_rows.refreshes[r]) for r in range(self.ciphertext_rows.count)]

@@ -49,3 +49,8 @@ def reference_scoring() -> Iterator[None]:
         yield
     finally:
         _use_reference = previous
+
+
+def using_reference() -> bool:
+    """Whether this block scores with the numpy reference (:func:`reference_scoring`)."""
+    return _use_reference

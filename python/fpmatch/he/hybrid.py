@@ -148,22 +148,25 @@ class HybridGallery(HybridSchemeGallery):
 
     def shortlist_for(self, probe: np.ndarray) -> list[str]:
         """The subjects whose codes are nearest the probe's, nearest first."""
-        rows = as_template_rows(probe, self.dim, "probe")
-        if len(rows) != 1:
-            raise InvalidInputError("one probe at a time")
-        code, reliability = self.scheme.protect_with_reliability(rows)
-        ids = self._shortlist(code[0], reliability[0], self.shortlist, lambda name: True)
+        code, reliability = self._probe_code(probe)
+        ids = self._shortlist(code, reliability, self.shortlist, lambda name: True)
         return [self._names[id_] for id_ in ids]
+
+    def shortlist_scores(self, probe: np.ndarray) -> tuple[list[str], EncryptedScores | None]:
+        """The shortlisted subjects, nearest first, and their encrypted scores (None if none): the hash
+        search, the slots and the re-scoring in one native call where the core's NTT agrees with SEAL's."""
+        code, reliability = self._probe_code(probe)
+        ids, request = self.rescored(code, reliability, self._probe_values(probe), self.shortlist)
+        return [self._names[id_] for id_ in ids], request
 
     def identify(
         self, probe: np.ndarray, decider: ScoreDecider, threshold: float, k: int = 5, *, caller: str
     ) -> list[Match]:
         """1:N: up to ``k`` shortlisted subjects scoring at least ``threshold``, best first."""
         threshold = check_threshold(threshold)
-        candidates = self.shortlist_for(probe)
-        if not candidates:
+        candidates, request = self.shortlist_scores(probe)
+        if request is None:
             return []
-        request = self.scores_for(candidates, probe)
         positions = decider.best(request.to_bytes(), threshold, min(k, len(candidates)), caller=caller)
         return [Match(candidates[p], rank) for rank, p in enumerate(positions, start=1)]
 
@@ -175,6 +178,13 @@ class HybridGallery(HybridSchemeGallery):
     def ciphertexts(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every ciphertext the gallery keeps, as (c0 coefficients, c1 NTT values)."""
         yield from self.ciphertext_rows.ciphertexts()
+
+    def _probe_code(self, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = as_template_rows(probe, self.dim, "probe")
+        if len(rows) != 1:
+            raise InvalidInputError("one probe at a time")
+        code, reliability = self.scheme.protect_with_reliability(rows)
+        return code[0], reliability[0]
 
     def _probe_values(self, probe: np.ndarray) -> np.ndarray:
         unit = unit_rows(probe, self.dim, "probe")

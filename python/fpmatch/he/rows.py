@@ -28,8 +28,9 @@ from typing import Callable
 
 import numpy as np
 
+from .. import _core
 from ..errors import AuthenticationError, InvalidInputError
-from ._kernel import combine, multiply
+from ._kernel import combine, multiply, using_reference
 from ._packing import PACKED_BYTES, from_stored, int64_form, pack, unpack, zero_bytes
 from .context import PublicContext
 from .errors import CiphertextFormatError
@@ -70,6 +71,8 @@ class CiphertextRows:
         self.refreshes: list[int] = []
         self.erased: set[int] = set()  # slots erased and not yet reclaimed
         self.n_threads = 0  # scoring threads per probe (0: every core)
+        ring = context.ring  # the native re-scoring needs the core's NTT to agree with SEAL's
+        self._rescorer = _core.HybridRescorer(n, dim, ring.q, ring.psi) if ring.native_ntt else None
 
     @property
     def row_bytes(self) -> int:
@@ -186,15 +189,54 @@ class CiphertextRows:
         g = self.group
         self.erased = {r * g + p for r in range(self.count) for p in range(self.used[r])} - set(occupied)
 
+    @property
+    def native(self) -> bool:
+        """Whether requests are built by the core (else in Python over SEAL's NTT)."""
+        return self._rescorer is not None and not using_reference()
+
     def request(self, slots: np.ndarray, weights: np.ndarray) -> EncryptedScores:
         """Encrypted scores of the fixed-point probe ``weights`` (d,) against ``slots``, in order."""
+        if not self.native:
+            return self.request_reference(slots, weights)
+        parts = self._rescorer.score(  # type: ignore[union-attr]
+            self._c0, self._c1, self.count, np.asarray(slots, dtype=np.int64), weights, n_threads=self.n_threads
+        )
+        return self._scores(*parts)
+
+    def identify(
+        self,
+        index: _core.ProtectedIndex,
+        code: np.ndarray,
+        reliability: np.ndarray,
+        want: int,
+        hamming: int,
+        slot_of_id: np.ndarray,
+        weights: np.ndarray,
+    ) -> tuple[list[int], EncryptedScores | None]:
+        """Up to ``want`` ids with a slot nearest the probe's code, nearest first, and their encrypted
+        scores (None if none): one native call, the GIL released throughout (needs :attr:`native`).
+
+        ``index`` is searched as :meth:`fpmatch.galleries.codes.CodeTable.nearest` searches it (weighted
+        re-ranking of a Hamming shortlist of ``max(hamming, depth)``); ``slot_of_id`` maps ids to slots.
+        """
+        if self._rescorer is None:
+            raise InvalidInputError("the core's NTT disagrees with SEAL's here: build requests with request()")
+        ids, _, *parts = self._rescorer.identify(
+            index, code, reliability, want, hamming, slot_of_id, self._c0, self._c1, self.count, weights,
+            n_threads=self.n_threads,
+        )
+        return ids.tolist(), (self._scores(*parts) if len(ids) else None)
+
+    def request_reference(self, slots: np.ndarray, weights: np.ndarray) -> EncryptedScores:
+        """:meth:`request` assembled in Python over SEAL's own NTT: the path where the core's NTT
+        disagrees with SEAL's, and the reference the native one is pinned to."""
         ring = self.context.ring
         d, n = self.dim, ring.n
         # P(X) = sum_i w_i X^-i, and X^-i = -X^(N-i) in Z_q[X]/(X^N + 1).
         poly = np.zeros(n, dtype=np.int64)
         poly[0] = weights[0]
         poly[n - np.arange(1, d)] = -weights[1:]
-        p_hat = ring.ntt(poly)
+        p_hat = ring.seal_ntt(poly)
         row_of_slot, position = np.divmod(np.asarray(slots, dtype=np.int64), self.group)
         rows, row_index = np.unique(row_of_slot, return_inverse=True)
         alpha = multiply(self._c1[rows], p_hat, ring.q)
@@ -205,14 +247,17 @@ class CiphertextRows:
             for r, o in zip(row_of_slot.tolist(), offsets.tolist())
         ]
         beta = combine(windows, weights, ring.q, n_threads=self.n_threads)[:, 0]
+        return self._scores(alpha, beta, offsets, row_index.astype(np.int64).reshape(-1))
+
+    def _scores(self, alpha: np.ndarray, beta: np.ndarray, index: np.ndarray, row: np.ndarray) -> EncryptedScores:
         return EncryptedScores(
             key_id=self.context.key_id,
             scale_bits=self.context.params.template_scale_bits + self.probe_scale_bits,
-            q=ring.q,
+            q=self.context.ring.q,
             a=alpha,
             b=beta,
-            index=offsets,
-            row=row_index.astype(np.int64).reshape(-1),
+            index=index,
+            row=row,
         )
 
     def ciphertexts(self) -> list[tuple[np.ndarray, np.ndarray]]:
