@@ -223,16 +223,6 @@ void bind_hybrid(py::module_& m) {
       .def_property_readonly("n", &Rescorer::n)
       .def_property_readonly("dim", &Rescorer::dim)
       .def_property_readonly("group", &Rescorer::group)
-      .def("probe_ntt", [](const Rescorer& r, const py::array& weights) {
-             const int64_t* w = as_flat<int64_t>(weights, "weights", r.dim());
-             std::vector<int64_t> out;
-             {
-               py::gil_scoped_release release;
-               out = r.probe_ntt(w);
-             }
-             return adopt(std::move(out), {r.n()});
-           },
-           py::arg("weights"), "NTT values of P(X) = sum_i w_i X^-i.")
       .def("score", [](const Rescorer& r, const py::array& c0, const py::array& c1, size_t count,
                        const py::array& slots, const py::array& weights, int n_threads) {
              const hybrid::PackedRows rows = as_packed_rows(c0, c1, count, r.n());
@@ -248,22 +238,6 @@ void bind_hybrid(py::module_& m) {
            },
            py::arg("c0"), py::arg("c1"), py::arg("count"), py::arg("slots"), py::arg("weights"),
            py::arg("n_threads") = 0, "(alpha, beta, index, row) of the weights against the slots, in order.")
-      .def("shortlist", [](const Rescorer&, const ProtectedIndex& index, const py::array& code,
-                           const py::array& reliability, size_t want, size_t hamming, const py::array& slot_of_id,
-                           int n_threads) {
-             const uint8_t* c = as_flat<uint8_t>(code, "code", index.code_size());
-             const float* rel = as_flat<float>(reliability, "reliability", index.bits());
-             const hybrid::SlotTable table{as_flat<int64_t>(slot_of_id, "slot_of_id", SIZE_MAX), size_t(slot_of_id.shape(0))};
-             hybrid::Shortlist out;
-             {
-               py::gil_scoped_release release;
-               out = Rescorer::shortlist(index, c, rel, want, hamming, table, n_threads);
-             }
-             const size_t k = out.ids.size();
-             return py::make_tuple(adopt(std::move(out.ids), {k}), adopt(std::move(out.slots), {k}));
-           },
-           py::arg("index"), py::arg("code"), py::arg("reliability"), py::arg("want"), py::arg("hamming"),
-           py::arg("slot_of_id"), py::arg("n_threads") = 0, "(ids, slots): up to want ids with a slot, nearest first.")
       .def("identify", [](const Rescorer& r, const ProtectedIndex& index, const py::array& code,
                           const py::array& reliability, size_t want, size_t hamming, const py::array& slot_of_id,
                           const py::array& c0, const py::array& c1, size_t count, const py::array& weights,

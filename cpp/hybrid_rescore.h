@@ -16,8 +16,9 @@
 // Cut. The gallery's own id -> slot table is passed in (an int64 array, -1
 // where an id holds nothing): ids the index returns without a slot are passed
 // over, as the Python gallery passes over ids it holds no subject for. Richer
-// eligibility (consent) is the caller's: it takes the shortlist, filters it and
-// scores the slots it keeps, with the same two halves (shortlist, score).
+// eligibility (consent) is a Python callable, which a call without the GIL
+// cannot ask: such a caller filters its own shortlist before anything is
+// scored and hands the slots it keeps to score().
 #pragma once
 
 #include <algorithm>

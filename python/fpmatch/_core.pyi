@@ -114,3 +114,47 @@ class IvfIndex(ProtectedIndex):
     @property
     def prefix_bits(self) -> int: ...
     def list_sizes(self) -> npt.NDArray[np.uint64]: ...
+
+# The hybrid path (cpp/hybrid_rescore.h, cpp/forward_ntt.h).
+def ntt_forward(coefficients: npt.NDArray[np.int64], q: int, psi: int) -> npt.NDArray[np.int64]: ...
+
+_Request = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]
+
+class HybridRescorer:
+    def __init__(self, n: int, dim: int, q: int, psi: int) -> None: ...
+    @property
+    def n(self) -> int: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def group(self) -> int: ...
+    def score(
+        self,
+        c0: npt.NDArray[np.uint8],
+        c1: npt.NDArray[np.uint8],
+        count: int,
+        slots: npt.NDArray[np.int64],
+        weights: npt.NDArray[np.int64],
+        n_threads: int = 0,
+    ) -> _Request: ...
+    def identify(
+        self,
+        index: ProtectedIndex,
+        code: npt.NDArray[np.uint8],
+        reliability: npt.NDArray[np.float32],
+        want: int,
+        hamming: int,
+        slot_of_id: npt.NDArray[np.int64],
+        c0: npt.NDArray[np.uint8],
+        c1: npt.NDArray[np.uint8],
+        count: int,
+        weights: npt.NDArray[np.int64],
+        n_threads: int = 0,
+    ) -> tuple[
+        npt.NDArray[np.int64],
+        npt.NDArray[np.int64],
+        npt.NDArray[np.int64],
+        npt.NDArray[np.int64],
+        npt.NDArray[np.int64],
+        npt.NDArray[np.int64],
+    ]: ...
