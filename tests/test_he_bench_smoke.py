@@ -39,6 +39,9 @@ def test_bench_he_quick(tmp_path: Path) -> None:
     assert abs(result["tar_at_far_1e-4"]["he"] - result["tar_at_far_1e-4"]["plain"]) < 0.02
     assert max(result["max_abs_score_error"].values()) < 2e-4
     assert result["hybrid_1m"]["n"] == 8000 and set(result["packed"]) == {"1000", "3000"}
+    # The one native call beside the Python path it replaced, same run (the bytes are checked there).
+    assert result["hybrid_ms_1m_native"] > 0 and result["hybrid_1m"]["native"]["speedup"] > 0
+    assert result["hybrid_100k"]["shortlist_and_scores_ms"]["speedup"] > 0
 
 
 def test_bench_he_fewer_dimensions_and_a_smaller_modulus(tmp_path: Path) -> None:
