@@ -206,9 +206,10 @@ def test_score_refuses_hostile_input(world: dict) -> None:
         rescorer.score(c0, c1, len(c0) + 1, slots, weights)  # more rows than given
     with pytest.raises(InvalidInputError):
         rescorer.score(c0[:, None], c1, count, slots, weights)  # 3-D
-    for half in ("c0", "c1"):  # a stored value above q - 1, in a window / a row the request reads
-        bad0, bad1 = c0[:count].copy(), c1[:count].copy()
-        (bad0 if half == "c0" else bad1)[0, 6 * DIM + 6 : 6 * DIM + 12] = 0xFF
+    last = c1.shape[1] - 6
+    for half, at in (("c0", 6 * DIM + 6), ("c1", 6 * DIM + 6), ("c1", last)):  # a stored value above q - 1
+        bad0, bad1 = c0[:count].copy(), c1[:count].copy()  # in a window / a row the request reads
+        (bad0 if half == "c0" else bad1)[0, at : at + 6] = 0xFF
         with pytest.raises(InvalidInputError, match="out of range"):
             rescorer.score(bad0, bad1, count, slots, weights)
 
