@@ -13,6 +13,7 @@ from fpmatch import CancellableHash, HashKey, IVFIndex, _core  # noqa: E402
 from fpmatch.errors import DtypeError, InvalidInputError  # noqa: E402
 from fpmatch.he import HybridGallery, KeyHolder, PublicContext, RateLimit  # noqa: E402
 from fpmatch.he._kernel import reference_scoring  # noqa: E402
+from fpmatch.he._packing import pack  # noqa: E402
 from fpmatch.synthetic import make_faces  # noqa: E402
 
 DIM, BITS, N = 128, 256, 700
@@ -262,3 +263,30 @@ def test_concurrent_calls_equal_serial_ones(world: dict) -> None:
     for t in threads:
         t.join()
     assert [results[i] for i in range(len(probes))] == serial
+
+
+def test_score_is_exact_at_the_ends_of_the_range(world: dict) -> None:
+    """Stored values at 0 and q - 1, weights at the ends of int64: the request as exact integers give it."""
+    ring = PublicContext(world["public"]).ring
+    q, n, h = ring.q, ring.n, ring.q // 2
+    rng = np.random.default_rng(4)
+    rows = 3
+    centred = rng.integers(-h, h + 1, (2, rows, n), dtype=np.int64)
+    centred[:, 0, ::2], centred[:, 0, 1::2] = h, -h  # stored q - 1 and 0
+    c0, c1 = pack(centred[0], q), pack(centred[1], q)
+    weights = rng.integers(-(2**62), 2**62, DIM, dtype=np.int64)
+    weights[:3] = [np.iinfo(np.int64).max, np.iinfo(np.int64).min, 0]
+    g = n // DIM
+    slots = np.array([0, 1, g - 1, g, 2 * g + 3, 0], dtype=np.int64)
+    alpha, beta, offsets, row = _core.HybridRescorer(n, DIM, q, ring.psi).score(c0, c1, rows, slots, weights)
+    poly = [0] * n  # P(X) = sum_i w_i X^-i, exactly
+    poly[0] = int(weights[0]) % q
+    for i in range(1, DIM):
+        poly[n - i] = -int(weights[i]) % q
+    p_hat = [int(v) for v in ring.seal_ntt(np.array(poly, dtype=np.int64))]
+    assert row.tolist() == [0, 0, 0, 1, 2, 0] and offsets.tolist() == [(s % g) * DIM for s in slots]
+    for r in range(rows):
+        assert alpha[r].tolist() == [int(x) * p % q for x, p in zip(centred[1, r], p_hat)]
+    for s, b in zip(slots, beta):
+        window = centred[0, s // g, (s % g) * DIM : (s % g + 1) * DIM]
+        assert int(b) == sum(int(w) * int(x) for w, x in zip(weights, window)) % q
