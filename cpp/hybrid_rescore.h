@@ -93,7 +93,7 @@ class Rescorer {
   // The request scoring weights w (dim values) against slots (m >= 1), in that order.
   Request score(const PackedRows& rows, const int64_t* slots, size_t m, const int64_t* w, int n_threads) const {
     if (m == 0) throw InvalidInput("an empty shortlist has nothing to score");
-    const size_t g = group(), packed_row = modq::kPackedBytes * n_;
+    const size_t g = group();
     std::vector<int64_t> row_of(m);
     for (size_t i = 0; i < m; ++i) {
       if (slots[i] < 0 || size_t(slots[i]) / g >= rows.count)
