@@ -6,6 +6,9 @@ Slot ``row * g + p`` names it. A probe w scores one template with the ring
 element P(X) = sum_i w_i X^-i: coefficient ``p*d`` of c * P is the inner
 product, so the key holder receives c1 * P (NTT values) per row and, per
 template, only that coefficient of c0 * P, computed here as d multiply-adds.
+The core builds requests (``cpp/hybrid_rescore.h``: the probe's NTT, both
+halves, and for the hybrid path the shortlist too, in one call); the Python
+assembly over SEAL's NTT stays as the fallback and the reference.
 
 Placing templates first fills erased slots (with the key holder's help, see
 :mod:`fpmatch.he.reclaim`), then the last row's free positions, then new
