@@ -288,8 +288,8 @@ def _part_he(args: argparse.Namespace, d: _Setup, result: dict) -> None:
     result["he_enrol"] = {
         "per_s": {str(n): rate for n, rate in enrol_rate.items()},
         "note": "templates encrypted and placed per second, in batches of 65,536; SEAL makes every "
-        "ciphertext, shared between this process and one worker process per further core, which are "
-        "started before timing (a service starts them once)",
+        "ciphertext in worker processes (one per core; a block's worth each at a time while this "
+        "process fills the blocks already made), started before timing (a service starts them once)",
     }
     g_small = packed[args.n_small]
 
