@@ -136,7 +136,7 @@ class CiphertextBlocks:
                 take(b)
         fresh: list[int] = []  # new blocks, filled as their encryptions arrive
         while len(places) < m:
-            b = self.count + sum(1 for key in blocks if key >= self.count) + len(fresh)
+            b = self.count + len(fresh)
             fresh.append(b)
             free[b] = set(range(n))
             take(b)
