@@ -124,6 +124,20 @@ def test_damaged_public_context_gives_typed_errors(holder: KeyHolder) -> None:
         PublicContext(forged)
 
 
+def test_a_context_that_ends_seals_reader_is_refused_and_this_process_lives(holder: KeyHolder) -> None:
+    # Found by fuzzing: SEAL aborts the process that reads these bytes (std::terminate from a
+    # throwing destructor). They are read in a child process first and refused.
+    from fpmatch.he import _isolated
+
+    crafted = (Path(__file__).parents[1] / "fuzz" / "corpus" / "public_context" / "finding-seal-terminate").read_bytes()
+    for _ in range(2):  # refused again: a refusal is not remembered as safe
+        with pytest.raises(CiphertextFormatError, match="without ending the process"):
+            PublicContext(crafted)
+    _isolated._checked.clear()  # a context from elsewhere: read by a child first, then here
+    assert PublicContext(holder.public_context()).key_id == holder.key_id
+    assert len(_isolated._checked) == 1
+
+
 # -- decisions and refusals -----------------------------------------------------------------
 
 

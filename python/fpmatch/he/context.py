@@ -10,6 +10,7 @@ import numpy as np
 import tenseal as ts
 
 from ..errors import InvalidInputError, KeyMismatchError
+from ._isolated import context_from, trust
 from ._ring import Ring, ZeroEncryptor
 from ._zeros import encrypt_shared, encrypt_units
 from .errors import CiphertextFormatError, SecretMaterialError
@@ -37,7 +38,9 @@ def pack_public_context(context: ts.Context, params: HEParams, key_id: str) -> b
         },
         sort_keys=True,
     ).encode()
-    return _MAGIC + struct.pack("<I", len(meta)) + meta + serialize_public(context)
+    public = serialize_public(context)
+    trust(public)  # made here: reading it back needs no separate process
+    return _MAGIC + struct.pack("<I", len(meta)) + meta + public
 
 
 class PublicContext:
@@ -65,7 +68,9 @@ class PublicContext:
         except (ValueError, KeyError, TypeError, RecursionError) as exc:  # deep JSON nesting: RecursionError
             raise CiphertextFormatError(f"damaged public context header: {exc!r}") from None
         try:
-            context = ts.context_from(data[start + meta_len :])
+            context = context_from(data[start + meta_len :])
+        except CiphertextFormatError:
+            raise
         except Exception as exc:  # TenSEAL reports bad bytes with assorted exception types
             raise CiphertextFormatError(f"not a serialised TenSEAL context: {exc}") from exc
         if context.has_secret_key() or context.is_private():
