@@ -127,6 +127,16 @@ def _tar_hash(genuine: np.ndarray, impostor: np.ndarray, far: float, bits: int) 
     }
 
 
+def _impostor_pairs(rng: np.random.Generator, n: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` pairs (a, b) of distinct indices below n."""
+    a, b = rng.integers(0, n, count), rng.integers(0, n, count)
+    same = a == b
+    while same.any():
+        b[same] = rng.integers(0, n, int(same.sum()))
+        same = a == b
+    return a, b
+
+
 def _pair_scores(left: np.ndarray, a: np.ndarray, right: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = np.empty(len(a), dtype=np.float64)
     for s in range(0, len(a), CHUNK):
@@ -226,12 +236,7 @@ class _Setup:
         # Verification pairs: probe i with enrolled template i (genuine) or j != i (impostor).
         n = self.n_small
         self.genuine = np.arange(n)
-        self.imp_a = self.rng.integers(0, n, args.impostor_pairs)
-        self.imp_b = self.rng.integers(0, n, args.impostor_pairs)
-        same = self.imp_a == self.imp_b
-        while same.any():
-            self.imp_b[same] = self.rng.integers(0, n, int(same.sum()))
-            same = self.imp_a == self.imp_b
+        self.imp_a, self.imp_b = _impostor_pairs(self.rng, n, args.impostor_pairs)
         enrolled = _unit(self.gallery[:n])
         self.plain_genuine = _pair_scores(self.unit_probes, self.genuine, enrolled, self.genuine)
         self.plain_impostor = _pair_scores(self.unit_probes, self.imp_a, enrolled, self.imp_b)
@@ -242,13 +247,11 @@ class _Setup:
         samples of the same model (what a model with fewer dimensions would give), keeping the
         full-dimension plain TAR of the same pairs for comparison."""
         n = self.n_small
-        rng = np.random.default_rng(args.seed + 2)
-        pairs = rng.integers(0, n, (2, args.impostor_pairs))
-        pairs = pairs[:, pairs[0] != pairs[1]]
+        imp_a, imp_b = _impostor_pairs(np.random.default_rng(args.seed + 2), n, args.impostor_pairs)
         full_probes, full_enrolled = _unit(self.probes), _unit(self.gallery[:n])
         self.full_dim_plain_tar = _tar(
             _pair_scores(full_probes, np.arange(n), full_enrolled, np.arange(n)),
-            _pair_scores(full_probes, pairs[0], full_enrolled, pairs[1]),
+            _pair_scores(full_probes, imp_a, full_enrolled, imp_b),
             TARGET_FAR,
         )
         _, _, vt = np.linalg.svd(gen.samples(gen.identities(5000)).astype(np.float64), full_matrices=False)

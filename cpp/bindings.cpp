@@ -132,6 +132,27 @@ py::bytes to_bytes(const std::vector<uint8_t>& v) {
   return py::bytes(reinterpret_cast<const char*>(v.data()), v.size());
 }
 
+// Each row (m, N) of values in [0, q) through an NTT of that size (a copy; the GIL released).
+template <class Transform>
+py::array_t<int64_t> transform_rows(const py::array& values, uint64_t q, uint64_t psi, const char* name,
+                                    const char* out_of_range) {
+  Rows<int64_t> rows = as_rows<int64_t>(values, name, values.ndim() == 2 ? size_t(values.shape(1)) : 0);
+  const Transform transform(rows.cols, q, psi);
+  py::array_t<int64_t> out({rows.n, rows.cols});
+  int64_t* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    for (size_t i = 0; i < rows.n; ++i)
+      for (size_t c = 0; c < rows.cols; ++c) {
+        const int64_t v = rows.data[i * rows.row_stride + c];
+        if (v < 0 || uint64_t(v) >= q) throw InvalidInput(out_of_range);
+        dst[i * rows.cols + c] = v;
+      }
+    for (size_t i = 0; i < rows.n; ++i) transform.apply(reinterpret_cast<uint64_t*>(dst + i * rows.cols));
+  }
+  return out;
+}
+
 void translate_errors() {
   // Leaked on purpose: it must outlive interpreter shutdown.
   static py::handle errors = py::module_::import("fpmatch.errors").release();
@@ -154,7 +175,7 @@ void translate_errors() {
 
 }  // namespace
 
-// ---- The hybrid path (hybrid_rescore.h, forward_ntt.h): conversion and validation only.
+// ---- The hybrid path (hybrid_rescore.h, negacyclic_ntt.h): conversion and validation only.
 namespace {
 
 // A contiguous, aligned 1-D array of exactly n elements of T (any length when n is SIZE_MAX).
@@ -195,22 +216,7 @@ py::tuple request_arrays(hybrid::Request&& r, size_t n) {
 
 void bind_hybrid(py::module_& m) {
   m.def("ntt_forward", [](const py::array& coefficients, uint64_t q, uint64_t psi) {
-          Rows<int64_t> rows = as_rows<int64_t>(coefficients, "coefficients",
-                                                coefficients.ndim() == 2 ? size_t(coefficients.shape(1)) : 0);
-          const ntt::ForwardNtt transform(rows.cols, q, psi);
-          py::array_t<int64_t> out({rows.n, rows.cols});
-          int64_t* dst = out.mutable_data();
-          {
-            py::gil_scoped_release release;
-            for (size_t i = 0; i < rows.n; ++i)
-              for (size_t c = 0; c < rows.cols; ++c) {
-                const int64_t v = rows.data[i * rows.row_stride + c];
-                if (v < 0 || uint64_t(v) >= q) throw InvalidInput("coefficients must lie in [0, q)");
-                dst[i * rows.cols + c] = v;
-              }
-            for (size_t i = 0; i < rows.n; ++i) transform.apply(reinterpret_cast<uint64_t*>(dst + i * rows.cols));
-          }
-          return out;
+          return transform_rows<ntt::ForwardNtt>(coefficients, q, psi, "coefficients", "coefficients must lie in [0, q)");
         },
         py::arg("coefficients"), py::arg("q"), py::arg("psi"),
         "NTT values in [0, q), SEAL's order (value i at psi^(2 bitrev(i) + 1)), of polynomials given as "
@@ -352,7 +358,7 @@ PYBIND11_MODULE(_core, m) {
           int64_t* dst = out.mutable_data();
           {
             py::gil_scoped_release release;
-            modq::multiply(x, y, q, dst);
+            modq::multiply(x, nullptr, x.rows, y, q, dst);
           }
           return out;
         },
@@ -400,21 +406,7 @@ PYBIND11_MODULE(_core, m) {
         "Packed values (uint8 (rows, 6k)) -> centred int64 (rows, k); a stored value above q - 1 raises "
         "InvalidInputError.");
   m.def("ntt_inverse", [](const py::array& values, uint64_t q, uint64_t psi) {
-          Rows<int64_t> rows = as_rows<int64_t>(values, "values", values.ndim() == 2 ? size_t(values.shape(1)) : 0);
-          const ntt::InverseNtt transform(rows.cols, q, psi);
-          py::array_t<int64_t> out({rows.n, rows.cols});
-          int64_t* dst = out.mutable_data();
-          {
-            py::gil_scoped_release release;
-            for (size_t i = 0; i < rows.n; ++i)
-              for (size_t c = 0; c < rows.cols; ++c) {
-                const int64_t v = rows.data[i * rows.row_stride + c];
-                if (v < 0 || uint64_t(v) >= q) throw InvalidInput("NTT values must lie in [0, q)");
-                dst[i * rows.cols + c] = v;
-              }
-            for (size_t i = 0; i < rows.n; ++i) transform.apply(reinterpret_cast<uint64_t*>(dst + i * rows.cols));
-          }
-          return out;
+          return transform_rows<ntt::InverseNtt>(values, q, psi, "values", "NTT values must lie in [0, q)");
         },
         py::arg("values"), py::arg("q"), py::arg("psi"),
         "Coefficients in [0, q) of polynomials given as NTT values (m, N) in SEAL's order (value i at "

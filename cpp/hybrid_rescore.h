@@ -23,22 +23,17 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "errors.h"
-#include "forward_ntt.h"
+#include "negacyclic_ntt.h"
 #include "modular_scan.h"
 #include "protected_index.h"
 
-static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "packed values are read as little-endian words");
-
 namespace fpmatch {
 namespace hybrid {
-
-using u128 = unsigned __int128;
 
 // Packed ciphertext rows: row r's c0 at c0 + r * stride0, its c1 at c1 + r * stride1 (bytes).
 struct PackedRows {
@@ -119,7 +114,8 @@ class Rescorer {
 
     const std::vector<int64_t> p_hat = probe_ntt(w);
     out.alpha.resize(distinct.size() * n_);
-    multiply_rows(rows, distinct, p_hat, out.alpha.data());
+    const modq::Matrix c1{rows.c1, rows.count, n_, rows.stride1};
+    modq::multiply(c1, distinct.data(), distinct.size(), p_hat.data(), q_, out.alpha.data());
     return out;
   }
 
@@ -164,35 +160,6 @@ class Rescorer {
   }
 
  private:
-  // out[r] = c1 of row distinct[r] times p_hat, elementwise mod q, in [0, q): modq::multiply's
-  // arithmetic (Shoup's quotients for p_hat, made once), reading each row where it lies.
-  void multiply_rows(const PackedRows& rows, const std::vector<int64_t>& distinct, const std::vector<int64_t>& p_hat,
-                     int64_t* out) const {
-    const uint64_t q = q_, h = q / 2, mask = (uint64_t(1) << 48) - 1;
-    std::vector<uint64_t> quotient(n_);
-    for (size_t c = 0; c < n_; ++c) quotient[c] = uint64_t((u128(uint64_t(p_hat[c])) << 64) / q);
-    bool in_range = true;
-    for (size_t r = 0; r < distinct.size(); ++r) {
-      const uint8_t* x = rows.c1 + size_t(distinct[r]) * rows.stride1;
-      int64_t* dst = out + r * n_;
-      for (size_t c = 0; c < n_; ++c) {
-        uint64_t stored;
-        if (c + 1 < n_) {  // eight bytes from a value's first: the next value's two come along, masked off
-          std::memcpy(&stored, x + modq::kPackedBytes * c, sizeof stored);
-          stored &= mask;
-        } else {
-          stored = modq::load_packed(x + modq::kPackedBytes * c);  // the row's last value: no byte past it
-        }
-        in_range &= stored <= 2 * h;
-        const uint64_t u = stored >= h ? stored - h : stored + q - h;  // x mod q
-        const uint64_t estimate = uint64_t((u128(u) * quotient[c]) >> 64);
-        const uint64_t v = u * uint64_t(p_hat[c]) - estimate * q;  // in [0, 2q), exact modulo 2^64
-        dst[c] = int64_t(v >= q ? v - q : v);
-      }
-    }
-    if (!in_range) modq::out_of_range();
-  }
-
   uint64_t reduce(int64_t x) const {
     const int64_t r = x % int64_t(q_);
     return uint64_t(r < 0 ? r + int64_t(q_) : r);

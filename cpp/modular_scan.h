@@ -270,9 +270,11 @@ inline uint64_t read_all(const std::vector<Matrix>& matrices, int n_threads) {
   return x;
 }
 
-// out[i, c] = x[i, c] * b[c] mod q, in [0, q): x packed, b in [0, q). For the
-// few rows a shortlist re-scores, so one thread and no SIMD.
-inline void multiply(const Matrix& a, const int64_t* b, uint64_t q, int64_t* out) {
+// out[k, c] = x[r_k, c] * b[c] mod q, in [0, q), for the rows r_0 .. r_{count-1} of a
+// (`selected`; nullptr: rows 0 .. count-1): x packed, b in [0, q). For the few rows a
+// shortlist re-scores, so one thread and no SIMD. Rows are read where they lie.
+inline void multiply(const Matrix& a, const int64_t* selected, size_t count, const int64_t* b, uint64_t q,
+                     int64_t* out) {
   check_modulus(q);
   const uint64_t h = q / 2;
   std::vector<uint64_t> quotient(a.cols);  // Shoup's floor(b * 2^64 / q): one multiply estimates each quotient
@@ -281,11 +283,11 @@ inline void multiply(const Matrix& a, const int64_t* b, uint64_t q, int64_t* out
     quotient[c] = uint64_t((u128(uint64_t(b[c])) << 64) / q);
   }
   bool in_range = true;
-  for (size_t i = 0; i < a.rows; ++i) {
-    const uint8_t* x = a.data + i * a.row_stride;
-    int64_t* dst = out + i * a.cols;
+  for (size_t k = 0; k < count; ++k) {
+    const uint8_t* x = a.data + size_t(selected ? selected[k] : int64_t(k)) * a.row_stride;
+    int64_t* dst = out + k * a.cols;
     for (size_t c = 0; c < a.cols; ++c) {
-      const uint64_t stored = load_packed(x + kPackedBytes * c);
+      const uint64_t stored = c + 1 < a.cols ? load_packed_within(x + kPackedBytes * c) : load_packed(x + kPackedBytes * c);
       in_range &= stored <= 2 * h;
       const uint64_t u = stored >= h ? stored - h : stored + q - h;  // x mod q
       const uint64_t estimate = uint64_t((u128(u) * quotient[c]) >> 64);

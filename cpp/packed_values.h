@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 namespace fpmatch {
 namespace modq {
@@ -21,6 +22,15 @@ inline uint64_t load_packed(const uint8_t* p) {
   uint64_t u = 0;
   for (size_t b = 0; b < kPackedBytes; ++b) u |= uint64_t(p[b]) << (8 * b);
   return u;
+}
+
+// The same value read as one eight-byte load, the next value's first two bytes masked
+// off: only where two more bytes of the row follow it.
+inline uint64_t load_packed_within(const uint8_t* p) {
+  static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "an eight-byte load is read as little-endian");
+  uint64_t u;
+  std::memcpy(&u, p, sizeof u);
+  return u & (kMaxModulus - 1);
 }
 
 inline void store_packed(uint64_t u, uint8_t* p) {

@@ -43,7 +43,7 @@ from .context import PublicContext
 from .errors import CiphertextFormatError
 from .params import MAX_REFRESHES
 from .rows import Reclaimer
-from .scores import EncryptedScores
+from .scores import EncryptedScores, scores_under
 
 
 @dataclass(frozen=True)
@@ -299,16 +299,7 @@ class CiphertextBlocks:
         return self._data[block].reshape(self.dim, 2 * self.n, PACKED_BYTES)
 
     def _scores(self, alpha: np.ndarray, beta: np.ndarray, index: np.ndarray, row: np.ndarray) -> EncryptedScores:
-        params = self.context.params
-        return EncryptedScores(
-            key_id=self.context.key_id,
-            scale_bits=params.template_scale_bits + self.probe_scale_bits,
-            q=self.context.ring.q,
-            a=alpha,
-            b=np.asarray(beta, dtype=np.int64),
-            index=np.asarray(index, dtype=np.int64),
-            row=np.asarray(row, dtype=np.int64),
-        )
+        return scores_under(self.context, self.probe_scale_bits, alpha, beta, index, row)
 
     def _where(self, slot: int) -> tuple[int, int]:
         b, t = divmod(int(slot), self.n)

@@ -38,7 +38,7 @@ from ._packing import PACKED_BYTES, from_stored, int64_form, pack, unpack, zero_
 from .context import PublicContext
 from .errors import CiphertextFormatError
 from .params import MAX_REFRESHES
-from .scores import EncryptedScores
+from .scores import EncryptedScores, scores_under
 
 
 @dataclass(frozen=True)
@@ -253,15 +253,7 @@ class CiphertextRows:
         return self._scores(alpha, beta, offsets, row_index.astype(np.int64).reshape(-1))
 
     def _scores(self, alpha: np.ndarray, beta: np.ndarray, index: np.ndarray, row: np.ndarray) -> EncryptedScores:
-        return EncryptedScores(
-            key_id=self.context.key_id,
-            scale_bits=self.context.params.template_scale_bits + self.probe_scale_bits,
-            q=self.context.ring.q,
-            a=alpha,
-            b=beta,
-            index=index,
-            row=row,
-        )
+        return scores_under(self.context, self.probe_scale_bits, alpha, beta, index, row)
 
     def ciphertexts(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Every row in use as (c0 coefficients, c1 NTT values), centred int64."""

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import KeyMismatchError
 from .errors import CiphertextFormatError
+
+if TYPE_CHECKING:
+    from .context import PublicContext
 
 _MAGIC = b"FPHESC01"
 _HEADER = struct.Struct("<8s8sHIQII")  # magic, key id, scale bits, n, q, rows, scores
@@ -110,3 +114,18 @@ class EncryptedScores:
         if not ((index >= 0) & (index < n)).all() or not ((row >= 0) & (row < rows)).all():
             raise CiphertextFormatError("score positions out of range")
         return cls(key_id, int(scale_bits), q, a.reshape(rows, n), b, index, row)
+
+
+def scores_under(
+    context: "PublicContext", probe_scale_bits: int, a: np.ndarray, b: np.ndarray, index: np.ndarray, row: np.ndarray
+) -> EncryptedScores:
+    """A request's parts as the scores of a probe at ``probe_scale_bits`` against templates under ``context``."""
+    return EncryptedScores(
+        key_id=context.key_id,
+        scale_bits=context.params.template_scale_bits + probe_scale_bits,
+        q=context.ring.q,
+        a=a,
+        b=np.asarray(b, dtype=np.int64),
+        index=np.asarray(index, dtype=np.int64),
+        row=np.asarray(row, dtype=np.int64),
+    )
