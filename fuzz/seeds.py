@@ -69,6 +69,7 @@ def seeds(public_context: bool = False) -> dict[str, list[bytes]]:
     if public_context:
         context = targets.keyholder().public_context()
         out["public_context"] = [context]
+        out["he_key_file"] = [targets.keyholder().to_bytes()]
         out["keyholder_request"] = keyholder_seeds(context)
     return out
 

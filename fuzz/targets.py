@@ -24,6 +24,7 @@ from fpmatch.errors import FpmatchError
 from fpmatch.he.attested import AttestedRequest, read_template
 from fpmatch.he import reclaim
 from fpmatch.he.context import PublicContext
+from fpmatch.he.keyholder import KeyHolder
 from fpmatch.he.scores import EncryptedScores
 from fpmatch.store import DATABASE, Store
 from fpmatch.he import remote
@@ -178,6 +179,15 @@ def public_context(data: bytes) -> None:
         return
 
 
+def he_key_file(data: bytes) -> None:
+    """An HE key holder's key file as written unsealed (a sealed one is authenticated before it is read)."""
+    try:
+        holder = KeyHolder.from_bytes(data)
+    except FpmatchError:
+        return
+    assert len(holder.key_id) == 16, "a key file accepted with a malformed key id"
+
+
 _STORE_DIR: list[Path] = []
 
 
@@ -227,11 +237,9 @@ def keyholder_request(data: bytes) -> None:
     assert isinstance(header.get("ok"), bool), "a reply without its ok flag"
 
 
-def keyholder() -> "KeyHolder":
+def keyholder() -> KeyHolder:
     """The target's key holder: the one whose key seeds.py saved (``FPMATCH_FUZZ_KEYHOLDER``), else a new one."""
     import os
-
-    from fpmatch.he import KeyHolder
 
     if not _HOLDER:
         saved = os.environ.get("FPMATCH_FUZZ_KEYHOLDER")
@@ -333,6 +341,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "gallery_file": gallery_file,
     "key_file": key_file,
     "public_context": public_context,
+    "he_key_file": he_key_file,
     "store_file": store_file,
     "keyholder_request": keyholder_request,
     "http_request": http_request,

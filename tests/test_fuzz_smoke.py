@@ -4,6 +4,7 @@ what it accepts. The long, coverage-guided runs are ``make fuzz``."""
 
 from __future__ import annotations
 
+import functools
 import random
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fuzz"))
 import targets  # noqa: E402
 
 #: Inputs per target beyond its seeds; parsers that touch files or TenSEAL get fewer.
-BUDGET = {"store_file": 150, "public_context": 60, "keyholder_request": 400, "http_request": 400}
+BUDGET = {"store_file": 150, "public_context": 60, "he_key_file": 60, "keyholder_request": 400, "http_request": 400}
 DEFAULT_BUDGET = 2500
 _INTERESTING = [0, 1, 0x7F, 0x80, 0xFF]
 
@@ -58,14 +59,18 @@ def inputs(name: str, seeds: list[bytes], budget: int) -> Iterator[bytes]:
             yield bytes(rng.randrange(256) for _ in range(rng.randrange(0, 300)))
 
 
+@functools.cache
+def _context_seeds() -> dict[str, list[bytes]]:
+    import seeds
+
+    return seeds.seeds(public_context=True)
+
+
 def seeds_of(name: str) -> list[bytes]:
     folder = targets.corpus_dir(name)
     found = [path.read_bytes() for path in sorted(folder.iterdir())] if folder.is_dir() else []
-    if name in ("public_context", "keyholder_request"):  # made with a real TenSEAL context
-        import seeds
-
-        context = targets.keyholder().public_context()
-        found.extend([context] if name == "public_context" else seeds.keyholder_seeds(context))
+    if name in ("public_context", "he_key_file", "keyholder_request"):  # made with a real TenSEAL context
+        found.extend(_context_seeds()[name])
     return found
 
 

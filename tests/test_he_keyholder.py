@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,43 @@ def test_a_context_that_ends_seals_reader_is_refused_and_this_process_lives(hold
     _isolated._checked.clear()  # a context from elsewhere: read by a child first, then here
     assert PublicContext(holder.public_context()).key_id == holder.key_id
     assert len(_isolated._checked) == 1
+    # The same bytes inside an (unsealed) key holder key file: refused, and this process lives.
+    key_file = holder.to_bytes()
+    meta_end = key_file.index(b"}") + 1
+    with pytest.raises(KeyFileError, match="without ending the process"):
+        KeyHolder.from_bytes(key_file[:meta_end] + crafted[crafted.index(b"}") + 1 :])
+
+
+def test_one_child_reads_every_context_and_ends_when_idle(holder: KeyHolder, monkeypatch) -> None:
+    from fpmatch.he import _isolated
+
+    monkeypatch.setattr(_isolated, "IDLE_SECONDS", 0.5)
+    _isolated._checked.clear()
+    PublicContext(holder.public_context())
+    child = _isolated._reader._child
+    assert child is not None and child.poll() is None
+    assert KeyHolder.from_bytes(holder.to_bytes()).key_id == holder.key_id  # a secret context: same child
+    assert _isolated._reader._child is child and len(_isolated._checked) == 2
+    deadline = time.monotonic() + 10
+    while _isolated._reader._child is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _isolated._reader._child is None and child.poll() is not None
+    _isolated._checked.clear()
+    assert PublicContext(holder.public_context()).key_id == holder.key_id  # a new child when needed
+
+
+def test_a_context_check_that_hangs_is_ended_and_refused(holder: KeyHolder, monkeypatch) -> None:
+    from fpmatch.he import _isolated
+
+    with _isolated._lock:
+        _isolated._reader.stop()
+    reads_then_hangs = "import struct, sys, time\nsys.stdin.buffer.read(struct.unpack('<Q', sys.stdin.buffer.read(8))[0])\ntime.sleep(600)"
+    monkeypatch.setattr(_isolated, "_SERVE", reads_then_hangs)
+    monkeypatch.setattr(_isolated, "CHECK_TIMEOUT", 0.5)
+    _isolated._checked.clear()
+    with pytest.raises(CiphertextFormatError, match="no answer in"):
+        PublicContext(holder.public_context())
+    assert _isolated._reader._child is None  # the hung child was ended
 
 
 # -- decisions and refusals -----------------------------------------------------------------

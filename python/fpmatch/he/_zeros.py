@@ -369,7 +369,7 @@ def serve() -> None:
             return
         public_len, count, packed = _REQUEST.unpack(head)
         if public_len:
-            context = PublicContext(requests.read(public_len))
+            context = PublicContext._from_parent(requests.read(public_len))
         if context is None:
             return
         c0, c1 = context.encrypt_zeros_here(count, bool(packed))

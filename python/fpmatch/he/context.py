@@ -50,6 +50,13 @@ class PublicContext:
     holds can decrypt. Bytes that carry a secret key are refused.
     """
 
+    @classmethod
+    def _from_parent(cls, data: bytes) -> "PublicContext":
+        """Bytes the parent process read already and sends its worker: no child reads them again."""
+        (meta_len,) = struct.unpack_from("<I", data, len(_MAGIC))
+        trust(data[len(_MAGIC) + 4 + meta_len :])
+        return cls(data)
+
     def __init__(self, data: bytes) -> None:
         if not isinstance(data, (bytes, bytearray)):
             raise InvalidInputError(f"a public context must be bytes, got {type(data).__name__}")

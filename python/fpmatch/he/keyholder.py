@@ -59,6 +59,7 @@ from .._validate import read_regular_file
 from ..attestation import EdgeKeys
 from ..errors import AttestedModeError, InvalidInputError, KeyFileError
 from ._encoding import check_threshold
+from ._isolated import context_from
 from ._ring import Ring, ZeroEncryptor, secret_ntt
 from .attested import attested_scores
 from .attestation_checks import DEFAULT_FRESHNESS, MemoryNonces, NonceRegister, check_attested
@@ -247,14 +248,24 @@ class KeyHolder:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, what: str = "the key", **options: object) -> "KeyHolder":
-        """A key holder from :meth:`to_bytes` output; ``options`` as for the constructor."""
+        """A key holder from :meth:`to_bytes` output; ``options`` as for the constructor.
+
+        The SEAL context is read by a separate process first (see ``_isolated``): a damaged key
+        file is refused with :class:`KeyFileError` and cannot end this process.
+        """
+        return cls._parse(data, what, authenticated=False, options=options)
+
+    @classmethod
+    def _parse(cls, data: bytes, what: str, *, authenticated: bool, options: dict) -> "KeyHolder":
+        """``authenticated``: the bytes passed an integrity check (a sealed file) and are read here only."""
+        read = ts.context_from if authenticated else context_from
         try:
             if not data.startswith(_KEY_MAGIC):
                 raise KeyFileError(f"{what} is not an fpmatch HE key file")
             (meta_len,) = struct.unpack_from("<I", data, len(_KEY_MAGIC))
             start = len(_KEY_MAGIC) + 4
             meta = json.loads(data[start : start + meta_len])
-            context = ts.context_from(data[start + meta_len :])
+            context = read(data[start + meta_len :])
         except KeyFileError:
             raise
         except Exception as exc:  # TenSEAL and json report damage with assorted types

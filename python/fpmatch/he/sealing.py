@@ -82,7 +82,7 @@ def unseal(
         plain = AESGCM(key).decrypt(nonce, data[_HEADER.size :], data[: _HEADER.size])
     except InvalidTag:
         raise KeyFileError(f"{what} does not open: wrong passphrase or key-encryption key, or the file was changed") from None
-    return KeyHolder.from_bytes(plain, what=what, **options)
+    return KeyHolder._parse(plain, what, authenticated=True, options=options)  # authenticated above
 
 
 def write_sealed(path: str | os.PathLike[str], holder: KeyHolder, **how: Any) -> Path:
