@@ -144,6 +144,26 @@ def test_a_context_that_ends_seals_reader_is_refused_and_this_process_lives(hold
         KeyHolder.from_bytes(key_file[:meta_end] + crafted[crafted.index(b"}") + 1 :])
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda meta: {k: v for k, v in meta.items() if k != "template_scale_bits"},  # found by fuzzing: KeyError
+        lambda meta: {k: v for k, v in meta.items() if k != "key_id"},
+        lambda meta: [meta],
+        lambda meta: {**meta, "probe_scale_bits": True},
+        lambda meta: {**meta, "template_scale_bits": 99},
+        lambda meta: {**meta, "probe_scale_bits": "14"},
+    ],
+)
+def test_a_key_file_with_a_damaged_header_is_refused_with_key_file_error(holder: KeyHolder, change) -> None:
+    data = holder.to_bytes()
+    (meta_len,) = struct.unpack_from("<I", data, 8)
+    meta = json.loads(data[12 : 12 + meta_len])
+    damaged = json.dumps(change(meta)).encode()
+    with pytest.raises(KeyFileError):
+        KeyHolder.from_bytes(data[:8] + struct.pack("<I", len(damaged)) + damaged + data[12 + meta_len :])
+
+
 def test_one_child_reads_every_context_and_ends_when_idle(holder: KeyHolder, monkeypatch) -> None:
     from fpmatch.he import _isolated
 

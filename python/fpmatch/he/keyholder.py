@@ -265,22 +265,24 @@ class KeyHolder:
             (meta_len,) = struct.unpack_from("<I", data, len(_KEY_MAGIC))
             start = len(_KEY_MAGIC) + 4
             meta = json.loads(data[start : start + meta_len])
+            scales = {name: meta[name] for name in ("template_scale_bits", "probe_scale_bits")}
+            key_id = meta["key_id"]
             context = read(data[start + meta_len :])
         except KeyFileError:
             raise
         except Exception as exc:  # TenSEAL and json report damage with assorted types
-            raise KeyFileError(f"cannot read HE key file {what}: {exc}") from exc
+            raise KeyFileError(f"cannot read HE key file {what}: {exc!r}") from exc
         if not context.has_secret_key():
             raise KeyFileError(f"{what} holds no secret key")
         parms = context.seal_context().data.key_context_data().parms()
-        params = HEParams(
-            int(parms.poly_modulus_degree()),
-            tuple(m.bit_count() for m in parms.coeff_modulus()),
-            template_scale_bits=int(meta["template_scale_bits"]),
-            probe_scale_bits=int(meta["probe_scale_bits"]),
-        )
+        try:
+            params = HEParams(
+                int(parms.poly_modulus_degree()), tuple(m.bit_count() for m in parms.coeff_modulus()), **scales
+            )
+        except InvalidInputError as exc:
+            raise KeyFileError(f"{what} is damaged: {exc}") from None
         holder = cls(params, _context=context, **options)  # type: ignore[arg-type]
-        if holder.key_id != meta.get("key_id"):
+        if holder.key_id != key_id:
             raise KeyFileError(f"{what} is damaged: its key does not match its key_id")
         return holder
 
