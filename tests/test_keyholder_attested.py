@@ -529,6 +529,37 @@ def test_per_subject_budget_counts_the_signed_subject(site: Site, tmp_path: Path
     service.ledger.close()
 
 
+def test_identification_shortlists_are_counted_per_signed_subject(site: Site, tmp_path: Path) -> None:
+    """A holder of an edge key who also builds the shortlist tries its faces against its victim in
+    every identification: past the victim's daily shortlist budget the victim is left out of the
+    scoring (never a match), the others in the list are still scored, and the count outlives a restart."""
+    budgets = replace(ROOMY, subject_shortlists_per_day=3)
+    clock = [time.time()]
+    path = tmp_path / "ledger.sqlite"
+    service = KeyHolderService(site.holder(), Ledger(path, budgets, clock=lambda: clock[0]))
+    _, signed_victim = victim(site)
+    signed_carol = site.edge.enrolment(sample("carol", 0, DIM), subject="carol").attestation
+    assert signed_carol is not None
+
+    def identify(service: KeyHolderService, face: np.ndarray, *others: bytes) -> list[int]:
+        probe = site.edge.probe(face, purpose="entry", identify=True)
+        request = AttestedRequest(probe.to_bytes(), [signed_victim, *others])
+        return send(service, "best_attested", request.to_bytes(), threshold=0.5, k=2)
+
+    assert [identify(service, sample("victim", 1, DIM)) for _ in range(3)] == [[0]] * 3
+    assert identify(service, sample("victim", 1, DIM)) == []  # over budget: left out, not a match
+    assert identify(service, sample("carol", 1, DIM), signed_carol) == [1]  # the rest of the list is still scored
+    last = service.ledger.entries()[-2:]
+    assert [(e.op, e.outcome, e.released.get("left_out")) for e in last] == [("best_attested", "ok", 1)] * 2
+    service.ledger.close()
+    restarted = KeyHolderService(site.holder(), Ledger(path, budgets, clock=lambda: clock[0]))
+    assert identify(restarted, sample("victim", 1, DIM)) == []
+    clock[0] += 86400  # the next UTC day
+    assert identify(restarted, sample("victim", 1, DIM)) == [0]
+    assert restarted.ledger.verify().ok
+    restarted.ledger.close()
+
+
 def test_benchmark_writes_its_figures(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -73,6 +73,7 @@ def _budgets(args: argparse.Namespace) -> Any:
         requests_per_second=args.rate, burst=args.burst, caller_requests_per_day=args.caller_requests_per_day,
         caller_scores_per_day=args.caller_scores_per_day, caller_released_per_day=args.caller_released_per_day,
         subject_requests_per_day=args.subject_requests_per_day,
+        subject_shortlists_per_day=args.subject_shortlists_per_day,
         max_scores_per_request=args.max_scores_per_request,
     )  # fmt: skip
 
@@ -267,6 +268,9 @@ def add_commands(commands: Any) -> None:
                         help="true decisions and returned positions (default 20000)")  # fmt: skip
     limits.add_argument("--subject-requests-per-day", type=positive_int, default=25, metavar="N",
                         help="requests labelled with one subject (default 25)")  # fmt: skip
+    limits.add_argument("--subject-shortlists-per-day", type=positive_int, default=25, metavar="N",
+                        help="attested identifications one subject's template is scored in; past it the "
+                             "template is left out until the next day (default 25)")  # fmt: skip
     limits.add_argument("--max-scores-per-request", type=positive_int, default=4096, metavar="N")
 
     public = add_command(

@@ -36,6 +36,19 @@ class NonceRegister(Protocol):
         """Record ``nonce`` until ``expires``; False if it is already recorded (a replay)."""
 
 
+class ShortlistBudget(Protocol):
+    def admit(self, labels: list[str]) -> list[bool]:
+        """Count one scoring of each subject in an identification's shortlist; False where a
+        subject is over its daily budget (its template is then not scored)."""
+
+
+class AdmitAll:
+    """No per-subject budget (an in-process key holder; the service counts in its ledger)."""
+
+    def admit(self, labels: list[str]) -> list[bool]:
+        return [True] * len(labels)
+
+
 class MemoryNonces:
     """Nonces in memory (an in-process key holder; the service keeps them in its ledger instead)."""
 

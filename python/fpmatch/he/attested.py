@@ -124,6 +124,11 @@ def subject_label(data: bytes) -> str | None:
         tag = SignedTemplate.from_bytes(request.templates[0]).subject_tag
     except MessageFormatError:
         return None
+    return tag_label(tag)
+
+
+def tag_label(tag: bytes) -> str:
+    """The per-subject budget label of a signed subject tag."""
     return "signed:" + tag[:16].hex()
 
 

@@ -61,8 +61,10 @@ from ..errors import AttestedModeError, InvalidInputError, KeyFileError
 from ._encoding import check_threshold
 from ._isolated import context_from
 from ._ring import Ring, ZeroEncryptor, secret_ntt
-from .attested import attested_scores
-from .attestation_checks import DEFAULT_FRESHNESS, MemoryNonces, NonceRegister, check_attested
+from .attested import attested_scores, tag_label
+from .attestation_checks import (
+    DEFAULT_FRESHNESS, AdmitAll, MemoryNonces, NonceRegister, ShortlistBudget, check_attested,
+)  # fmt: skip
 from .context import pack_public_context
 from .errors import CiphertextIntegrityError, DecryptionRefusedError, RateLimitExceededError
 from .params import DEFAULT_PARAMS, HEParams
@@ -199,6 +201,8 @@ class KeyHolder:
         self._wall_clock = wall_clock
         #: Nonces of attested probes seen within their freshness window (the service keeps them in its ledger).
         self.nonces: NonceRegister = MemoryNonces()
+        #: Per-subject daily budget of attested identifications a subject is scored in (the service's ledger).
+        self.shortlists: ShortlistBudget = AdmitAll()
         self._lock = threading.Lock()
         self._callers: dict[str, _Bucket] = {}
         self._extractors: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
@@ -350,7 +354,8 @@ class KeyHolder:
         return _best(self._flooded(self._attested(request, caller, "identify", threshold), self.decision_noise), threshold, k)
 
     def _attested(self, data: bytes, caller: str, kind: str, threshold: float) -> np.ndarray:
-        """Scores this key holder computes itself from a signed probe and signed templates, after every check."""
+        """Scores this key holder computes itself from a signed probe and signed templates, after every check
+        (-inf for a template of an identification whose subject is over its budget: never a match)."""
         if self.edge_keys is None:
             self._refuse(caller, "this key holder is not in attested mode: it has no registered capture edges",
                          AttestedModeError)  # fmt: skip
@@ -359,11 +364,19 @@ class KeyHolder:
             data, self.edge_keys, kind=kind, threshold=threshold, now=self._wall_clock(), freshness=self.freshness,
             nonces=self.nonces, params=self.params, n=self._ring.n, max_templates=self.limits.max_attested,
         )  # fmt: skip
-        scale_bits = self.params.template_scale_bits + checked.probe_scale_bits
-        scores = attested_scores(self._ring, self.key_id, scale_bits, checked.weights, checked.templates)
-        with self._lock:
-            bucket.usage.scores += len(scores)
-        return self._decrypt(scores)
+        templates = checked.templates
+        scored = np.ones(len(templates), dtype=bool)
+        if kind == "identify":  # the signed subjects, each within its own daily budget
+            scored[:] = self.shortlists.admit([tag_label(t.subject_tag) for t in templates])
+        values = np.full(len(templates), -np.inf)
+        if scored.any():
+            scale_bits = self.params.template_scale_bits + checked.probe_scale_bits
+            kept = [t for t, keep in zip(templates, scored) if keep]
+            scores = attested_scores(self._ring, self.key_id, scale_bits, checked.weights, kept)
+            with self._lock:
+                bucket.usage.scores += len(scores)
+            values[scored] = self._decrypt(scores)
+        return values
 
     def _unattested(self, caller: str, what: str) -> None:
         if self.edge_keys is not None:

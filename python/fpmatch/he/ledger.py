@@ -56,7 +56,10 @@ class Budgets:
     releases about one; rebuilding the secret key needs about 2N/3, see
     THREAT_MODEL.md). A request is refused once the day's released count has
     reached its budget. ``subject_requests_per_day`` counts requests a caller
-    labels with a subject (1:1 verifications).
+    labels with a subject (1:1 verifications); ``subject_shortlists_per_day``
+    counts the attested identifications whose shortlist holds a subject's
+    signed template: past it, the template is left out of the scoring (never
+    a match) until the next day.
     """
 
     requests_per_second: float = 20.0
@@ -65,13 +68,14 @@ class Budgets:
     caller_scores_per_day: int = 200_000
     caller_released_per_day: int = 20_000
     subject_requests_per_day: int = 25
+    subject_shortlists_per_day: int = 25
     max_scores_per_request: int = 4096
 
     def __post_init__(self) -> None:
         if not self.requests_per_second > 0 or self.burst < 1:
             raise InvalidInputError("budgets need requests_per_second > 0 and burst >= 1")
         counts = (self.caller_requests_per_day, self.caller_scores_per_day, self.caller_released_per_day,
-                  self.subject_requests_per_day, self.max_scores_per_request)  # fmt: skip
+                  self.subject_requests_per_day, self.subject_shortlists_per_day, self.max_scores_per_request)  # fmt: skip
         if min(counts) < 1:
             raise InvalidInputError("daily budgets and max_scores_per_request must be at least 1")
 
@@ -124,6 +128,7 @@ class Ledger:
         self._clock = clock
         self._lock = threading.Lock()
         self._in_request: int | None = None  # the thread whose request transaction is open
+        self._released: dict[str, int] = {}  # what that request released (and left out), for its audit line
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -152,6 +157,7 @@ class Ledger:
                     self._db.execute("COMMIT")
                     raise refusal
                 released: dict[str, int] = {}
+                self._released = released
                 self._in_request = threading.get_ident()
                 try:
                     yield released
@@ -190,6 +196,31 @@ class Ledger:
                 self._db.execute("ROLLBACK")
                 raise
             return fresh
+
+    def admit(self, labels: list[str]) -> list[bool]:
+        """Count one scoring of each shortlisted subject; False for those over their daily budget.
+
+        Called inside a request (the key holder's attested identification): it joins that
+        request's transaction, and the request's audit line records how many were left out.
+        """
+        if self._in_request != threading.get_ident():
+            raise RuntimeError("Ledger.admit counts shortlists inside a request only")
+        day, budget = _day(self._clock()), self.budgets.subject_shortlists_per_day
+        admitted = []
+        for label in labels:
+            self._db.execute("INSERT OR IGNORE INTO daily (day, kind, name) VALUES (?, 'shortlisted', ?)", (day, label))
+            (used,) = self._db.execute(
+                "SELECT requests FROM daily WHERE day = ? AND kind = 'shortlisted' AND name = ?", (day, label)
+            ).fetchone()
+            column = "requests" if used < budget else "refused"
+            self._db.execute(
+                f"UPDATE daily SET {column} = {column} + 1 WHERE day = ? AND kind = 'shortlisted' AND name = ?",
+                (day, label),
+            )
+            admitted.append(used < budget)
+        if not all(admitted):
+            self._released["left_out"] = self._released.get("left_out", 0) + admitted.count(False)
+        return admitted
 
     def _remember(self, nonce: bytes, expires: float, now: float) -> bool:
         self._db.execute("DELETE FROM nonce WHERE expires < ?", (now,))

@@ -108,8 +108,9 @@ class KeyHolderService:
     ) -> None:
         self.holder = holder
         self.ledger = ledger
-        if holder.attested_mode:  # nonces of signed probes outlive a restart
+        if holder.attested_mode:  # nonces of signed probes and per-subject shortlist counts outlive a restart
             holder.nonces = ledger
+            holder.shortlists = ledger
         self.release_coarse = release_coarse
         #: Common names refused although their certificates verify (revoked before they expire).
         self.denied = frozenset(denied)
