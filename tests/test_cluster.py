@@ -212,3 +212,49 @@ def test_the_row_layout_is_written_only_when_it_changes(tmp_path: Path, monkeypa
         assert written.count(LAYOUT_SETTING) == 1 and len(svc.store.meta(LAYOUT_SETTING)) == len(layout) + 1
         ss.calibrate(svc)
         assert svc.identify(ss.sample(same_shard[1], 1), "entry", 1)[0].subject == same_shard[1]
+
+
+def test_attested_identification_on_shards_agrees_with_a_single_service(tmp_path: Path) -> None:
+    """With a key holder in attested mode, a sharded hybrid service sends the merged code shortlist's
+    signed templates in one request, as a single service does: the same answers, and a made-up
+    (unsigned) probe is refused on both."""
+    from dataclasses import replace
+
+    from fpmatch import CaptureEdge, EdgeKeys, EdgeSigningKey, MatchingService, PinVerifier
+    from fpmatch.cluster import ShardedMatchingService
+    from fpmatch.errors import AttestationError
+    from fpmatch.he import KeyHolder
+
+    signing = EdgeSigningKey.generate()
+    base = ss.keyholder()
+    capture = CaptureEdge(ss.KEY, ss.DIM, scheme="hybrid", public_context=base.public_context(), signing_key=signing)
+    keys = EdgeKeys()
+    keys.add(signing.public_bytes, capture.profile.profile_id)
+    clock = ss.ManualClock()
+    names = [f"p{i}" for i in range(30)]
+    templates = np.stack([ss.sample(name, 0) for name in names])
+    services = []
+    for kind, options in ((ShardedMatchingService, {"shards": 3, "replicas": 1}), (MatchingService, {})):
+        holder = KeyHolder.from_bytes(base.to_bytes(), limits=ss.OPEN_LIMITS, edge_keys=keys)
+        service = kind.open(tmp_path / kind.__name__, ss.SERVICE_KEY, edge=capture.profile, clock=clock, keyholder=holder,
+                            alternative=PinVerifier(cost=2**10, clock=clock), **options)  # fmt: skip
+        for name in names:
+            ss.grant(service, name, ("entry",))
+        service.enrol_many(names, capture.enrolments(templates, names))
+        service.calibrate(calibration=capture.calibration(*ss.labelled_set(), ss.TARGET_FMR, max_pairs=40_000))
+        services.append(service)
+    sharded, single = services
+    try:
+        assert sharded._attested() and single._attested()
+        faces = [ss.sample(name, 1) for name in names[::3]] + [ss.stranger(i) for i in range(4)]
+        found = [[[m.subject for m in service.identify(capture.probe(face, purpose="entry", identify=True), "entry", k=3)]
+                  for face in faces] for service in services]  # fmt: skip
+        assert found[0] == found[1]
+        assert [hits[:1] for hits in found[0][:10]] == [[name] for name in names[::3]]
+        unsigned = replace(capture.probe(faces[0], purpose="entry", identify=True), attestation=None)
+        for service in services:
+            with pytest.raises(AttestationError, match="not signed"):
+                service.identify(unsigned, "entry")
+    finally:
+        for service in services:
+            service.close()

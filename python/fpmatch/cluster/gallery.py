@@ -207,6 +207,11 @@ class ShardedGallery(ProtectedGallery):
             by_shard.setdefault(self.placement.shard_of(self._names[id_]), []).append(id_)
         return self._decide_best(probe, by_shard, k, threshold)
 
+    def shortlist_ids(self, probe: ProbeMessage, want: int, eligible: Callable[[str], bool]) -> list[int]:
+        if self.profile.scheme != "hybrid":
+            return super().shortlist_ids(probe, want, eligible)
+        return [id_ for id_, _ in self._nearest(probe, want, eligible)]
+
     def _nearest(self, probe: ProbeMessage, want: int, eligible: Callable[[str], bool]) -> list[tuple[int, float]]:
         """The ``want`` eligible (id, weighted distance) nearest the probe over every shard, nearest first."""
         code = probe.code.tobytes()  # type: ignore[union-attr]

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..edge import EdgeProfile, EnrolmentRecord, ProbeMessage
-from ..errors import NotCalibratedError, UnknownSubjectError
+from ..errors import AttestedModeError, NotCalibratedError, UnknownSubjectError
 from ..index import Index
 
 #: A row of packed ciphertexts as stored: (bytes, templates placed, refreshes).
@@ -152,6 +152,11 @@ class ProtectedGallery(ABC):
         Ineligible subjects are passed over before any score is computed or
         decided, so they can neither appear nor push an eligible one out.
         """
+
+    def shortlist_ids(self, probe: ProbeMessage, want: int, eligible: Callable[[str], bool]) -> list[int]:
+        """Ids of the ``want`` eligible subjects whose codes are nearest the probe's, nearest first: the
+        shortlist an attested identification sends (``hybrid`` galleries only)."""
+        raise AttestedModeError(f"a {self.profile.scheme} gallery has no code shortlist to send a key holder")
 
     @abstractmethod
     def problems(self, stored: Mapping[str, StoredTemplate], rows: Sequence[StoredRow]) -> list[str]:

@@ -92,14 +92,7 @@ class AttestedOps(ServiceState):
                 f"an attested key holder scores a shortlist of signed templates; the {self.scheme} scheme has no "
                 "shortlist (1:N would send the whole gallery): identify with the hybrid scheme"
             )
-        from ..galleries.hybrid import HybridSchemeGallery
-
         gallery = self._gallery
-        if not isinstance(gallery, HybridSchemeGallery):
-            raise AttestedModeError(
-                "attested identification runs on one service's hybrid gallery; this service's shortlist is "
-                f"spread over shards ({type(gallery).__name__}), which attested mode does not cover yet"
-            )
         signed = self._signed_probe(probe, "identify", purpose)
         want = min(max(k, gallery.candidates), MAX_ATTESTED_CANDIDATES)
         ids = gallery.shortlist_ids(probe, want, eligible)
