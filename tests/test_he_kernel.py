@@ -232,7 +232,7 @@ def test_equal_to_seal_evaluator_and_decrypts_the_same() -> None:
         context.secret_key().data.save(os.path.join(folder, "secret"))
         secret = sealapi.SecretKey()
         secret.load(ring.seal, os.path.join(folder, "secret"))
-    encryptor = sealapi.Encryptor(ring.seal, ring.public_key(context))
+    encryptor = sealapi.Encryptor(ring.seal, ring.public_key(context)[0])
     evaluator = sealapi.Evaluator(ring.seal)
     encoder = sealapi.CKKSEncoder(ring.seal)
     rng = np.random.default_rng(6)

@@ -4,6 +4,7 @@ for tampered or foreign ciphertexts, and the same interface from another process
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import struct
@@ -168,6 +169,8 @@ def test_one_child_reads_every_context_and_ends_when_idle(holder: KeyHolder, mon
     from fpmatch.he import _isolated
 
     monkeypatch.setattr(_isolated, "IDLE_SECONDS", 0.5)
+    with _isolated._lock:
+        _isolated._reader.stop()  # a child started before this test waits out the default idle time
     _isolated._checked.clear()
     PublicContext(holder.public_context())
     child = _isolated._reader._child
@@ -383,3 +386,16 @@ def test_key_holder_in_another_process(setup: dict) -> None:
         ours.close()
         process.join(10)
     assert process.exitcode == 0
+
+
+def test_the_key_id_is_the_digest_of_every_public_key_value(holder: KeyHolder) -> None:
+    # Key files and public contexts carry the key id: it must not change with how the key is read.
+    ring = holder._ring
+    key, key_id = ring.public_key(holder._context)
+    array = key.data().dyn_array()
+    values = np.fromiter(map(array.at, range(array.size())), dtype=np.uint64, count=array.size())
+    assert array.size() == 2 * len(ring.prime_bits) * ring.n
+    digest = hashlib.sha256(b"fpmatch.he.key-id.v1")
+    digest.update(np.array([ring.n, *ring.prime_bits, ring.q], dtype=np.int64).tobytes())
+    digest.update(values.tobytes())
+    assert key_id == holder.key_id == PublicContext(holder.public_context()).key_id == digest.hexdigest()[:16]

@@ -43,7 +43,7 @@ def noise(audit: SecretKeyAudit, c0: np.ndarray, c1: np.ndarray) -> int:
 def test_a_whole_read_equals_sealapi_one_value_at_a_time(parties: tuple[PublicContext, SecretKeyAudit]) -> None:
     context, _ = parties
     ring = context.ring
-    encryptor = sealapi.Encryptor(ring.seal, ring.public_key(context.tenseal_context))
+    encryptor = sealapi.Encryptor(ring.seal, ring.public_key(context.tenseal_context)[0])
     evaluator = sealapi.Evaluator(ring.seal)
     reader = _zeros.CiphertextReader(ring.n)
     ciphertext = sealapi.Ciphertext(ring.seal)

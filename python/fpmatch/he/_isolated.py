@@ -3,7 +3,7 @@
 SEAL can end the process that reads some malformed serialised contexts: an exception raised while
 another unwinds (its decompressing reader's destructor throws) calls ``std::terminate``, which no
 ``try`` in Python can catch. Context bytes that come from a file or a peer are therefore read once
-by a child interpreter; only if it lives are they read in this process. One child serves every
+by a child interpreter; only if it reads them and lives are they read in this process. One child serves every
 check of a process (started on first use, ended after :data:`IDLE_SECONDS` without one, replaced
 when a check ends it). Each context is checked once per process (by the SHA-256 of its bytes), and
 contexts this process serialised itself are not checked.
@@ -19,14 +19,15 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 
 import tenseal as ts
 
 from .errors import CiphertextFormatError
 
-# The child answers each length-prefixed context with one byte: b"0" read, b"1" refused by a
-# Python exception (the caller then gets TenSEAL's own error by reading it here). Anything else,
-# or no answer, means the bytes ended it.
+# The child answers each length-prefixed context with b"0" (read) or b"1" and a length-prefixed
+# UTF-8 message (refused by a Python exception: the bytes are then never read in this process).
+# Anything else, or no answer, means the bytes ended it.
 _SERVE = """\
 import struct, sys
 try:
@@ -43,8 +44,9 @@ while True:
     try:
         tenseal_cpp.TenSEALContext.deserialize(data)
         answer = b"0"
-    except Exception:
-        answer = b"1"
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}"[:1000].encode("utf-8", "replace")
+        answer = b"1" + struct.pack("<I", len(message)) + message
     del data
     sink.write(answer)
     sink.flush()
@@ -64,14 +66,11 @@ class _Reader:
     def __init__(self) -> None:
         self._child: subprocess.Popen[bytes] | None = None
         self._owner = 0  # pid that started the child: a forked copy must not share its pipes
-        self._timer: threading.Timer | None = None
+        self._last_used = 0.0
 
-    def check(self, data: bytes) -> bool:
-        """True if the child read ``data``, False if it refused it with a Python error.
-
-        Raises :class:`CiphertextFormatError` if the bytes ended the child or it could not run.
-        """
-        self._cancel_idle()
+    def check(self, data: bytes) -> None:
+        """Returns if the child read ``data``; raises :class:`CiphertextFormatError` if it refused
+        the bytes, if they ended it, or if it could not run."""
         child = self._running()
         try:
             assert child.stdin is not None and child.stdout is not None
@@ -79,7 +78,10 @@ class _Reader:
             child.stdin.flush()
             ready, _, _ = select.select([child.stdout], [], [], CHECK_TIMEOUT)
             answer = child.stdout.read(1) if ready else b""
-        except OSError:  # the child ended while reading: a broken pipe
+            if answer == b"1":
+                (size,) = struct.unpack("<I", child.stdout.read(4))
+                message = child.stdout.read(size).decode("utf-8", "replace")
+        except (OSError, struct.error):  # the child ended while reading: a broken pipe or a short answer
             ready, answer = [True], b""
         if answer not in (b"0", b"1"):
             status = self.stop()
@@ -88,12 +90,12 @@ class _Reader:
                 "SEAL could not read this serialised context without ending the process that tried "
                 f"({why}): damaged or crafted bytes"
             )
-        self._idle_later()
-        return answer == b"0"
+        self._last_used = time.monotonic()
+        if answer == b"1":
+            raise CiphertextFormatError(f"not a serialised TenSEAL context: {message}")
 
     def stop(self) -> int | None:
         """End the child; its exit status (None if it had to be killed)."""
-        self._cancel_idle()
         child, self._child = self._child, None
         if child is None or self._owner != os.getpid():
             return None
@@ -127,22 +129,21 @@ class _Reader:
         except OSError as exc:
             raise CiphertextFormatError(f"could not check this serialised context in a separate process: {exc}") from None
         self._owner = os.getpid()
+        self._last_used = time.monotonic()
+        threading.Thread(target=self._end_when_idle, args=(self._child,), daemon=True).start()
         return self._child
 
-    def _idle_later(self) -> None:
-        self._timer = threading.Timer(IDLE_SECONDS, self._stop_if_idle)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _stop_if_idle(self) -> None:
-        with _lock:
-            if self._timer is threading.current_thread():  # not cancelled and replaced meanwhile
-                self.stop()
-
-    def _cancel_idle(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _end_when_idle(self, child: subprocess.Popen[bytes]) -> None:
+        """Ends ``child`` once no check has used it for IDLE_SECONDS (one such thread per child)."""
+        while True:
+            with _lock:
+                if self._child is not child:
+                    return
+                idle = time.monotonic() - self._last_used
+                if idle >= IDLE_SECONDS:
+                    self.stop()
+                    return
+            time.sleep(IDLE_SECONDS - idle)
 
 
 _reader = _Reader()
@@ -164,11 +165,12 @@ def trust(data: bytes) -> None:
 def context_from(data: bytes) -> ts.Context:
     """``tenseal.context_from(data)``, after the child process has read the same bytes and lived.
 
-    Bytes that end the child raise :class:`CiphertextFormatError`; other bad bytes raise what
-    TenSEAL raises here, as before.
+    Bytes the child refuses, or that end it, raise :class:`CiphertextFormatError` and are never
+    read in this process.
     """
     digest = hashlib.sha256(data).digest()
     with _lock:
-        if digest not in _checked and _reader.check(data):
+        if digest not in _checked:
+            _reader.check(data)
             _checked.add(digest)
     return ts.context_from(data)

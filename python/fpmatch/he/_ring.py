@@ -22,7 +22,7 @@ from .. import _core
 from ..errors import InvalidInputError
 from .errors import CiphertextFormatError, InsecureParametersError
 from ._packing import pack
-from ._zeros import CiphertextReader
+from ._zeros import CiphertextReader, seal_values, zstandard
 from .params import MAX_DATA_PRIME_BITS, check_security
 
 
@@ -122,23 +122,24 @@ class Ring:
 
     # -- SEAL objects --------------------------------------------------------------
 
-    def public_key(self, context: ts.Context) -> sealapi.PublicKey:
-        """The context's public key as a sealapi object (SEAL validates it on load)."""
+    def public_key(self, context: ts.Context) -> tuple[sealapi.PublicKey, str]:
+        """The context's public key as a sealapi object (SEAL validates it on load), and its
+        fingerprint: a public 16-hex-digit name for the key pair, from the public key's numbers."""
         with tempfile.TemporaryDirectory(prefix="fpmatch-pk-") as folder:
             path = str(Path(folder) / "public.key")
             context.public_key().data.save(path)
             key = sealapi.PublicKey()
             key.load(self.seal, path)
-        return key
-
-    def fingerprint(self, public_key: sealapi.PublicKey) -> str:
-        """A public 16-hex-digit name for the key pair, from the public key's numbers."""
-        array = public_key.data().dyn_array()
+            array = key.data().dyn_array()
+            if zstandard is not None:  # the whole key in one read of what SEAL wrote
+                with open(path, "rb") as f:
+                    values = seal_values(f.read(), array.size(), zstandard.ZstdDecompressor(), array)
+            else:
+                values = np.fromiter(map(array.at, range(array.size())), dtype=np.uint64, count=array.size())
         digest = hashlib.sha256(b"fpmatch.he.key-id.v1")
         digest.update(np.array([self.n, *self.prime_bits, self.q], dtype=np.int64).tobytes())
-        values = np.fromiter(map(array.at, range(array.size())), dtype=np.uint64, count=array.size())
-        digest.update(values.tobytes())
-        return digest.hexdigest()[:16]
+        digest.update(values.astype(np.uint64, copy=False).tobytes())
+        return key, digest.hexdigest()[:16]
 
 
 class ZeroEncryptor:

@@ -57,6 +57,32 @@ _SEAL_MAGIC = 0xA15E
 _ZLIB, _ZSTD = 1, 2
 
 
+def seal_values(data: bytes, count: int, unzstd: "zstandard.ZstdDecompressor", array: "sealapi.DynArray") -> np.ndarray:
+    """The ``count`` coefficients a SEAL-serialised ciphertext (or public key) ends with, as int64.
+
+    ``array`` is the same object's ``dyn_array()``: the values are checked against it at both
+    ends and the middle, so a layout this reader does not know is refused, never misread.
+    """
+    magic, header_size, _, _, compression, _, size = _HEADER.unpack_from(data)
+    if magic != _SEAL_MAGIC or header_size != _HEADER.size or size != len(data):
+        raise CiphertextFormatError("SEAL wrote a ciphertext this reader does not know")
+    body = data[_HEADER.size :]
+    if compression == _ZSTD:
+        body = unzstd.decompress(body, max_output_size=8 * count + 4096)
+    elif compression == _ZLIB:
+        body = zlib.decompress(body)
+    elif compression != 0:
+        raise CiphertextFormatError(f"SEAL used compression {compression}, which this reader does not know")
+    end = len(body) - 8 * count
+    if end < 8 or struct.unpack_from("<Q", body, end - 8)[0] != count or array.size() != count:
+        raise CiphertextFormatError("SEAL wrote a ciphertext of an unexpected size")
+    values = np.frombuffer(body, dtype="<i8", offset=end)  # residues below q < 2**62: no sign to fix
+    middle = count // 2
+    if values[0] != array.at(0) or values[-1] != array.at(count - 1) or values[middle] != array.at(middle):
+        raise CiphertextFormatError("SEAL's serialised ciphertext differs from the ciphertext")
+    return values
+
+
 class CiphertextReader:
     """The (2, N) coefficient array of a two-polynomial, one-prime SEAL ciphertext, in one read."""
 
@@ -93,22 +119,7 @@ class CiphertextReader:
                     data = f.read()
             finally:
                 os.unlink(self._path)  # no copy left behind, even if this process is killed later
-        magic, header_size, _, _, compression, _, size = _HEADER.unpack_from(data)
-        if magic != _SEAL_MAGIC or header_size != _HEADER.size or size != len(data):
-            raise CiphertextFormatError("SEAL wrote a ciphertext this reader does not know")
-        body = data[_HEADER.size :]
-        if compression == _ZSTD:
-            body = self._unzstd.decompress(body, max_output_size=64 * n + 4096)
-        elif compression == _ZLIB:
-            body = zlib.decompress(body)
-        elif compression != 0:
-            raise CiphertextFormatError(f"SEAL used compression {compression}, which this reader does not know")
-        end = len(body) - 16 * n
-        if end < 8 or struct.unpack_from("<Q", body, end - 8)[0] != 2 * n:
-            raise CiphertextFormatError("SEAL wrote a ciphertext of an unexpected size")
-        values = np.frombuffer(body, dtype="<i8", offset=end)  # residues below q < 2**48: no sign to fix
-        if values[0] != array.at(0) or values[-1] != array.at(2 * n - 1) or values[n] != array.at(n):
-            raise CiphertextFormatError("SEAL's serialised ciphertext differs from the ciphertext")
+        values = seal_values(data, 2 * n, self._unzstd, array)
         # The array sits at SEAL's offset in the serialised bytes: aligned for int64 only by chance.
         return np.require(values.reshape(2, n), requirements="AC")
 

@@ -91,8 +91,7 @@ class PublicContext:
         self.params = HEParams(
             ring.n, tuple(ring.prime_bits), template_scale_bits=template_bits, probe_scale_bits=probe_bits
         )
-        public_key = ring.public_key(context)
-        self.key_id = ring.fingerprint(public_key)
+        public_key, self.key_id = ring.public_key(context)
         if self.key_id != key_id:
             raise KeyMismatchError(f"the public key does not match its key id ({key_id} != {self.key_id})")
         self.ring = ring

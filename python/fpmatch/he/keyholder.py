@@ -181,9 +181,9 @@ class KeyHolder:
         if tuple(self._ring.prime_bits) != params.coeff_mod_bit_sizes:
             raise InvalidInputError(f"context primes {self._ring.prime_bits} do not match {params}")
         self.params = params
-        self.key_id = self._ring.fingerprint(self._ring.public_key(_context))
+        public_key, self.key_id = self._ring.public_key(_context)
         self._s_hat = secret_ntt(_context, self._ring)
-        self._zero = ZeroEncryptor(self._ring, self._ring.public_key(_context))
+        self._zero = ZeroEncryptor(self._ring, public_key)
         self._public = pack_public_context(_context, params, self.key_id)
         self.limits = limits
         self.decision_noise = float(decision_noise)
