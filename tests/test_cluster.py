@@ -101,10 +101,25 @@ def test_writes_are_routed_and_confirmed_by_every_replica(tmp_path: Path) -> Non
         svc.enrol("p3", ss.sample("p3", 0))
         assert svc.identify(ss.sample("p3", 1), "entry")[0].subject == "p3"
         assert svc.check_integrity().ok
+        _shard_reads_agree_with_the_whole_store(svc.service)
     with open_sharded(tmp_path / "s", clock, "hybrid", replicas=1) as svc:
         assert svc.service.shards == 2 and len(svc) == 24
         assert svc.identify(ss.sample("p3", 1), "entry")[0].subject == "p3"
         assert svc.check_integrity().ok
+
+
+def _shard_reads_agree_with_the_whole_store(service) -> None:
+    """A replacement replica reads its shard's subjects and rows only: the same as its part of the whole store."""
+    from fpmatch.cluster.placement import RowLayout
+
+    store = service.store
+    rows = store.rows()
+    layout = RowLayout.from_setting(store.meta(LAYOUT_SETTING), len(rows), service.shards)
+    whole = service._gallery.split_store(store.templates(), rows, layout)
+    for shard in range(service.shards):
+        part = service._read_shard(shard)
+        assert part == whole[shard] and part[0] and part[1]
+    assert sum(len(service._read_shard(s)[1]) for s in range(service.shards)) == len(rows)
 
 
 def test_the_store_keeps_its_shard_count(tmp_path: Path) -> None:
@@ -177,6 +192,7 @@ def test_a_sharded_service_on_a_postgresql_store(tmp_path: Path, postgres_server
         assert sharded.withdraw("pg-shard-4") is True
         assert all(m.subject != "pg-shard-4" for m in sharded.identify(ss.sample("pg-shard-4", 1), "entry"))
         assert sharded.check_integrity().ok
+        _shard_reads_agree_with_the_whole_store(sharded.service)
     assert ss.files_containing(postgres_server.data, code) == []
     assert ss.files_containing(tmp_path / "s", code) == []
     with open_sharded(tmp_path / "elsewhere", clock, "hybrid", replicas=1, database=database) as again:

@@ -588,3 +588,22 @@ def test_the_file_search_finds_a_piece_across_the_boundary_of_two_reads(
         assert finder.found_in_file(path), start
     path.write_bytes(noise)
     assert not finder.found_in_file(path)
+
+
+def test_reads_of_some_subjects_and_rows_return_exactly_those(directory: Path) -> None:
+    from fpmatch import StoreIntegrityError
+
+    store = open_store(directory)
+    try:
+        everything = store.templates()
+        ids = [t.id for t in everything][::3]
+        assert store.templates(ids[::-1]) == [t for t in everything if t.id in set(ids)]  # in id order
+        assert store.templates([10**9]) == []  # not enrolled: nothing
+        rows = store.rows()
+        assert store.row_count() == len(rows) and (len(rows) > 0) == edge().profile.encrypted
+        numbers = list(range(len(rows)))[::-1]
+        assert store.rows(numbers) == rows[::-1]  # in the order asked
+        with pytest.raises(StoreIntegrityError, match="rows are missing"):
+            store.rows([len(rows)])
+    finally:
+        store.close()

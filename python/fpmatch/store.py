@@ -432,10 +432,14 @@ class Store:
     def subject_ids(self) -> dict[str, int]:
         return {t.subject: t.id for t in self.templates()}
 
-    def templates(self) -> list[StoredTemplate]:
-        """Every enrolled subject with its code and ciphertext slot, in id order (each row verified)."""
-        with self._reading() as db:
-            found = db.execute(f"SELECT {_SUBJECT_COLUMNS} FROM subjects ORDER BY id").fetchall()
+    def templates(self, ids: Sequence[int] | None = None) -> list[StoredTemplate]:
+        """Every enrolled subject (or those of ``ids`` still enrolled) with its code and ciphertext
+        slot, in id order (each row verified)."""
+        if ids is None:
+            with self._reading() as db:
+                found = db.execute(f"SELECT {_SUBJECT_COLUMNS} FROM subjects ORDER BY id").fetchall()
+        else:
+            found = sorted(self._where_in(f"SELECT {_SUBJECT_COLUMNS} FROM subjects WHERE id IN ", ids))
         self._require(found, "subjects")
         return [
             StoredTemplate(s, i, None if c is None else bytes(c), t, None if e is None else bytes(e))
@@ -444,23 +448,37 @@ class Store:
 
     def attested(self, ids: Sequence[int]) -> dict[int, bytes]:
         """The signed template ciphertexts kept for the subjects ``ids`` (those that have one)."""
-        found: dict[int, bytes] = {}
-        with self._reading() as db:
-            for start in range(0, len(ids), 500):
-                chunk = [int(i) for i in ids[start : start + 500]]
-                marks = ",".join("?" * len(chunk))
-                for id_, template in db.execute(f"SELECT id, template FROM attested WHERE id IN ({marks})", chunk).fetchall():
-                    found[int(id_)] = bytes(template)
-        return found
+        found = self._where_in("SELECT id, template FROM attested WHERE id IN ", ids)
+        return {int(id_): bytes(template) for id_, template in found}
 
-    def rows(self) -> list[StoredRow]:
-        """Every row of packed ciphertexts, in order (rows are numbered from 0 without gaps; each verified)."""
-        with self._reading() as db:
-            found = db.execute("SELECT row, tag, data, used, refreshes FROM he_rows ORDER BY row").fetchall()
+    def rows(self, numbers: Sequence[int] | None = None) -> list[StoredRow]:
+        """Every row of packed ciphertexts, in order (rows are numbered from 0 without gaps), or the
+        rows ``numbers`` in the order given (each must exist); each verified."""
+        if numbers is None:
+            with self._reading() as db:
+                found = db.execute("SELECT row, tag, data, used, refreshes FROM he_rows ORDER BY row").fetchall()
+            expected = list(range(len(found)))
+        else:
+            by_number = {r[0]: r for r in self._where_in("SELECT row, tag, data, used, refreshes FROM he_rows WHERE row IN ", numbers)}
+            found = [by_number[n] for n in numbers if n in by_number]
+            expected = [int(n) for n in numbers]
         self._require(found, "he_rows")
-        if [r for r, *_ in found] != list(range(len(found))):
+        if [r for r, *_ in found] != expected:
             raise self._damaged(["the numbering of the ciphertext rows (rows are missing)"])
         return [(bytes(data), int(used), int(refreshes)) for _, _, data, used, refreshes in found]
+
+    def row_count(self) -> int:
+        with self._reading() as db:
+            return int(db.execute("SELECT count(*) FROM he_rows").fetchone()[0])
+
+    def _where_in(self, query: str, keys: Sequence[int]) -> list[tuple[Any, ...]]:
+        """``query`` + ``(?, ...)`` over ``keys`` (integers), in chunks the backends accept."""
+        found: list[tuple[Any, ...]] = []
+        with self._reading() as db:
+            for start in range(0, len(keys), 500):
+                chunk = [int(k) for k in keys[start : start + 500]]
+                found += db.execute(query + "(" + ",".join("?" * len(chunk)) + ")", chunk).fetchall()
+        return found
 
     def consents(self, subject: str | None = None) -> list[ConsentRecord]:
         """Consent records (of one subject, or all), oldest grant first (each verified)."""

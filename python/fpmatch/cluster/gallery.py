@@ -75,13 +75,17 @@ class ShardedGallery(ProtectedGallery):
 
     # -- loading ---------------------------------------------------------------------
 
+    def ids_on(self, shard: int) -> list[int]:
+        """Store ids of the subjects placed on ``shard``."""
+        return [id_ for name, id_ in self._ids.items() if self.placement.shard_of(name) == shard]
+
     def split_store(
         self, stored: Sequence[StoredTemplate], rows: Sequence[StoredRow], layout: RowLayout
     ) -> list[tuple[list[TemplateTuple], list[StoredRow]]]:
         """Each shard's part of the store, as plain tuples for its replicas."""
         parts: list[tuple[list[TemplateTuple], list[StoredRow]]] = [([], layout.of_shard(s, rows)) for s in range(self.shards)]
         for t in stored:
-            parts[self.placement.shard_of(t.subject)][0].append((t.subject, t.id, t.code, t.slot, t.sealed))
+            parts[self.placement.shard_of(t.subject)][0].append(template_tuple(t))
         return parts
 
     def restore(self, stored: Sequence[StoredTemplate], rows: Sequence[StoredRow], index: Any) -> bool:
@@ -292,6 +296,11 @@ class ShardedGallery(ProtectedGallery):
         table = CodeTable(self.profile.bits, "flat", self._shortlist_depth)
         table.load([id_ for id_, _ in pairs], [code for _, code in pairs])
         return table.impostor_scores(count, rng)
+
+
+def template_tuple(t: StoredTemplate) -> TemplateTuple:
+    """A stored template as a replica takes it."""
+    return (t.subject, t.id, t.code, t.slot, t.sealed)
 
 
 def _values(probe: ProbeMessage) -> bytes:

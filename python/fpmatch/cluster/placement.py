@@ -94,7 +94,11 @@ class RowLayout:
 
     def of_shard(self, shard: int, rows: Sequence[Any]) -> list[Any]:
         """The shard's stored rows in its own order (its rows are numbered 0.. without gaps)."""
-        mine = sorted((local, i) for i, (s, local) in enumerate(self.entries[: len(rows)]) if s == shard)
+        return [rows[i] for i in self.numbers_of(shard, len(rows))]
+
+    def numbers_of(self, shard: int, stored_rows: int) -> list[int]:
+        """The stored row numbers of the shard's rows, in its own order (of the first ``stored_rows``)."""
+        mine = sorted((local, i) for i, (s, local) in enumerate(self.entries[:stored_rows]) if s == shard)
         if [local for local, _ in mine] != list(range(len(mine))):
             raise StoreFormatError(f"the ciphertext rows of shard {shard} are not numbered without gaps")
-        return [rows[i] for _, i in mine]
+        return [i for _, i in mine]

@@ -17,7 +17,7 @@ from ..galleries import ProtectedGallery
 from ..keys import ServiceKey
 from ..service import SHARDS_SETTING, MatchingService, check_decider
 from ..store import Store
-from .gallery import ShardedGallery
+from .gallery import ShardedGallery, template_tuple
 from .placement import LAYOUT_SETTING, MAX_SHARDS, Placement, RowLayout, check_count
 from .shards import DEFAULT_CALL_TIMEOUT, ShardReplicas
 
@@ -108,10 +108,13 @@ class ShardedMatchingService(MatchingService):
         self._gallery.replicas.attach(self._read_shard, self._rw.write)
 
     def _read_shard(self, shard: int) -> tuple[list[Any], list[Any]]:
-        """One shard's part of the store, for a replacement replica (called under the write lock)."""
-        rows = self._store.rows()
-        layout = RowLayout.from_setting(self._store.meta(LAYOUT_SETTING), len(rows), self._gallery.shards)
-        return self._gallery.split_store(self._store.templates(), rows, layout)[shard]
+        """One shard's part of the store, for a replacement replica (called under the write lock): its
+        subjects' rows and its ciphertext rows only, read from the store."""
+        store, gallery = self._store, self._gallery
+        stored_rows = store.row_count()
+        layout = RowLayout.from_setting(store.meta(LAYOUT_SETTING), stored_rows, gallery.shards)
+        rows = store.rows(layout.numbers_of(shard, stored_rows))
+        return [template_tuple(t) for t in store.templates(gallery.ids_on(shard))], rows
 
     @property
     def shards(self) -> int:
