@@ -399,3 +399,14 @@ def test_the_key_id_is_the_digest_of_every_public_key_value(holder: KeyHolder) -
     digest.update(np.array([ring.n, *ring.prime_bits, ring.q], dtype=np.int64).tobytes())
     digest.update(values.tobytes())
     assert key_id == holder.key_id == PublicContext(holder.public_context()).key_id == digest.hexdigest()[:16]
+
+
+def test_a_key_file_without_its_public_key_is_refused(holder: KeyHolder) -> None:
+    # Found by fuzzing: a secret context without its public key raised TypeError inside TenSEAL.
+    data = holder.to_bytes()
+    (meta_len,) = struct.unpack_from("<I", data, 8)
+    secret_only = holder._context.serialize(
+        save_public_key=False, save_secret_key=True, save_galois_keys=False, save_relin_keys=False
+    )
+    with pytest.raises(KeyFileError, match="no public key"):
+        KeyHolder.from_bytes(data[: 12 + meta_len] + secret_only)

@@ -278,6 +278,8 @@ class KeyHolder:
             raise KeyFileError(f"cannot read HE key file {what}: {exc!r}") from exc
         if not context.has_secret_key():
             raise KeyFileError(f"{what} holds no secret key")
+        if not context.has_public_key():  # found by fuzzing: TenSEAL then raises TypeError on use
+            raise KeyFileError(f"{what} holds no public key")
         parms = context.seal_context().data.key_context_data().parms()
         try:
             params = HEParams(
