@@ -151,8 +151,11 @@ _reader = _Reader()
 
 @atexit.register
 def _stop_at_exit() -> None:
-    with _lock:
-        _reader.stop()
+    if _lock.acquire(timeout=5.0):  # a check still running in another thread: its child ends on EOF anyway
+        try:
+            _reader.stop()
+        finally:
+            _lock.release()
 
 
 def trust(data: bytes) -> None:
