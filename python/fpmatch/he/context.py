@@ -21,6 +21,19 @@ _MAGIC = b"FPHEPUB1"
 MAX_CONTEXT_BYTES = 1 << 26
 
 
+def frame(magic: bytes, header: bytes, serialised: bytes) -> bytes:
+    """``magic``, the header's length (<I), the header, then the serialised context."""
+    return magic + struct.pack("<I", len(header)) + header + serialised
+
+
+def unframe(data: bytes, magic: bytes) -> tuple[bytes, bytes]:
+    """(header JSON, serialised TenSEAL context) of :func:`frame` output (public contexts here, key
+    holder key files): the magic is the caller's to check."""
+    (meta_len,) = struct.unpack_from("<I", data, len(magic))
+    start = len(magic) + 4
+    return data[start : start + meta_len], data[start + meta_len :]
+
+
 def serialize_public(context: ts.Context) -> bytes:
     """A TenSEAL context's public part only: no secret key, no Galois or relinearisation keys."""
     return context.serialize(
@@ -40,7 +53,7 @@ def pack_public_context(context: ts.Context, params: HEParams, key_id: str) -> b
     ).encode()
     public = serialize_public(context)
     trust(public)  # made here: reading it back needs no separate process
-    return _MAGIC + struct.pack("<I", len(meta)) + meta + public
+    return frame(_MAGIC, meta, public)
 
 
 class PublicContext:
@@ -53,8 +66,7 @@ class PublicContext:
     @classmethod
     def _from_parent(cls, data: bytes) -> "PublicContext":
         """Bytes the parent process read already and sends its worker: no child reads them again."""
-        (meta_len,) = struct.unpack_from("<I", data, len(_MAGIC))
-        trust(data[len(_MAGIC) + 4 + meta_len :])
+        trust(unframe(data, _MAGIC)[1])
         return cls(data)
 
     def __init__(self, data: bytes) -> None:
@@ -65,17 +77,16 @@ class PublicContext:
             raise CiphertextFormatError(f"a public context of {len(data)} bytes is larger than any fpmatch makes")
         if not data.startswith(_MAGIC) or len(data) < len(_MAGIC) + 4:
             raise CiphertextFormatError("not an fpmatch public context (bad magic)")
-        (meta_len,) = struct.unpack_from("<I", data, len(_MAGIC))
-        start = len(_MAGIC) + 4
+        header, serialised = unframe(data, _MAGIC)
         try:
-            meta = json.loads(data[start : start + meta_len])
+            meta = json.loads(header)
             key_id = str(meta["key_id"])
             template_bits = int(meta["template_scale_bits"])
             probe_bits = int(meta["probe_scale_bits"])
         except (ValueError, KeyError, TypeError, RecursionError) as exc:  # deep JSON nesting: RecursionError
             raise CiphertextFormatError(f"damaged public context header: {exc!r}") from None
         try:
-            context = context_from(data[start + meta_len :])
+            context = context_from(serialised)
         except CiphertextFormatError:
             raise
         except Exception as exc:  # TenSEAL reports bad bytes with assorted exception types

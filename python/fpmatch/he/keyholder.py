@@ -45,7 +45,6 @@ import json
 import os
 import random
 import secrets
-import struct
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -65,7 +64,7 @@ from .attested import attested_scores, tag_label
 from .attestation_checks import (
     DEFAULT_FRESHNESS, AdmitAll, MemoryNonces, NonceRegister, ShortlistBudget, check_attested,
 )  # fmt: skip
-from .context import pack_public_context
+from .context import frame, pack_public_context, unframe
 from .errors import CiphertextIntegrityError, DecryptionRefusedError, RateLimitExceededError
 from .params import DEFAULT_PARAMS, HEParams
 from .reclaim import parse_request, reclaim_reply
@@ -229,7 +228,7 @@ class KeyHolder:
             }
         ).encode()
         secret = self._context.serialize(save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
-        return _KEY_MAGIC + struct.pack("<I", len(meta)) + meta + secret
+        return frame(_KEY_MAGIC, meta, secret)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the secret context to a new file readable by its owner only (0600)."""
@@ -266,12 +265,11 @@ class KeyHolder:
         try:
             if not data.startswith(_KEY_MAGIC):
                 raise KeyFileError(f"{what} is not an fpmatch HE key file")
-            (meta_len,) = struct.unpack_from("<I", data, len(_KEY_MAGIC))
-            start = len(_KEY_MAGIC) + 4
-            meta = json.loads(data[start : start + meta_len])
+            header, serialised = unframe(data, _KEY_MAGIC)
+            meta = json.loads(header)
             scales = {name: meta[name] for name in ("template_scale_bits", "probe_scale_bits")}
             key_id = meta["key_id"]
-            context = read(data[start + meta_len :])
+            context = read(serialised)
         except KeyFileError:
             raise
         except Exception as exc:  # TenSEAL and json report damage with assorted types
