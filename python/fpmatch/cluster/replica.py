@@ -6,6 +6,10 @@ bytes, encrypted-score requests as ``EncryptedScores.to_bytes()``, and the
 plain ``Staged.change`` data that replays a write. No object of the native
 core is ever pickled: each replica builds its own from bytes.
 
+Reads (:data:`READS`) also come straight from the service over a TLS link of
+their own (:mod:`fpmatch.cluster.wire`), in threads beside Ray's: a
+reader-writer lock keeps them apart from writes.
+
 A replica never talks to the key holder. When staging an enrolment wants
 erased slots reclaimed, the replica returns the reclaim request instead; the
 service asks its key holder and stages again with the reply (see
@@ -14,16 +18,41 @@ service asks its key holder and stages again with the reply (see
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import functools
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
 from ..edge import EdgeProfile, EnrolmentRecord, ProbeMessage
 from ..galleries import StoredTemplate, open_gallery
 from ..he.errors import RateLimitExceededError
+from ..service.locks import ReadWriteLock
+from .wire import ReadServer, tls_context
 
 #: What a replica's restore takes per subject: (subject, store id, code, slot, sealed part).
 TemplateTuple = tuple[str, int, "bytes | None", "int | None", "bytes | None"]
+#: The calls the service may make over a replica's own TLS link (everything else goes over Ray).
+READS = frozenset({"ping", "nearest", "encrypted_scores", "decide_codes"})
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _reading(method: _Method) -> _Method:
+    @functools.wraps(method)
+    def locked(self: "ShardReplica", *args: Any) -> Any:
+        with self._lock.read():
+            return method(self, *args)
+
+    return locked  # type: ignore[return-value]
+
+
+def _writing(method: _Method) -> _Method:
+    @functools.wraps(method)
+    def locked(self: "ShardReplica", *args: Any) -> Any:
+        with self._lock.write():
+            return method(self, *args)
+
+    return locked  # type: ignore[return-value]
 
 
 class ReclaimNeeded(Exception):
@@ -59,6 +88,8 @@ class ShardReplica:
 
     def __init__(self, profile: dict[str, Any], index: str, options: dict[str, Any]) -> None:
         self.profile = EdgeProfile.from_dict(profile)
+        self._lock = ReadWriteLock()
+        self._reads: ReadServer | None = None
         self._replies = _ReclaimReplies({})
         if self.profile.encrypted:
             options = {**options, "decider": self._replies, "caller": "shard-replica"}
@@ -69,6 +100,7 @@ class ShardReplica:
             if hasattr(self.gallery, part):
                 getattr(self.gallery, part).n_threads = 1
 
+    @_reading
     def ping(self) -> int:
         return len(self.gallery)
 
@@ -78,6 +110,21 @@ class ShardReplica:
 
         return str(ray.get_runtime_context().get_node_id())
 
+    def serve_reads(self, cert: bytes, key: bytes, ca: bytes) -> tuple[str, int]:
+        """Listen for the service's reads on this node's address (TLS; peers certified by ``ca``)."""
+        import ray
+
+        if self._reads is None:
+            context = tls_context(cert, key, ca, server=True)
+            self._reads = ReadServer(lambda method, args: getattr(self, method)(*args), READS, context, ray.util.get_node_ip_address())
+        return self._reads.address
+
+    def stop_reads(self) -> None:
+        """Close the read listener and its connections' listener (reads then come over Ray)."""
+        if self._reads is not None:
+            self._reads.close()
+
+    @_writing
     def restore(self, templates: Sequence[TemplateTuple], rows: Sequence[tuple[bytes, int, int]]) -> int:
         stored = [StoredTemplate(*t) for t in templates]
         self.gallery.restore(stored, list(rows), None)
@@ -85,6 +132,7 @@ class ShardReplica:
 
     # -- writes: staged here, replayed on every replica after the store commits -------
 
+    @_writing
     def stage_add(
         self, subjects: Sequence[str], messages: Sequence[bytes], replies: dict[bytes, bytes | None]
     ) -> dict[str, Any]:
@@ -98,15 +146,18 @@ class ShardReplica:
             self._replies.replies = {}
         return _plain(staged)
 
+    @_writing
     def stage_remove(self, subjects: Sequence[str]) -> dict[str, Any]:
         return _plain(self.gallery.stage_remove(list(subjects)))
 
+    @_writing
     def replay(self, change: Any, ids: Sequence[int]) -> int:
         self.gallery.replay(_owned(change), list(ids))
         return len(self.gallery)
 
     # -- reads ------------------------------------------------------------------
 
+    @_reading
     def nearest(self, code: bytes, reliability: bytes, want: int) -> tuple[list[int], list[float]]:
         """The ``want`` (store id, weighted distance) nearest the probe's code, nearest first."""
         found = self.gallery.codes.nearest(  # type: ignore[attr-defined]
@@ -114,15 +165,18 @@ class ShardReplica:
         )
         return [id_ for id_, _ in found], [d for _, d in found]
 
+    @_reading
     def decide_codes(self, subject: str, probe: bytes, threshold: float) -> bool:
         """1:1 of the ``hash`` scheme, decided here (no key holder)."""
         return self.gallery.decide(subject, ProbeMessage.from_bytes(probe), threshold)
 
+    @_reading
     def encrypted_scores(self, ids: Sequence[int], values: bytes) -> tuple[bytes, list[int]]:
         """Encrypted scores of a probe against the subjects stored under ``ids``, and those ids in score order."""
         request, order = self.gallery.encrypted_scores(list(ids), np.frombuffer(values, dtype="<i8"))  # type: ignore[attr-defined]
         return request.to_bytes(), order
 
+    @_reading
     def codes(self) -> tuple[list[int], bytes]:
         """Every code held, by store id (for calibration from codes)."""
         index = self.gallery.index
@@ -131,6 +185,7 @@ class ShardReplica:
         ids = np.sort(index.ids())
         return ids.tolist(), index.reconstruct(ids).tobytes()
 
+    @_reading
     def problems(self, templates: Sequence[TemplateTuple], rows: Sequence[tuple[bytes, int, int]]) -> list[str]:
         stored = {t[0]: StoredTemplate(*t) for t in templates}
         problems = self.gallery.problems(stored, list(rows))

@@ -42,6 +42,7 @@ class ShardedMatchingService(MatchingService):
         replicas: int = DEFAULT_REPLICAS,
         actor_options: Mapping[str, Any] | None = None,
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
+        direct_reads: bool = True,
         **options: Any,
     ) -> "ShardedMatchingService":
         """Open the store as :meth:`MatchingService.open` does, with its gallery on Ray.
@@ -53,12 +54,21 @@ class ShardedMatchingService(MatchingService):
         are Ray's options for each replica actor (default: no CPU reserved;
         the replicas of a shard on distinct nodes when the cluster has enough,
         unless these options carry a ``scheduling_strategy`` of their own); ``call_timeout`` the seconds after which a
-        replica that has not answered counts as lost.
+        replica that has not answered counts as lost. ``direct_reads`` sends identification's
+        calls to the replicas over TLS links of their own (certificates of a CA made in memory
+        for this opening) rather than as Ray calls, about 3 ms less per identification; turn it
+        off where the service's node cannot open connections to the replicas' nodes beyond
+        Ray's own ports (reads then go over Ray, as they also do whenever a link breaks).
         """
         check_count("replicas", replicas, MAX_REPLICAS)
         if not isinstance(call_timeout, (int, float)) or isinstance(call_timeout, bool) or not call_timeout > 0:
             raise InvalidInputError(f"call_timeout must be a positive number of seconds, got {call_timeout!r}")
-        cluster = {"shards": shards, "replicas": replicas, "actor_options": actor_options, "call_timeout": float(call_timeout)}
+        if not isinstance(direct_reads, bool):
+            raise InvalidInputError(f"direct_reads must be True or False, got {direct_reads!r}")
+        cluster = {
+            "shards": shards, "replicas": replicas, "actor_options": actor_options,
+            "call_timeout": float(call_timeout), "direct_reads": direct_reads,
+        }  # fmt: skip
         return super().open(directory, key, _cluster=cluster, **options)  # type: ignore[return-value]
 
     @staticmethod
@@ -79,6 +89,7 @@ class ShardedMatchingService(MatchingService):
             (profile.to_dict(), index, gallery_options),  # open_gallery drops what the scheme does not take
             actor_options=cluster["actor_options"],
             call_timeout=cluster["call_timeout"],
+            direct_reads=cluster["direct_reads"],
         )
         templates, rows = store.templates(), store.rows()
         layout = RowLayout.from_setting(store.meta(LAYOUT_SETTING), len(rows), shards)

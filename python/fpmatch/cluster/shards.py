@@ -13,11 +13,18 @@ is never let answer: a replica whose replay fails is dropped at once.
 
 Where each replica runs is :mod:`fpmatch.cluster.nodes`' rule: the replicas of
 a shard on distinct nodes when the cluster has enough (see :meth:`status`).
+
+Reads (:data:`~fpmatch.cluster.replica.READS`) go over each replica's own TLS
+link (:mod:`fpmatch.cluster.wire`) unless ``direct_reads`` is off; a link that
+breaks is given up and the call asked again over Ray, which tells a dead
+replica from a broken link. A link that does not answer in time counts as a
+replica lost, as a Ray call would.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import secrets
 import threading
 import time
@@ -28,7 +35,10 @@ from typing import Any, Callable, Mapping, Sequence
 from ..errors import FpmatchError, ShardUnavailableError, StoreClosedError
 from .nodes import NAMESPACE, NodeChooser, replica_name
 from .nodes import log as placement_log
-from .replica import ShardReplica, TemplateTuple
+from .replica import READS, ShardReplica, TemplateTuple
+from .wire import LinkBroken, LinkTimeout, ReadClient, server_name, tls_context
+
+log = logging.getLogger("fpmatch.cluster")
 
 #: Reads one shard's part of the store: (templates, rows in the shard's own order).
 ShardLoader = Callable[[int], "tuple[list[TemplateTuple], list[tuple[bytes, int, int]]]"]
@@ -60,6 +70,7 @@ class ShardReplicas:
         *,
         actor_options: Mapping[str, Any] | None = None,
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
+        direct_reads: bool = True,
     ) -> None:
         self._ray = require_ray()
         self.shards = shards
@@ -85,6 +96,15 @@ class ShardReplicas:
         self._guard: Callable[[], AbstractContextManager[Any]] | None = None
         self._attached = threading.Event()
         self.rejoined: list[tuple[int, float]] = []  # (shard, time.monotonic()) per replacement let in
+        self._links: dict[Any, ReadClient] = {}  # live replica -> the service's read link to it
+        self._linking: dict[Any, tuple[Any, str]] = {}  # started replica -> (its serve_reads call, its name)
+        self._ca = self._client_tls = None
+        if direct_reads:
+            from ..he.certs import MemoryCA
+
+            self._ca = MemoryCA(f"fpmatch replicas of {self.name}")
+            cert, key = self._ca.issue(f"service-{self.name}", client=True)
+            self._client_tls = tls_context(cert, key, self._ca.pem, server=False)
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -103,6 +123,7 @@ class ShardReplicas:
         for shard, handle, restored, node in pending:
             self._ray.get(restored)
             self._where[handle] = self._ray.get(node)
+            self._link(handle)
             self._live[shard].append(handle)
         self._warn_if_shared()
 
@@ -119,6 +140,7 @@ class ShardReplicas:
             thread.join()
         with self._lock:
             for handle in itertools.chain.from_iterable(self._live):
+                self._unlink(handle)
                 self._kill(handle)
             self._live = [[] for _ in range(self.shards)]
             self._where.clear()
@@ -163,6 +185,7 @@ class ShardReplicas:
         return {
             "service": self.name, "replicas": self.replicas, "placement": placement, "replicas_apart": apart,
             "live_nodes": sum(1 for node in self._ray.nodes() if node.get("Alive")),
+            "direct_reads": sum(1 for handle in self._where if handle in self._links),
             "shards": [{"shard": shard, "nodes": nodes} for shard, nodes in enumerate(shards)],
         }  # fmt: skip
 
@@ -173,23 +196,51 @@ class ShardReplicas:
         return self.fan_out({shard: (method, args)})[shard]
 
     def fan_out(self, calls: Mapping[int, tuple[str, tuple[Any, ...]]]) -> dict[int, Any]:
-        """One call per shard, all in flight at once; each fails over within its shard."""
+        """One call per shard, all in flight at once; each fails over within its shard. An error a
+        replica raised is raised here once every answer is in."""
         results: dict[int, Any] = {}
+        raised: Exception | None = None
         waiting = dict(calls)
         while waiting:
             sent = {}
             for shard, (method, args) in waiting.items():
                 handle = self._pick(shard)
-                sent[shard] = (handle, getattr(handle, method).remote(*args))
+                sent[shard] = (handle, self._send(handle, method, args))
             failed = {}
-            for shard, (handle, ref) in sent.items():
+            for shard, (handle, pending) in sent.items():
                 try:
-                    results[shard] = self._get(ref)
+                    results[shard] = self._receive(pending)
                 except _Lost:
                     self._drop(shard, handle)
                     failed[shard] = waiting[shard]
+                except LinkBroken as exc:
+                    log.warning("the read link to a replica of shard %d broke (%s): its reads go over Ray", shard, exc)
+                    self._unlink(handle)
+                    failed[shard] = waiting[shard]
+                except Exception as exc:  # the replica's own error: the others' answers are still read
+                    raised = raised or exc
             waiting = failed
+        if raised is not None:
+            raise raised
         return results
+
+    def _send(self, handle: Any, method: str, args: tuple[Any, ...]) -> tuple[ReadClient | None, Any]:
+        link = self._links.get(handle) if method in READS else None
+        if link is not None:
+            try:
+                return link, link.send(method, args)
+            except LinkBroken:
+                self._unlink(handle)
+        return None, getattr(handle, method).remote(*args)
+
+    def _receive(self, pending: tuple[ReadClient | None, Any]) -> Any:
+        link, sent = pending
+        if link is None:
+            return self._get(sent)
+        try:
+            return link.receive(sent)
+        except LinkTimeout as exc:
+            raise _Lost() from exc
 
     def ask_every(self, shard: int, method: str, *args: Any) -> list[Any]:
         """``method(*args)`` on every live replica of ``shard`` (those that fail are dropped)."""
@@ -248,7 +299,8 @@ class ShardReplicas:
         It avoids the nodes of the shard's live replicas and ``chosen``, and ``suspect`` if it can. A
         ``replacement``'s node is kept in ``_planned`` (the caller removes it) so that other
         replacements of the shard rebuilt at the same time keep away from it."""
-        options = dict(self._options, name=replica_name(self.name, shard, next(self._serial)), namespace=NAMESPACE)
+        serial = next(self._serial)
+        options = dict(self._options, name=replica_name(self.name, shard, serial), namespace=NAMESPACE)
         node = None
         if self._chooser is not None:
             with self._lock:
@@ -262,7 +314,32 @@ class ShardReplicas:
                 (self._shared.discard if apart else self._shared.add)(shard)
                 if node is not None and replacement:
                     self._planned[shard].append(node)
-        return self._actor.options(**options).remote(*self._body), node
+        handle = self._actor.options(**options).remote(*self._body)
+        if self._ca is not None:  # the listener starts before the restore (actor calls run in order)
+            name = server_name(f"shard-{shard}-replica-{serial}", self.name)
+            cert, key = self._ca.issue(name, hosts=[name])
+            self._linking[handle] = (handle.serve_reads.remote(cert, key, self._ca.pem), name)
+        return handle, node
+
+    def _link(self, handle: Any) -> None:
+        """Open the read link to a replica that has restored (reads stay on Ray when it cannot listen)."""
+        started = self._linking.pop(handle, None)
+        if started is None:
+            return
+        ref, name = started
+        try:
+            host, port = self._get(ref)
+        except Exception as exc:  # lost (its restore says so too) or could not listen
+            log.warning("a replica could not open its read link (%s): its reads go over Ray", exc)
+            return
+        assert self._client_tls is not None
+        self._links[handle] = ReadClient((host, port), name, self._client_tls, self._timeout)
+
+    def _unlink(self, handle: Any) -> None:
+        self._linking.pop(handle, None)
+        link = self._links.pop(handle, None)
+        if link is not None:
+            link.close()
 
     def _warn_if_shared(self) -> None:
         with self._lock:
@@ -287,6 +364,7 @@ class ShardReplicas:
                 return
             self._live[shard].remove(handle)
             lost_on = self._where.pop(handle, None)
+            self._unlink(handle)
             self._kill(handle)
             if self._stop.is_set():
                 return
@@ -315,6 +393,7 @@ class ShardReplicas:
                 handle, planned = self._spawn(shard, suspect=suspect, replacement=True)
                 self._get(handle.restore.remote(templates, rows))
                 node = self._get(handle.node.remote())
+                self._link(handle)
                 with self._lock:
                     for change, ids in log:  # writes committed while it restored
                         self._get(handle.replay.remote(change, ids))
@@ -336,6 +415,7 @@ class ShardReplicas:
                         self._planned[shard].remove(planned)
                         planned = None
                 if handle is not None:
+                    self._unlink(handle)
                     self._kill(handle)
 
 

@@ -34,8 +34,12 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    data = _key_pem(key)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
@@ -137,6 +141,25 @@ def certificate_fingerprint(pem: bytes) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
+class MemoryCA:
+    """A CA that lives in one process's memory and is never written down: for links whose two ends
+    that process sets up itself (a sharded service and its replicas). It dies with the process."""
+
+    def __init__(self, name: str) -> None:
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        self._cert = _issue(name, self._key, _name(name), self._key, ca=True, days=VALID_DAYS)
+
+    @property
+    def pem(self) -> bytes:
+        return self._cert.public_bytes(serialization.Encoding.PEM)
+
+    def issue(self, subject: str, *, client: bool = False, hosts: Sequence[str] = ()) -> tuple[bytes, bytes]:
+        """(certificate, private key) as PEM, for a server named ``hosts`` or a ``client``."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _issue(subject, key, self._cert.subject, self._key, client=client, hosts=hosts)
+        return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
 def make_test_pki(
     directory: str | os.PathLike[str], callers: Sequence[str] = ("matching-service",),
     hosts: Sequence[str] = ("localhost", "127.0.0.1"),
@@ -148,4 +171,4 @@ def make_test_pki(
     return issued
 
 
-__all__ = ["Issued", "certificate_fingerprint", "issue_client", "issue_server", "make_ca", "make_test_pki"]
+__all__ = ["Issued", "MemoryCA", "certificate_fingerprint", "issue_client", "issue_server", "make_ca", "make_test_pki"]
