@@ -114,7 +114,7 @@ def _shard_reads_agree_with_the_whole_store(service) -> None:
 
     store = service.store
     rows = store.rows()
-    layout = RowLayout.from_setting(store.meta(LAYOUT_SETTING), len(rows), service.shards)
+    layout = RowLayout.from_store(store.meta, len(rows), service.shards)
     whole = service._gallery.split_store(store.templates(), rows, layout)
     for shard in range(service.shards):
         part = service._read_shard(shard)
@@ -215,17 +215,18 @@ def test_the_row_layout_is_written_only_when_it_changes(tmp_path: Path, monkeypa
     with open_sharded(tmp_path / "s", ss.ManualClock(), "hybrid", shards=2, replicas=1) as svc:
         shard_of = svc.service._gallery.placement.shard_of
         first, *same_shard = [name for name in (f"p{i}" for i in range(40)) if shard_of(name) == shard_of("p0")][:4]
+        chunk = f"{LAYOUT_SETTING}.0"
         ss.enrol_people(svc, [first])  # the shard's first row
-        assert written.count(LAYOUT_SETTING) == 1
-        layout = svc.store.meta(LAYOUT_SETTING)
+        assert written.count(chunk) == 1
+        layout = svc.store.meta(chunk)
         written.clear()
         ss.enrol_people(svc, same_shard)  # slots of that row
         assert svc.withdraw(same_shard[0]) is True
-        assert LAYOUT_SETTING not in written and "generation" in written  # the writes happened, the layout was left
-        assert svc.store.meta(LAYOUT_SETTING) == layout
+        assert not [name for name in written if name.startswith(LAYOUT_SETTING)] and "generation" in written
+        assert svc.store.meta(chunk) == layout  # the writes happened, the layout was left
         other = next(name for name in (f"q{i}" for i in range(40)) if shard_of(name) != shard_of("p0"))
         ss.enrol_people(svc, [other])  # the other shard's first row: a new layout
-        assert written.count(LAYOUT_SETTING) == 1 and len(svc.store.meta(LAYOUT_SETTING)) == len(layout) + 1
+        assert written.count(chunk) == 1 and len(svc.store.meta(chunk)) == len(layout) + 1
         ss.calibrate(svc)
         assert svc.identify(ss.sample(same_shard[1], 1), "entry", 1)[0].subject == same_shard[1]
 
@@ -274,3 +275,37 @@ def test_attested_identification_on_shards_agrees_with_a_single_service(tmp_path
     finally:
         for service in services:
             service.close()
+
+
+def test_a_layout_over_many_chunks_and_one_of_earlier_versions_reopen_with_the_same_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The layout kept in chunks (one row each here) is read back whole; a store holding the one
+    layout setting of earlier versions opens as it did and is moved to chunks at its next new row."""
+    from fpmatch.cluster import placement
+
+    monkeypatch.setattr(placement, "LAYOUT_CHUNK", 1)
+    clock = ss.ManualClock()
+    names = [f"p{i}" for i in range(48)]
+    probes = _probes(names[::6])
+    with open_sharded(tmp_path / "s", clock, "hybrid", shards=2, replicas=1) as svc:
+        populate([svc], names)
+        expected = answers(svc, probes)
+        rows = svc.store.row_count()
+        assert rows >= 2 and svc.store.meta(f"{LAYOUT_SETTING}.{rows - 1}") is not None
+        entries = svc.service._gallery.layout.entries
+        with svc.store.transaction() as tx:  # as an earlier version wrote it
+            tx.set_meta(LAYOUT_SETTING, [list(entry) for entry in entries])
+            for chunk in range(rows):
+                tx.set_meta(f"{LAYOUT_SETTING}.{chunk}", None)
+    with open_sharded(tmp_path / "s", clock, "hybrid", replicas=1) as svc:
+        assert answers(svc, probes) == expected and svc.check_integrity().ok
+        newcomers = [f"new-{i}" for i in range(64)]
+        ss.enrol_people(svc, newcomers)
+        assert svc.store.row_count() > rows and svc.store.meta(LAYOUT_SETTING) is None
+        assert all(svc.store.meta(f"{LAYOUT_SETTING}.{chunk}") for chunk in range(svc.store.row_count()))
+        expected = answers(svc, probes)
+    with open_sharded(tmp_path / "s", clock, "hybrid", replicas=1) as svc:
+        assert svc.service._gallery.layout.entries[:rows] == entries
+        assert answers(svc, probes) == expected and svc.check_integrity().ok
+        assert svc.identify(ss.sample("new-5", 1), "entry")[0].subject == "new-5"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fpmatch.cluster import Placement, RowLayout
+from fpmatch.cluster import Placement, RowLayout, placement
 from fpmatch.cluster.nodes import able_nodes, choose, demand
 from fpmatch.errors import InvalidInputError, StoreFormatError
 
@@ -23,18 +23,45 @@ def test_placement_is_keyed_and_balanced() -> None:
         Placement(b"k" * 32, 0)
 
 
-def test_row_layout_numbers_rows_in_order_they_were_written() -> None:
-    layout = RowLayout().extended(1, [0]).extended(0, [1, 0]).extended(1, [1, 0])
+def test_row_layout_numbers_rows_in_order_they_were_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(placement, "LAYOUT_CHUNK", 2)
+    layout, settings, written = RowLayout(), {}, []
+    for shard, locals_ in [(1, [0]), (0, [1, 0]), (1, [1, 0])]:
+        pending = layout.fresh(shard, locals_)
+        written.append(sorted(layout.settings_for(pending)))
+        settings.update(layout.settings_for(pending))
+        layout.append(pending)
     assert layout.entries == [(1, 0), (0, 0), (0, 1), (1, 1)]
     assert layout.of_shard(0, ["a", "b", "c", "d"]) == ["b", "c"]
-    assert RowLayout.from_setting(layout.setting(), 4, 2).entries == layout.entries
+    assert settings == {"cluster_rows.0": [[1, 0], [0, 0]], "cluster_rows.1": [[0, 1], [1, 1]]}
+    assert written[-1] == ["cluster_rows.1"]  # only the chunk the new row falls in
+    assert layout.fresh(0, [0, 1, 2], [(0, 2)]) == [] and layout.fresh(0, [3, 2]) == [(0, 2), (0, 3)]
+    assert RowLayout.from_store(settings.get, 4, 2).entries == layout.entries
     assert RowLayout.from_setting(None, 3, 1).entries == [(0, 0), (0, 1), (0, 2)]
+    assert RowLayout.from_store({}.get, 3, 1).entries == [(0, 0), (0, 1), (0, 2)]
     with pytest.raises(StoreFormatError):
         RowLayout.from_setting(None, 3, 2)
     with pytest.raises(StoreFormatError):
         RowLayout.from_setting([[0, 0], [0, 0]], 2, 1)
     with pytest.raises(StoreFormatError):
         RowLayout.from_setting([[0, 0]], 2, 1)
+    for broken in ({"cluster_rows.0": [[1, 0], [0, 0]]}, {**settings, "cluster_rows.1": "x"}, {**settings, "cluster_rows.0": [[1, 0]] * 3}):
+        with pytest.raises(StoreFormatError):
+            RowLayout.from_store(broken.get, 4, 2)
+
+
+def test_a_layout_of_earlier_versions_is_rewritten_in_chunks_at_its_next_new_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(placement, "LAYOUT_CHUNK", 2)
+    settings: dict = {"cluster_rows": [[1, 0], [0, 0], [0, 1]]}
+    layout = RowLayout.from_store(settings.get, 3, 2)
+    assert layout.entries == [(1, 0), (0, 0), (0, 1)]
+    assert layout.settings_for([]) == {"cluster_rows.0": [[1, 0], [0, 0]], "cluster_rows.1": [[0, 1]], "cluster_rows": None}
+    pending = layout.fresh(1, [1])
+    settings.update(layout.settings_for(pending))
+    layout.append(pending)
+    assert settings == {"cluster_rows": None, "cluster_rows.0": [[1, 0], [0, 0]], "cluster_rows.1": [[0, 1], [1, 1]]}
+    assert RowLayout.from_store(settings.get, 4, 2).entries == layout.entries
+    assert sorted(layout.settings_for(layout.fresh(0, [2]))) == ["cluster_rows.2"]
 
 
 def test_replicas_go_to_the_least_loaded_node_away_from_their_shard() -> None:

@@ -215,6 +215,31 @@ def test_decisions(holder: KeyHolder, setup: dict) -> None:
     assert gallery.identify(probes[1], holder, 0.99, caller="svc") == []
 
 
+def test_requests_joined_as_bytes_are_decided_as_one(holder: KeyHolder, setup: dict) -> None:
+    """What a sharded service sends: the shards' requests joined without building their arrays."""
+    from fpmatch.he.scores import join_requests
+
+    gallery, near = setup["gallery"], setup["near"]
+    parts = [gallery.verification_request(s, near).to_bytes() for s in ("s1", "s0", "s2")]
+    joined = join_requests(parts)
+    assert holder.decide(joined, 0.5, caller="svc") == [False, True, False]
+    context = PublicContext(holder.public_context())
+    ring = context.ring
+    read = [EncryptedScores.from_bytes(p, key_id=context.key_id, n=ring.n, q=ring.q) for p in parts]
+    whole = EncryptedScores.from_bytes(joined, key_id=context.key_id, n=ring.n, q=ring.q)
+    assert np.array_equal(whole.a, np.concatenate([r.a for r in read]))
+    assert np.array_equal(whole.b, np.concatenate([r.b for r in read]))
+    offsets = np.cumsum([0] + [r.a.shape[0] for r in read[:-1]])
+    assert np.array_equal(whole.row, np.concatenate([r.row + o for r, o in zip(read, offsets)]))
+    assert join_requests(parts[:1]) == parts[0]
+    other_key = parts[1][:8] + bytes(8) + parts[1][16:]
+    with pytest.raises(KeyMismatchError):
+        join_requests([parts[0], other_key])
+    for broken in (parts[1][:-8], parts[1][:20], b"FPHESC02" + parts[1][8:]):
+        with pytest.raises(CiphertextFormatError):
+            join_requests([parts[0], broken])
+
+
 def test_key_holder_never_returns_raw_decryptions(holder: KeyHolder, setup: dict) -> None:
     assert isinstance(holder, ScoreDecider)
     public_api = {name for name in dir(holder) if not name.startswith("_")}

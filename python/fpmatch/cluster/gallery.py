@@ -30,7 +30,7 @@ from ..galleries import ProtectedGallery, Staged, StoredRow, StoredTemplate
 from ..galleries.codes import CodeTable, weighted_score
 from ..galleries.hashed import default_shortlist
 from ..he.errors import RateLimitExceededError
-from .placement import LAYOUT_SETTING, Placement, RowLayout
+from .placement import Placement, RowLayout
 from .replica import TemplateTuple
 from .shards import ShardReplicas
 
@@ -61,12 +61,6 @@ class ShardedGallery(ProtectedGallery):
         self._shortlist_depth = default_shortlist(profile) if shortlist is None else shortlist
         self._decider = decider
         self._caller = caller
-        self._context = None
-        if profile.encrypted:
-            from ..he.context import PublicContext
-
-            assert profile.he_context is not None
-            self._context = PublicContext(profile.he_context)
         self._count = [0] * placement.shards
 
     @property
@@ -115,20 +109,19 @@ class ShardedGallery(ProtectedGallery):
                     staged[shard] = result
         n = len(subjects)
         out = Staged(codes=[None] * n, slots=[None] * n, sealed=[None] * n)
-        layout = self.layout
         for shard, positions in parts.items():
             result = staged[shard]
             for i, p in enumerate(positions):
                 out.codes[p], out.slots[p], out.sealed[p] = result["codes"][i], result["slots"][i], (result["sealed"] or [None] * len(positions))[i]
-            layout = self._place_rows(out, shard, result, layout)
             out.resealed.update(result["resealed"])
+        pending = self._place_rows(out, {shard: staged[shard] for shard in parts})
 
         def apply(ids: Sequence[int]) -> None:
             for shard, positions in parts.items():
                 self.replicas.replay(shard, staged[shard]["change"], [ids[p] for p in positions])
                 self._count[shard] += len(positions)
             self._bind(subjects, ids)
-            self.layout = layout
+            self.layout.append(pending)
 
         out.apply = apply
         return out
@@ -140,32 +133,34 @@ class ShardedGallery(ProtectedGallery):
         calls = {shard: ("stage_remove", ([subjects[p] for p in positions],)) for shard, positions in parts.items()}
         staged = self.replicas.fan_out(calls)
         out = Staged()
-        layout = self.layout
         for shard in parts:
             out.erased += staged[shard]["erased"]
-            layout = self._place_rows(out, shard, staged[shard], layout)
+        pending = self._place_rows(out, {shard: staged[shard] for shard in parts})
 
         def apply(_: Sequence[int]) -> None:
             for shard, positions in parts.items():
                 self.replicas.replay(shard, staged[shard]["change"], [])
                 self._count[shard] -= len(positions)
             self._unbind(subjects)
-            self.layout = layout
+            self.layout.append(pending)
 
         out.apply = apply
         return out
 
-    def _place_rows(self, out: Staged, shard: int, result: Mapping[str, Any], layout: RowLayout) -> RowLayout:
-        """The shard's written rows under their stored numbers (new rows numbered after every existing one)."""
-        local_rows = result["rows"]
-        extended = layout.extended(shard, list(local_rows))
-        for local, stored in local_rows.items():
-            row = extended.stored(shard, local)
-            assert row is not None
-            out.rows[row] = stored
-        if extended is not layout:
-            out.settings[LAYOUT_SETTING] = extended.setting()
-        return extended
+    def _place_rows(self, out: Staged, results: Mapping[int, Mapping[str, Any]]) -> list[tuple[int, int]]:
+        """The shards' written rows under their stored numbers, rows new to the layout numbered after
+        every existing one, and the settings recording them; returns those new (shard, local) rows."""
+        layout, pending = self.layout, []
+        for shard, result in results.items():
+            pending += layout.fresh(shard, list(result["rows"]), pending)
+        numbers = {entry: len(layout.entries) + i for i, entry in enumerate(pending)}
+        for shard, result in results.items():
+            for local, stored in result["rows"].items():
+                row = layout.stored(shard, local)
+                out.rows[numbers[(shard, local)] if row is None else row] = stored
+        if pending:
+            out.settings.update(layout.settings_for(pending))
+        return pending
 
     def _reclaim(self, request: bytes) -> bytes | None:
         if self._decider is None:
@@ -247,17 +242,12 @@ class ShardedGallery(ProtectedGallery):
         order = [id_ for s in sorted(parts) for id_ in parts[s][1]]
         return self._best(self._joined({s: parts[s][0] for s in parts}), order, k, threshold)
 
-    def _joined(self, parts: Mapping[int, bytes]) -> bytes:
+    @staticmethod
+    def _joined(parts: Mapping[int, bytes]) -> bytes:
         """One request from the shards' requests, in shard order."""
-        from ..he.scores import EncryptedScores
+        from ..he.scores import join_requests
 
-        if len(parts) == 1:
-            return next(iter(parts.values()))
-        context = self._context
-        assert context is not None
-        ring = context.ring
-        scores = [EncryptedScores.from_bytes(parts[s], key_id=context.key_id, n=ring.n, q=ring.q) for s in sorted(parts)]
-        return EncryptedScores.join(scores).to_bytes()
+        return join_requests([parts[s] for s in sorted(parts)])
 
     def _best(self, request: bytes, order: list[int], k: int, threshold: float) -> list[str]:
         positions = self._key_holder().best(request, threshold, min(k, len(order)), caller=self._caller)

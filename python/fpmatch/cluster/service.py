@@ -18,7 +18,7 @@ from ..keys import ServiceKey
 from ..service import SHARDS_SETTING, MatchingService, check_decider
 from ..store import Store
 from .gallery import ShardedGallery, template_tuple
-from .placement import LAYOUT_SETTING, MAX_SHARDS, Placement, RowLayout, check_count
+from .placement import MAX_SHARDS, Placement, RowLayout, check_count
 from .shards import DEFAULT_CALL_TIMEOUT, ShardReplicas
 
 #: Replicas per shard unless told otherwise.
@@ -92,7 +92,7 @@ class ShardedMatchingService(MatchingService):
             direct_reads=cluster["direct_reads"],
         )
         templates, rows = store.templates(), store.rows()
-        layout = RowLayout.from_setting(store.meta(LAYOUT_SETTING), len(rows), shards)
+        layout = RowLayout.from_store(store.meta, len(rows), shards)
         gallery = ShardedGallery(
             profile,
             Placement(store._key.subkey("cluster-placement"), shards),
@@ -123,7 +123,7 @@ class ShardedMatchingService(MatchingService):
         subjects' rows and its ciphertext rows only, read from the store."""
         store, gallery = self._store, self._gallery
         stored_rows = store.row_count()
-        layout = RowLayout.from_setting(store.meta(LAYOUT_SETTING), stored_rows, gallery.shards)
+        layout = RowLayout.from_store(store.meta, stored_rows, gallery.shards)
         rows = store.rows(layout.numbers_of(shard, stored_rows))
         return [template_tuple(t) for t in store.templates(gallery.ids_on(shard))], rows
 

@@ -83,7 +83,7 @@ def write_frame(conn: socket.socket, payload: bytes) -> None:
         conn.sendall(payload)
 
 
-def read_frame(conn: socket.socket, limit: int) -> bytes | None:
+def read_frame(conn: socket.socket, limit: int) -> bytearray | None:
     """One frame's payload; None when the peer closed the connection between frames."""
     head = _read_exactly(conn, _LENGTH.size, eof_ok=True)
     if head is None:
@@ -91,7 +91,7 @@ def read_frame(conn: socket.socket, limit: int) -> bytes | None:
     (size,) = _LENGTH.unpack(head)
     if size > limit:
         raise LinkBroken(f"a frame of {size} bytes is over the limit of {limit}")
-    return bytes(_read_exactly(conn, size) or b"")
+    return _read_exactly(conn, size) or bytearray()
 
 
 def _read_exactly(conn: socket.socket, size: int, eof_ok: bool = False) -> bytearray | None:
@@ -113,7 +113,7 @@ def _pack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
 
 
-def _unpack(payload: bytes) -> Any:
+def _unpack(payload: bytes | bytearray) -> Any:
     import msgpack
 
     return msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
@@ -186,7 +186,7 @@ class ReadServer:
             if conn is not None:
                 self._open.add(conn)
 
-    def _reply(self, request: bytes) -> bytes:
+    def _reply(self, request: bytearray) -> bytes:
         try:
             try:
                 message = _unpack(request)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -49,23 +49,6 @@ class EncryptedScores:
     @property
     def n(self) -> int:
         return int(self.a.shape[1])
-
-    @classmethod
-    def join(cls, parts: "list[EncryptedScores]") -> "EncryptedScores":
-        """One request holding every score of ``parts`` in order (parts made under one key)."""
-        first = parts[0]
-        if any((p.key_id, p.scale_bits, p.q, p.n) != (first.key_id, first.scale_bits, first.q, first.n) for p in parts):
-            raise KeyMismatchError("encrypted scores made under different keys or scales cannot be joined")
-        offsets = np.cumsum([0] + [p.a.shape[0] for p in parts[:-1]])
-        return cls(
-            first.key_id,
-            first.scale_bits,
-            first.q,
-            np.concatenate([p.a for p in parts]),
-            np.concatenate([p.b for p in parts]),
-            np.concatenate([p.index for p in parts]),
-            np.concatenate([p.row + offset for p, offset in zip(parts, offsets.tolist())]),
-        )
 
     def to_bytes(self) -> bytes:
         """The request as bytes (see the module notes)."""
@@ -114,6 +97,46 @@ class EncryptedScores:
         if not ((index >= 0) & (index < n)).all() or not ((row >= 0) & (row < rows)).all():
             raise CiphertextFormatError("score positions out of range")
         return cls(key_id, int(scale_bits), q, a.reshape(rows, n), b, index, row)
+
+
+def join_requests(parts: Sequence[bytes]) -> bytes:
+    """One request holding every score of ``parts`` (requests as bytes, made under one key) in order.
+
+    Only headers and lengths are checked here, and no array is built: the key
+    holder parses and checks the joined request in full.
+    """
+    heads = [_head(part) for part in parts]
+    if len(parts) == 1:
+        return bytes(parts[0])
+    first = heads[0]
+    if any(head[:5] != first[:5] for head in heads):
+        raise KeyMismatchError("encrypted scores made under different keys or scales cannot be joined")
+    n = first[3]
+    sections: list[list[Any]] = [[], [], [], []]  # a, b, index, row
+    rows = 0
+    for part, (*_, part_rows, count) in zip(parts, heads):
+        view, offset = memoryview(part), _HEADER.size
+        for i, size in enumerate((part_rows * n, count, count)):
+            sections[i].append(view[offset : offset + 8 * size])
+            offset += 8 * size
+        sections[3].append(np.frombuffer(part, dtype="<i8", count=count, offset=offset) + rows)
+        rows += part_rows
+    header = _HEADER.pack(*first[:5], rows, sum(head[6] for head in heads))
+    row = np.concatenate(sections[3]).astype("<i8").tobytes()
+    return b"".join([header, *sections[0], *sections[1], *sections[2], row])
+
+
+def _head(part: bytes) -> tuple[Any, ...]:
+    """A request's header, checked against its length."""
+    if len(part) < _HEADER.size:
+        raise CiphertextFormatError(f"encrypted scores of {len(part)} bytes: truncated")
+    head = _HEADER.unpack_from(part)
+    magic, _, _, n, _, rows, count = head
+    if magic != _MAGIC:
+        raise CiphertextFormatError("not fpmatch encrypted scores (bad magic)")
+    if len(part) != _HEADER.size + 8 * (rows * n + 3 * count):
+        raise CiphertextFormatError(f"encrypted scores have {len(part)} bytes, the header says otherwise")
+    return head
 
 
 def scores_under(
