@@ -20,6 +20,7 @@ ineligible is searched deeper, as a single gallery does.
 
 from __future__ import annotations
 
+import heapq
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -195,9 +196,10 @@ class ShardedGallery(ProtectedGallery):
             found = self._nearest(probe, k, eligible)
             return [self._names[id_] for id_, d in found if weighted_score(d) >= threshold]
         # Two rounds: the shards' shortlists (ids and distances: small) are merged first, then only
-        # the shards holding the merged candidates encrypt their scores. One round, each shard
-        # sending the scores of its whole shortlist, moved S times the ciphertext bytes and was
-        # slower at every shard count measured (README, "Many machines").
+        # the shards holding the merged candidates encrypt their scores. Scoring in the first round
+        # (each shard's whole shortlist, or 1.5 times its share of the candidates) moved more
+        # ciphertext bytes and scored more than the second round costs over the replicas' links:
+        # slower at 2 and 4 shards, no faster at 1 (README, "Many machines").
         found = self._nearest(probe, max(k, self.candidates), eligible)
         if not found:
             return []
@@ -212,19 +214,36 @@ class ShardedGallery(ProtectedGallery):
         return [id_ for id_, _ in self._nearest(probe, want, eligible)]
 
     def _nearest(self, probe: ProbeMessage, want: int, eligible: Callable[[str], bool]) -> list[tuple[int, float]]:
-        """The ``want`` eligible (id, weighted distance) nearest the probe over every shard, nearest first."""
+        """The ``want`` eligible (id, weighted distance) nearest the probe over every shard, nearest first.
+
+        The shards' lists are walked merged, nearest first (ties by id), and only what is walked is
+        checked for eligibility; a shard whose list is used up while more are wanted, and which holds
+        more, is asked again four times deeper and the walk starts over."""
         code = probe.code.tobytes()  # type: ignore[union-attr]
         reliability = np.ascontiguousarray(probe.reliability, dtype="<f4").tobytes()
         depth = {s: min(self._count[s], max(want, 16)) for s in range(self.shards) if self._count[s]}
-        found: dict[int, list[tuple[int, float]]] = {}
-        while depth:
-            results = self.replicas.fan_out({s: ("nearest", (code, reliability, d)) for s, d in depth.items()})
-            for shard, (ids, distances) in results.items():
-                found[shard] = [(i, d) for i, d in zip(ids, distances) if self._eligible_id(i, eligible)]
-            # deeper only where ineligible subjects filled the list and more are held
-            depth = {s: min(self._count[s], d * 4) for s, d in depth.items() if len(found[s]) < want and d < self._count[s]}
-        merged = sorted((d, i) for part in found.values() for i, d in part)
-        return [(i, d) for d, i in merged[:want]]
+        lists: dict[int, list[tuple[float, int, int]]] = {}
+        verdicts: dict[int, bool] = {}
+        found: list[tuple[int, float]] = []
+        asking = dict(depth)
+        while asking:
+            for shard, (ids, distances) in self.replicas.fan_out({s: ("nearest", (code, reliability, d)) for s, d in asking.items()}).items():
+                lists[shard] = sorted((d, i, shard) for i, d in zip(ids, distances))
+            found = []
+            left = {shard: len(items) for shard, items in lists.items()}
+            asking = {}
+            for distance, id_, shard in heapq.merge(*lists.values()):
+                if id_ not in verdicts:
+                    verdicts[id_] = self._eligible_id(id_, eligible)
+                if verdicts[id_]:
+                    found.append((id_, distance))
+                    if len(found) == want:
+                        return found
+                left[shard] -= 1
+                if not left[shard] and len(lists[shard]) == depth[shard] < self._count[shard]:
+                    depth[shard] = asking[shard] = min(self._count[shard], depth[shard] * 4)
+                    break
+        return found
 
     def _search_all(self, probe: ProbeMessage, k: int, threshold: float, eligible: Callable[[str], bool]) -> list[str]:
         by_shard: dict[int, list[int]] = {}
