@@ -66,6 +66,7 @@ def seeds(public_context: bool = False) -> dict[str, list[bytes]]:
         gallery.save(Path(tmp) / "gallery.fpg")
         out["gallery_file"] = [(Path(tmp) / "gallery.fpg").read_bytes()]
     out["http_request"] = http_seeds(rng)
+    out["replica_read"] = replica_seeds(edge, template[1])
     if public_context:
         context = targets.keyholder().public_context()
         out["public_context"] = [context]
@@ -91,6 +92,22 @@ def attested_seed(pid: str, values: np.ndarray, rng: np.random.Generator) -> byt
     ).tobytes()
     template = SignedTemplate(pid, "00112233445566ff", bytes(32), ciphertext, signature).to_bytes()
     return AttestedRequest(probe.to_bytes(), [template, template]).to_bytes()
+
+
+def replica_seeds(edge: CaptureEdge, template: np.ndarray) -> list[bytes]:
+    """Each read, as the service sends it, to the hash replica (first byte even) and the hybrid one."""
+    import msgpack
+
+    probe = edge.probe(template)
+    code, reliability = probe.code.tobytes(), np.ascontiguousarray(probe.reliability, dtype="<f4").tobytes()
+    values = np.arange(16, dtype="<i8").tobytes()
+    return [
+        b"\x00" + msgpack.packb(["ping", []]),
+        b"\x00" + msgpack.packb(["nearest", [code, reliability, 2]]),
+        b"\x00" + msgpack.packb(["decide_codes", ["ann", probe.to_bytes(), 0.5]]),
+        b"\x01" + msgpack.packb(["nearest", [bytes(range(128)), np.ones(1024, dtype="<f4").tobytes(), 3]]),  # 1,024 bits
+        b"\x01" + msgpack.packb(["encrypted_scores", [[2, 0], values]]),
+    ]
 
 
 def http_seeds(rng: np.random.Generator) -> list[bytes]:

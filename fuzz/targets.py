@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+import msgpack
+
 from fpmatch import EnrolmentRecord, Gallery, HashKey, ProbeMessage, ServiceKey, load_index
 from fpmatch.attestation import ProbeAttestation, SignedTemplate
 from fpmatch.errors import FpmatchError
@@ -32,6 +34,8 @@ from fpmatch.he.ledger import Budgets, Ledger
 from fpmatch.he.server import KeyHolderService, lifted_rate
 from fpmatch.api.app import create_app
 from fpmatch.api.tokens import TokenStore
+from fpmatch.cluster.replica import ShardReplica
+from fpmatch.cluster.wire import error_class, reply_to
 
 # Every parser is imported above, not in its target: the fuzzer instruments modules as they are imported.
 
@@ -323,6 +327,44 @@ def _api() -> tuple:
     return _API[0]
 
 
+def replica_read(data: bytes) -> None:
+    """A read as a shard replica's link receives it from a certified peer: the first byte picks a
+    ``hash`` or a ``hybrid`` replica (a few subjects each), the rest is the frame's payload.
+
+    Every reply is an answer or an fpmatch error, and the replica's subjects are unchanged.
+    """
+    if not data:
+        return
+    replica = _replicas()[data[0] % 2]
+    reply = msgpack.unpackb(reply_to(data[1:], replica.read), raw=False)
+    assert reply[0] == 0 or issubclass(error_class(reply[1]) or Exception, FpmatchError), reply
+    assert replica.ping() == len(REPLICA_SUBJECTS)
+
+
+#: The subjects of the replica_read target's replicas, stored under ids 0, 1, 2.
+REPLICA_SUBJECTS = ("ann", "bob", "cat")
+
+
+def _replicas() -> list:
+    """A hash and a hybrid shard replica holding REPLICA_SUBJECTS (made once)."""
+    if not _REPLICAS:
+        import numpy as np
+
+        from fpmatch import CaptureEdge
+
+        templates = np.random.default_rng(3).standard_normal((len(REPLICA_SUBJECTS), 16)).astype(np.float32)
+        for edge in (api_edge(), CaptureEdge(HASH_KEY, 16, scheme="hybrid", public_context=keyholder().public_context())):
+            replica = ShardReplica(edge.profile.to_dict(), "flat", {})
+            messages = [edge.enrolment(t).to_bytes() for t in templates]
+            staged = replica.stage_add(list(REPLICA_SUBJECTS), messages, {})
+            replica.replay(staged["change"], list(range(len(REPLICA_SUBJECTS))))
+            _REPLICAS.append(replica)
+    return _REPLICAS
+
+
+_REPLICAS: list = []
+
+
 def api_edge() -> "CaptureEdge":
     from fpmatch import CaptureEdge
 
@@ -345,6 +387,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "store_file": store_file,
     "keyholder_request": keyholder_request,
     "http_request": http_request,
+    "replica_read": replica_read,
 }
 
 

@@ -123,21 +123,28 @@ def test_hostile_frames_from_a_certified_peer_get_errors_and_change_nothing(tmp_
                 reply = read_frame(conn, 1 << 26)
                 return None if reply is None else msgpack.unpackb(reply, raw=False)
 
-        for payload, error in [
-            (b"\xc1 not msgpack", "InvalidInputError"),
-            (msgpack.packb({"method": "nearest"}), "InvalidInputError"),
-            (msgpack.packb(["stage_remove", [["p0"]]]), "InvalidInputError"),  # writes go over Ray only
-            (msgpack.packb(["replay", [["remove", ["p0"], [1], [0]], []]]), "InvalidInputError"),
-            (msgpack.packb(["__init__", [{}, "flat", {}]]), "InvalidInputError"),
-            (msgpack.packb(["nearest", ["code", 7]]), "TypeError"),
-            (msgpack.packb(["encrypted_scores", [[10**9], b"\x00" * 8]]), None),
-            (msgpack.packb(["decide_codes", ["nobody", b"junk", "high"]]), None),
-            (msgpack.packb([[[[[[[[[[]]]]]]]]], [] * 3]), "InvalidInputError"),
+        values = b"\x00" * 8 * ss.DIM
+        for payload in [
+            b"\xc1 not msgpack",
+            msgpack.packb({"method": "nearest"}),
+            msgpack.packb(["stage_remove", [["p0"]]]),  # writes go over Ray only
+            msgpack.packb(["replay", [["remove", ["p0"], [1], [0]], []]]),
+            msgpack.packb(["__init__", [{}, "flat", {}]]),
+            msgpack.packb(["read", ["ping", []]]),
+            msgpack.packb(["nearest", ["code", 7]]),
+            msgpack.packb(["nearest", [b"code", b"\x00" * 4, True]]),
+            msgpack.packb(["nearest", [b"\x00", b"\x00" * 4, 3]]),  # a code of the wrong length
+            msgpack.packb(["encrypted_scores", [[10**9], values]]),  # no such subject
+            msgpack.packb(["encrypted_scores", [["p0"], values]]),
+            msgpack.packb(["encrypted_scores", [[1], values[:7]]]),
+            msgpack.packb(["encrypted_scores", [[1], values[:8]]]),  # values of the wrong dimension
+            msgpack.packb(["encrypted_scores", [[], values]]),
+            msgpack.packb(["decide_codes", ["p0", b"junk", 0.5]]),  # 1:1 under encryption is the key holder's
+            msgpack.packb(["decide_codes", ["nobody", b"junk", "high"]]),
+            msgpack.packb([[[[[[[[[[]]]]]]]]], []]),
         ]:
             reply = ask(payload)
-            assert reply is not None and reply[0] == 1, (payload, reply)
-            if error is not None:
-                assert reply[1] == error, reply
+            assert reply is not None and reply[0] == 1 and reply[1] == "InvalidInputError", (payload, reply)
         # a frame over the limit ends the connection without reading it
         with _handshake(address, context, link._name) as conn:
             read_frame(conn, 1 << 20)

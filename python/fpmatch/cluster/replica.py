@@ -25,14 +25,21 @@ import numpy as np
 
 from ..edge import EdgeProfile, EnrolmentRecord, ProbeMessage
 from ..galleries import StoredTemplate, open_gallery
+from ..errors import InvalidInputError
 from ..he.errors import RateLimitExceededError
 from ..service.locks import ReadWriteLock
 from .wire import ReadServer, tls_context
 
 #: What a replica's restore takes per subject: (subject, store id, code, slot, sealed part).
 TemplateTuple = tuple[str, int, "bytes | None", "int | None", "bytes | None"]
-#: The calls the service may make over a replica's own TLS link (everything else goes over Ray).
-READS = frozenset({"ping", "nearest", "encrypted_scores", "decide_codes"})
+#: The calls the service may make over a replica's own TLS link (everything else goes over Ray), and
+#: the type of each argument.
+READS: dict[str, tuple[type | tuple[type, ...], ...]] = {
+    "ping": (),
+    "nearest": (bytes, bytes, int),
+    "encrypted_scores": (list, bytes),
+    "decide_codes": (str, bytes, (int, float)),
+}
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
@@ -116,8 +123,17 @@ class ShardReplica:
 
         if self._reads is None:
             context = tls_context(cert, key, ca, server=True)
-            self._reads = ReadServer(lambda method, args: getattr(self, method)(*args), READS, context, ray.util.get_node_ip_address())
+            self._reads = ReadServer(self.read, context, ray.util.get_node_ip_address())
         return self._reads.address
+
+    def read(self, method: str, args: list[Any]) -> Any:
+        """One of :data:`READS` as its link asks it: every argument's type checked first."""
+        types = READS.get(method) if isinstance(method, str) else None
+        if types is None:
+            raise InvalidInputError(f"{method!r} is not a read this replica answers")
+        if len(args) != len(types) or any(isinstance(a, bool) or not isinstance(a, t) for a, t in zip(args, types)):
+            raise InvalidInputError(f"{method} takes ({', '.join(getattr(t, '__name__', 'number') for t in types)})")
+        return getattr(self, method)(*args)
 
     def stop_reads(self) -> None:
         """Close the read listener and its connections' listener (reads then come over Ray)."""
@@ -168,11 +184,20 @@ class ShardReplica:
     @_reading
     def decide_codes(self, subject: str, probe: bytes, threshold: float) -> bool:
         """1:1 of the ``hash`` scheme, decided here (no key holder)."""
+        if self.profile.encrypted:
+            raise InvalidInputError("1:1 under encryption is decided by the key holder, not by a shard")
         return self.gallery.decide(subject, ProbeMessage.from_bytes(probe), threshold)
 
     @_reading
     def encrypted_scores(self, ids: Sequence[int], values: bytes) -> tuple[bytes, list[int]]:
         """Encrypted scores of a probe against the subjects stored under ``ids``, and those ids in score order."""
+        if not self.profile.encrypted:
+            raise InvalidInputError(f"a shard of the {self.profile.scheme} scheme holds no ciphertexts")
+        unknown = [id_ for id_ in ids if not isinstance(id_, int) or isinstance(id_, bool) or not self.gallery.holds_id(id_)]
+        if unknown:
+            raise InvalidInputError(f"no subject is stored under id(s) {unknown[:5]!r} on this shard")
+        if len(values) % 8:
+            raise InvalidInputError(f"probe values are 8-byte integers, got {len(values)} bytes")
         request, order = self.gallery.encrypted_scores(list(ids), np.frombuffer(values, dtype="<i8"))  # type: ignore[attr-defined]
         return request.to_bytes(), order
 

@@ -15,9 +15,10 @@ service checks the name, so one replica cannot stand in for another.
 
 A frame is a 4-byte little-endian length and that many bytes of msgpack:
 ``[method, args]`` asked, ``[0, result]`` or ``[1, error class, message]``
-answered. Only the methods a replica lists as reads are answered; a frame
-over its size limit, or one that is not msgpack, ends the connection or gets
-an error reply; the replica goes on serving.
+answered (:func:`reply_to`). A replica answers only its reads, each
+argument's type checked first (:meth:`fpmatch.cluster.replica.ShardReplica.read`);
+a frame over its size limit ends the connection, anything else gets an error
+reply, and the replica goes on serving.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ import ssl
 import struct
 import tempfile
 import threading
-from typing import Any, Callable, Collection
+from typing import Any, Callable
+
+import msgpack
 
 from ..errors import FpmatchError, InvalidInputError
 
@@ -108,24 +111,32 @@ def _read_exactly(conn: socket.socket, size: int, eof_ok: bool = False) -> bytea
 
 
 def _pack(value: Any) -> bytes:
-    import msgpack
-
     return msgpack.packb(value, use_bin_type=True)
 
 
 def _unpack(payload: bytes | bytearray) -> Any:
-    import msgpack
-
     return msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
 
 
-class ReadServer:
-    """A replica's listener: answers ``methods`` by ``answer(method, args)``, each connection in a thread."""
+def reply_to(request: bytes | bytearray, read: Callable[[str, list[Any]], Any]) -> bytes:
+    """The reply frame's payload to a request's payload: ``read(method, args)``'s result, or its error."""
+    try:
+        try:
+            message = _unpack(request)
+        except Exception as exc:
+            raise InvalidInputError(f"a read request that is not msgpack: {exc}") from None
+        if not (isinstance(message, list) and len(message) == 2 and isinstance(message[0], str) and isinstance(message[1], list)):
+            raise InvalidInputError("a read request is [method, arguments]")
+        return _pack([0, read(*message)])
+    except Exception as exc:  # the caller gets the error; this replica goes on
+        return _pack([1, type(exc).__name__, str(exc)])
 
-    def __init__(
-        self, answer: Callable[[str, list[Any]], Any], methods: Collection[str], context: ssl.SSLContext, host: str
-    ) -> None:
-        self._answer, self._methods, self._context = answer, frozenset(methods), context
+
+class ReadServer:
+    """A replica's listener: answers each request by ``read(method, args)``, each connection in a thread."""
+
+    def __init__(self, read: Callable[[str, list[Any]], Any], context: ssl.SSLContext, host: str) -> None:
+        self._read, self._context = read, context
         self._socket = socket.create_server((host, 0))
         self.address = (host, int(self._socket.getsockname()[1]))
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
@@ -170,7 +181,7 @@ class ReadServer:
                 request = read_frame(link, MAX_REQUEST_FRAME)
                 if request is None:
                     return
-                write_frame(link, self._reply(request))
+                write_frame(link, reply_to(request, self._read))
         except (OSError, LinkBroken):  # the peer left, failed its handshake or broke the framing
             pass
         finally:
@@ -185,21 +196,6 @@ class ReadServer:
             self._open.discard(instead_of)  # type: ignore[arg-type]
             if conn is not None:
                 self._open.add(conn)
-
-    def _reply(self, request: bytearray) -> bytes:
-        try:
-            try:
-                message = _unpack(request)
-            except Exception as exc:
-                raise InvalidInputError(f"a read request that is not msgpack: {exc}") from None
-            if not (isinstance(message, list) and len(message) == 2 and isinstance(message[0], str) and isinstance(message[1], list)):
-                raise InvalidInputError("a read request is [method, arguments]")
-            method, args = message
-            if method not in self._methods:
-                raise InvalidInputError(f"{method!r} is not a read this replica answers")
-            return _pack([0, self._answer(method, args)])
-        except Exception as exc:  # the caller gets the error; this replica goes on
-            return _pack([1, type(exc).__name__, str(exc)])
 
 
 class ReadClient:
@@ -262,13 +258,18 @@ class ReadClient:
         return conn
 
 
-def _error(name: Any, message: Any) -> Exception:
-    """The replica's error as the same class here: fpmatch's own errors and Python's built-in ones."""
+def error_class(name: Any) -> type[Exception] | None:
+    """The exception class a reply names: one of fpmatch's own errors, or one of Python's built-in ones."""
+    if not isinstance(name, str):
+        return None
     known = {kind.__name__: kind for kind in _subclasses(FpmatchError) if kind.__module__.startswith("fpmatch.")}
-    kind = known.get(name) if isinstance(name, str) else None
-    if kind is None:
-        builtin = getattr(builtins, name, None) if isinstance(name, str) else None
-        kind = builtin if isinstance(builtin, type) and issubclass(builtin, Exception) else FpmatchError
+    builtin = getattr(builtins, name, None)
+    return known.get(name) or (builtin if isinstance(builtin, type) and issubclass(builtin, Exception) else None)
+
+
+def _error(name: Any, message: Any) -> Exception:
+    """The replica's error as the same class here (FpmatchError for a class this side does not know)."""
+    kind = error_class(name) or FpmatchError
     try:
         return kind(str(message))
     except Exception:  # a class whose constructor takes more than a message

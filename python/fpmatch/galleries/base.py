@@ -84,6 +84,10 @@ class ProtectedGallery(ABC):
         except (KeyError, TypeError):
             raise UnknownSubjectError(f"subject {subject!r} is not enrolled") from None
 
+    def holds_id(self, id_: int) -> bool:
+        """Whether an enrolled subject is stored under ``id_``."""
+        return id_ in self._names
+
     def subject_of(self, id_: int) -> str:
         """The enrolled subject stored under ``id_``."""
         return self._names[id_]
