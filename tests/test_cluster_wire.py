@@ -134,6 +134,7 @@ def test_hostile_frames_from_a_certified_peer_get_errors_and_change_nothing(tmp_
             msgpack.packb(["nearest", ["code", 7]]),
             msgpack.packb(["nearest", [b"code", b"\x00" * 4, True]]),
             msgpack.packb(["nearest", [b"\x00", b"\x00" * 4, 3]]),  # a code of the wrong length
+            msgpack.packb(["nearest", [b"\x00" * 128, b"\x00" * 4099, 3]]),  # reliabilities cut short
             msgpack.packb(["encrypted_scores", [[10**9], values]]),  # no such subject
             msgpack.packb(["encrypted_scores", [["p0"], values]]),
             msgpack.packb(["encrypted_scores", [[1], values[:7]]]),

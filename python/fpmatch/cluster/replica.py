@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from ..edge import EdgeProfile, EnrolmentRecord, ProbeMessage
+from ..edge import EdgeProfile, EnrolmentRecord, ProbeMessage, check_message
 from ..galleries import StoredTemplate, open_gallery
 from ..errors import InvalidInputError
 from ..he.errors import RateLimitExceededError
@@ -176,6 +176,8 @@ class ShardReplica:
     @_reading
     def nearest(self, code: bytes, reliability: bytes, want: int) -> tuple[list[int], list[float]]:
         """The ``want`` (store id, weighted distance) nearest the probe's code, nearest first."""
+        if len(reliability) % 4:
+            raise InvalidInputError(f"bit reliabilities are 4-byte floats, got {len(reliability)} bytes")
         found = self.gallery.codes.nearest(  # type: ignore[attr-defined]
             np.frombuffer(code, dtype=np.uint8), np.frombuffer(reliability, dtype="<f4"), want, lambda _: True
         )
@@ -186,7 +188,7 @@ class ShardReplica:
         """1:1 of the ``hash`` scheme, decided here (no key holder)."""
         if self.profile.encrypted:
             raise InvalidInputError("1:1 under encryption is decided by the key holder, not by a shard")
-        return self.gallery.decide(subject, ProbeMessage.from_bytes(probe), threshold)
+        return self.gallery.decide(subject, check_message(ProbeMessage.from_bytes(probe), ProbeMessage, self.profile), threshold)
 
     @_reading
     def encrypted_scores(self, ids: Sequence[int], values: bytes) -> tuple[bytes, list[int]]:
