@@ -44,22 +44,21 @@ READS: dict[str, tuple[type | tuple[type, ...], ...]] = {
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
-def _reading(method: _Method) -> _Method:
-    @functools.wraps(method)
-    def locked(self: "ShardReplica", *args: Any) -> Any:
-        with self._lock.read():
-            return method(self, *args)
+def _holding(side: str) -> Callable[[_Method], _Method]:
+    """A decorator: the method runs holding the replica's lock for ``side`` ("read" or "write")."""
 
-    return locked  # type: ignore[return-value]
+    def wrap(method: _Method) -> _Method:
+        @functools.wraps(method)
+        def locked(self: "ShardReplica", *args: Any) -> Any:
+            with getattr(self._lock, side)():
+                return method(self, *args)
+
+        return locked  # type: ignore[return-value]
+
+    return wrap
 
 
-def _writing(method: _Method) -> _Method:
-    @functools.wraps(method)
-    def locked(self: "ShardReplica", *args: Any) -> Any:
-        with self._lock.write():
-            return method(self, *args)
-
-    return locked  # type: ignore[return-value]
+_reading, _writing = _holding("read"), _holding("write")
 
 
 class ReclaimNeeded(Exception):
