@@ -155,7 +155,7 @@ def test_hostile_frames_from_a_certified_peer_get_errors_and_change_nothing(tmp_
         assert svc.check_integrity().ok
 
 
-def test_a_broken_link_leaves_reads_on_ray_with_the_same_answers(tmp_path: Path, ray_runtime: Any, caplog: Any) -> None:  # noqa: F811
+def test_a_broken_link_leaves_reads_on_ray_until_a_new_one_opens(tmp_path: Path, ray_runtime: Any, caplog: Any) -> None:  # noqa: F811
     clock = ss.ManualClock()
     with open_sharded(tmp_path / "s", clock, "hybrid", shards=2, replicas=1) as svc:
         populate([svc], NAMES)
@@ -166,6 +166,12 @@ def test_a_broken_link_leaves_reads_on_ray_with_the_same_answers(tmp_path: Path,
         assert replicas.status()["direct_reads"] == 0
         assert [replicas.live(shard) for shard in range(2)] == [1, 1]  # a broken link is not a lost replica
         assert "read link" in caplog.text
+        # once RELINK_AFTER has passed, the next read asks the replica to listen again
+        replicas._relink_at = {handle: 0.0 for handle in replicas._relink_at}
+        assert answers(svc, _probes()) == expected
+        assert replicas.status()["direct_reads"] == 2
+        before = _answered(svc)
+        assert answers(svc, _probes()) == expected and _answered(svc) > before
 
 
 def test_errors_raised_by_a_replica_come_back_as_the_same_class(tmp_path: Path) -> None:

@@ -120,7 +120,7 @@ class ShardReplica:
         """Listen for the service's reads on this node's address (TLS; peers certified by ``ca``)."""
         import ray
 
-        if self._reads is None:
+        if self._reads is None or self._reads.closed:
             context = tls_context(cert, key, ca, server=True)
             self._reads = ReadServer(self.read, context, ray.util.get_node_ip_address())
         return self._reads.address
@@ -135,7 +135,8 @@ class ShardReplica:
         return getattr(self, method)(*args)
 
     def stop_reads(self) -> None:
-        """Close the read listener and its connections' listener (reads then come over Ray)."""
+        """Close the read listener and end its connections (reads then come over Ray until the service
+        asks for a new listener)."""
         if self._reads is not None:
             self._reads.close()
 

@@ -17,7 +17,8 @@ a shard on distinct nodes when the cluster has enough (see :meth:`status`).
 Reads (:data:`~fpmatch.cluster.replica.READS`) go over each replica's own TLS
 link (:mod:`fpmatch.cluster.wire`) unless ``direct_reads`` is off; a link that
 breaks is given up and the call asked again over Ray, which tells a dead
-replica from a broken link. A link that does not answer in time counts as a
+replica from a broken link, and the replica is asked to listen again after
+:data:`RELINK_AFTER` seconds. A link that does not answer in time counts as a
 replica lost, as a Ray call would.
 """
 
@@ -46,6 +47,8 @@ ShardLoader = Callable[[int], "tuple[list[TemplateTuple], list[tuple[bytes, int,
 DEFAULT_ACTOR_OPTIONS: Mapping[str, Any] = {"num_cpus": 0}
 #: Seconds a call may take before its replica counts as lost.
 DEFAULT_CALL_TIMEOUT = 60.0
+#: Seconds after a read link broke before the replica's reads try a new one.
+RELINK_AFTER = 30.0
 
 
 def require_ray() -> Any:
@@ -98,6 +101,8 @@ class ShardReplicas:
         self.rejoined: list[tuple[int, float]] = []  # (shard, time.monotonic()) per replacement let in
         self._links: dict[Any, ReadClient] = {}  # live replica -> the service's read link to it
         self._linking: dict[Any, tuple[Any, str]] = {}  # started replica -> (its serve_reads call, its name)
+        self._credentials: dict[Any, tuple[bytes, bytes, str]] = {}  # replica -> (certificate, key, name)
+        self._relink_at: dict[Any, float] = {}  # replica whose link broke -> when to try a new one
         self._ca = self._client_tls = None
         if direct_reads:
             from ..he.certs import MemoryCA
@@ -140,7 +145,7 @@ class ShardReplicas:
             thread.join()
         with self._lock:
             for handle in itertools.chain.from_iterable(self._live):
-                self._unlink(handle)
+                self._forget(handle)
                 self._kill(handle)
             self._live = [[] for _ in range(self.shards)]
             self._where.clear()
@@ -215,7 +220,7 @@ class ShardReplicas:
                     failed[shard] = waiting[shard]
                 except LinkBroken as exc:
                     log.warning("the read link to a replica of shard %d broke (%s): its reads go over Ray", shard, exc)
-                    self._unlink(handle)
+                    self._broken(handle)
                     failed[shard] = waiting[shard]
                 except Exception as exc:  # the replica's own error: the others' answers are still read
                     raised = raised or exc
@@ -225,12 +230,12 @@ class ShardReplicas:
         return results
 
     def _send(self, handle: Any, method: str, args: tuple[Any, ...]) -> tuple[ReadClient | None, Any]:
-        link = self._links.get(handle) if method in READS else None
+        link = (self._links.get(handle) or self._relinked(handle)) if method in READS else None
         if link is not None:
             try:
                 return link, link.send(method, args)
             except LinkBroken:
-                self._unlink(handle)
+                self._broken(handle)
         return None, getattr(handle, method).remote(*args)
 
     def _receive(self, pending: tuple[ReadClient | None, Any]) -> Any:
@@ -317,9 +322,15 @@ class ShardReplicas:
         handle = self._actor.options(**options).remote(*self._body)
         if self._ca is not None:  # the listener starts before the restore (actor calls run in order)
             name = server_name(f"shard-{shard}-replica-{serial}", self.name)
-            cert, key = self._ca.issue(name, hosts=[name])
-            self._linking[handle] = (handle.serve_reads.remote(cert, key, self._ca.pem), name)
+            self._credentials[handle] = (*self._ca.issue(name, hosts=[name]), name)
+            self._listen(handle)
         return handle, node
+
+    def _listen(self, handle: Any) -> None:
+        """Ask a replica to listen for reads (its answer is taken by :meth:`_link`)."""
+        cert, key, name = self._credentials[handle]
+        assert self._ca is not None
+        self._linking[handle] = (handle.serve_reads.remote(cert, key, self._ca.pem), name)
 
     def _link(self, handle: Any) -> None:
         """Open the read link to a replica that has restored (reads stay on Ray when it cannot listen)."""
@@ -334,12 +345,37 @@ class ShardReplicas:
             return
         assert self._client_tls is not None
         self._links[handle] = ReadClient((host, port), name, self._client_tls, self._timeout)
+        self._relink_at.pop(handle, None)
+
+    def _relinked(self, handle: Any) -> ReadClient | None:
+        """A new read link to a replica whose link broke at least RELINK_AFTER seconds ago (None: not
+        due yet, or it failed again; then tried again after as long)."""
+        with self._lock:
+            due = self._relink_at.get(handle)
+            if due is None or time.monotonic() < due or handle not in self._credentials:
+                return None
+            self._relink_at[handle] = time.monotonic() + RELINK_AFTER
+            self._listen(handle)
+        self._link(handle)
+        return self._links.get(handle)
+
+    def _broken(self, handle: Any) -> None:
+        """A replica's link broke: its reads go over Ray, and a new link is tried later."""
+        self._unlink(handle)
+        if handle in self._credentials:
+            self._relink_at[handle] = time.monotonic() + RELINK_AFTER
 
     def _unlink(self, handle: Any) -> None:
         self._linking.pop(handle, None)
         link = self._links.pop(handle, None)
         if link is not None:
             link.close()
+
+    def _forget(self, handle: Any) -> None:
+        """A replica that is gone: its link, its credentials and any retry."""
+        self._unlink(handle)
+        self._credentials.pop(handle, None)
+        self._relink_at.pop(handle, None)
 
     def _warn_if_shared(self) -> None:
         with self._lock:
@@ -364,7 +400,7 @@ class ShardReplicas:
                 return
             self._live[shard].remove(handle)
             lost_on = self._where.pop(handle, None)
-            self._unlink(handle)
+            self._forget(handle)
             self._kill(handle)
             if self._stop.is_set():
                 return
@@ -415,7 +451,7 @@ class ShardReplicas:
                         self._planned[shard].remove(planned)
                         planned = None
                 if handle is not None:
-                    self._unlink(handle)
+                    self._forget(handle)
                     self._kill(handle)
 
 

@@ -145,6 +145,10 @@ class ReadServer:
         self._closed = threading.Event()
         threading.Thread(target=self._accept, name="fpmatch-replica-reads", daemon=True).start()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
     def close(self) -> None:
         """Stop listening and end every connection."""
         self._closed.set()
