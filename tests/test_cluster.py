@@ -309,3 +309,30 @@ def test_a_layout_over_many_chunks_and_one_of_earlier_versions_reopen_with_the_s
         assert svc.service._gallery.layout.entries[:rows] == entries
         assert answers(svc, probes) == expected and svc.check_integrity().ok
         assert svc.identify(ss.sample("new-5", 1), "entry")[0].subject == "new-5"
+
+
+def test_opening_reads_the_ciphertext_rows_one_shard_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service never holds the whole store's rows at open: each shard's are read when its replicas
+    are restored, and the answers are those of the service that wrote them."""
+    from fpmatch.store import Store
+
+    clock = ss.ManualClock()
+    names = [f"p{i}" for i in range(60)]
+    probes = _probes(names[::10])
+    with open_sharded(tmp_path / "s", clock, "hybrid", shards=3, replicas=1) as svc:
+        populate([svc], names)
+        expected = answers(svc, probes)
+        layout = svc.service._gallery.layout.entries
+    reads: list[list[int] | None] = []
+    rows = Store.rows
+
+    def spy(self: Store, numbers=None):  # type: ignore[no-untyped-def]
+        reads.append(None if numbers is None else list(numbers))
+        return rows(self, numbers)
+
+    monkeypatch.setattr(Store, "rows", spy)
+    with open_sharded(tmp_path / "s", clock, "hybrid", replicas=1) as svc:
+        assert None not in reads and len(reads) == 3
+        assert [{layout[n][0] for n in numbers} for numbers in reads] == [{0}, {1}, {2}]  # one shard each
+        assert sorted(n for numbers in reads for n in numbers) == list(range(len(layout)))
+        assert answers(svc, probes) == expected

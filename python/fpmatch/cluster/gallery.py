@@ -84,10 +84,18 @@ class ShardedGallery(ProtectedGallery):
         return parts
 
     def restore(self, stored: Sequence[StoredTemplate], rows: Sequence[StoredRow], index: Any) -> bool:
-        self.replicas.start(self.split_store(stored, rows, self.layout))
-        self._bind([t.subject for t in stored], [t.id for t in stored])
+        return self.restore_from(stored, lambda shard: self.layout.of_shard(shard, rows))
+
+    def restore_from(self, stored: Sequence[StoredTemplate], read_rows: Callable[[int], list[StoredRow]]) -> bool:
+        """Start the replicas from every subject's template and each shard's rows as ``read_rows(shard)``
+        reads them, one shard at a time (the service's memory holds one shard's rows, not the store's)."""
+        templates: list[list[TemplateTuple]] = [[] for _ in range(self.shards)]
         for t in stored:
-            self._count[self.placement.shard_of(t.subject)] += 1
+            templates[self.placement.shard_of(t.subject)].append(template_tuple(t))
+        self.replicas.start(lambda shard: (templates[shard], read_rows(shard)))
+        self._bind([t.subject for t in stored], [t.id for t in stored])
+        for shard, part in enumerate(templates):
+            self._count[shard] += len(part)
         return False
 
     # -- writes ------------------------------------------------------------------------

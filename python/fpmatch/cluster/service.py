@@ -91,8 +91,8 @@ class ShardedMatchingService(MatchingService):
             call_timeout=cluster["call_timeout"],
             direct_reads=cluster["direct_reads"],
         )
-        templates, rows = store.templates(), store.rows()
-        layout = RowLayout.from_store(store.meta, len(rows), shards)
+        templates, stored_rows = store.templates(), store.row_count()
+        layout = RowLayout.from_store(store.meta, stored_rows, shards)
         gallery = ShardedGallery(
             profile,
             Placement(store._key.subkey("cluster-placement"), shards),
@@ -104,7 +104,7 @@ class ShardedMatchingService(MatchingService):
             shortlist=options.get("shortlist"),
         )
         try:
-            gallery.restore(templates, rows, None)
+            gallery.restore_from(templates, lambda shard: store.rows(layout.numbers_of(shard, stored_rows)))
         except BaseException:
             replicas.close()
             raise

@@ -113,23 +113,29 @@ class ShardReplicas:
 
     # -- life cycle ----------------------------------------------------------------
 
-    def start(self, parts: Sequence[tuple[list[TemplateTuple], list[tuple[bytes, int, int]]]]) -> None:
-        """Start every replica and restore it from its shard's part of the store."""
-        pending = []
+    def start(self, part: ShardLoader) -> None:
+        """Start every replica (all at once), then restore them shard after shard from the shard's
+        part of the store as ``part(shard)`` reads it: one shard's part is held here at a time."""
+        started: list[list[Any]] = []
         load: Counter[str] = Counter()
-        for shard, (templates, rows) in enumerate(parts):
+        for shard in range(self.shards):
             chosen: list[str] = []
+            started.append([])
             for _ in range(self.replicas):
                 handle, node = self._spawn(shard, chosen, load)
                 if node is not None:
                     chosen.append(node)
                     load[node] += 1
-                pending.append((shard, handle, handle.restore.remote(templates, rows), handle.node.remote()))
-        for shard, handle, restored, node in pending:
-            self._ray.get(restored)
-            self._where[handle] = self._ray.get(node)
-            self._link(handle)
-            self._live[shard].append(handle)
+                started[shard].append(handle)
+        for shard, handles in enumerate(started):
+            templates, rows = (self._ray.put(value) for value in part(shard))  # once for all its replicas
+            pending = [(handle, handle.restore.remote(templates, rows), handle.node.remote()) for handle in handles]
+            for handle, restored, node in pending:
+                self._ray.get(restored)
+                self._where[handle] = self._ray.get(node)
+                self._link(handle)
+                self._live[shard].append(handle)
+            del templates, rows, pending
         self._warn_if_shared()
 
     def attach(self, loader: ShardLoader, guard: Callable[[], AbstractContextManager[Any]]) -> None:
