@@ -336,3 +336,20 @@ def test_opening_reads_the_ciphertext_rows_one_shard_at_a_time(tmp_path: Path, m
         assert [{layout[n][0] for n in numbers} for numbers in reads] == [{0}, {1}, {2}]  # one shard each
         assert sorted(n for numbers in reads for n in numbers) == list(range(len(layout)))
         assert answers(svc, probes) == expected
+
+
+def test_a_damaged_row_is_refused_at_open_and_leaves_no_replica_running(tmp_path: Path, ray_runtime) -> None:  # noqa: F811
+    from fpmatch.cluster.nodes import running_replicas
+    from fpmatch.errors import StoreIntegrityError
+
+    clock = ss.ManualClock()
+    with open_sharded(tmp_path / "s", clock, "hybrid", shards=2, replicas=1) as svc:
+        populate([svc], [f"p{i}" for i in range(40)])
+        last = svc.store.row_count() - 1
+    with ss.raw(tmp_path / "s") as db:
+        (data,) = db.execute("SELECT data FROM he_rows WHERE row = ?", (last,)).fetchone()
+        db.execute("UPDATE he_rows SET data = ? WHERE row = ?", (data[:-1] + bytes([data[-1] ^ 1]), last))
+    before = len(running_replicas(ray_runtime))
+    with pytest.raises(StoreIntegrityError, match=f"ciphertext row {last}"):
+        open_sharded(tmp_path / "s", clock, "hybrid", replicas=2)
+    _wait_for(lambda: len(running_replicas(ray_runtime)) == before)

@@ -127,15 +127,21 @@ class ShardReplicas:
                     chosen.append(node)
                     load[node] += 1
                 started[shard].append(handle)
-        for shard, handles in enumerate(started):
-            templates, rows = (self._ray.put(value) for value in part(shard))  # once for all its replicas
-            pending = [(handle, handle.restore.remote(templates, rows), handle.node.remote()) for handle in handles]
-            for handle, restored, node in pending:
-                self._ray.get(restored)
-                self._where[handle] = self._ray.get(node)
-                self._link(handle)
-                self._live[shard].append(handle)
-            del templates, rows, pending
+        try:
+            for shard, handles in enumerate(started):
+                templates, rows = (self._ray.put(value) for value in part(shard))  # once for all its replicas
+                pending = [(handle, handle.restore.remote(templates, rows), handle.node.remote()) for handle in handles]
+                for handle, restored, node in pending:
+                    self._ray.get(restored)
+                    self._where[handle] = self._ray.get(node)
+                    self._link(handle)
+                    self._live[shard].append(handle)
+                del templates, rows, pending
+        except BaseException:  # a shard's part could not be read or restored: no replica is left running
+            for handle in itertools.chain.from_iterable(started):
+                self._forget(handle)
+                self._kill(handle)
+            raise
         self._warn_if_shared()
 
     def attach(self, loader: ShardLoader, guard: Callable[[], AbstractContextManager[Any]]) -> None:
