@@ -78,10 +78,13 @@ class ShardedGallery(ProtectedGallery):
         self, stored: Sequence[StoredTemplate], rows: Sequence[StoredRow], layout: RowLayout
     ) -> list[tuple[list[TemplateTuple], list[StoredRow]]]:
         """Each shard's part of the store, as plain tuples for its replicas."""
-        parts: list[tuple[list[TemplateTuple], list[StoredRow]]] = [([], layout.of_shard(s, rows)) for s in range(self.shards)]
+        return [(templates, layout.of_shard(s, rows)) for s, templates in enumerate(self._templates_by_shard(stored))]
+
+    def _templates_by_shard(self, stored: Sequence[StoredTemplate]) -> list[list[TemplateTuple]]:
+        templates: list[list[TemplateTuple]] = [[] for _ in range(self.shards)]
         for t in stored:
-            parts[self.placement.shard_of(t.subject)][0].append(template_tuple(t))
-        return parts
+            templates[self.placement.shard_of(t.subject)].append(template_tuple(t))
+        return templates
 
     def restore(self, stored: Sequence[StoredTemplate], rows: Sequence[StoredRow], index: Any) -> bool:
         return self.restore_from(stored, lambda shard: self.layout.of_shard(shard, rows))
@@ -89,9 +92,7 @@ class ShardedGallery(ProtectedGallery):
     def restore_from(self, stored: Sequence[StoredTemplate], read_rows: Callable[[int], list[StoredRow]]) -> bool:
         """Start the replicas from every subject's template and each shard's rows as ``read_rows(shard)``
         reads them, one shard at a time (the service's memory holds one shard's rows, not the store's)."""
-        templates: list[list[TemplateTuple]] = [[] for _ in range(self.shards)]
-        for t in stored:
-            templates[self.placement.shard_of(t.subject)].append(template_tuple(t))
+        templates = self._templates_by_shard(stored)
         self.replicas.start(lambda shard: (templates[shard], read_rows(shard)))
         self._bind([t.subject for t in stored], [t.id for t in stored])
         for shard, part in enumerate(templates):

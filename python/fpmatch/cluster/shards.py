@@ -100,7 +100,7 @@ class ShardReplicas:
         self._attached = threading.Event()
         self.rejoined: list[tuple[int, float]] = []  # (shard, time.monotonic()) per replacement let in
         self._links: dict[Any, ReadClient] = {}  # live replica -> the service's read link to it
-        self._linking: dict[Any, tuple[Any, str]] = {}  # started replica -> (its serve_reads call, its name)
+        self._linking: dict[Any, Any] = {}  # started replica -> its serve_reads call
         self._credentials: dict[Any, tuple[bytes, bytes, str]] = {}  # replica -> (certificate, key, name)
         self._relink_at: dict[Any, float] = {}  # replica whose link broke -> when to try a new one
         self._ca = self._client_tls = None
@@ -340,28 +340,32 @@ class ShardReplicas:
 
     def _listen(self, handle: Any) -> None:
         """Ask a replica to listen for reads (its answer is taken by :meth:`_link`)."""
-        cert, key, name = self._credentials[handle]
+        cert, key, _ = self._credentials[handle]
         assert self._ca is not None
-        self._linking[handle] = (handle.serve_reads.remote(cert, key, self._ca.pem), name)
+        self._linking[handle] = handle.serve_reads.remote(cert, key, self._ca.pem)
 
     def _link(self, handle: Any) -> None:
         """Open the read link to a replica that has restored (reads stay on Ray when it cannot listen)."""
-        started = self._linking.pop(handle, None)
-        if started is None:
+        ref = self._linking.pop(handle, None)
+        if ref is None:
             return
-        ref, name = started
         try:
             host, port = self._get(ref)
         except Exception as exc:  # lost (its restore says so too) or could not listen
             log.warning("a replica could not open its read link (%s): its reads go over Ray", exc)
             return
+        credentials = self._credentials.get(handle)
+        if credentials is None:  # dropped meanwhile
+            return
         assert self._client_tls is not None
-        self._links[handle] = ReadClient((host, port), name, self._client_tls, self._timeout)
+        self._links[handle] = ReadClient((host, port), credentials[2], self._client_tls, self._timeout)
         self._relink_at.pop(handle, None)
 
     def _relinked(self, handle: Any) -> ReadClient | None:
         """A new read link to a replica whose link broke at least RELINK_AFTER seconds ago (None: not
         due yet, or it failed again; then tried again after as long)."""
+        if handle not in self._relink_at:  # the usual case, without the lock: no link ever broke
+            return None
         with self._lock:
             due = self._relink_at.get(handle)
             if due is None or time.monotonic() < due or handle not in self._credentials:

@@ -147,7 +147,7 @@ class MemoryCA:
 
     def __init__(self, name: str) -> None:
         self._key = ec.generate_private_key(ec.SECP256R1())
-        self._cert = _issue(name, self._key, _name(name), self._key, ca=True, days=VALID_DAYS)
+        self._cert = _issue(name, self._key, _name(name), self._key, ca=True)
 
     @property
     def pem(self) -> bytes:

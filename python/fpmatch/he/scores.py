@@ -74,16 +74,14 @@ class EncryptedScores:
         data = bytes(data)
         if len(data) < _HEADER.size or len(data) > MAX_REQUEST_BYTES:
             raise CiphertextFormatError(f"encrypted scores of {len(data)} bytes: truncated or too large")
-        magic, raw_id, scale_bits, got_n, got_q, rows, count = _HEADER.unpack_from(data)
-        if magic != _MAGIC:
-            raise CiphertextFormatError("not fpmatch encrypted scores (bad magic)")
+        _, raw_id, scale_bits, got_n, got_q, rows, count = _header(data)
         if raw_id.hex() != key_id:
             raise KeyMismatchError(f"scores encrypted under key {raw_id.hex()}; this key holder has {key_id}")
         if got_n != n or got_q != q:
             raise KeyMismatchError(f"these scores use ring (N={got_n}, q={got_q}), expected (N={n}, q={q})")
         if rows < 1 or count < 1 or not 0 < scale_bits < q.bit_length() - 1:
             raise CiphertextFormatError("encrypted scores hold no scores, or a bad scale")
-        expected = _HEADER.size + 8 * (rows * n + 3 * count)
+        expected = _length(n, rows, count)
         if len(data) != expected:
             raise CiphertextFormatError(f"encrypted scores have {len(data)} bytes, the header says {expected}")
         offset = _HEADER.size
@@ -130,13 +128,23 @@ def _head(part: bytes) -> tuple[Any, ...]:
     """A request's header, checked against its length."""
     if len(part) < _HEADER.size:
         raise CiphertextFormatError(f"encrypted scores of {len(part)} bytes: truncated")
-    head = _HEADER.unpack_from(part)
-    magic, _, _, n, _, rows, count = head
-    if magic != _MAGIC:
-        raise CiphertextFormatError("not fpmatch encrypted scores (bad magic)")
-    if len(part) != _HEADER.size + 8 * (rows * n + 3 * count):
+    head = _header(part)
+    if len(part) != _length(head[3], head[5], head[6]):
         raise CiphertextFormatError(f"encrypted scores have {len(part)} bytes, the header says otherwise")
     return head
+
+
+def _header(data: bytes) -> tuple[Any, ...]:
+    """The header's fields (magic, key id, scale bits, n, q, rows, scores), the magic checked."""
+    head = _HEADER.unpack_from(data)
+    if head[0] != _MAGIC:
+        raise CiphertextFormatError("not fpmatch encrypted scores (bad magic)")
+    return head
+
+
+def _length(n: int, rows: int, count: int) -> int:
+    """Bytes of a request of ``rows`` ring elements of ``n`` values and ``count`` scores."""
+    return _HEADER.size + 8 * (rows * n + 3 * count)
 
 
 def scores_under(
